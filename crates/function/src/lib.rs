@@ -1,0 +1,73 @@
+//! The function side of reap's contract (see `docs/guest-abi.md`).
+//!
+//! A function initializes (loads its model, templates, tables) and then calls [`serve`],
+//! which reads one JSON request per line on stdin and writes exactly one JSON response
+//! line on stdout for each. The same binary runs natively (`echo '{}' | ./fn`) and in a
+//! reap microVM, where the first blocking read of stdin is the snapshot's ready point.
+
+use std::io::{self, BufRead, Write};
+
+pub use serde_json::{Value, json};
+
+/// Serves requests until stdin ends. A request that is not JSON, or that the handler
+/// rejects, is answered with `{"error": "..."}`: every request line gets exactly one
+/// response line.
+pub fn serve(mut handler: impl FnMut(&Value) -> Result<Value, String>) {
+    let stdin = io::stdin();
+    let mut stdout = io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let response = match serde_json::from_str::<Value>(&line) {
+            Ok(request) => handler(&request).unwrap_or_else(|e| json!({ "error": e })),
+            Err(e) => json!({ "error": format!("invalid request: {e}") }),
+        };
+        if writeln!(stdout, "{response}").and_then(|()| stdout.flush()).is_err() {
+            break;
+        }
+    }
+}
+
+/// The request's field `key` as an unsigned integer, `default` when absent, an error
+/// naming the field when present but not a non-negative integer or above `max`.
+pub fn u64_field(request: &Value, key: &str, default: u64, max: u64) -> Result<u64, String> {
+    match request.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(v) => match v.as_u64() {
+            Some(n) if n <= max => Ok(n),
+            Some(n) => Err(format!("`{key}` is {n}, at most {max} is allowed")),
+            None => Err(format!("`{key}` must be a non-negative integer, got {v}")),
+        },
+    }
+}
+
+/// The request's field `key` as a string, `default` when absent.
+pub fn str_field<'a>(request: &'a Value, key: &str, default: &'a str) -> Result<&'a str, String> {
+    match request.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::String(s)) => Ok(s),
+        Some(v) => Err(format!("`{key}` must be a string, got {v}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn u64_field_defaults_bounds_and_types() {
+        let r = json!({"n": 5, "big": 100, "neg": -1, "s": "x"});
+        assert_eq!(u64_field(&r, "n", 1, 10), Ok(5));
+        assert_eq!(u64_field(&r, "missing", 7, 10), Ok(7));
+        assert!(u64_field(&r, "big", 1, 10).unwrap_err().contains("at most 10"));
+        assert!(u64_field(&r, "neg", 1, 10).is_err());
+        assert!(u64_field(&r, "s", 1, 10).is_err());
+    }
+
+    #[test]
+    fn str_field_defaults_and_types() {
+        let r = json!({"name": "Ada", "n": 3});
+        assert_eq!(str_field(&r, "name", "world"), Ok("Ada"));
+        assert_eq!(str_field(&r, "other", "world"), Ok("world"));
+        assert!(str_field(&r, "n", "world").is_err());
+    }
+}
