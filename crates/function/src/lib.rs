@@ -21,7 +21,10 @@ pub fn serve(mut handler: impl FnMut(&Value) -> Result<Value, String>) {
             Ok(request) => handler(&request).unwrap_or_else(|e| json!({ "error": e })),
             Err(e) => json!({ "error": format!("invalid request: {e}") }),
         };
-        if writeln!(stdout, "{response}").and_then(|()| stdout.flush()).is_err() {
+        if writeln!(stdout, "{response}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
             break;
         }
     }
@@ -49,6 +52,22 @@ pub fn str_field<'a>(request: &'a Value, key: &str, default: &'a str) -> Result<
     }
 }
 
+/// The request's field `key` as a boolean, `default` when absent.
+pub fn bool_field(request: &Value, key: &str, default: bool) -> Result<bool, String> {
+    match request.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(v) => Err(format!("`{key}` must be true or false, got {v}")),
+    }
+}
+
+/// A large binary result summarized as its size and a hash: `{"bytes": N, "crc32":
+/// "8 hex digits"}`. Answers stay one short line however big the result is, and equal
+/// bytes always give the same answer.
+pub fn digest(bytes: &[u8]) -> Value {
+    json!({ "bytes": bytes.len(), "crc32": format!("{:08x}", crc32fast::hash(bytes)) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,7 +77,11 @@ mod tests {
         let r = json!({"n": 5, "big": 100, "neg": -1, "s": "x"});
         assert_eq!(u64_field(&r, "n", 1, 10), Ok(5));
         assert_eq!(u64_field(&r, "missing", 7, 10), Ok(7));
-        assert!(u64_field(&r, "big", 1, 10).unwrap_err().contains("at most 10"));
+        assert!(
+            u64_field(&r, "big", 1, 10)
+                .unwrap_err()
+                .contains("at most 10")
+        );
         assert!(u64_field(&r, "neg", 1, 10).is_err());
         assert!(u64_field(&r, "s", 1, 10).is_err());
     }
@@ -69,5 +92,22 @@ mod tests {
         assert_eq!(str_field(&r, "name", "world"), Ok("Ada"));
         assert_eq!(str_field(&r, "other", "world"), Ok("world"));
         assert!(str_field(&r, "n", "world").is_err());
+    }
+
+    #[test]
+    fn digest_is_size_and_crc32() {
+        assert_eq!(digest(b""), json!({"bytes": 0, "crc32": "00000000"}));
+        assert_eq!(
+            digest(b"123456789"),
+            json!({"bytes": 9, "crc32": "cbf43926"})
+        );
+    }
+
+    #[test]
+    fn bool_field_defaults_and_types() {
+        let r = json!({"on": true, "n": 1});
+        assert_eq!(bool_field(&r, "on", false), Ok(true));
+        assert_eq!(bool_field(&r, "off", false), Ok(false));
+        assert!(bool_field(&r, "n", false).is_err());
     }
 }
