@@ -68,6 +68,23 @@ pub fn digest(bytes: &[u8]) -> Value {
     json!({ "bytes": bytes.len(), "crc32": format!("{:08x}", crc32fast::hash(bytes)) })
 }
 
+/// `x` rounded to `digits` significant decimal digits. Numeric answers go through it so
+/// that they do not depend on which SIMD code path (AVX2, AVX-512) computed them, natively
+/// or in a microVM. Zero, infinities and NaN are returned unchanged.
+pub fn round_sig(x: f64, digits: u32) -> f64 {
+    if x == 0.0 || !x.is_finite() {
+        return x;
+    }
+    let exponent = digits as i32 - 1 - x.abs().log10().floor() as i32;
+    if exponent >= 0 {
+        let scale = 10f64.powi(exponent);
+        (x * scale).round() / scale
+    } else {
+        let scale = 10f64.powi(-exponent);
+        (x / scale).round() * scale
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +126,15 @@ mod tests {
         assert_eq!(bool_field(&r, "on", false), Ok(true));
         assert_eq!(bool_field(&r, "off", false), Ok(false));
         assert!(bool_field(&r, "n", false).is_err());
+    }
+
+    #[test]
+    fn round_sig_keeps_significant_digits() {
+        assert_eq!(round_sig(0.123456789, 5), 0.12346);
+        assert_eq!(round_sig(12345.678, 5), 12346.0);
+        assert_eq!(round_sig(1234567.0, 3), 1230000.0);
+        assert_eq!(round_sig(-0.000987654, 5), -0.00098765);
+        assert_eq!(round_sig(0.0, 5), 0.0);
+        assert!(round_sig(f64::NAN, 5).is_nan());
     }
 }
