@@ -1,1 +1,85 @@
-//! placeholder
+//! `reap-pager`: the userfaultfd page server that fills a restored microVM's memory,
+//! with REAP's record-and-prefetch.
+//!
+//! It does not care who owns the memory (reap's own microVM, or a Firecracker process
+//! that sent its userfaultfd over a socket): it takes a userfaultfd with the memory
+//! registered, the list of regions, and the snapshot's memory file.
+//!
+//! # API
+//!
+//! ```text
+//! // uffd: a safe userfaultfd
+//! Uffd::new() -> Result<Uffd, UffdError>              // /dev/userfaultfd, else the syscall;
+//!                                                     // non-blocking, cloexec, EVENT_REMOVE,
+//!                                                     // kernel faults included
+//! Uffd::from_fd(OwnedFd) -> Result<Uffd, UffdError>   // adopt a received descriptor
+//! Uffd::with_owner_pid(self, pid: i32) -> Result<Uffd, UffdError> // watch the owner (pidfd)
+//! Uffd::register(&self, addr: u64, len: u64) -> Result<u64, Errno>  // MISSING mode
+//! Uffd::unregister(&self, addr: u64, len: u64) -> Result<(), Errno>
+//! Uffd::copy(&self, dst: u64, src: &[u8], wake: bool) -> Result<(), FillError>
+//! Uffd::zeropage(&self, dst: u64, len: u64, wake: bool) -> Result<(), FillError>
+//! Uffd::wake(&self, addr: u64, len: u64) -> Result<(), Errno>
+//! Uffd::read_events(&self, out: &mut Vec<Event>) -> Result<usize, Errno>
+//! Uffd::owner_alive(&self, probe_addr: u64, page_size: u64) -> bool
+//! FillError { copied: u64, errno: Errno }             // a partial fill is bytes + errno
+//!
+//! // memory
+//! Region { host_addr: u64, len: u64, file_offset: u64, page_size: u64 } // 4 KiB or 2 MiB
+//! MemoryFile::open(path) -> Result<MemoryFile, MemoryFileError>   // data/hole map
+//!
+//! // the server
+//! PageServer::start(Uffd, Vec<Region>, MemoryFile, Mode) -> Result<PageServer, PagerError>
+//! Mode::Lazy | Mode::Record | Mode::Prefetch { ws: PathBuf }
+//! PageServer::stats(&self) -> PagerStats               // while running
+//! PageServer::is_running(&self) -> bool
+//! PageServer::stop_reason(&self) -> Option<StopReason>
+//! PageServer::recorded_offsets(&self) -> Vec<u64>      // record mode, fault order
+//! PageServer::write_ws(&self, path: &Path) -> Result<WsSummary, PagerError> // record mode
+//! PageServer::stop(self) -> PagerStats                 // Drop stops it too
+//!
+//! // the WS file (docs/ws-format.md)
+//! ws::WorkingSet::load(path, &MemoryFile, page_size) -> Result<WorkingSet, WsError>
+//! ws::write_ws(path, page_size, offsets: &[u64], &MemoryFile) -> Result<WsSummary, WsWriteError>
+//! ```
+//!
+//! # Modes
+//!
+//! - [`Mode::Lazy`]: every fault reads its page from the memory file (`pread`) and
+//!   installs it with `UFFDIO_COPY`; pages in holes of the sparse file are installed with
+//!   `UFFDIO_ZEROPAGE` without any read.
+//! - [`Mode::Record`]: lazy, plus the faulting pages in fault order (each once);
+//!   [`PageServer::write_ws`] writes them, with the snapshot's contents read from the
+//!   memory file, to a WS file (atomically).
+//! - [`Mode::Prefetch`]: [`PageServer::start`] reads the WS file with one `O_DIRECT`
+//!   read, checks it, and installs it (one ioctl per contiguous run) before returning;
+//!   the rest is served lazily and counted ([`PagerStats::lazy_faults_file`] is the
+//!   signal for re-recording). A WS file that is refused (damaged, truncated, foreign,
+//!   not fitting the memory file or the regions) makes the server warn and serve
+//!   lazily, with [`PagerStats::prefetch_fell_back`] set: it costs speed, never
+//!   correctness. A caller that wants to refuse instead checks the file first with
+//!   [`ws::WorkingSet::load`].
+//!
+//! # The fault loop
+//!
+//! One thread (`reap-pager`) per server polls the userfaultfd, a stop eventfd and, if
+//! given, the owner's pidfd. `EEXIST` from a fill means the page is already there (the
+//! waiters are woken); `EAGAIN` means the owner's memory map is changing: the pending
+//! events are read first, then the fill is retried. `UFFD_EVENT_REMOVE` (the owner's
+//! `madvise(MADV_DONTNEED)`) marks its range: later faults there get zero pages, never
+//! snapshot data. The loop stops when asked ([`PageServer::stop`] or drop), when the
+//! owner exits (its pidfd fires, a fill returns `ESRCH`, or an idle check every
+//! [`IDLE_CHECK_MS`] finds its address space gone: the userfaultfd itself never reports
+//! `POLLHUP`), or when the userfaultfd reports an error.
+
+pub mod buf;
+pub mod memfile;
+pub mod region;
+mod server;
+pub mod uffd;
+pub mod ws;
+
+pub use memfile::{MemoryFile, MemoryFileError};
+pub use region::{PAGE_2M, PAGE_4K, Region, RegionError};
+pub use server::{IDLE_CHECK_MS, Mode, PageServer, PagerError, PagerStats, StopReason};
+pub use uffd::{Errno, Event, FillError, Uffd, UffdError};
+pub use ws::{WorkingSet, WsError, WsSummary, WsWriteError};

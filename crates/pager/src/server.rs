@@ -1,0 +1,827 @@
+//! The page server: a fault loop on its own thread, in lazy, record or prefetch mode.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::thread::JoinHandle;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::buf::AlignedBuf;
+use crate::memfile::MemoryFile;
+use crate::region::{PAGE_2M, Region, RegionError, Regions};
+use crate::uffd::{Errno, Event, FillError, Uffd};
+use crate::ws::{self, WorkingSet, WsError, WsSummary, WsWriteError};
+
+/// How often an idle fault loop checks that the memory's owner still exists, when no
+/// owner pidfd tells it (milliseconds).
+pub const IDLE_CHECK_MS: i32 = 100;
+
+/// How guest memory is filled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// Every fault is served from the memory file (holes as zero pages).
+    Lazy,
+    /// Lazy, and the faulting pages are recorded in fault order for
+    /// [`PageServer::write_ws`].
+    Record,
+    /// Before [`PageServer::start`] returns, the WS file is fetched with one `O_DIRECT`
+    /// read and installed (one `UFFDIO_COPY` per contiguous run, zero pages with
+    /// `UFFDIO_ZEROPAGE`); everything else is then served lazily.
+    ///
+    /// A WS file that is unreadable, damaged, foreign, or does not fit the memory file
+    /// or the regions is not an error: the server logs a warning, installs nothing,
+    /// serves lazily and reports it in [`PagerStats::prefetch_fell_back`] and
+    /// [`PagerStats::fallback_reason`]. A bad WS file costs speed, never correctness.
+    /// (To refuse instead, check the file first with [`WorkingSet::load`].)
+    Prefetch {
+        /// The WS file.
+        ws: PathBuf,
+    },
+}
+
+impl Mode {
+    fn name(&self) -> &'static str {
+        match self {
+            Mode::Lazy => "lazy",
+            Mode::Record => "record",
+            Mode::Prefetch { .. } => "prefetch",
+        }
+    }
+}
+
+/// Why the fault loop stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "reason", content = "detail")]
+pub enum StopReason {
+    /// [`PageServer::stop`] or drop.
+    Requested,
+    /// The process owning the memory exited.
+    OwnerExited,
+    /// The fault loop could not go on (the message says why); threads still waiting on
+    /// faults stay blocked until the userfaultfd is closed, so the owner should be
+    /// killed (a Firecracker peer) or its vCPU stopped.
+    Failed(String),
+}
+
+/// Errors of the page server.
+#[derive(Debug, thiserror::Error)]
+pub enum PagerError {
+    /// The regions cannot be served.
+    #[error("invalid memory regions")]
+    Regions(#[from] RegionError),
+    /// Creating the stop eventfd or the thread failed.
+    #[error("cannot start the fault loop")]
+    Spawn(#[source] io::Error),
+    /// The fault loop stopped before it was ready (e.g. the owner exited during the
+    /// prefetch install).
+    #[error("fault loop stopped before it was ready: {0:?}")]
+    NotReady(StopReason),
+    /// [`PageServer::write_ws`] on a server that is not recording.
+    #[error("the page server is not in record mode")]
+    NotRecording,
+    /// Writing the WS file failed.
+    #[error("cannot write the working set")]
+    WriteWs(#[from] WsWriteError),
+}
+
+/// Counters of one page server, readable while it runs ([`PageServer::stats`]) and
+/// returned by [`PageServer::stop`]. Times are in nanoseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PagerStats {
+    /// `lazy`, `record` or `prefetch`.
+    pub mode: String,
+    /// Faults served with a page read from the memory file.
+    pub lazy_faults_file: u64,
+    /// Faults served with a zero page, without any read: holes of the memory file and
+    /// ranges the owner dropped with `MADV_DONTNEED`/`MADV_REMOVE`.
+    pub lazy_faults_zero: u64,
+    /// Faults on pages that were already present when served (`EEXIST`: served by an
+    /// earlier fault or the install); the waiting threads are woken.
+    pub faults_already_present: u64,
+    /// `UFFD_EVENT_REMOVE` events received.
+    pub remove_events: u64,
+    /// Pages of the WS file installed with `UFFDIO_COPY`.
+    pub prefetched_pages: u64,
+    /// Zero pages of the WS file installed without contents.
+    pub prefetched_zero_pages: u64,
+    /// `UFFDIO_COPY`/`UFFDIO_ZEROPAGE` ioctls of the install.
+    pub install_ioctls: u64,
+    /// Bytes read from the WS file.
+    pub bytes_read_fetch: u64,
+    /// Bytes read from the memory file to serve faults.
+    pub bytes_read_lazy: u64,
+    /// Time to read the WS file.
+    pub fetch_ns: u64,
+    /// Time to check the WS file (checksum, entries).
+    pub verify_ns: u64,
+    /// The WS file was read with `O_DIRECT`.
+    pub fetch_direct: bool,
+    /// Time to install the working set.
+    pub install_ns: u64,
+    /// Time spent serving faults (from reading the event to the ioctl's return).
+    pub fault_serve_ns: u64,
+    /// Distinct pages recorded (record mode).
+    pub recorded_pages: u64,
+    /// Prefetch mode fell back to lazy because the WS file was refused.
+    pub prefetch_fell_back: bool,
+    /// Why it fell back.
+    pub fallback_reason: Option<String>,
+    /// Why the fault loop stopped, once it has.
+    pub stopped: Option<StopReason>,
+}
+
+#[derive(Default)]
+struct Counters {
+    lazy_faults_file: AtomicU64,
+    lazy_faults_zero: AtomicU64,
+    faults_already_present: AtomicU64,
+    remove_events: AtomicU64,
+    prefetched_pages: AtomicU64,
+    prefetched_zero_pages: AtomicU64,
+    install_ioctls: AtomicU64,
+    bytes_read_fetch: AtomicU64,
+    bytes_read_lazy: AtomicU64,
+    fetch_ns: AtomicU64,
+    verify_ns: AtomicU64,
+    install_ns: AtomicU64,
+    fault_serve_ns: AtomicU64,
+}
+
+#[derive(Default)]
+struct Info {
+    fetch_direct: bool,
+    fallback_reason: Option<String>,
+    stopped: Option<StopReason>,
+}
+
+struct Shared {
+    mode: &'static str,
+    counters: Counters,
+    recorded: Mutex<Vec<u64>>,
+    info: Mutex<Info>,
+    running: AtomicBool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn add(c: &AtomicU64, v: u64) {
+    c.fetch_add(v, Ordering::Relaxed);
+}
+
+/// A running page server. Dropping it stops the fault loop (like [`PageServer::stop`]).
+///
+/// Once the loop has stopped, its userfaultfd is closed, which unregisters the memory:
+/// pages that were never served then read as zeros. Stop a server only when the guest
+/// is done with its memory.
+pub struct PageServer {
+    shared: Arc<Shared>,
+    stop_fd: Arc<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+    memory: Arc<MemoryFile>,
+    page_size: u64,
+    recording: bool,
+}
+
+impl std::fmt::Debug for PageServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PageServer")
+            .field("mode", &self.shared.mode)
+            .field("memory", &self.memory.path())
+            .field("running", &self.is_running())
+            .finish()
+    }
+}
+
+impl PageServer {
+    /// Starts serving `regions` of the memory registered with `uffd` (MISSING mode; the
+    /// caller or the process that sent the descriptor registered them) from `memory`.
+    ///
+    /// In [`Mode::Prefetch`] the WS file is fetched and installed before this returns,
+    /// so the caller can run the guest next. The fault loop runs on its own thread
+    /// (named `reap-pager`) from the start, so faults that arrive during the install
+    /// are queued and served right after it.
+    pub fn start(
+        uffd: Uffd,
+        regions: Vec<Region>,
+        memory: MemoryFile,
+        mode: Mode,
+    ) -> Result<PageServer, PagerError> {
+        let regions = Regions::new(regions, memory.len())?;
+        let page_size = regions.page_size();
+        // SAFETY: eventfd takes integers and returns a new descriptor or -1.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(PagerError::Spawn(io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let stop_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
+        let memory = Arc::new(memory);
+        let shared = Arc::new(Shared {
+            mode: mode.name(),
+            counters: Counters::default(),
+            recorded: Mutex::new(Vec::new()),
+            info: Mutex::new(Info::default()),
+            running: AtomicBool::new(true),
+        });
+        let zero_buf = if page_size == PAGE_2M {
+            Some(AlignedBuf::zeroed(PAGE_2M as usize).map_err(PagerError::Spawn)?)
+        } else {
+            None
+        };
+        let fault_loop = FaultLoop {
+            uffd,
+            regions,
+            memory: memory.clone(),
+            shared: shared.clone(),
+            stop_fd: stop_fd.clone(),
+            page_size,
+            record: (mode == Mode::Record).then(HashSet::new),
+            removed: RangeSet::default(),
+            pending: VecDeque::new(),
+            events: Vec::new(),
+            page_buf: AlignedBuf::zeroed(page_size as usize).map_err(PagerError::Spawn)?,
+            zero_buf,
+        };
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("reap-pager".into())
+            .spawn(move || fault_loop.run(mode, ready_tx))
+            .map_err(PagerError::Spawn)?;
+        let mut server = PageServer {
+            shared,
+            stop_fd,
+            thread: Some(thread),
+            memory,
+            page_size,
+            recording: false,
+        };
+        server.recording = server.shared.mode == "record";
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(server),
+            Ok(Err(reason)) => {
+                server.join();
+                Err(PagerError::NotReady(reason))
+            }
+            Err(_) => {
+                server.join();
+                Err(PagerError::NotReady(StopReason::Failed(
+                    "fault loop thread died".into(),
+                )))
+            }
+        }
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> PagerStats {
+        let c = &self.shared.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let info = lock(&self.shared.info);
+        PagerStats {
+            mode: self.shared.mode.to_string(),
+            lazy_faults_file: get(&c.lazy_faults_file),
+            lazy_faults_zero: get(&c.lazy_faults_zero),
+            faults_already_present: get(&c.faults_already_present),
+            remove_events: get(&c.remove_events),
+            prefetched_pages: get(&c.prefetched_pages),
+            prefetched_zero_pages: get(&c.prefetched_zero_pages),
+            install_ioctls: get(&c.install_ioctls),
+            bytes_read_fetch: get(&c.bytes_read_fetch),
+            bytes_read_lazy: get(&c.bytes_read_lazy),
+            fetch_ns: get(&c.fetch_ns),
+            verify_ns: get(&c.verify_ns),
+            fetch_direct: info.fetch_direct,
+            install_ns: get(&c.install_ns),
+            fault_serve_ns: get(&c.fault_serve_ns),
+            recorded_pages: lock(&self.shared.recorded).len() as u64,
+            prefetch_fell_back: info.fallback_reason.is_some(),
+            fallback_reason: info.fallback_reason.clone(),
+            stopped: info.stopped.clone(),
+        }
+    }
+
+    /// Whether the fault loop is still running.
+    pub fn is_running(&self) -> bool {
+        self.shared.running.load(Ordering::Acquire)
+    }
+
+    /// Why the fault loop stopped, once it has.
+    pub fn stop_reason(&self) -> Option<StopReason> {
+        lock(&self.shared.info).stopped.clone()
+    }
+
+    /// The memory file being served.
+    pub fn memory_file(&self) -> &MemoryFile {
+        &self.memory
+    }
+
+    /// The memory-file offsets of the pages recorded so far, in fault order, each once
+    /// (record mode; empty otherwise).
+    pub fn recorded_offsets(&self) -> Vec<u64> {
+        lock(&self.shared.recorded).clone()
+    }
+
+    /// Writes the pages recorded so far to the WS file `path` (atomically), with their
+    /// contents read from the memory file, i.e. the snapshot's contents, not the guest's
+    /// current memory. Recording goes on; call it again to write a longer set.
+    pub fn write_ws(&self, path: &Path) -> Result<WsSummary, PagerError> {
+        if !self.recording {
+            return Err(PagerError::NotRecording);
+        }
+        let offsets = self.recorded_offsets();
+        Ok(ws::write_ws(path, self.page_size, &offsets, &self.memory)?)
+    }
+
+    /// Stops the fault loop, waits for its thread, and returns the final counters.
+    pub fn stop(mut self) -> PagerStats {
+        self.join();
+        self.stats()
+    }
+
+    fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live buffer to our eventfd.
+            let _ = unsafe { libc::write(self.stop_fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+            if t.join().is_err() {
+                let mut info = lock(&self.shared.info);
+                info.stopped
+                    .get_or_insert(StopReason::Failed("fault loop panicked".into()));
+                self.shared.running.store(false, Ordering::Release);
+            }
+        }
+    }
+}
+
+impl Drop for PageServer {
+    fn drop(&mut self) {
+        self.join();
+    }
+}
+
+/// Page-aligned host ranges dropped by `UFFD_EVENT_REMOVE`: disjoint, merged.
+#[derive(Default)]
+struct RangeSet(BTreeMap<u64, u64>);
+
+impl RangeSet {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn insert(&mut self, mut start: u64, mut end: u64) {
+        if start >= end {
+            return;
+        }
+        // Merge with every range that overlaps or touches [start, end).
+        if let Some((&s, &e)) = self.0.range(..=start).next_back()
+            && e >= start
+        {
+            start = s;
+            end = end.max(e);
+            self.0.remove(&s);
+        }
+        let inside: Vec<(u64, u64)> = self.0.range(start..=end).map(|(&s, &e)| (s, e)).collect();
+        for (s, e) in inside {
+            end = end.max(e);
+            self.0.remove(&s);
+        }
+        self.0.insert(start, end);
+    }
+
+    fn contains(&self, addr: u64) -> bool {
+        self.0
+            .range(..=addr)
+            .next_back()
+            .is_some_and(|(_, &e)| addr < e)
+    }
+}
+
+/// Why serving stopped, inside the loop.
+type Stop = StopReason;
+
+struct FaultLoop {
+    uffd: Uffd,
+    regions: Regions,
+    memory: Arc<MemoryFile>,
+    shared: Arc<Shared>,
+    stop_fd: Arc<OwnedFd>,
+    page_size: u64,
+    /// Pages recorded so far (record mode).
+    record: Option<HashSet<u64>>,
+    removed: RangeSet,
+    /// Faults read while doing something else, served next.
+    pending: VecDeque<u64>,
+    events: Vec<Event>,
+    page_buf: AlignedBuf,
+    /// A zero page for hugetlbfs, where `UFFDIO_ZEROPAGE` does not exist.
+    zero_buf: Option<AlignedBuf>,
+}
+
+impl FaultLoop {
+    fn run(mut self, mode: Mode, ready: mpsc::SyncSender<Result<(), StopReason>>) {
+        let prepared = match &mode {
+            Mode::Prefetch { ws } => self.prefetch(ws),
+            Mode::Lazy | Mode::Record => Ok(()),
+        };
+        let reason = match prepared {
+            Ok(()) => {
+                let _ = ready.send(Ok(()));
+                self.serve_until_stopped()
+            }
+            Err(reason) => {
+                let _ = ready.send(Err(reason.clone()));
+                reason
+            }
+        };
+        match &reason {
+            StopReason::Requested => tracing::debug!("page server stopped"),
+            StopReason::OwnerExited => tracing::info!("page server stopped: memory owner exited"),
+            StopReason::Failed(why) => tracing::error!("page server stopped: {why}"),
+        }
+        lock(&self.shared.info).stopped = Some(reason);
+        self.shared.running.store(false, Ordering::Release);
+        // Dropping `self` closes the userfaultfd.
+    }
+
+    fn prefetch(&mut self, path: &Path) -> Result<(), Stop> {
+        let ws = match WorkingSet::load(path, &self.memory, self.page_size)
+            .and_then(|ws| self.check_fits(ws))
+        {
+            Ok(ws) => ws,
+            Err(e) => {
+                let reason = format!("{}: {}", path.display(), error_chain(&e));
+                tracing::warn!("working set refused, serving lazily: {reason}");
+                lock(&self.shared.info).fallback_reason = Some(reason);
+                return Ok(());
+            }
+        };
+        let c = &self.shared.counters;
+        let f = ws.fetch_info();
+        add(&c.bytes_read_fetch, f.bytes);
+        add(&c.fetch_ns, f.fetch_ns);
+        add(&c.verify_ns, f.verify_ns);
+        lock(&self.shared.info).fetch_direct = f.direct;
+        let t = Instant::now();
+        let result = self.install(&ws);
+        add(
+            &self.shared.counters.install_ns,
+            t.elapsed().as_nanos() as u64,
+        );
+        result
+    }
+
+    fn check_fits(&self, ws: WorkingSet) -> Result<WorkingSet, WsError> {
+        for p in ws.pages() {
+            if self.regions.host_addr_of(p.offset).is_none() {
+                return Err(WsError::OutsideRegions { offset: p.offset });
+            }
+        }
+        Ok(ws)
+    }
+
+    /// Installs the working set: data pages in table order, one `UFFDIO_COPY` per run of
+    /// entries that are contiguous both in the file and in memory; zero pages sorted and
+    /// merged, one `UFFDIO_ZEROPAGE` per run.
+    fn install(&mut self, ws: &WorkingSet) -> Result<(), Stop> {
+        let ps = self.page_size;
+        let data = ws.data();
+        let mut zeros = Vec::new();
+        // (host address, first data index, pages)
+        let mut run: Option<(u64, usize, u64)> = None;
+        let mut data_index = 0usize;
+        for p in ws.pages() {
+            let host = self.regions.host_addr_of(p.offset).unwrap_or_default();
+            if p.zero {
+                zeros.push(host);
+                continue;
+            }
+            run = match run {
+                Some((h, i, n)) if h + n * ps == host => Some((h, i, n + 1)),
+                Some((h, i, n)) => {
+                    self.install_run(
+                        h,
+                        Some(&data[i * ps as usize..(i + n as usize) * ps as usize]),
+                        n,
+                    )?;
+                    Some((host, data_index, 1))
+                }
+                None => Some((host, data_index, 1)),
+            };
+            data_index += 1;
+        }
+        if let Some((h, i, n)) = run {
+            self.install_run(
+                h,
+                Some(&data[i * ps as usize..(i + n as usize) * ps as usize]),
+                n,
+            )?;
+        }
+        zeros.sort_unstable();
+        let mut i = 0;
+        while i < zeros.len() {
+            let mut n = 1;
+            while i + n < zeros.len() && zeros[i + n] == zeros[i] + n as u64 * ps {
+                n += 1;
+            }
+            self.install_run(zeros[i], None, n as u64)?;
+            i += n;
+        }
+        Ok(())
+    }
+
+    /// Fills `pages` pages at `host` from `src` (or with zeros). Pages already present
+    /// are skipped, pages dropped by the owner are left alone (they must read as zero).
+    fn install_run(&mut self, host: u64, src: Option<&[u8]>, pages: u64) -> Result<(), Stop> {
+        let ps = self.page_size;
+        let len = pages * ps;
+        let shared = self.shared.clone();
+        let c = &shared.counters;
+        let counter = if src.is_some() {
+            &c.prefetched_pages
+        } else {
+            &c.prefetched_zero_pages
+        };
+        let mut done = 0;
+        while done < len {
+            // Normally the whole rest in one ioctl; page by page once the owner has
+            // dropped ranges, to skip those.
+            let chunk = if self.removed.is_empty() {
+                len - done
+            } else if self.removed.contains(host + done) {
+                done += ps;
+                continue;
+            } else {
+                ps
+            };
+            let dst = host + done;
+            add(&c.install_ioctls, 1);
+            let r = match src {
+                Some(s) => self
+                    .uffd
+                    .copy(dst, &s[done as usize..(done + chunk) as usize], true),
+                None => self.fill_zero(dst, chunk),
+            };
+            match r {
+                Ok(()) => {
+                    add(counter, chunk / ps);
+                    done += chunk;
+                }
+                Err(FillError { copied, errno }) => {
+                    add(counter, copied / ps);
+                    done += copied;
+                    match errno {
+                        Errno::EEXIST => {
+                            add(&c.faults_already_present, 1);
+                            done += ps;
+                        }
+                        // Partial fill: go on from where it stopped. Nothing filled: the
+                        // owner's memory map is changing; read the pending events first.
+                        Errno::EAGAIN if copied > 0 => {}
+                        Errno::EAGAIN => self.drain_events()?,
+                        Errno::ESRCH => return Err(Stop::OwnerExited),
+                        e => {
+                            return Err(Stop::Failed(format!(
+                                "installing the working set at {dst:#x}: {e}"
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn fill_zero(&self, dst: u64, len: u64) -> Result<(), FillError> {
+        match &self.zero_buf {
+            // hugetlbfs has no UFFDIO_ZEROPAGE: copy a zero huge page, one at a time.
+            Some(z) => {
+                let mut done = 0;
+                while done < len {
+                    self.uffd.copy(dst + done, z, true).map_err(|e| FillError {
+                        copied: done + e.copied,
+                        errno: e.errno,
+                    })?;
+                    done += z.len() as u64;
+                }
+                Ok(())
+            }
+            None => self.uffd.zeropage(dst, len, true),
+        }
+    }
+
+    /// Reads every pending event: faults are queued, removals recorded.
+    fn drain_events(&mut self) -> Result<(), Stop> {
+        let mut events = std::mem::take(&mut self.events);
+        let r = self.uffd.read_events(&mut events);
+        for ev in events.drain(..) {
+            match ev {
+                Event::PageFault { addr, .. } => self.pending.push_back(addr),
+                Event::Remove { start, end } => {
+                    // Keep whole pages only (the kernel drops whole pages).
+                    let ps = self.page_size;
+                    self.removed
+                        .insert(start.next_multiple_of(ps), end - end % ps);
+                    add(&self.shared.counters.remove_events, 1);
+                }
+                Event::Other(kind) => tracing::debug!("ignoring userfaultfd event {kind:#x}"),
+            }
+        }
+        self.events = events;
+        r.map(|_| ())
+            .map_err(|e| Stop::Failed(format!("reading userfaultfd events: {e}")))
+    }
+
+    fn serve_until_stopped(&mut self) -> Stop {
+        let probe_addr = self.regions.as_slice()[0].host_addr;
+        loop {
+            while let Some(addr) = self.pending.pop_front() {
+                if let Err(stop) = self.serve(addr) {
+                    return stop;
+                }
+            }
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.uffd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.stop_fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: -1,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let owner_fd = self
+                .uffd
+                .owner_pidfd()
+                .map(|(_, fd)| fd.as_fd().as_raw_fd());
+            if let Some(fd) = owner_fd {
+                fds[2].fd = fd;
+            }
+            // SAFETY: `fds` is a live array of 3 pollfd structs; poll ignores fd -1.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 3, IDLE_CHECK_MS) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Stop::Failed(format!("poll: {e}"));
+            }
+            if fds[1].revents != 0 {
+                return Stop::Requested;
+            }
+            if fds[2].revents != 0 {
+                return Stop::OwnerExited;
+            }
+            if n == 0 {
+                if !self.uffd.owner_alive(probe_addr, self.page_size) {
+                    return Stop::OwnerExited;
+                }
+                continue;
+            }
+            let rev = fds[0].revents;
+            if rev & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                return Stop::Failed(format!("userfaultfd poll reported {rev:#x}"));
+            }
+            if let Err(stop) = self.drain_events() {
+                return stop;
+            }
+        }
+    }
+
+    /// Serves one fault at `addr`.
+    fn serve(&mut self, addr: u64) -> Result<(), Stop> {
+        let t = Instant::now();
+        let ps = self.page_size;
+        let page = addr & !(ps - 1);
+        let Some(region) = self.regions.by_addr(page) else {
+            return Err(Stop::Failed(format!(
+                "fault at {addr:#x} is outside every region"
+            )));
+        };
+        let offset = region.file_offset + (page - region.host_addr);
+        let shared = self.shared.clone();
+        let c = &shared.counters;
+        let mut have_data = false;
+        let (removed, result) = loop {
+            let removed = self.removed.contains(page);
+            let zero = removed || self.memory.is_hole(offset, ps);
+            let r = if zero {
+                self.fill_zero(page, ps)
+            } else {
+                if !have_data {
+                    self.memory
+                        .read_at(offset, &mut self.page_buf)
+                        .map_err(|e| {
+                            Stop::Failed(format!(
+                                "reading page {offset:#x} of {}: {e}",
+                                self.memory.path().display()
+                            ))
+                        })?;
+                    add(&c.bytes_read_lazy, ps);
+                    have_data = true;
+                }
+                self.uffd.copy(page, &self.page_buf, true)
+            };
+            match r {
+                Err(FillError {
+                    errno: Errno::EAGAIN,
+                    ..
+                }) => self.drain_events()?,
+                r => break (removed, r.map(|()| zero)),
+            }
+        };
+        match result {
+            Ok(zero) => {
+                add(
+                    if zero {
+                        &c.lazy_faults_zero
+                    } else {
+                        &c.lazy_faults_file
+                    },
+                    1,
+                );
+                if !removed
+                    && let Some(seen) = &mut self.record
+                    && seen.insert(offset)
+                {
+                    lock(&self.shared.recorded).push(offset);
+                }
+            }
+            Err(FillError {
+                errno: Errno::EEXIST,
+                ..
+            }) => {
+                add(&c.faults_already_present, 1);
+                if let Err(e) = self.uffd.wake(page, ps) {
+                    return Err(Stop::Failed(format!("waking {page:#x}: {e}")));
+                }
+            }
+            Err(FillError {
+                errno: Errno::ESRCH,
+                ..
+            }) => return Err(Stop::OwnerExited),
+            Err(e) => return Err(Stop::Failed(format!("serving the fault at {addr:#x}: {e}"))),
+        }
+        add(&c.fault_serve_ns, t.elapsed().as_nanos() as u64);
+        Ok(())
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(src) = cur {
+        s.push_str(": ");
+        s.push_str(&src.to_string());
+        cur = src.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_set_merges_overlapping_and_touching_ranges() {
+        let mut r = RangeSet::default();
+        r.insert(0x3000, 0x5000);
+        r.insert(0x8000, 0x9000);
+        r.insert(0x5000, 0x6000); // touches the first
+        r.insert(0x2000, 0x3000); // touches it from below
+        assert_eq!(
+            r.0.iter().map(|(&s, &e)| (s, e)).collect::<Vec<_>>(),
+            vec![(0x2000, 0x6000), (0x8000, 0x9000)]
+        );
+        r.insert(0x1000, 0xa000); // swallows everything
+        assert_eq!(r.0.len(), 1);
+        assert!(r.contains(0x1000) && r.contains(0x9fff));
+        assert!(!r.contains(0xa000) && !r.contains(0xfff));
+        r.insert(0x5000, 0x5000); // empty: ignored
+        assert_eq!(r.0.len(), 1);
+    }
+
+    #[test]
+    fn error_chain_includes_every_cause() {
+        let e = WsError::Io {
+            path: "/x".into(),
+            source: io::Error::other("disk on fire"),
+        };
+        assert_eq!(
+            error_chain(&e),
+            "cannot read working-set file /x: disk on fire"
+        );
+    }
+}
