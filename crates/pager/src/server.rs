@@ -123,7 +123,8 @@ pub struct PagerStats {
     pub fetch_direct: bool,
     /// Time to install the working set.
     pub install_ns: u64,
-    /// Time spent serving faults (from reading the event to the ioctl's return).
+    /// Time spent serving faults: from taking a fault off the queue to its page being
+    /// filled (the file read included).
     pub fault_serve_ns: u64,
     /// Distinct pages recorded (record mode).
     pub recorded_pages: u64,
@@ -565,7 +566,7 @@ impl FaultLoop {
                 Some(s) => self
                     .uffd
                     .copy(dst, &s[done as usize..(done + chunk) as usize], true),
-                None => self.fill_zero(dst, chunk),
+                None => self.fill_zero(dst, chunk, true),
             };
             match r {
                 Ok(()) => {
@@ -597,13 +598,13 @@ impl FaultLoop {
         Ok(())
     }
 
-    fn fill_zero(&self, dst: u64, len: u64) -> Result<(), FillError> {
+    fn fill_zero(&self, dst: u64, len: u64, wake: bool) -> Result<(), FillError> {
         match &self.zero_buf {
             // hugetlbfs has no UFFDIO_ZEROPAGE: copy a zero huge page, one at a time.
             Some(z) => {
                 let mut done = 0;
                 while done < len {
-                    self.uffd.copy(dst + done, z, true).map_err(|e| FillError {
+                    self.uffd.copy(dst + done, z, wake).map_err(|e| FillError {
                         copied: done + e.copied,
                         errno: e.errno,
                     })?;
@@ -611,7 +612,7 @@ impl FaultLoop {
                 }
                 Ok(())
             }
-            None => self.uffd.zeropage(dst, len, true),
+            None => self.uffd.zeropage(dst, len, wake),
         }
     }
 
@@ -718,7 +719,7 @@ impl FaultLoop {
             let removed = self.removed.contains(page);
             let zero = removed || self.memory.is_hole(offset, ps);
             let r = if zero {
-                self.fill_zero(page, ps)
+                self.fill_zero(page, ps, false)
             } else {
                 if !have_data {
                     self.memory
@@ -732,7 +733,7 @@ impl FaultLoop {
                     add(&c.bytes_read_lazy, ps);
                     have_data = true;
                 }
-                self.uffd.copy(page, &self.page_buf, true)
+                self.uffd.copy(page, &self.page_buf, false)
             };
             match r {
                 Err(FillError {
@@ -742,6 +743,9 @@ impl FaultLoop {
                 r => break (removed, r.map(|()| zero)),
             }
         };
+        // The page is filled without waking its waiters: the counters and the record
+        // are updated first, so that once the faulting thread runs on, stats() and
+        // recorded_offsets() include its fault.
         match result {
             Ok(zero) => {
                 add(
@@ -762,12 +766,7 @@ impl FaultLoop {
             Err(FillError {
                 errno: Errno::EEXIST,
                 ..
-            }) => {
-                add(&c.faults_already_present, 1);
-                if let Err(e) = self.uffd.wake(page, ps) {
-                    return Err(Stop::Failed(format!("waking {page:#x}: {e}")));
-                }
-            }
+            }) => add(&c.faults_already_present, 1),
             Err(FillError {
                 errno: Errno::ESRCH,
                 ..
@@ -775,7 +774,11 @@ impl FaultLoop {
             Err(e) => return Err(Stop::Failed(format!("serving the fault at {addr:#x}: {e}"))),
         }
         add(&c.fault_serve_ns, t.elapsed().as_nanos() as u64);
-        Ok(())
+        match self.uffd.wake(page, ps) {
+            Ok(()) => Ok(()),
+            Err(Errno::ESRCH) => Err(Stop::OwnerExited),
+            Err(e) => Err(Stop::Failed(format!("waking {page:#x}: {e}"))),
+        }
     }
 }
 
