@@ -1,1 +1,13 @@
-//! reap
+//! reap: a serverless function runtime whose functions run in KVM microVMs.
+//!
+//! - [`arch`]: the guest's page tables, descriptor tables, entry stubs, CPU state.
+//! - [`vstate`]: guest memory, the KVM VM and vCPU.
+//! - [`loader`]: the ELF loader and the Linux initial stack.
+//! - [`guest_os`]: the Linux system calls the guest program makes.
+//! - [`microvm`]: a microVM and its run loop.
+
+pub mod arch;
+pub mod guest_os;
+pub mod loader;
+pub mod microvm;
+pub mod vstate;

@@ -1,0 +1,20 @@
+//! x86-64 guest layout and CPU setup.
+//!
+//! The guest runs its program at CPL3 in 64-bit long mode with guest-physical memory
+//! identity-mapped (see `docs/guest-abi.md`). The first 2 MiB of guest memory are the
+//! system area: page tables, GDT, TSS, IDT, the syscall and exception stubs and an
+//! exception stack. Page 0 and the rest of the first 2 MiB are unmapped so that null
+//! and near-null pointers fault.
+
+mod cpu;
+pub mod layout;
+mod paging;
+mod regs;
+mod tables;
+
+pub use cpu::hwcap;
+pub use paging::write_page_tables;
+pub use regs::{CpuSetupError, configure_vcpu, return_from_syscall, supported_xcr0, user_cs, user_ss};
+pub use tables::{
+    ExceptionFrame, exception_name, read_exception_frame, write_system_tables,
+};

@@ -1,0 +1,343 @@
+//! The guest program's address space: the heap (brk) growing up from the end of the
+//! program, anonymous mappings handed out top-down below the stack, and the stack at
+//! the top of guest memory.
+//!
+//! Invariant: guest memory outside the program's segments, the stack, the heap and the
+//! mappings reads as zero. Whatever leaves the heap or a mapping is reported to the
+//! caller as a range to discard (zero), so a later mapping starts out zeroed as Linux
+//! guarantees.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::arch::layout::{PAGE_SIZE, STACK_SIZE, SYSTEM_AREA_END, page_align_down, page_align_up};
+
+/// A failed memory request, answered to the guest as this errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MmError {
+    /// EINVAL: misaligned, zero-length or out-of-range request.
+    Invalid,
+    /// ENOMEM: no room left in guest memory.
+    NoMemory,
+    /// EEXIST: MAP_FIXED_NOREPLACE over an existing mapping.
+    Exists,
+    /// EFAULT: the old range of an mremap is not one mapping.
+    Fault,
+}
+
+/// Page ranges (start, end) that must be made to read as zero.
+pub type Discards = Vec<(u64, u64)>;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressSpace {
+    mem_size: u64,
+    brk_start: u64,
+    brk: u64,
+    /// Anonymous mappings: start -> end, non-overlapping, page-aligned.
+    mappings: BTreeMap<u64, u64>,
+}
+
+impl AddressSpace {
+    /// `program_end` is the first page after the loaded program.
+    pub fn new(mem_size: u64, program_end: u64) -> Self {
+        Self { mem_size, brk_start: program_end, brk: program_end, mappings: BTreeMap::new() }
+    }
+
+    /// Top of the area mappings may use: the stack is above it.
+    fn mmap_top(&self) -> u64 {
+        self.mem_size - STACK_SIZE
+    }
+
+    /// Lowest address of any mapping, or the mmap top when there is none.
+    fn lowest_mapping(&self) -> u64 {
+        self.mappings.keys().next().copied().unwrap_or(self.mmap_top())
+    }
+
+    pub fn brk_range(&self) -> (u64, u64) {
+        (self.brk_start, self.brk)
+    }
+
+    /// Bytes mapped by the program: heap plus anonymous mappings.
+    pub fn mapped_bytes(&self) -> u64 {
+        let heap = page_align_up(self.brk).unwrap_or(self.brk) - self.brk_start;
+        heap + self.mappings.iter().map(|(s, e)| e - s).sum::<u64>()
+    }
+
+    /// `brk(2)`: moves the program break to `request` if it fits, and returns the break
+    /// in effect afterwards (the old one when the request is refused or zero).
+    pub fn brk(&mut self, request: u64) -> (u64, Discards) {
+        if request < self.brk_start {
+            return (self.brk, Vec::new());
+        }
+        let Some(new_end) = page_align_up(request) else {
+            return (self.brk, Vec::new());
+        };
+        if new_end > self.lowest_mapping() {
+            return (self.brk, Vec::new());
+        }
+        let old_end = page_align_up(self.brk).unwrap_or(self.brk);
+        let discards = if new_end < old_end { vec![(new_end, old_end)] } else { Vec::new() };
+        self.brk = request;
+        (self.brk, discards)
+    }
+
+    /// `mmap(2)` of anonymous memory. `fixed` places it exactly at `addr` (replacing
+    /// what was there); `noreplace` fails instead of replacing; otherwise `addr` is a
+    /// hint. Returns the address and the ranges to zero.
+    pub fn mmap(&mut self, addr: u64, len: u64, fixed: bool, noreplace: bool) -> Result<(u64, Discards), MmError> {
+        let len = page_align_up(len).filter(|&l| l > 0).ok_or(MmError::Invalid)?;
+        if fixed || noreplace {
+            if addr % PAGE_SIZE != 0 {
+                return Err(MmError::Invalid);
+            }
+            let end = addr.checked_add(len).ok_or(MmError::NoMemory)?;
+            if addr < SYSTEM_AREA_END || end > self.mem_size {
+                return Err(MmError::NoMemory);
+            }
+            if noreplace && self.overlaps_used(addr, end) {
+                return Err(MmError::Exists);
+            }
+            self.remove(addr, end);
+            self.insert(addr, end);
+            // Whatever was there before reads as zero now.
+            return Ok((addr, vec![(addr, end)]));
+        }
+        if addr != 0 && addr % PAGE_SIZE == 0 {
+            if let Some(end) = addr.checked_add(len) {
+                let heap_end = page_align_up(self.brk).unwrap_or(u64::MAX);
+                if addr >= heap_end && end <= self.mmap_top() && !self.overlaps(addr, end) {
+                    self.insert(addr, end);
+                    return Ok((addr, Vec::new()));
+                }
+            }
+        }
+        let start = self.find_gap(len).ok_or(MmError::NoMemory)?;
+        self.insert(start, start + len);
+        Ok((start, Vec::new()))
+    }
+
+    /// `munmap(2)`: removes `addr..addr+len`; unmapping memory that is not mapped is
+    /// not an error.
+    pub fn munmap(&mut self, addr: u64, len: u64) -> Result<Discards, MmError> {
+        if addr % PAGE_SIZE != 0 || len == 0 {
+            return Err(MmError::Invalid);
+        }
+        let end = page_align_up(len).and_then(|l| addr.checked_add(l)).ok_or(MmError::Invalid)?;
+        Ok(self.remove(addr, end))
+    }
+
+    /// `mremap(2)`. Returns the new address, ranges to copy (from, to, len) before the
+    /// discards, and the ranges to zero.
+    pub fn mremap(
+        &mut self,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        may_move: bool,
+        fixed_to: Option<u64>,
+    ) -> Result<(u64, Option<(u64, u64, u64)>, Discards), MmError> {
+        if old % PAGE_SIZE != 0 {
+            return Err(MmError::Invalid);
+        }
+        let old_len = page_align_up(old_len).ok_or(MmError::Invalid)?;
+        let new_len = page_align_up(new_len).filter(|&l| l > 0).ok_or(MmError::Invalid)?;
+        let old_end = old.checked_add(old_len).ok_or(MmError::Fault)?;
+        // The old range must lie inside one mapping.
+        let Some((&map_start, &map_end)) = self.mappings.range(..=old).next_back() else {
+            return Err(MmError::Fault);
+        };
+        if old_end > map_end || old_len == 0 || map_start > old {
+            return Err(MmError::Fault);
+        }
+        if let Some(to) = fixed_to {
+            if !may_move || to % PAGE_SIZE != 0 {
+                return Err(MmError::Invalid);
+            }
+            let to_end = to.checked_add(new_len).ok_or(MmError::Invalid)?;
+            if to < old_end && old < to_end {
+                return Err(MmError::Invalid);
+            }
+            let (addr, mut discards) = self.mmap(to, new_len, true, false)?;
+            discards.extend(self.remove(old, old_end));
+            let copy = Some((old, addr, old_len.min(new_len)));
+            return Ok((addr, copy, discards));
+        }
+        if new_len <= old_len {
+            let discards = self.remove(old + new_len, old_end);
+            return Ok((old, None, discards));
+        }
+        let grow_end = old.checked_add(new_len).ok_or(MmError::NoMemory)?;
+        if old_end == map_end && grow_end <= self.mmap_top() && !self.overlaps(old_end, grow_end) {
+            self.mappings.insert(map_start, grow_end);
+            self.coalesce();
+            return Ok((old, None, Vec::new()));
+        }
+        if !may_move {
+            return Err(MmError::NoMemory);
+        }
+        let start = self.find_gap(new_len).ok_or(MmError::NoMemory)?;
+        self.insert(start, start + new_len);
+        let discards = self.remove(old, old_end);
+        Ok((start, Some((old, start, old_len)), discards))
+    }
+
+    /// Whether `start..end` overlaps a mapping.
+    fn overlaps(&self, start: u64, end: u64) -> bool {
+        self.mappings.range(..end).next_back().is_some_and(|(_, &e)| e > start)
+    }
+
+    /// Whether `start..end` overlaps a mapping or the heap.
+    fn overlaps_used(&self, start: u64, end: u64) -> bool {
+        let heap_end = page_align_up(self.brk).unwrap_or(u64::MAX);
+        self.overlaps(start, end) || (start < heap_end && self.brk_start < end)
+    }
+
+    /// The highest free range of `len` bytes between the heap and the stack.
+    fn find_gap(&self, len: u64) -> Option<u64> {
+        let floor = page_align_up(self.brk)?;
+        let mut top = self.mmap_top();
+        for (&start, &end) in self.mappings.iter().rev() {
+            if end <= top && top - end >= len {
+                return Some(top - len);
+            }
+            top = top.min(start);
+        }
+        (top >= floor && top - floor >= len).then(|| top - len)
+    }
+
+    fn insert(&mut self, start: u64, end: u64) {
+        self.mappings.insert(start, end);
+        self.coalesce();
+    }
+
+    /// Removes `start..end` from the mappings and the heap; returns the page ranges
+    /// that were in use and must now read as zero.
+    fn remove(&mut self, start: u64, end: u64) -> Discards {
+        let mut discards = Vec::new();
+        let hit: Vec<(u64, u64)> = self
+            .mappings
+            .range(..end)
+            .filter(|&(_, &e)| e > start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in hit {
+            self.mappings.remove(&s);
+            if s < start {
+                self.mappings.insert(s, start);
+            }
+            if e > end {
+                self.mappings.insert(end, e);
+            }
+            discards.push((s.max(start), e.min(end)));
+        }
+        discards
+    }
+
+    /// Merges adjacent mappings.
+    fn coalesce(&mut self) {
+        let mut merged: BTreeMap<u64, u64> = BTreeMap::new();
+        for (&s, &e) in &self.mappings {
+            if let Some((_, last_end)) = merged.iter_mut().next_back() {
+                if *last_end == s {
+                    *last_end = e;
+                    continue;
+                }
+            }
+            merged.insert(s, e);
+        }
+        self.mappings = merged;
+    }
+
+    /// Rounds a length the guest passed to whole pages for madvise-style calls.
+    pub fn page_range(addr: u64, len: u64) -> Option<(u64, u64)> {
+        if addr % PAGE_SIZE != 0 {
+            return None;
+        }
+        let end = page_align_up(addr.checked_add(len)?)?;
+        Some((page_align_down(addr), end))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MEM: u64 = 64 << 20;
+    const END: u64 = 0x60_0000;
+
+    fn space() -> AddressSpace {
+        AddressSpace::new(MEM, END)
+    }
+
+    #[test]
+    fn brk_grows_shrinks_and_refuses_nonsense() {
+        let mut a = space();
+        assert_eq!(a.brk(0).0, END, "query");
+        assert_eq!(a.brk(END + 10_000).0, END + 10_000);
+        let (b, discards) = a.brk(END + 100);
+        assert_eq!(b, END + 100);
+        assert_eq!(discards, vec![(END + 4096, END + 12288)]);
+        assert_eq!(a.brk(END - 4096).0, END + 100, "below start is refused");
+        assert_eq!(a.brk(MEM).0, END + 100, "into the stack is refused");
+    }
+
+    #[test]
+    fn mmap_is_top_down_and_munmap_zeroes() {
+        let mut a = space();
+        let (m1, d) = a.mmap(0, 5000, false, false).unwrap();
+        assert!(d.is_empty());
+        assert_eq!(m1, MEM - STACK_SIZE - 8192);
+        let (m2, _) = a.mmap(0, 4096, false, false).unwrap();
+        assert_eq!(m2, m1 - 4096);
+        assert_eq!(a.munmap(m1, 4096).unwrap(), vec![(m1, m1 + 4096)]);
+        // The freed page is reused for the next fitting request.
+        let (m3, _) = a.mmap(0, 4096, false, false).unwrap();
+        assert_eq!(m3, m1);
+        assert_eq!(a.munmap(m1 - 0x10_0000, 4096).unwrap(), vec![], "unmapped memory is fine");
+        assert_eq!(a.munmap(m1 + 1, 4096), Err(MmError::Invalid));
+    }
+
+    #[test]
+    fn mmap_runs_out_of_memory_and_brk_cannot_cross_mappings() {
+        let mut a = space();
+        let free = MEM - STACK_SIZE - END;
+        assert_eq!(a.mmap(0, free + 4096, false, false), Err(MmError::NoMemory));
+        let (m, _) = a.mmap(0, free - 4096, false, false).unwrap();
+        assert_eq!(m, END + 4096);
+        assert_eq!(a.brk(END + 8192).0, END, "heap would run into the mapping");
+        assert_eq!(a.brk(END + 4096).0, END + 4096);
+        assert_eq!(a.mmap(0, 4096, false, false), Err(MmError::NoMemory));
+    }
+
+    #[test]
+    fn fixed_mappings_replace_and_noreplace_refuses() {
+        let mut a = space();
+        let (m, _) = a.mmap(0, 3 * 4096, false, false).unwrap();
+        let (f, d) = a.mmap(m + 4096, 4096, true, false).unwrap();
+        assert_eq!(f, m + 4096);
+        assert_eq!(d, vec![(m + 4096, m + 8192)]);
+        assert_eq!(a.mmap(m, 4096, false, true), Err(MmError::Exists));
+        assert_eq!(a.mmap(0x1000, 4096, true, false), Err(MmError::NoMemory), "system area");
+        assert_eq!(a.mmap(m + 1, 4096, true, false), Err(MmError::Invalid));
+    }
+
+    #[test]
+    fn mremap_grows_in_place_moves_and_shrinks() {
+        let mut a = space();
+        let (m, _) = a.mmap(0, 8192, false, false).unwrap();
+        // Nothing above m is free (the mmap top), so growing moves it.
+        let (n, copy, discards) = a.mremap(m, 8192, 16384, true, None).unwrap();
+        assert_ne!(n, m);
+        assert_eq!(copy, Some((m, n, 8192)));
+        assert_eq!(discards, vec![(m, m + 8192)]);
+        // Shrinking stays in place and zeroes the tail.
+        let (s, copy, discards) = a.mremap(n, 16384, 4096, false, None).unwrap();
+        assert_eq!((s, copy), (n, None));
+        assert_eq!(discards, vec![(n + 4096, n + 16384)]);
+        // Growing into the freed tail works in place.
+        let (g, copy, _) = a.mremap(n, 4096, 8192, false, None).unwrap();
+        assert_eq!((g, copy), (n, None));
+        assert_eq!(a.mremap(0x70_0000, 4096, 8192, true, None), Err(MmError::Fault));
+    }
+}

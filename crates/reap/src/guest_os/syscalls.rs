@@ -1,0 +1,675 @@
+//! The system calls, one function each, dispatched by number.
+//!
+//! Every guest pointer goes through the bounds-checked user accessors of
+//! [`GuestMemory`] (EFAULT to the guest, never a host access outside guest memory) and
+//! every guest-controlled number through checked arithmetic.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use libc::c_long;
+
+use super::abi::*;
+use super::mm::{Discards, MmError};
+use super::{GuestOs, Outcome, Syscall};
+use crate::arch::layout::PAGE_SIZE;
+use crate::vstate::memory::{Efault, GuestMemory};
+
+/// An errno for the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Errno(i32);
+
+impl From<Efault> for Errno {
+    fn from(_: Efault) -> Self {
+        Errno(libc::EFAULT)
+    }
+}
+
+impl From<MmError> for Errno {
+    fn from(e: MmError) -> Self {
+        Errno(match e {
+            MmError::Invalid => libc::EINVAL,
+            MmError::NoMemory => libc::ENOMEM,
+            MmError::Exists => libc::EEXIST,
+            MmError::Fault => libc::EFAULT,
+        })
+    }
+}
+
+type SysResult = Result<u64, Errno>;
+
+/// Largest single write the VMM copies out of the guest at once.
+const IO_CHUNK: u64 = 1 << 20;
+/// Largest path the VMM reads from the guest.
+const PATH_MAX: u64 = 4096;
+/// Largest iovec count (UIO_MAXIOV).
+const IOV_MAX: u64 = 1024;
+const POLLIN: i16 = 0x1;
+const POLLOUT: i16 = 0x4;
+const POLLHUP: i16 = 0x10;
+const POLLNVAL: i16 = 0x20;
+
+/// System calls answered ENOSYS without a warning: programs probe them and fall back.
+const QUIET_ENOSYS: [c_long; 4] = [libc::SYS_rseq, libc::SYS_statx, libc::SYS_clone3, libc::SYS_membarrier];
+
+impl GuestOs {
+    /// Carries out one system call of the guest.
+    pub fn syscall(&mut self, mem: &GuestMemory, call: &Syscall) -> Outcome {
+        self.counters.syscalls += 1;
+        let [a0, a1, a2, a3, a4, _] = call.args;
+        let n = call.nr as c_long;
+        let result: SysResult = match n {
+            libc::SYS_read => return self.read(mem, a0, a1, a2),
+            libc::SYS_write => self.write(mem, a0, a1, a2),
+            libc::SYS_writev => self.writev(mem, a0, a1, a2),
+            libc::SYS_readv => self.readv(mem, a0, a1, a2),
+            libc::SYS_pread64 | libc::SYS_pwrite64 | libc::SYS_lseek => self.on_std_fd(a0, libc::ESPIPE),
+            libc::SYS_brk => Ok(self.brk(mem, a0)),
+            libc::SYS_mmap => self.mmap(mem, a0, a1, a3 as i32, a4 as i32),
+            libc::SYS_munmap => self.munmap(mem, a0, a1),
+            libc::SYS_mremap => self.mremap(mem, a0, a1, a2, a3, a4),
+            libc::SYS_mprotect => aligned(a0).map(|_| 0),
+            libc::SYS_madvise => self.madvise(mem, a0, a1, a2 as i32),
+            libc::SYS_mlock | libc::SYS_munlock | libc::SYS_mlockall | libc::SYS_munlockall => Ok(0),
+            libc::SYS_arch_prctl => self.arch_prctl(mem, a0, a1),
+            libc::SYS_set_tid_address => Ok(1),
+            libc::SYS_set_robust_list => if a1 == 24 { Ok(0) } else { Err(Errno(libc::EINVAL)) },
+            libc::SYS_prlimit64 => self.prlimit(mem, a0, a1 as u32, a3),
+            libc::SYS_getrlimit => self.prlimit(mem, 0, a0 as u32, a1),
+            libc::SYS_setrlimit => Ok(0),
+            libc::SYS_getrandom => self.getrandom(mem, a0, a1),
+            libc::SYS_clock_gettime => self.clock_gettime(mem, a0 as i32, a1),
+            libc::SYS_clock_getres => clock_id(a0).and_then(|_| {
+                if a1 != 0 {
+                    mem.write_user_obj(a1, Timespec { sec: 0, nsec: 1 })?;
+                }
+                Ok(0)
+            }),
+            libc::SYS_gettimeofday => self.gettimeofday(mem, a0),
+            libc::SYS_time => self.time(mem, a0),
+            libc::SYS_nanosleep => self.nanosleep(mem, libc::CLOCK_MONOTONIC, 0, a0),
+            libc::SYS_clock_nanosleep => self.nanosleep(mem, a0 as i32, a1 as i32, a2),
+            libc::SYS_sched_yield => Ok(0),
+            libc::SYS_sched_getaffinity => sched_getaffinity(mem, a1, a2),
+            libc::SYS_sched_setaffinity => Ok(0),
+            libc::SYS_getpid | libc::SYS_gettid | libc::SYS_getpgrp | libc::SYS_getsid => Ok(1),
+            libc::SYS_getppid => Ok(0),
+            libc::SYS_getuid | libc::SYS_geteuid | libc::SYS_getgid | libc::SYS_getegid => Ok(0),
+            libc::SYS_uname => uname(mem, a0),
+            libc::SYS_getcwd => getcwd(mem, a0, a1),
+            libc::SYS_readlink | libc::SYS_open | libc::SYS_access | libc::SYS_stat | libc::SYS_lstat => {
+                no_such_file(mem, a0)
+            }
+            libc::SYS_readlinkat | libc::SYS_openat | libc::SYS_faccessat | libc::SYS_faccessat2 => {
+                no_such_file(mem, a1)
+            }
+            libc::SYS_close => self.on_std_fd(a0, 0),
+            libc::SYS_fstat => self.fstat(mem, a0, a1),
+            libc::SYS_newfstatat => self.newfstatat(mem, a0, a1, a2, a3 as i32),
+            libc::SYS_ioctl => self.on_std_fd(a0, libc::ENOTTY),
+            libc::SYS_fcntl => self.fcntl(a0, a1 as i32),
+            libc::SYS_poll => return self.poll(mem, a0, a1, a2 as i32 as i64),
+            libc::SYS_ppoll => return self.ppoll(mem, a0, a1, a2),
+            libc::SYS_sigaltstack => sigaltstack(mem, a1),
+            libc::SYS_rt_sigaction => rt_sigaction(mem, a0, a1, a2, a3),
+            libc::SYS_rt_sigprocmask => rt_sigprocmask(mem, a2, a3),
+            libc::SYS_futex => return self.futex(mem, a0, a1 as i32, a2 as u32, a3),
+            libc::SYS_getrusage => mem.write_user(a1, &[0u8; 144]).map(|_| 0).map_err(Errno::from),
+            libc::SYS_prctl => Err(Errno(libc::EINVAL)),
+            libc::SYS_exit | libc::SYS_exit_group => return Outcome::Exit(a0 as i32 & 0xff),
+            libc::SYS_kill | libc::SYS_tkill => return self.kill(a0 as i32, a1 as i32),
+            libc::SYS_tgkill => return self.kill(a1 as i32, a2 as i32),
+            libc::SYS_clone | libc::SYS_fork | libc::SYS_vfork | libc::SYS_execve | libc::SYS_execveat => {
+                self.warn_once(call.nr, "refused: reap guests are one single-threaded process");
+                Err(Errno(libc::EPERM))
+            }
+            _ => {
+                if !QUIET_ENOSYS.contains(&n) {
+                    self.warn_once(call.nr, "not implemented: returning ENOSYS");
+                }
+                Err(Errno(libc::ENOSYS))
+            }
+        };
+        Outcome::Return(match result {
+            Ok(v) => v as i64,
+            Err(Errno(e)) => -i64::from(e),
+        })
+    }
+
+    fn warn_once(&mut self, nr: u64, what: &str) {
+        if self.warned.insert(nr) {
+            tracing::warn!(syscall = nr, "guest system call {nr} {what}");
+        }
+    }
+
+    /// Answers `ok` for the standard streams and EBADF for any other descriptor.
+    fn on_std_fd(&self, fd: u64, ok: i32) -> SysResult {
+        match fd {
+            0..=2 if ok == 0 => Ok(0),
+            0..=2 => Err(Errno(ok)),
+            _ => Err(Errno(libc::EBADF)),
+        }
+    }
+
+    fn read(&mut self, mem: &GuestMemory, fd: u64, buf: u64, count: u64) -> Outcome {
+        let r = match fd {
+            0 if count == 0 => Ok(0),
+            0 if self.stdin.is_empty() && !self.stdin_eof => return Outcome::BlockOnStdin,
+            0 => self.read_stdin(mem, buf, count),
+            _ => Err(Errno(libc::EBADF)),
+        };
+        Outcome::Return(r.map_or_else(|Errno(e)| -i64::from(e), |v| v as i64))
+    }
+
+    /// Moves up to `count` pending stdin bytes to guest memory at `buf`.
+    fn read_stdin(&mut self, mem: &GuestMemory, buf: u64, count: u64) -> SysResult {
+        let n = count.min(self.stdin.len() as u64).min(IO_CHUNK);
+        if n == 0 {
+            return Ok(0);
+        }
+        mem.check_user(buf, n)?;
+        let data: Vec<u8> = self.stdin.iter().take(n as usize).copied().collect();
+        mem.write_user(buf, &data)?;
+        self.stdin.drain(..n as usize);
+        Ok(n)
+    }
+
+    fn readv(&mut self, mem: &GuestMemory, fd: u64, iov: u64, count: u64) -> SysResult {
+        if fd != 0 {
+            return Err(Errno(libc::EBADF));
+        }
+        let iovecs = read_iovecs(mem, iov, count)?;
+        let mut total = 0;
+        for v in iovecs {
+            let n = self.read_stdin(mem, v.base, v.len)?;
+            total += n;
+            if n < v.len {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    fn write(&mut self, mem: &GuestMemory, fd: u64, buf: u64, count: u64) -> SysResult {
+        if !(1..=2).contains(&fd) {
+            return Err(Errno(libc::EBADF));
+        }
+        mem.check_user(buf, count)?;
+        let mut done = 0;
+        while done < count {
+            let n = (count - done).min(IO_CHUNK);
+            let data = mem.read_user(buf + done, n)?;
+            self.emit(fd, &data)?;
+            done += n;
+        }
+        Ok(count)
+    }
+
+    fn writev(&mut self, mem: &GuestMemory, fd: u64, iov: u64, count: u64) -> SysResult {
+        if !(1..=2).contains(&fd) {
+            return Err(Errno(libc::EBADF));
+        }
+        let iovecs = read_iovecs(mem, iov, count)?;
+        for v in &iovecs {
+            mem.check_user(v.base, v.len)?;
+        }
+        let mut total = 0u64;
+        for v in iovecs {
+            total = total.checked_add(self.write(mem, fd, v.base, v.len)?).ok_or(Errno(libc::EINVAL))?;
+        }
+        Ok(total)
+    }
+
+    /// Sends guest output to stdout (fd 1) or stderr (fd 2).
+    fn emit(&mut self, fd: u64, data: &[u8]) -> Result<(), Errno> {
+        let sink = if fd == 1 { &mut self.stdout } else { &mut self.stderr };
+        sink.write_all(data).and_then(|()| sink.flush()).map_err(|e| {
+            Errno(if e.kind() == std::io::ErrorKind::BrokenPipe { libc::EPIPE } else { libc::EIO })
+        })?;
+        if fd == 1 {
+            self.counters.stdout_bytes += data.len() as u64;
+            let lines = data.iter().filter(|&&b| b == b'\n').count() as u64;
+            if lines > 0 {
+                self.counters.stdout_lines += lines;
+                self.last_line_at = Some(Instant::now());
+            }
+        } else {
+            self.counters.stderr_bytes += data.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn discard(mem: &GuestMemory, discards: Discards) -> Result<(), Errno> {
+        for (start, end) in discards {
+            mem.discard(start, end).map_err(|e| {
+                tracing::error!("{e:#}");
+                Errno(libc::ENOMEM)
+            })?;
+        }
+        Ok(())
+    }
+
+    fn brk(&mut self, mem: &GuestMemory, request: u64) -> u64 {
+        let (brk, discards) = self.mm.brk(request);
+        if Self::discard(mem, discards).is_err() {
+            tracing::error!("could not zero memory released by brk");
+        }
+        brk
+    }
+
+    fn mmap(&mut self, mem: &GuestMemory, addr: u64, len: u64, flags: i32, fd: i32) -> SysResult {
+        if flags & libc::MAP_ANONYMOUS == 0 {
+            return Err(Errno(if (0..=2).contains(&fd) { libc::ENODEV } else { libc::EBADF }));
+        }
+        if len == 0 {
+            return Err(Errno(libc::EINVAL));
+        }
+        let fixed = flags & libc::MAP_FIXED != 0;
+        let noreplace = flags & libc::MAP_FIXED_NOREPLACE != 0;
+        let (at, discards) = self.mm.mmap(addr, len, fixed, noreplace)?;
+        Self::discard(mem, discards)?;
+        Ok(at)
+    }
+
+    fn munmap(&mut self, mem: &GuestMemory, addr: u64, len: u64) -> SysResult {
+        let discards = self.mm.munmap(addr, len)?;
+        Self::discard(mem, discards)?;
+        Ok(0)
+    }
+
+    fn mremap(&mut self, mem: &GuestMemory, old: u64, old_len: u64, new_len: u64, flags: u64, new_addr: u64) -> SysResult {
+        const MAYMOVE: u64 = 1;
+        const FIXED: u64 = 2;
+        if flags & !(MAYMOVE | FIXED) != 0 {
+            return Err(Errno(libc::EINVAL));
+        }
+        let fixed_to = (flags & FIXED != 0).then_some(new_addr);
+        let (at, copy, discards) = self.mm.mremap(old, old_len, new_len, flags & MAYMOVE != 0, fixed_to)?;
+        if let Some((from, to, len)) = copy {
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(IO_CHUNK);
+                let mut buf = vec![0u8; n as usize];
+                mem.read(from + done, &mut buf)?;
+                mem.write(to + done, &buf)?;
+                done += n;
+            }
+        }
+        Self::discard(mem, discards)?;
+        Ok(at)
+    }
+
+    fn madvise(&mut self, mem: &GuestMemory, addr: u64, len: u64, advice: i32) -> SysResult {
+        let (start, end) = super::mm::AddressSpace::page_range(addr, len).ok_or(Errno(libc::EINVAL))?;
+        if matches!(advice, libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_REMOVE) {
+            mem.check_user(start, end - start).map_err(|_| Errno(libc::ENOMEM))?;
+            Self::discard(mem, vec![(start, end)])?;
+        }
+        Ok(0)
+    }
+
+    fn arch_prctl(&mut self, mem: &GuestMemory, code: u64, addr: u64) -> SysResult {
+        const ARCH_SET_GS: u64 = 0x1001;
+        const ARCH_SET_FS: u64 = 0x1002;
+        const ARCH_GET_FS: u64 = 0x1003;
+        const ARCH_GET_GS: u64 = 0x1004;
+        // Canonical lower-half addresses only.
+        let canonical = addr < (1 << 47);
+        match code {
+            ARCH_SET_FS | ARCH_SET_GS if !canonical => Err(Errno(libc::EPERM)),
+            ARCH_SET_FS => {
+                self.fs_base = addr;
+                self.bases_changed = true;
+                Ok(0)
+            }
+            ARCH_SET_GS => {
+                self.gs_base = addr;
+                self.bases_changed = true;
+                Ok(0)
+            }
+            ARCH_GET_FS => mem.write_user_obj(addr, self.fs_base).map(|_| 0).map_err(Errno::from),
+            ARCH_GET_GS => mem.write_user_obj(addr, self.gs_base).map(|_| 0).map_err(Errno::from),
+            _ => Err(Errno(libc::EINVAL)),
+        }
+    }
+
+    fn prlimit(&mut self, mem: &GuestMemory, pid: u64, resource: u32, old: u64) -> SysResult {
+        if pid != 0 && pid != 1 {
+            return Err(Errno(libc::ESRCH));
+        }
+        let infinity = u64::MAX;
+        let limit = match resource {
+            libc::RLIMIT_STACK => Rlimit { cur: crate::arch::layout::STACK_SIZE, max: infinity },
+            libc::RLIMIT_NOFILE => Rlimit { cur: 3, max: 3 },
+            libc::RLIMIT_NPROC => Rlimit { cur: 1, max: 1 },
+            libc::RLIMIT_AS | libc::RLIMIT_DATA => Rlimit { cur: mem.size(), max: mem.size() },
+            r if r < 16 => Rlimit { cur: infinity, max: infinity },
+            _ => return Err(Errno(libc::EINVAL)),
+        };
+        if old != 0 {
+            mem.write_user_obj(old, limit)?;
+        }
+        Ok(0)
+    }
+
+    fn getrandom(&mut self, mem: &GuestMemory, buf: u64, len: u64) -> SysResult {
+        let n = len.min(IO_CHUNK);
+        mem.check_user(buf, n)?;
+        let mut bytes = vec![0u8; n as usize];
+        fill_random(&mut bytes).map_err(|_| Errno(libc::EIO))?;
+        mem.write_user(buf, &bytes)?;
+        Ok(n)
+    }
+
+    fn clock_gettime(&mut self, mem: &GuestMemory, clock: i32, tp: u64) -> SysResult {
+        let now = host_clock(clock_id(clock as u64)?)?;
+        mem.write_user_obj(tp, now)?;
+        Ok(0)
+    }
+
+    fn gettimeofday(&mut self, mem: &GuestMemory, tv: u64) -> SysResult {
+        if tv != 0 {
+            let now = host_clock(libc::CLOCK_REALTIME)?;
+            mem.write_user_obj(tv, Timeval { sec: now.sec, usec: now.nsec / 1000 })?;
+        }
+        Ok(0)
+    }
+
+    fn time(&mut self, mem: &GuestMemory, tloc: u64) -> SysResult {
+        let now = host_clock(libc::CLOCK_REALTIME)?;
+        if tloc != 0 {
+            mem.write_user_obj(tloc, now.sec)?;
+        }
+        Ok(now.sec as u64)
+    }
+
+    fn nanosleep(&mut self, mem: &GuestMemory, clock: i32, flags: i32, req: u64) -> SysResult {
+        let clock = clock_id(clock as u64)?;
+        let ts: Timespec = mem.read_user_obj(req)?;
+        let mut d = ts.to_duration().ok_or(Errno(libc::EINVAL))?;
+        if flags & libc::TIMER_ABSTIME != 0 {
+            let now = host_clock(clock)?.to_duration().unwrap_or_default();
+            d = d.saturating_sub(now);
+        }
+        self.sleep(d);
+        Ok(0)
+    }
+
+    /// Sleeps for `d`, but not past the run's deadline.
+    fn sleep(&self, d: Duration) {
+        let d = match self.deadline {
+            Some(deadline) => d.min(deadline.saturating_duration_since(Instant::now())),
+            None => d,
+        };
+        std::thread::sleep(d);
+    }
+
+    fn fstat(&mut self, mem: &GuestMemory, fd: u64, buf: u64) -> SysResult {
+        if fd > 2 {
+            return Err(Errno(libc::EBADF));
+        }
+        let stat = Stat { mode: libc::S_IFIFO | 0o600, nlink: 1, blksize: 4096, ..Default::default() };
+        mem.write_user_obj(buf, stat)?;
+        Ok(0)
+    }
+
+    fn newfstatat(&mut self, mem: &GuestMemory, dirfd: u64, path: u64, buf: u64, flags: i32) -> SysResult {
+        let path = mem.read_user_cstr(path, PATH_MAX)?;
+        if path.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
+            return self.fstat(mem, dirfd as i32 as i64 as u64, buf);
+        }
+        Err(Errno(libc::ENOENT))
+    }
+
+    fn fcntl(&mut self, fd: u64, cmd: i32) -> SysResult {
+        if fd > 2 {
+            return Err(Errno(libc::EBADF));
+        }
+        match cmd {
+            libc::F_GETFD | libc::F_SETFD | libc::F_SETFL => Ok(0),
+            libc::F_GETFL => Ok(if fd == 0 { libc::O_RDONLY } else { libc::O_WRONLY } as u64),
+            libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => Err(Errno(libc::EMFILE)),
+            _ => Err(Errno(libc::EINVAL)),
+        }
+    }
+
+    /// Readiness of each polled descriptor; the number ready.
+    fn poll_fds(&self, fds: &mut [PollFd]) -> u64 {
+        let mut ready = 0;
+        for p in fds.iter_mut() {
+            p.revents = match p.fd {
+                fd if fd < 0 => 0,
+                0 if self.stdin_eof && self.stdin.is_empty() => p.events & POLLIN | POLLHUP,
+                0 if !self.stdin.is_empty() => p.events & POLLIN,
+                0 => 0,
+                1 | 2 => p.events & POLLOUT,
+                _ => POLLNVAL,
+            };
+            ready += u64::from(p.revents != 0);
+        }
+        ready
+    }
+
+    fn poll(&mut self, mem: &GuestMemory, fds: u64, nfds: u64, timeout_ms: i64) -> Outcome {
+        let timeout = (timeout_ms >= 0).then(|| Duration::from_millis(timeout_ms as u64));
+        self.poll_common(mem, fds, nfds, timeout)
+    }
+
+    fn ppoll(&mut self, mem: &GuestMemory, fds: u64, nfds: u64, tsp: u64) -> Outcome {
+        let timeout = if tsp == 0 {
+            None
+        } else {
+            match mem.read_user_obj::<Timespec>(tsp).map(Timespec::to_duration) {
+                Ok(Some(d)) => Some(d),
+                Ok(None) => return Outcome::Return(-i64::from(libc::EINVAL)),
+                Err(_) => return Outcome::Return(-i64::from(libc::EFAULT)),
+            }
+        };
+        self.poll_common(mem, fds, nfds, timeout)
+    }
+
+    fn poll_common(&mut self, mem: &GuestMemory, fds: u64, nfds: u64, timeout: Option<Duration>) -> Outcome {
+        let r = (|| {
+            if nfds > IOV_MAX {
+                return Err(Errno(libc::EINVAL));
+            }
+            let mut polled = Vec::with_capacity(nfds as usize);
+            for i in 0..nfds {
+                polled.push(mem.read_user_obj::<PollFd>(fds + i * 8)?);
+            }
+            let ready = self.poll_fds(&mut polled);
+            Ok((polled, ready))
+        })();
+        let (polled, ready) = match r {
+            Ok(v) => v,
+            Err(Errno(e)) => return Outcome::Return(-i64::from(e)),
+        };
+        if ready == 0 && timeout != Some(Duration::ZERO) {
+            if polled.iter().any(|p| p.fd == 0 && p.events & POLLIN != 0) {
+                // Waiting for input: the same ready point as a blocking read.
+                return Outcome::BlockOnStdin;
+            }
+            match timeout {
+                Some(d) => self.sleep(d),
+                None => return Outcome::Fatal("poll() waits forever on descriptors that never become ready".into()),
+            }
+        }
+        for (i, p) in polled.iter().enumerate() {
+            if mem.write_user_obj(fds + i as u64 * 8, *p).is_err() {
+                return Outcome::Return(-i64::from(libc::EFAULT));
+            }
+        }
+        Outcome::Return(ready as i64)
+    }
+
+    fn futex(&mut self, mem: &GuestMemory, uaddr: u64, op: i32, val: u32, timeout: u64) -> Outcome {
+        const FUTEX_CMD_MASK: i32 = !(libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME);
+        let r = match op & FUTEX_CMD_MASK {
+            libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET => match mem.read_user_obj::<u32>(uaddr) {
+                Err(_) => Err(Errno(libc::EFAULT)),
+                Ok(current) if current != val => Err(Errno(libc::EAGAIN)),
+                Ok(_) if timeout == 0 => {
+                    return Outcome::Fatal(format!(
+                        "deadlock: futex wait on {uaddr:#x} with no other thread to wake it"
+                    ));
+                }
+                Ok(_) => match mem.read_user_obj::<Timespec>(timeout).map(Timespec::to_duration) {
+                    Ok(Some(d)) => {
+                        // Relative for FUTEX_WAIT; for WAIT_BITSET an absolute time: sleep
+                        // until then at most.
+                        self.sleep(d.min(Duration::from_secs(3600)));
+                        Err(Errno(libc::ETIMEDOUT))
+                    }
+                    Ok(None) => Err(Errno(libc::EINVAL)),
+                    Err(_) => Err(Errno(libc::EFAULT)),
+                },
+            },
+            libc::FUTEX_WAKE | libc::FUTEX_WAKE_BITSET => Ok(0),
+            _ => Err(Errno(libc::ENOSYS)),
+        };
+        Outcome::Return(r.map_or_else(|Errno(e)| -i64::from(e), |v: u64| v as i64))
+    }
+
+    fn kill(&mut self, pid: i32, sig: i32) -> Outcome {
+        if !matches!(pid, 0 | 1 | -1) {
+            return Outcome::Return(-i64::from(libc::ESRCH));
+        }
+        match sig {
+            0 => Outcome::Return(0),
+            1..=64 => match sig {
+                // Ignored by default.
+                libc::SIGCHLD | libc::SIGURG | libc::SIGWINCH | libc::SIGCONT => Outcome::Return(0),
+                _ => Outcome::Signal(sig),
+            },
+            _ => Outcome::Return(-i64::from(libc::EINVAL)),
+        }
+    }
+}
+
+fn aligned(addr: u64) -> SysResult {
+    if addr % PAGE_SIZE == 0 { Ok(0) } else { Err(Errno(libc::EINVAL)) }
+}
+
+fn read_iovecs(mem: &GuestMemory, iov: u64, count: u64) -> Result<Vec<Iovec>, Errno> {
+    if count > IOV_MAX {
+        return Err(Errno(libc::EINVAL));
+    }
+    let mut out = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        let v: Iovec = mem.read_user_obj(iov.checked_add(i * 16).ok_or(Errno(libc::EFAULT))?)?;
+        if v.len > i64::MAX as u64 {
+            return Err(Errno(libc::EINVAL));
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+fn clock_id(clock: u64) -> Result<i32, Errno> {
+    match clock as i32 {
+        c @ (libc::CLOCK_REALTIME
+        | libc::CLOCK_MONOTONIC
+        | libc::CLOCK_PROCESS_CPUTIME_ID
+        | libc::CLOCK_THREAD_CPUTIME_ID
+        | libc::CLOCK_MONOTONIC_RAW
+        | libc::CLOCK_REALTIME_COARSE
+        | libc::CLOCK_MONOTONIC_COARSE
+        | libc::CLOCK_BOOTTIME
+        | libc::CLOCK_TAI) => Ok(c),
+        _ => Err(Errno(libc::EINVAL)),
+    }
+}
+
+fn host_clock(clock: i32) -> Result<Timespec, Errno> {
+    // CPU-time clocks of the guest are measured as the VMM thread's CPU time.
+    let host = match clock {
+        libc::CLOCK_PROCESS_CPUTIME_ID => libc::CLOCK_THREAD_CPUTIME_ID,
+        c => c,
+    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id was validated.
+    if unsafe { libc::clock_gettime(host, &mut ts) } != 0 {
+        return Err(Errno(libc::EINVAL));
+    }
+    Ok(Timespec { sec: ts.tv_sec, nsec: ts.tv_nsec })
+}
+
+/// Fills `buf` from the host's entropy source.
+fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    let mut done = 0;
+    while done < buf.len() {
+        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
+        let n = unsafe { libc::getrandom(buf[done..].as_mut_ptr().cast(), buf.len() - done, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+fn sched_getaffinity(mem: &GuestMemory, len: u64, mask: u64) -> SysResult {
+    if len < 8 || len % 8 != 0 {
+        return Err(Errno(libc::EINVAL));
+    }
+    // One vCPU: CPU 0 only.
+    mem.write_user_obj(mask, 1u64)?;
+    Ok(8)
+}
+
+fn uname(mem: &GuestMemory, buf: u64) -> SysResult {
+    let u = Utsname::new(["Linux", "reap", "6.1.0", "#1 SMP reap microVM", "x86_64", "(none)"]);
+    mem.write_user_obj(buf, u)?;
+    Ok(0)
+}
+
+fn getcwd(mem: &GuestMemory, buf: u64, size: u64) -> SysResult {
+    if size < 2 {
+        return Err(Errno(libc::ERANGE));
+    }
+    mem.write_user(buf, b"/\0")?;
+    Ok(2)
+}
+
+/// The guest has no file system: any path it names does not exist.
+fn no_such_file(mem: &GuestMemory, path: u64) -> SysResult {
+    mem.read_user_cstr(path, PATH_MAX)?;
+    Err(Errno(libc::ENOENT))
+}
+
+fn sigaltstack(mem: &GuestMemory, old: u64) -> SysResult {
+    if old != 0 {
+        mem.write_user_obj(old, SigStack { flags: libc::SS_DISABLE, ..Default::default() })?;
+    }
+    Ok(0)
+}
+
+fn rt_sigaction(mem: &GuestMemory, sig: u64, act: u64, old: u64, sigsetsize: u64) -> SysResult {
+    if sigsetsize != 8 || !(1..=64).contains(&sig) {
+        return Err(Errno(libc::EINVAL));
+    }
+    if act != 0 && (sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64) {
+        return Err(Errno(libc::EINVAL));
+    }
+    if act != 0 {
+        mem.read_user_obj::<KernelSigaction>(act)?;
+    }
+    if old != 0 {
+        mem.write_user_obj(old, KernelSigaction::default())?;
+    }
+    Ok(0)
+}
+
+fn rt_sigprocmask(mem: &GuestMemory, old: u64, sigsetsize: u64) -> SysResult {
+    if sigsetsize != 8 {
+        return Err(Errno(libc::EINVAL));
+    }
+    if old != 0 {
+        mem.write_user_obj(old, 0u64)?;
+    }
+    Ok(0)
+}

@@ -1,0 +1,375 @@
+//! A microVM: guest memory, one KVM VM and vCPU, and the guest OS that runs a static
+//! Linux program in it; the run loop that turns vCPU exits into system calls.
+
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::arch::{self, layout};
+use crate::guest_os::mm::AddressSpace;
+use crate::guest_os::{GuestOs, Outcome, Sink, Syscall};
+use crate::loader::{self, LoadError, StackInputs};
+use crate::vstate::memory::{GuestMemory, MemoryError};
+use crate::vstate::vcpu::{Exit, Vcpu, VcpuError};
+use crate::vstate::vm::{Vm, VmError as KvmVmError};
+
+/// Default guest memory, as in the paper's setup.
+pub const DEFAULT_MEM_MIB: u64 = 256;
+
+#[derive(Debug, Clone)]
+pub struct MicroVmConfig {
+    /// Guest memory in MiB (a multiple of 2 between 16 and 4096).
+    pub mem_mib: u64,
+    /// argv, including argv[0].
+    pub args: Vec<String>,
+    /// The environment, as `KEY=VALUE` strings.
+    pub env: Vec<String>,
+}
+
+impl Default for MicroVmConfig {
+    fn default() -> Self {
+        Self { mem_mib: DEFAULT_MEM_MIB, args: vec!["function".into()], env: Vec::new() }
+    }
+}
+
+/// Why a guest stopped for good: the program did something that ends it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuestFault {
+    #[error("guest crashed: {name}{detail} at RIP {rip:#x}")]
+    Exception { vector: u8, name: &'static str, detail: String, rip: u64 },
+    #[error("guest crashed: triple fault at RIP {rip:#x}")]
+    TripleFault { rip: u64 },
+    #[error("guest executed an I/O instruction (port {port:#x}) outside the syscall stub at RIP {rip:#x}")]
+    StrayIo { port: u16, rip: u64 },
+    #[error("guest ran past its time limit of {0:?}")]
+    Timeout(Duration),
+    #[error("guest was killed by signal {signal} ({name})")]
+    Signal { signal: i32, name: &'static str },
+    #[error("guest cannot make progress: {0}")]
+    Stuck(String),
+    #[error("unexpected vCPU exit ({what}) at RIP {rip:#x}")]
+    UnexpectedExit { what: String, rip: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Guest(#[from] GuestFault),
+    #[error("guest memory of {0} MiB is not supported (a multiple of 2 MiB between 16 MiB and 4096 MiB)")]
+    MemSize(u64),
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    #[error(transparent)]
+    Kvm(#[from] KvmVmError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error("cannot set up the vCPU")]
+    Cpu(#[from] arch::CpuSetupError),
+    #[error("cannot load the program")]
+    Load(#[from] LoadError),
+}
+
+/// Why `run` returned without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunExit {
+    /// The program reads stdin and nothing is pending: the ready point. Push input
+    /// (or close stdin) and call `run` again to continue.
+    WaitingForInput,
+    /// The program exited with this status.
+    Exited(i32),
+}
+
+pub struct MicroVm {
+    // Field order is drop order: the vCPU and VM go before the memory they use.
+    vcpu: Vcpu,
+    _vm: Vm,
+    pub memory: GuestMemory,
+    pub os: GuestOs,
+    /// A read of stdin is pending (the guest is at its ready point).
+    pending: bool,
+    watchdog: Watchdog,
+}
+
+impl MicroVm {
+    /// Boots `image` (a static x86-64 Linux executable): builds guest memory and page
+    /// tables, loads the program, and sets up the vCPU at its entry point. The program
+    /// starts running at the first [`run`](Self::run).
+    pub fn boot(image: &[u8], config: &MicroVmConfig, stdout: Sink, stderr: Sink) -> Result<Self, VmError> {
+        let mem_size = mem_size(config.mem_mib)?;
+        let memory = GuestMemory::anonymous(mem_size)?;
+        write_system_area(&memory)?;
+        let program = loader::load_elf(image, &memory)?;
+        let mut random = [0u8; 16];
+        getrandom(&mut random);
+        let inputs = StackInputs { args: &config.args, env: &config.env, hwcap: arch::hwcap(), random };
+        let rsp = loader::build_stack(&memory, mem_size, &program, &inputs)?;
+
+        let vm = Vm::new(&memory)?;
+        let vcpu = Vcpu::new(&vm.kvm, &vm.fd)?;
+        arch::configure_vcpu(&vm.kvm, &vcpu.fd, program.entry, rsp)?;
+        let os = GuestOs::new(AddressSpace::new(mem_size, program.end), stdout, stderr);
+        Ok(Self { vcpu, _vm: vm, memory, os, pending: false, watchdog: Watchdog::new() })
+    }
+
+    /// Runs the guest until it waits for input, exits, or fails. `limit` bounds the
+    /// guest's running time in this call.
+    pub fn run(&mut self, limit: Option<Duration>) -> Result<RunExit, VmError> {
+        let deadline = limit.map(|d| Instant::now() + d);
+        self.os.set_deadline(deadline);
+        let _armed = self.watchdog.arm(deadline);
+        let timed_out = || deadline.is_some_and(|d| Instant::now() >= d);
+        if self.pending {
+            if let Some(exit) = self.handle_syscall()? {
+                return Ok(exit);
+            }
+        }
+        loop {
+            if timed_out() {
+                return Err(GuestFault::Timeout(limit.unwrap_or_default()).into());
+            }
+            let exit = self.vcpu.run()?;
+            match exit {
+                Exit::IoOut { port: layout::SYSCALL_PORT, .. } => {
+                    let rip = self.vcpu.regs()?.0.rip;
+                    if rip != layout::SYSCALL_STUB + 2 {
+                        return Err(GuestFault::StrayIo { port: layout::SYSCALL_PORT, rip }.into());
+                    }
+                    if let Some(exit) = self.handle_syscall()? {
+                        return Ok(exit);
+                    }
+                }
+                Exit::IoOut { port: layout::EXCEPTION_PORT, byte } => return Err(self.exception(byte)?.into()),
+                Exit::IoOut { port, .. } | Exit::IoIn { port } => {
+                    let rip = self.vcpu.regs()?.0.rip;
+                    return Err(GuestFault::StrayIo { port, rip }.into());
+                }
+                Exit::Interrupted => continue,
+                Exit::Shutdown => {
+                    let rip = self.vcpu.regs()?.0.rip;
+                    return Err(GuestFault::TripleFault { rip }.into());
+                }
+                Exit::Mmio { addr } => {
+                    let rip = self.vcpu.regs()?.0.rip;
+                    return Err(GuestFault::UnexpectedExit { what: format!("access to {addr:#x} outside guest memory"), rip }.into());
+                }
+                Exit::Hlt => {
+                    let rip = self.vcpu.regs()?.0.rip;
+                    return Err(GuestFault::UnexpectedExit { what: "hlt".into(), rip }.into());
+                }
+                Exit::Other(what) => {
+                    let rip = self.vcpu.regs()?.0.rip;
+                    return Err(GuestFault::UnexpectedExit { what: what.into(), rip }.into());
+                }
+            }
+        }
+    }
+
+    /// Carries out the system call the guest is stopped at. `Some` when the run ends.
+    fn handle_syscall(&mut self) -> Result<Option<RunExit>, VmError> {
+        let (mut regs, mut sregs) = self.vcpu.regs()?;
+        let call = Syscall { nr: regs.rax, args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9] };
+        match self.os.syscall(&self.memory, &call) {
+            Outcome::Return(value) => {
+                arch::return_from_syscall(&mut regs, &mut sregs, value as u64);
+                if let Some((fs, gs)) = self.os.take_changed_bases() {
+                    sregs.fs.base = fs;
+                    sregs.gs.base = gs;
+                }
+                self.vcpu.set_regs(&regs, Some(&sregs))?;
+                self.pending = false;
+                Ok(None)
+            }
+            Outcome::BlockOnStdin => {
+                self.pending = true;
+                Ok(Some(RunExit::WaitingForInput))
+            }
+            Outcome::Exit(code) => {
+                self.os.flush();
+                self.pending = false;
+                Ok(Some(RunExit::Exited(code)))
+            }
+            Outcome::Signal(signal) => Err(GuestFault::Signal { signal, name: signal_name(signal) }.into()),
+            Outcome::Fatal(why) => Err(GuestFault::Stuck(why).into()),
+        }
+    }
+
+    /// Describes the exception the guest took (vector `vector`).
+    fn exception(&mut self, vector: u8) -> Result<GuestFault, VmError> {
+        let (regs, sregs) = self.vcpu.regs()?;
+        let name = arch::exception_name(vector);
+        let frame = arch::read_exception_frame(vector, regs.rsp, |a| self.memory.read_obj::<u64>(a).ok());
+        let Some(frame) = frame else {
+            return Ok(GuestFault::Exception { vector, name, detail: String::new(), rip: regs.rip });
+        };
+        let detail = match (vector, frame.error_code) {
+            (14, Some(code)) => {
+                let access = if code & 0x10 != 0 {
+                    "instruction fetch from"
+                } else if code & 0x2 != 0 {
+                    "write to"
+                } else {
+                    "read from"
+                };
+                let what = if sregs.cr2 < layout::PAGE_SIZE {
+                    " (null pointer)"
+                } else if code & 0x1 == 0 {
+                    " (unmapped)"
+                } else {
+                    " (protected)"
+                };
+                format!(": {access} {:#x}{what}", sregs.cr2)
+            }
+            (_, Some(code)) if code != 0 => format!(" (error code {code:#x})"),
+            _ => String::new(),
+        };
+        Ok(GuestFault::Exception { vector, name, detail, rip: frame.rip })
+    }
+
+    /// Whether the guest is at its ready point (a read of stdin pending).
+    pub fn is_waiting_for_input(&self) -> bool {
+        self.pending
+    }
+}
+
+fn mem_size(mib: u64) -> Result<u64, VmError> {
+    let size = mib.checked_mul(1 << 20).ok_or(VmError::MemSize(mib))?;
+    if size < layout::MIN_MEM_SIZE || size > layout::MAX_MEM_SIZE || size % layout::LARGE_PAGE_SIZE != 0 {
+        return Err(VmError::MemSize(mib));
+    }
+    Ok(size)
+}
+
+/// Writes page tables, descriptor tables and stubs into fresh guest memory.
+fn write_system_area(memory: &GuestMemory) -> Result<(), VmError> {
+    let fault = |_| VmError::MemSize(memory.size() >> 20);
+    arch::write_page_tables(memory.size(), |addr, value| memory.write_obj(addr, value)).map_err(fault)?;
+    arch::write_system_tables(|addr, bytes| memory.write(addr, bytes)).map_err(fault)?;
+    Ok(())
+}
+
+fn getrandom(buf: &mut [u8]) {
+    // SAFETY: writes at most `buf.len()` bytes into `buf`.
+    let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+    assert_eq!(n, buf.len() as isize, "getrandom failed");
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGILL => "SIGILL",
+        libc::SIGINT => "SIGINT",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTRAP => "SIGTRAP",
+        _ => "signal",
+    }
+}
+
+/// Interrupts `KVM_RUN` on the vCPU thread when a run's deadline passes, by sending it
+/// a signal (and again every few milliseconds until the run loop notices, so a signal
+/// that arrives between two `KVM_RUN`s is not lost).
+struct Watchdog {
+    shared: Arc<(Mutex<WatchState>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+#[derive(Default)]
+struct WatchState {
+    armed: Option<(Instant, libc::pthread_t)>,
+    shutdown: bool,
+}
+
+/// Disarms the watchdog when the run returns.
+struct Armed(Arc<(Mutex<WatchState>, Condvar)>);
+
+impl Drop for Armed {
+    fn drop(&mut self) {
+        let (lock, cvar) = &*self.0;
+        lock.lock().unwrap_or_else(|e| e.into_inner()).armed = None;
+        cvar.notify_all();
+    }
+}
+
+fn kick_signal() -> i32 {
+    libc::SIGRTMIN() + 4
+}
+
+extern "C" fn on_kick(_: libc::c_int) {}
+
+impl Watchdog {
+    fn new() -> Self {
+        Self { shared: Arc::new((Mutex::new(WatchState::default()), Condvar::new())), thread: None }
+    }
+
+    fn arm(&mut self, deadline: Option<Instant>) -> Armed {
+        if let Some(deadline) = deadline {
+            install_kick_handler();
+            if self.thread.is_none() {
+                let shared = Arc::clone(&self.shared);
+                self.thread = Some(std::thread::Builder::new().name("vcpu-watchdog".into()).spawn(move || watch(&shared)).expect("spawn watchdog thread"));
+            }
+            // SAFETY: pthread_self has no preconditions.
+            let me = unsafe { libc::pthread_self() };
+            let (lock, cvar) = &*self.shared;
+            lock.lock().unwrap_or_else(|e| e.into_inner()).armed = Some((deadline, me));
+            cvar.notify_all();
+        }
+        Armed(Arc::clone(&self.shared))
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        {
+            let (lock, cvar) = &*self.shared;
+            lock.lock().unwrap_or_else(|e| e.into_inner()).shutdown = true;
+            cvar.notify_all();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn watch(shared: &(Mutex<WatchState>, Condvar)) {
+    let (lock, cvar) = shared;
+    let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        if state.shutdown {
+            return;
+        }
+        let wait = match state.armed {
+            None => Duration::from_secs(3600),
+            Some((deadline, thread)) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    // SAFETY: the target thread is inside `MicroVm::run` while armed:
+                    // `Armed::drop` disarms under this lock before `run` returns.
+                    unsafe { libc::pthread_kill(thread, kick_signal()) };
+                    Duration::from_millis(5)
+                } else {
+                    deadline - now
+                }
+            }
+        };
+        state = cvar.wait_timeout(state, wait).unwrap_or_else(|e| e.into_inner()).0;
+    }
+}
+
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: installs a handler that does nothing, without SA_RESTART, so that a
+        // blocking KVM_RUN returns EINTR; the sigaction struct is fully initialized.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_kick as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
+        }
+    });
+}

@@ -1,0 +1,263 @@
+//! Guest memory: one host mapping of N MiB that is guest-physical address 0..N, with
+//! bounds-checked access for the VMM (through `vm-memory`).
+
+use std::fs::File;
+use std::io;
+
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    ByteValued, Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion,
+};
+
+use crate::arch::layout::{PAGE_SIZE, SYSTEM_AREA_END};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("cannot map {size} bytes of guest memory")]
+    Map { size: u64, #[source] source: vm_memory::mmap::MmapRegionError },
+    #[error("guest memory region rejected")]
+    Region,
+    #[error("cannot replace guest pages {start:#x}..{end:#x} with zero pages")]
+    Discard { start: u64, end: u64, #[source] source: io::Error },
+}
+
+/// A guest address range the guest asked the VMM to access lies (partly) outside the
+/// memory it may use: the caller answers EFAULT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("bad guest address range {addr:#x}+{len:#x}")]
+pub struct Efault {
+    pub addr: u64,
+    pub len: u64,
+}
+
+/// How the host mapping behind guest memory was made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backing {
+    /// Anonymous private memory: zero until written (or filled by a page server).
+    Anonymous,
+    /// A private, copy-on-write mapping of a snapshot's memory file.
+    PrivateFile,
+}
+
+pub struct GuestMemory {
+    mem: GuestMemoryMmap,
+    host: *mut u8,
+    size: u64,
+    backing: Backing,
+}
+
+// SAFETY: `host` points into the mapping owned by `mem`, which lives as long as this
+// struct; the mapping itself is plain memory usable from any thread.
+unsafe impl Send for GuestMemory {}
+// SAFETY: as above; shared access only goes through vm-memory's volatile accessors or
+// through `discard`, which replaces pages with an mmap call.
+unsafe impl Sync for GuestMemory {}
+
+impl GuestMemory {
+    /// Fresh anonymous guest memory of `size` bytes (page-aligned), zero-filled.
+    pub fn anonymous(size: u64) -> Result<Self, MemoryError> {
+        let region = MmapRegionBuilder::new(size as usize)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|source| MemoryError::Map { size, source })?;
+        Self::from_region(region, size, Backing::Anonymous)
+    }
+
+    /// Guest memory mapped privately (copy-on-write) from `file`, which holds `size`
+    /// bytes of guest memory: the kernel faults pages in from the file on first touch.
+    pub fn private_file(file: File, size: u64) -> Result<Self, MemoryError> {
+        let region = MmapRegionBuilder::new(size as usize)
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .with_file_offset(FileOffset::new(file, 0))
+            .build()
+            .map_err(|source| MemoryError::Map { size, source })?;
+        Self::from_region(region, size, Backing::PrivateFile)
+    }
+
+    fn from_region(region: MmapRegion, size: u64, backing: Backing) -> Result<Self, MemoryError> {
+        let host = region.as_ptr();
+        let region = GuestRegionMmap::new(region, GuestAddress(0)).ok_or(MemoryError::Region)?;
+        let mem = GuestMemoryMmap::from_regions(vec![region]).map_err(|_| MemoryError::Region)?;
+        Ok(Self { mem, host, size, backing })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn backing(&self) -> Backing {
+        self.backing
+    }
+
+    /// Host virtual address of guest-physical address 0.
+    pub fn host_addr(&self) -> u64 {
+        self.host as u64
+    }
+
+    /// Checks that `addr..addr+len` is memory the guest program may pass to a system
+    /// call: inside guest memory and above the VMM's system area.
+    pub fn check_user(&self, addr: u64, len: u64) -> Result<(), Efault> {
+        let end = addr.checked_add(len).ok_or(Efault { addr, len })?;
+        if addr < SYSTEM_AREA_END || end > self.size {
+            return Err(Efault { addr, len });
+        }
+        Ok(())
+    }
+
+    /// Copies guest memory at `addr` into `buf`. Any address in guest memory.
+    pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Efault> {
+        let len = buf.len() as u64;
+        self.mem.read_slice(buf, GuestAddress(addr)).map_err(|_| Efault { addr, len })
+    }
+
+    /// Copies `data` into guest memory at `addr`. Any address in guest memory.
+    pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), Efault> {
+        let len = data.len() as u64;
+        self.mem.write_slice(data, GuestAddress(addr)).map_err(|_| Efault { addr, len })
+    }
+
+    pub fn read_obj<T: ByteValued>(&self, addr: u64) -> Result<T, Efault> {
+        let len = size_of::<T>() as u64;
+        self.mem.read_obj(GuestAddress(addr)).map_err(|_| Efault { addr, len })
+    }
+
+    pub fn write_obj<T: ByteValued>(&self, addr: u64, value: T) -> Result<(), Efault> {
+        let len = size_of::<T>() as u64;
+        self.mem.write_obj(value, GuestAddress(addr)).map_err(|_| Efault { addr, len })
+    }
+
+    /// Reads `len` bytes of user memory (checked with [`check_user`](Self::check_user)).
+    pub fn read_user(&self, addr: u64, len: u64) -> Result<Vec<u8>, Efault> {
+        self.check_user(addr, len)?;
+        let mut buf = vec![0; len as usize];
+        self.read(addr, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Writes `data` to user memory (checked with [`check_user`](Self::check_user)).
+    pub fn write_user(&self, addr: u64, data: &[u8]) -> Result<(), Efault> {
+        self.check_user(addr, data.len() as u64)?;
+        self.write(addr, data)
+    }
+
+    pub fn read_user_obj<T: ByteValued>(&self, addr: u64) -> Result<T, Efault> {
+        self.check_user(addr, size_of::<T>() as u64)?;
+        self.read_obj(addr)
+    }
+
+    pub fn write_user_obj<T: ByteValued>(&self, addr: u64, value: T) -> Result<(), Efault> {
+        self.check_user(addr, size_of::<T>() as u64)?;
+        self.write_obj(addr, value)
+    }
+
+    /// Reads a NUL-terminated string of at most `max` bytes from user memory.
+    pub fn read_user_cstr(&self, addr: u64, max: u64) -> Result<Vec<u8>, Efault> {
+        let mut out = Vec::new();
+        let mut chunk = [0u8; 256];
+        let mut at = addr;
+        while (out.len() as u64) < max {
+            let want = (chunk.len() as u64).min(self.size.saturating_sub(at)).min(max - out.len() as u64);
+            if want == 0 {
+                break;
+            }
+            self.check_user(at, want)?;
+            self.read(at, &mut chunk[..want as usize])?;
+            if let Some(nul) = chunk[..want as usize].iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..nul]);
+                return Ok(out);
+            }
+            out.extend_from_slice(&chunk[..want as usize]);
+            at += want;
+        }
+        Err(Efault { addr, len: out.len() as u64 })
+    }
+
+    /// Makes the pages of `start..end` (page-aligned, inside guest memory) read as zero
+    /// again, as freshly mapped anonymous memory does, by mapping new anonymous pages
+    /// over them. This works for every backing: anonymous, a private file mapping
+    /// (where `MADV_DONTNEED` would bring back file contents) and memory served by a
+    /// page server (the new pages are no longer registered with it).
+    pub fn discard(&self, start: u64, end: u64) -> Result<(), MemoryError> {
+        assert!(start % PAGE_SIZE == 0 && end % PAGE_SIZE == 0 && start <= end && end <= self.size);
+        if start == end {
+            return Ok(());
+        }
+        // SAFETY: the range lies inside the mapping this struct owns (asserted above), so
+        // MAP_FIXED only replaces guest pages; nothing holds references into guest memory
+        // across this call (all access copies through vm-memory).
+        let ret = unsafe {
+            libc::mmap(
+                self.host.add(start as usize).cast(),
+                (end - start) as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ret == libc::MAP_FAILED {
+            return Err(MemoryError::Discard { start, end, source: io::Error::last_os_error() });
+        }
+        Ok(())
+    }
+
+    /// Writes all of guest memory to `file` as a sparse file: pages that are entirely
+    /// zero are left as holes. Returns the number of data bytes written.
+    pub fn dump_sparse(&self, file: &File) -> io::Result<u64> {
+        use std::os::unix::fs::FileExt;
+        file.set_len(self.size)?;
+        let chunk = 64 * PAGE_SIZE;
+        let mut buf = vec![0u8; chunk as usize];
+        let mut written = 0;
+        let mut at = 0;
+        while at < self.size {
+            let n = chunk.min(self.size - at);
+            self.read(at, &mut buf[..n as usize]).map_err(io::Error::other)?;
+            for (i, page) in buf[..n as usize].chunks(PAGE_SIZE as usize).enumerate() {
+                if page.iter().any(|&b| b != 0) {
+                    file.write_all_at(page, at + i as u64 * PAGE_SIZE)?;
+                    written += PAGE_SIZE;
+                }
+            }
+            at += n;
+        }
+        Ok(written)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ranges_are_bounds_checked() {
+        let mem = GuestMemory::anonymous(16 << 20).unwrap();
+        assert!(mem.check_user(SYSTEM_AREA_END, 4096).is_ok());
+        assert!(mem.check_user(0, 1).is_err(), "null page");
+        assert!(mem.check_user(0x8000, 8).is_err(), "system area");
+        assert!(mem.check_user((16 << 20) - 8, 8).is_ok());
+        assert!(mem.check_user((16 << 20) - 8, 9).is_err());
+        assert!(mem.check_user(u64::MAX - 2, 8).is_err(), "overflow");
+        assert!(mem.read_user(0x30_0000, u64::MAX).is_err());
+    }
+
+    #[test]
+    fn discard_zeroes_pages() {
+        let mem = GuestMemory::anonymous(16 << 20).unwrap();
+        mem.write(0x40_0000, &[7u8; 8192]).unwrap();
+        mem.discard(0x40_0000, 0x40_1000).unwrap();
+        assert_eq!(mem.read_obj::<u64>(0x40_0000).unwrap(), 0);
+        assert_eq!(mem.read_obj::<u64>(0x40_1000).unwrap(), 0x0707_0707_0707_0707);
+    }
+
+    #[test]
+    fn cstr_reads_stop_at_nul_and_limit() {
+        let mem = GuestMemory::anonymous(16 << 20).unwrap();
+        mem.write(0x30_0000, b"/proc/self/exe\0junk").unwrap();
+        assert_eq!(mem.read_user_cstr(0x30_0000, 100).unwrap(), b"/proc/self/exe");
+        assert!(mem.read_user_cstr(0x30_0000, 4).is_err());
+        assert!(mem.read_user_cstr(0x10, 4).is_err());
+    }
+}

@@ -1,0 +1,119 @@
+//! The one vCPU and fast access to its registers at exits.
+//!
+//! With `KVM_CAP_SYNC_REGS` the general and special registers travel in the shared
+//! `kvm_run` page, so a system-call exit costs one `KVM_RUN` and no other ioctl.
+
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
+
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    #[error("KVM_CREATE_VCPU failed")]
+    Create(#[source] kvm_ioctls::Error),
+    #[error("KVM_{0} failed")]
+    Ioctl(&'static str, #[source] kvm_ioctls::Error),
+}
+
+pub struct Vcpu {
+    pub fd: VcpuFd,
+    sync_regs: bool,
+    /// Whether the registers in the `kvm_run` page are current (true after an exit).
+    synced: bool,
+}
+
+/// What stopped the vCPU, reduced to what the VMM acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// `out` to `port`, with the first data byte.
+    IoOut { port: u16, byte: u8 },
+    /// `in` from `port`.
+    IoIn { port: u16 },
+    /// Access to guest-physical memory with no memory behind it.
+    Mmio { addr: u64 },
+    /// Triple fault.
+    Shutdown,
+    Hlt,
+    /// `KVM_RUN` was interrupted by a signal (the watchdog).
+    Interrupted,
+    /// Any other exit, with KVM's name for it.
+    Other(&'static str),
+}
+
+impl Vcpu {
+    pub fn new(kvm: &Kvm, vm: &VmFd) -> Result<Self, VcpuError> {
+        let mut fd = vm.create_vcpu(0).map_err(VcpuError::Create)?;
+        let sync_regs = kvm.check_extension(Cap::SyncRegs);
+        if sync_regs {
+            fd.set_sync_valid_reg(SyncReg::Register);
+            fd.set_sync_valid_reg(SyncReg::SystemRegister);
+        }
+        Ok(Self { fd, sync_regs, synced: false })
+    }
+
+    /// Runs the guest until the next exit.
+    pub fn run(&mut self) -> Result<Exit, VcpuError> {
+        let exit = match self.fd.run() {
+            Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut { port, byte: data.first().copied().unwrap_or(0) },
+            Ok(VcpuExit::IoIn(port, _)) => Exit::IoIn { port },
+            Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => Exit::Mmio { addr },
+            Ok(VcpuExit::Shutdown) => Exit::Shutdown,
+            Ok(VcpuExit::Hlt) => Exit::Hlt,
+            Ok(VcpuExit::Intr) => Exit::Interrupted,
+            Ok(VcpuExit::FailEntry(..)) => Exit::Other("FAIL_ENTRY"),
+            Ok(VcpuExit::InternalError) => Exit::Other("INTERNAL_ERROR"),
+            Ok(VcpuExit::Exception) => Exit::Other("EXCEPTION"),
+            Ok(VcpuExit::SystemEvent(..)) => Exit::Other("SYSTEM_EVENT"),
+            Ok(VcpuExit::Debug(_)) => Exit::Other("DEBUG"),
+            Ok(_) => Exit::Other("unexpected exit"),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Exit::Interrupted,
+            Err(e) => return Err(VcpuError::Ioctl("RUN", e)),
+        };
+        // KVM clears the dirty flags on entry and fills the sync area on every exit,
+        // including one interrupted by a signal.
+        self.synced = self.sync_regs;
+        Ok(exit)
+    }
+
+    /// The registers at the last exit.
+    pub fn regs(&mut self) -> Result<(kvm_regs, kvm_sregs), VcpuError> {
+        if self.synced {
+            let s = self.fd.sync_regs();
+            return Ok((s.regs, s.sregs));
+        }
+        let regs = self.fd.get_regs().map_err(|e| VcpuError::Ioctl("GET_REGS", e))?;
+        let sregs = self.fd.get_sregs().map_err(|e| VcpuError::Ioctl("GET_SREGS", e))?;
+        Ok((regs, sregs))
+    }
+
+    /// Sets the registers for the next entry. `sregs` is only written when given.
+    pub fn set_regs(&mut self, regs: &kvm_regs, sregs: Option<&kvm_sregs>) -> Result<(), VcpuError> {
+        if self.synced {
+            let s = self.fd.sync_regs_mut();
+            s.regs = *regs;
+            if let Some(sregs) = sregs {
+                s.sregs = *sregs;
+            }
+            self.fd.set_sync_dirty_reg(SyncReg::Register);
+            if sregs.is_some() {
+                self.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+            }
+            return Ok(());
+        }
+        self.fd.set_regs(regs).map_err(|e| VcpuError::Ioctl("SET_REGS", e))?;
+        if let Some(sregs) = sregs {
+            self.fd.set_sregs(sregs).map_err(|e| VcpuError::Ioctl("SET_SREGS", e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether register access at exits avoids extra ioctls.
+    pub fn has_sync_regs(&self) -> bool {
+        self.sync_regs
+    }
+
+    /// Forgets that the sync area is current: after registers were set with ioctls
+    /// (restore), the next exit refills it.
+    pub fn invalidate_sync(&mut self) {
+        self.synced = false;
+    }
+}

@@ -1,0 +1,49 @@
+//! The KVM VM: one memory slot covering all of guest memory.
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{Cap, Kvm, VmFd};
+
+use super::memory::GuestMemory;
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("cannot open /dev/kvm (is KVM available, and are you root?)")]
+    OpenKvm(#[source] kvm_ioctls::Error),
+    #[error("KVM_CREATE_VM failed")]
+    CreateVm(#[source] kvm_ioctls::Error),
+    #[error("KVM_SET_USER_MEMORY_REGION failed for {size} bytes")]
+    SetMemory { size: u64, #[source] source: kvm_ioctls::Error },
+    #[error("this KVM lacks a required capability: {0}")]
+    MissingCap(&'static str),
+}
+
+pub struct Vm {
+    pub kvm: Kvm,
+    pub fd: VmFd,
+}
+
+impl Vm {
+    /// Creates a VM whose guest-physical memory is `memory`.
+    pub fn new(memory: &GuestMemory) -> Result<Self, VmError> {
+        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+        for (cap, name) in [(Cap::UserMemory, "KVM_CAP_USER_MEMORY"), (Cap::Xcrs, "KVM_CAP_XCRS")] {
+            if !kvm.check_extension(cap) {
+                return Err(VmError::MissingCap(name));
+            }
+        }
+        let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: memory.size(),
+            userspace_addr: memory.host_addr(),
+        };
+        // SAFETY: the host range is the mapping owned by `memory`; the caller keeps
+        // `memory` alive as long as this VM (both live in the same `MicroVm`, which drops
+        // the VM first).
+        unsafe { fd.set_user_memory_region(region) }
+            .map_err(|source| VmError::SetMemory { size: memory.size(), source })?;
+        Ok(Self { kvm, fd })
+    }
+}
