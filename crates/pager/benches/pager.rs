@@ -1,1 +1,380 @@
-fn main() {}
+//! Lazy faults vs. REAP's prefetch install, same machine, same run.
+//!
+//! For working sets of 4 MiB and 64 MiB (scattered 4 KiB pages of a 256 MiB memory
+//! file, touched in a shuffled order), with the memory and WS files evicted from the
+//! page cache (`posix_fadvise(POSIX_FADV_DONTNEED)`) and cached:
+//! - lazy: a thread touches every page of the set; each touch is a userfaultfd fault
+//!   served from the memory file. Cost per fault = touch time / pages.
+//! - prefetch: `PageServer::start` in prefetch mode (one `O_DIRECT` read of the WS file,
+//!   then the install); cost per page = start time / pages. The same touches then run
+//!   and must fault nothing.
+//!
+//! Run with `cargo bench -p reap-pager`. Environment: `PAGER_BENCH_REPS` (default 5),
+//! `PAGER_BENCH_DIR` (default the temp dir; must be a disk-backed file system),
+//! `PAGER_BENCH_JSON` (write the raw results there).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use reap_pager::memfile::fadvise_dontneed;
+use reap_pager::{MemoryFile, Mode, PAGE_4K, PageServer, PagerStats, Region, Uffd};
+
+const PS: u64 = PAGE_4K;
+const MEM_PAGES: u64 = 65_536; // 256 MiB
+
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn shuffle<T>(&mut self, v: &mut [T]) {
+        for i in (1..v.len()).rev() {
+            v.swap(i, (self.next() % (i as u64 + 1)) as usize);
+        }
+    }
+}
+
+struct Mapping {
+    addr: u64,
+    len: u64,
+}
+
+impl Mapping {
+    fn new(len: u64) -> Mapping {
+        // SAFETY: a fresh anonymous mapping that nothing else refers to.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        Mapping {
+            addr: p as u64,
+            len,
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps the mapping created in `new`.
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len as usize) };
+    }
+}
+
+fn registered() -> (Uffd, Mapping, Vec<Region>) {
+    let uffd = Uffd::new().expect("userfaultfd (run as root)");
+    let m = Mapping::new(MEM_PAGES * PS);
+    uffd.register(m.addr, m.len).expect("register");
+    let r = Region {
+        host_addr: m.addr,
+        len: m.len,
+        file_offset: 0,
+        page_size: PS,
+    };
+    (uffd, m, vec![r])
+}
+
+/// Touches one word of each page in `order` from another thread; returns the time and
+/// a checksum of what was read.
+fn touch(m: &Mapping, order: &[u64]) -> (Duration, u64) {
+    let base = m.addr;
+    let order = order.to_vec();
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        let mut sum = 0u64;
+        for &i in &order {
+            // SAFETY: inside the live mapping; a missing page blocks until served.
+            sum =
+                sum.wrapping_add(unsafe { std::ptr::read_volatile((base + i * PS) as *const u64) });
+        }
+        (t.elapsed(), sum)
+    })
+    .join()
+    .unwrap()
+}
+
+fn expected_sum(mem: &Path, order: &[u64]) -> u64 {
+    let f = File::open(mem).unwrap();
+    let mut w = [0u8; 8];
+    order.iter().fold(0u64, |s, &i| {
+        f.read_exact_at(&mut w, i * PS).unwrap();
+        s.wrapping_add(u64::from_le_bytes(w))
+    })
+}
+
+fn evict(path: &Path) {
+    fadvise_dontneed(&File::open(path).unwrap()).unwrap();
+}
+
+fn cache(path: &Path) {
+    std::io::copy(&mut File::open(path).unwrap(), &mut std::io::sink()).unwrap();
+}
+
+struct Sample {
+    total: Duration,
+    stats: PagerStats,
+}
+
+fn run_lazy(mem: &Path, order: &[u64], cold: bool, sum: u64) -> Sample {
+    let (uffd, m, regions) = registered();
+    let memory = MemoryFile::open(mem).unwrap();
+    if cold {
+        evict(mem);
+    } else {
+        cache(mem);
+    }
+    let server = PageServer::start(uffd, regions, memory, Mode::Lazy).unwrap();
+    let (t, got) = touch(&m, order);
+    let stats = server.stop();
+    assert_eq!(got, sum, "lazy: wrong contents");
+    assert_eq!(stats.lazy_faults_file, order.len() as u64);
+    Sample { total: t, stats }
+}
+
+fn run_prefetch(mem: &Path, ws: &Path, order: &[u64], cold: bool, sum: u64) -> (Sample, Duration) {
+    let (uffd, m, regions) = registered();
+    let memory = MemoryFile::open(mem).unwrap();
+    for p in [mem, ws] {
+        if cold {
+            evict(p);
+        } else {
+            cache(p);
+        }
+    }
+    let t0 = Instant::now();
+    let server = PageServer::start(
+        uffd,
+        regions,
+        memory,
+        Mode::Prefetch {
+            ws: ws.to_path_buf(),
+        },
+    )
+    .unwrap();
+    let total = t0.elapsed();
+    let (run, got) = touch(&m, order);
+    let stats = server.stop();
+    assert_eq!(got, sum, "prefetch: wrong contents");
+    assert!(!stats.prefetch_fell_back, "{:?}", stats.fallback_reason);
+    assert_eq!(
+        stats.lazy_faults_file + stats.lazy_faults_zero,
+        0,
+        "prefetch left faults"
+    );
+    (Sample { total, stats }, run)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn spread(v: &[f64]) -> (f64, f64) {
+    (
+        v.iter().cloned().fold(f64::MAX, f64::min),
+        v.iter().cloned().fold(0.0, f64::max),
+    )
+}
+
+fn main() {
+    let reps: usize = std::env::var("PAGER_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+    let dir = std::env::var_os("PAGER_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let tag = std::process::id();
+    let mem = dir.join(format!("reap-pager-bench-{tag}.mem"));
+
+    // A 256 MiB memory file of non-zero pseudo-random data (no holes).
+    {
+        let f = File::create(&mem).unwrap();
+        let mut rng = Rng(42);
+        let mut chunk = vec![0u8; 1 << 20];
+        for c in 0..(MEM_PAGES * PS) >> 20 {
+            for w in chunk.chunks_exact_mut(8) {
+                w.copy_from_slice(&(rng.next() | 1).to_le_bytes());
+            }
+            f.write_all_at(&chunk, c << 20).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+
+    let mut results = Vec::new();
+    // (MiB, pages, pages per run of the layout)
+    let sizes = [
+        (4u64, 1024usize, 1u64),
+        (4, 1024, 16),
+        (64, 16_384, 1),
+        (64, 16_384, 16),
+    ];
+    let mut sets = Vec::new();
+    for &(mib, pages, run) in &sizes {
+        // `pages / run` distinct runs of `run` contiguous pages, in a shuffled order;
+        // each run is touched in address order.
+        let mut runs: Vec<u64> = (0..MEM_PAGES / run).collect();
+        Rng(mib * 100 + run).shuffle(&mut runs);
+        let all: Vec<u64> = runs[..pages / run as usize]
+            .iter()
+            .flat_map(|r| r * run..(r + 1) * run)
+            .collect();
+        let ws = dir.join(format!("reap-pager-bench-{tag}-{mib}-{run}.ws"));
+        // Record the set through the library, as a first cold start would.
+        let (uffd, m, regions) = registered();
+        let server =
+            PageServer::start(uffd, regions, MemoryFile::open(&mem).unwrap(), Mode::Record)
+                .unwrap();
+        touch(&m, &all);
+        let summary = server.write_ws(&ws).unwrap();
+        server.stop();
+        assert_eq!(summary.data_pages, pages as u64);
+        let sum = expected_sum(&mem, &all);
+        sets.push((mib, all, ws, sum));
+    }
+
+    // Warm-up, then interleaved repetitions.
+    for (_, order, ws, sum) in &sets {
+        run_lazy(&mem, order, false, *sum);
+        run_prefetch(&mem, ws, order, false, *sum);
+    }
+    #[derive(Default)]
+    struct Cell {
+        lazy_us: Vec<f64>,
+        lazy_serve_us: Vec<f64>,
+        pre_us: Vec<f64>,
+        fetch_us: Vec<f64>,
+        verify_us: Vec<f64>,
+        install_us: Vec<f64>,
+        after_us: Vec<f64>,
+        ioctls: u64,
+        direct: bool,
+    }
+    let mut cells: Vec<Cell> = (0..2 * sizes.len()).map(|_| Cell::default()).collect();
+    for _ in 0..reps {
+        for (si, (_, order, ws, sum)) in sets.iter().enumerate() {
+            for (ci, cold) in [true, false].into_iter().enumerate() {
+                let n = order.len() as f64;
+                let cell = &mut cells[si * 2 + ci];
+                let l = run_lazy(&mem, order, cold, *sum);
+                cell.lazy_us.push(l.total.as_secs_f64() * 1e6 / n);
+                cell.lazy_serve_us
+                    .push(l.stats.fault_serve_ns as f64 / 1e3 / n);
+                let (p, after) = run_prefetch(&mem, ws, order, cold, *sum);
+                cell.pre_us.push(p.total.as_secs_f64() * 1e6 / n);
+                cell.fetch_us.push(p.stats.fetch_ns as f64 / 1e3 / n);
+                cell.verify_us.push(p.stats.verify_ns as f64 / 1e3 / n);
+                cell.install_us.push(p.stats.install_ns as f64 / 1e3 / n);
+                cell.after_us.push(after.as_secs_f64() * 1e6 / n);
+                cell.ioctls = p.stats.install_ioctls;
+                cell.direct = p.stats.fetch_direct;
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&mem);
+    for (_, _, ws, _) in &sets {
+        let _ = std::fs::remove_file(ws);
+    }
+
+    println!(
+        "reap-pager: lazy faults vs prefetch install, medians of {reps} interleaved runs (us per page)"
+    );
+    println!(
+        "{:>6} {:>6} {:>7} | {:>9} {:>9} | {:>9} {:>8} {:>8} {:>8} {:>7} | {:>7} | {:>8}",
+        "WS",
+        "run",
+        "files",
+        "lazy/flt",
+        "(served)",
+        "prefetch",
+        "fetch",
+        "verify",
+        "install",
+        "ioctls",
+        "ratio",
+        "after/pg"
+    );
+    for (si, &(mib, _, run)) in sizes.iter().enumerate() {
+        for (ci, label) in ["evicted", "cached"].into_iter().enumerate() {
+            let c = &cells[si * 2 + ci];
+            let m = |v: &Vec<f64>| median(v.clone());
+            let (lazy, pre) = (m(&c.lazy_us), m(&c.pre_us));
+            println!(
+                "{:>3}MiB {:>6} {:>7} | {:>9.2} {:>9.2} | {:>9.3} {:>8.3} {:>8.3} {:>8.3} {:>7} | {:>6.1}x | {:>8.3}",
+                mib,
+                format!("{run}p"),
+                label,
+                lazy,
+                m(&c.lazy_serve_us),
+                pre,
+                m(&c.fetch_us),
+                m(&c.verify_us),
+                m(&c.install_us),
+                c.ioctls,
+                lazy / pre,
+                m(&c.after_us),
+            );
+            let (lmin, lmax) = spread(&c.lazy_us);
+            let (pmin, pmax) = spread(&c.pre_us);
+            results.push(format!(
+                concat!(
+                    "{{\"ws_mib\":{},\"run_pages\":{},\"files\":\"{}\",\"lazy_us_per_fault\":{:.3},\"lazy_min\":{:.3},",
+                    "\"lazy_max\":{:.3},\"lazy_serve_us\":{:.3},\"prefetch_us_per_page\":{:.4},\"prefetch_min\":{:.4},",
+                    "\"prefetch_max\":{:.4},\"fetch_us_per_page\":{:.4},\"verify_us_per_page\":{:.4},",
+                    "\"install_us_per_page\":{:.4},\"install_ioctls\":{},\"o_direct\":{},\"ratio\":{:.2},",
+                    "\"after_us_per_page\":{:.4}}}"
+                ),
+                mib,
+                run,
+                label,
+                lazy,
+                lmin,
+                lmax,
+                m(&c.lazy_serve_us),
+                pre,
+                pmin,
+                pmax,
+                m(&c.fetch_us),
+                m(&c.verify_us),
+                m(&c.install_us),
+                c.ioctls,
+                c.direct,
+                lazy / pre,
+                m(&c.after_us),
+            ));
+        }
+    }
+    println!("lazy/flt: touch time per fault; (served): page-server time per fault (read + fill)");
+    println!(
+        "prefetch: PageServer::start time per page (fetch + verify + install + thread start); after/pg: touching the installed pages"
+    );
+    println!("run: pages per contiguous run of the working set (1p = scattered single pages)");
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let json = format!(
+        "{{\"kernel\":\"{}\",\"reps\":{},\"memory_mib\":256,\"results\":[{}]}}",
+        kernel.trim(),
+        reps,
+        results.join(",")
+    );
+    if let Some(p) = std::env::var_os("PAGER_BENCH_JSON") {
+        std::fs::write(p, &json).unwrap();
+    }
+}

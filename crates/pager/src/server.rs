@@ -428,11 +428,13 @@ impl FaultLoop {
     fn run(mut self, mode: Mode, ready: mpsc::SyncSender<Result<(), StopReason>>) {
         let prepared = match &mode {
             Mode::Prefetch { ws } => self.prefetch(ws),
-            Mode::Lazy | Mode::Record => Ok(()),
+            Mode::Lazy | Mode::Record => Ok(None),
         };
         let reason = match prepared {
-            Ok(()) => {
+            Ok(ws) => {
                 let _ = ready.send(Ok(()));
+                // Unmapping the fetched image is not on the restore's critical path.
+                drop(ws);
                 self.serve_until_stopped()
             }
             Err(reason) => {
@@ -450,7 +452,9 @@ impl FaultLoop {
         // Dropping `self` closes the userfaultfd.
     }
 
-    fn prefetch(&mut self, path: &Path) -> Result<(), Stop> {
+    /// Fetches and installs the WS file; returns it so that its buffer is freed after
+    /// the caller is released.
+    fn prefetch(&mut self, path: &Path) -> Result<Option<WorkingSet>, Stop> {
         let ws = match WorkingSet::load(path, &self.memory, self.page_size)
             .and_then(|ws| self.check_fits(ws))
         {
@@ -459,7 +463,7 @@ impl FaultLoop {
                 let reason = format!("{}: {}", path.display(), error_chain(&e));
                 tracing::warn!("working set refused, serving lazily: {reason}");
                 lock(&self.shared.info).fallback_reason = Some(reason);
-                return Ok(());
+                return Ok(None);
             }
         };
         let c = &self.shared.counters;
@@ -474,7 +478,7 @@ impl FaultLoop {
             &self.shared.counters.install_ns,
             t.elapsed().as_nanos() as u64,
         );
-        result
+        result.map(|()| Some(ws))
     }
 
     fn check_fits(&self, ws: WorkingSet) -> Result<WorkingSet, WsError> {
