@@ -201,6 +201,11 @@ impl MicroVm {
         let Some(frame) = frame else {
             return Ok(GuestFault::Exception { vector, name, detail: String::new(), rip: regs.rip });
         };
+        if vector == 13 {
+            if let Some(port) = self.io_instruction_port(frame.rip, regs.rdx) {
+                return Ok(GuestFault::StrayIo { port, rip: frame.rip });
+            }
+        }
         let detail = match (vector, frame.error_code) {
             (14, Some(code)) => {
                 let access = if code & 0x10 != 0 {
@@ -223,6 +228,19 @@ impl MicroVm {
             _ => String::new(),
         };
         Ok(GuestFault::Exception { vector, name, detail, rip: frame.rip })
+    }
+
+    /// If the instruction at `rip` is an `in`/`out`, the port it names. (With the I/O
+    /// permission bitmap in force, a guest's own port I/O shows up as a #GP.)
+    fn io_instruction_port(&self, rip: u64, rdx: u64) -> Option<u16> {
+        let mut code = [0u8; 3];
+        self.memory.read(rip, &mut code).ok()?;
+        let op = if code[0] == 0x66 { &code[1..] } else { &code[..2] };
+        match op[0] {
+            0xe4..=0xe7 => Some(u16::from(op[1])),
+            0xec..=0xef | 0x6c..=0x6f => Some(rdx as u16),
+            _ => None,
+        }
     }
 
     /// Whether the guest is at its ready point (a read of stdin pending).

@@ -130,10 +130,12 @@ impl GuestOs {
                 Err(Errno(libc::ENOSYS))
             }
         };
-        Outcome::Return(match result {
+        let ret = match result {
             Ok(v) => v as i64,
             Err(Errno(e)) => -i64::from(e),
-        })
+        };
+        tracing::trace!(nr = call.nr, args = ?call.args, ret, "syscall");
+        Outcome::Return(ret)
     }
 
     fn warn_once(&mut self, nr: u64, what: &str) {

@@ -1,0 +1,64 @@
+//! Shared helpers of the integration tests: where the guest programs are and how to
+//! run the `reap` binary.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+/// The directory holding the workspace's release binaries (function programs and test
+/// guests), built by `cargo build --release --workspace` before the tests.
+pub fn bin_dir() -> PathBuf {
+    // Test executables live in <target>/<profile>/deps.
+    let exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target profile dir").to_path_buf();
+    let release = profile_dir.parent().map(|t| t.join("release"));
+    for dir in std::iter::once(profile_dir).chain(release) {
+        if dir.join("helloworld").exists() {
+            return dir;
+        }
+    }
+    panic!("guest binaries not found: run `cargo build --release --workspace` first (scripts/test does)");
+}
+
+/// Path of a workspace binary (a function or a test guest).
+pub fn guest(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(path.exists(), "{} is missing: run `cargo build --release --workspace`", path.display());
+    path
+}
+
+/// Runs `program` natively with `input` on stdin.
+pub fn run_native(program: &std::path::Path, args: &[&str], input: &[u8]) -> Output {
+    run_with_input(Command::new(program).args(args), input)
+}
+
+/// Runs `reap ARGS` with `input` on stdin.
+pub fn reap(args: &[&str], input: &[u8]) -> Output {
+    run_with_input(Command::new(env!("CARGO_BIN_EXE_reap")).args(args), input)
+}
+
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let input = input.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().expect("wait");
+    writer.join().expect("stdin writer");
+    out
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

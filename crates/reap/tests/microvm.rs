@@ -1,0 +1,166 @@
+//! The microVM end to end: static programs run by `reap run` under KVM. Needs /dev/kvm
+//! and the workspace's release binaries (see `common::bin_dir`).
+
+mod common;
+
+use common::{guest, reap, run_native, stderr, stdout};
+
+fn reap_run(program: &str, extra: &[&str], input: &[u8]) -> std::process::Output {
+    let binary = guest(program);
+    let mut args = vec!["run", "--binary", binary.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    reap(&args, input)
+}
+
+#[test]
+fn helloworld_in_the_vm_answers_like_native() {
+    let input = b"{}\n{\"name\":\"Ada\"}\nnot json\n{\"name\":42}\n\n{\"name\":\"\xc3\xa9t\xc3\xa9\"}\n";
+    let native = run_native(&guest("helloworld"), &[], input);
+    let vm = reap_run("helloworld", &[], input);
+    assert!(native.status.success());
+    assert!(vm.status.success(), "reap failed: {}", stderr(&vm));
+    assert_eq!(stdout(&vm), stdout(&native));
+    assert_eq!(stdout(&vm).lines().count(), 6, "one response per request line");
+    assert!(stdout(&vm).contains("Hello, Ada!"));
+}
+
+#[test]
+fn arguments_environment_and_exit_status_reach_the_guest() {
+    let vm = reap_run("env_args", &["--env", "GREETING=hi there", "--", "7", "two words"], b"");
+    assert_eq!(vm.status.code(), Some(7), "exit status is the program's: {}", stderr(&vm));
+    let out = stdout(&vm);
+    assert!(out.contains("arg env_args\narg 7\narg two words\n"), "{out}");
+    assert!(out.contains("env GREETING=hi there\n"), "{out}");
+    assert!(out.contains("pid 1\n"));
+}
+
+#[test]
+fn null_pointer_dereference_ends_the_guest_with_a_page_fault() {
+    let vm = reap_run("null_deref", &[], b"");
+    assert_eq!(vm.status.code(), Some(125));
+    let err = stderr(&vm);
+    assert!(err.contains("about to dereference null"), "guest stderr is copied out: {err}");
+    assert!(err.contains("page fault: read from 0x0 (null pointer) at RIP 0x"), "{err}");
+    assert_eq!(err.lines().filter(|l| l.starts_with("reap:")).count(), 1, "one error line: {err}");
+}
+
+#[test]
+fn looping_guest_is_stopped_by_the_time_limit() {
+    let started = std::time::Instant::now();
+    let vm = reap_run("spin", &["--timeout", "0.5"], b"");
+    assert_eq!(vm.status.code(), Some(124));
+    assert!(stderr(&vm).contains("time limit"), "{}", stderr(&vm));
+    assert_eq!(stdout(&vm), "spinning\n");
+    // Generous bound: the point is that it ends at all, not how fast.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn wild_pointers_get_efault_and_the_guest_goes_on() {
+    let vm = reap_run("wild_pointers", &[], b"");
+    assert!(vm.status.success(), "{}", stderr(&vm));
+    let out = stdout(&vm);
+    for case in ["null", "page0", "beyond", "system", "huge"] {
+        assert!(out.contains(&format!("write {case}: 14\n")), "{case}: {out}");
+    }
+    assert!(out.contains("clock_gettime null: 14\n"));
+    assert!(out.ends_with("still alive\n"));
+}
+
+#[test]
+fn unsupported_system_calls_return_enosys_and_threads_are_refused() {
+    let vm = reap_run("unsupported", &[], b"");
+    assert!(vm.status.success(), "{}", stderr(&vm));
+    let out = stdout(&vm);
+    assert!(out.contains("syscall 999: -1 errno 38\n"), "{out}");
+    assert!(out.contains("socket: -1 errno 38\n"), "{out}");
+    assert!(out.contains("thread: refused"), "{out}");
+    assert!(out.contains("open: NotFound\n"), "{out}");
+    let err = stderr(&vm);
+    assert_eq!(err.matches("system call 999 not implemented").count(), 1, "logged once: {err}");
+}
+
+#[test]
+fn allocating_more_than_guest_memory_gets_enomem_then_aborts() {
+    let vm = reap_run("hog", &["--mem", "64"], b"");
+    let out = stdout(&vm);
+    let refused_at: u64 = out
+        .strip_prefix("allocation refused after ")
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ENOMEM report: {out}"));
+    assert!((16..64).contains(&refused_at), "{refused_at} MiB of 64");
+    assert_eq!(vm.status.code(), Some(128 + 6), "{}", stderr(&vm));
+    assert!(stderr(&vm).contains("memory allocation of 1073741824 bytes failed"));
+    assert!(stderr(&vm).contains("SIGABRT"));
+}
+
+#[test]
+fn port_io_outside_the_syscall_stub_ends_the_guest() {
+    let vm = reap_run("stray_io", &[], b"");
+    assert_eq!(vm.status.code(), Some(125));
+    assert!(stderr(&vm).contains("I/O instruction (port 0x80) outside the syscall stub"), "{}", stderr(&vm));
+}
+
+#[test]
+fn memory_system_calls_keep_linux_semantics() {
+    let vm = reap_run("mem_ops", &[], b"");
+    assert!(vm.status.success(), "{}", stderr(&vm));
+    assert_eq!(stdout(&vm), "OK mmap/munmap zeroes\nOK mremap\nOK madvise\nOK brk\nOK noreplace\n");
+}
+
+#[test]
+fn bad_binaries_are_refused_with_one_line() {
+    let dir = std::env::temp_dir().join(format!("reap-bad-binaries-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut header = vec![0u8; 64];
+    header[..4].copy_from_slice(b"\x7fELF");
+    header[5] = 1;
+    header[6] = 1;
+    let elf = |class: u8, machine: u16| {
+        let mut h = header.clone();
+        h[4] = class;
+        h[16] = 2;
+        h[18..20].copy_from_slice(&machine.to_le_bytes());
+        h
+    };
+    // Claims one program header right after the ELF header, but the file ends there.
+    let mut truncated = elf(2, 62);
+    truncated[24..32].copy_from_slice(&0x40_1000u64.to_le_bytes());
+    truncated[32..40].copy_from_slice(&64u64.to_le_bytes());
+    truncated[56..58].copy_from_slice(&1u16.to_le_bytes());
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("text", b"#!/bin/sh\necho hi\n".to_vec(), "not an ELF file"),
+        ("empty", Vec::new(), "not an ELF file"),
+        ("elf32", elf(1, 3), "32-bit"),
+        ("arm64", elf(2, 183), "not x86-64"),
+        ("truncated", truncated, "malformed ELF"),
+    ];
+    for (name, bytes, expect) in cases {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let out = reap(&["run", "--binary", path.to_str().unwrap()], b"");
+        assert_eq!(out.status.code(), Some(126), "{name}");
+        let err = stderr(&out);
+        assert!(err.contains(expect), "{name}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{name}: {err}");
+    }
+    // A dynamically linked executable: the test runner itself.
+    let me = std::env::current_exe().unwrap();
+    let out = reap(&["run", "--binary", me.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(126));
+    assert!(stderr(&out).contains("dynamically linked"), "{}", stderr(&out));
+    // A program larger than guest memory.
+    let out = reap(&["run", "--binary", guest("big_bss").to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(126));
+    assert!(stderr(&out).contains("does not fit in guest memory"), "{}", stderr(&out));
+    // A missing file.
+    let out = reap(&["run", "--binary", "/nonexistent/fn"], b"");
+    assert_eq!(out.status.code(), Some(126));
+    assert!(stderr(&out).contains("cannot read /nonexistent/fn"), "{}", stderr(&out));
+    // Guest memory size out of range.
+    let out = reap(&["run", "--binary", guest("helloworld").to_str().unwrap(), "--mem", "3"], b"");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("3 MiB is not supported"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
