@@ -9,7 +9,7 @@
 //!   then the install); cost per page = start time / pages. The same touches then run
 //!   and must fault nothing.
 //!
-//! Run with `cargo bench -p reap-pager`. Environment: `PAGER_BENCH_REPS` (default 5),
+//! Run with `cargo bench -p reap-pager`. Environment: `PAGER_BENCH_REPS` (default 6),
 //! `PAGER_BENCH_DIR` (default the temp dir; must be a disk-backed file system),
 //! `PAGER_BENCH_JSON` (write the raw results there).
 
@@ -198,7 +198,7 @@ fn main() {
     let reps: usize = std::env::var("PAGER_BENCH_REPS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(6);
     let dir = std::env::var_os("PAGER_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
@@ -269,16 +269,23 @@ fn main() {
         direct: bool,
     }
     let mut cells: Vec<Cell> = (0..2 * sizes.len()).map(|_| Cell::default()).collect();
-    for _ in 0..reps {
+    for rep in 0..reps {
         for (si, (_, order, ws, sum)) in sets.iter().enumerate() {
             for (ci, cold) in [true, false].into_iter().enumerate() {
                 let n = order.len() as f64;
+                // Alternate which mode goes first, so that neither always runs right
+                // after the other's page-cache and memory churn.
+                let (l, (p, after)) = if rep % 2 == 0 {
+                    let l = run_lazy(&mem, order, cold, *sum);
+                    (l, run_prefetch(&mem, ws, order, cold, *sum))
+                } else {
+                    let p = run_prefetch(&mem, ws, order, cold, *sum);
+                    (run_lazy(&mem, order, cold, *sum), p)
+                };
                 let cell = &mut cells[si * 2 + ci];
-                let l = run_lazy(&mem, order, cold, *sum);
                 cell.lazy_us.push(l.total.as_secs_f64() * 1e6 / n);
                 cell.lazy_serve_us
                     .push(l.stats.fault_serve_ns as f64 / 1e3 / n);
-                let (p, after) = run_prefetch(&mem, ws, order, cold, *sum);
                 cell.pre_us.push(p.total.as_secs_f64() * 1e6 / n);
                 cell.fetch_us.push(p.stats.fetch_ns as f64 / 1e3 / n);
                 cell.verify_us.push(p.stats.verify_ns as f64 / 1e3 / n);
@@ -368,9 +375,27 @@ fn main() {
     );
     println!("run: pages per contiguous run of the working set (1p = scattered single pages)");
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let git_rev = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let unix_time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let json = format!(
-        "{{\"kernel\":\"{}\",\"reps\":{},\"memory_mib\":256,\"results\":[{}]}}",
+        concat!(
+            "{{\"git_rev\":\"{}\",\"unix_time\":{},\"kernel\":\"{}\",\"cpus\":{},",
+            "\"reps\":{},\"memory_mib\":256,\"results\":[{}]}}"
+        ),
+        git_rev,
+        unix_time,
         kernel.trim(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         reps,
         results.join(",")
     );
