@@ -5,9 +5,13 @@
 //! - [`loader`]: the ELF loader and the Linux initial stack.
 //! - [`guest_os`]: the Linux system calls the guest program makes.
 //! - [`microvm`]: a microVM and its run loop.
+//! - [`instance`]: a function instance: boot to ready, restore in a memory mode, invoke.
+//! - [`snapshot`]: snapshots on disk (state file, sparse memory file).
 
 pub mod arch;
 pub mod guest_os;
+pub mod instance;
 pub mod loader;
 pub mod microvm;
+pub mod snapshot;
 pub mod vstate;

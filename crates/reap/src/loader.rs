@@ -1,9 +1,9 @@
 //! Loads a static x86-64 Linux executable (ET_EXEC or static-pie) into guest memory
 //! and builds the initial stack a Linux process starts with (argc, argv, envp, auxv).
 
+use goblin::elf::Elf;
 use goblin::elf::header::{EM_X86_64, ET_DYN, ET_EXEC};
 use goblin::elf::program_header::{PT_LOAD, PT_PHDR};
-use goblin::elf::Elf;
 
 use crate::arch::layout::{PAGE_SIZE, PIE_LOAD_BASE, STACK_SIZE, SYSTEM_AREA_END, page_align_up};
 use crate::vstate::memory::GuestMemory;
@@ -23,19 +23,33 @@ pub enum LoadError {
     WrongMachine(u16),
     #[error("ELF type {0} is not an executable (ET_EXEC or a static PIE)")]
     NotExecutable(u16),
-    #[error("dynamically linked executable (interpreter {0}): build it static, e.g. with -C target-feature=+crt-static")]
+    #[error(
+        "dynamically linked executable (interpreter {0}): build it static, e.g. with -C target-feature=+crt-static"
+    )]
     Dynamic(String),
     #[error("executable has no entry point")]
     NoEntry,
     #[error("executable has no loadable segment")]
     NoSegments,
-    #[error("segment at file offset {offset:#x} (+{size:#x}) lies outside the {file_size}-byte file")]
-    SegmentOutsideFile { offset: u64, size: u64, file_size: u64 },
+    #[error(
+        "segment at file offset {offset:#x} (+{size:#x}) lies outside the {file_size}-byte file"
+    )]
+    SegmentOutsideFile {
+        offset: u64,
+        size: u64,
+        file_size: u64,
+    },
     #[error(
         "segment at {start:#x}..{end:#x} does not fit in guest memory (usable {usable_start:#x}..{usable_end:#x}; \
          the program needs more than the {mem_mib} MiB of guest memory, or is linked at an address below {usable_start:#x})"
     )]
-    SegmentOutsideMemory { start: u64, end: u64, usable_start: u64, usable_end: u64, mem_mib: u64 },
+    SegmentOutsideMemory {
+        start: u64,
+        end: u64,
+        usable_start: u64,
+        usable_end: u64,
+        mem_mib: u64,
+    },
     #[error("executable is {0} bytes, larger than the {MAX_BINARY_SIZE}-byte limit")]
     TooLarge(u64),
     #[error("initial stack does not fit in guest memory")]
@@ -117,7 +131,8 @@ pub fn load_elf(image: &[u8], mem: &GuestMemory) -> Result<LoadedProgram, LoadEr
             return Err(outside(start, seg_end, mem.size()));
         }
         let bytes = &image[ph.p_offset as usize..(ph.p_offset + ph.p_filesz) as usize];
-        mem.write(start, bytes).map_err(|_| outside(start, seg_end, mem.size()))?;
+        mem.write(start, bytes)
+            .map_err(|_| outside(start, seg_end, mem.size()))?;
         // The rest up to p_memsz (.bss) is already zero: guest memory starts zeroed.
         if phdr.is_none() && ph.p_offset == 0 && elf.header.e_phoff < ph.p_filesz {
             phdr = Some(start + elf.header.e_phoff);
@@ -204,7 +219,11 @@ pub fn build_stack(
         .ok_or(LoadError::StackOverflow)?
         & !15;
     let addr_of = |off: u64| strings_start + off;
-    let execfn = inputs.args.first().map(|_| addr_of(offsets[0])).unwrap_or(0);
+    let execfn = inputs
+        .args
+        .first()
+        .map(|_| addr_of(offsets[0]))
+        .unwrap_or(0);
 
     let auxv = [
         (AT_PHDR, program.phdr),
@@ -238,13 +257,18 @@ pub fn build_stack(
         words.push(v);
     }
     let block = words.len() as u64 * 8;
-    let sp = strings_start.checked_sub(block).ok_or(LoadError::StackOverflow)? & !15;
+    let sp = strings_start
+        .checked_sub(block)
+        .ok_or(LoadError::StackOverflow)?
+        & !15;
     if sp < top.saturating_sub(STACK_SIZE) {
         return Err(LoadError::StackOverflow);
     }
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    mem.write(sp, &bytes).map_err(|_| LoadError::StackOverflow)?;
-    mem.write(strings_start, &strings).map_err(|_| LoadError::StackOverflow)?;
+    mem.write(sp, &bytes)
+        .map_err(|_| LoadError::StackOverflow)?;
+    mem.write(strings_start, &strings)
+        .map_err(|_| LoadError::StackOverflow)?;
     Ok(sp)
 }
 
@@ -269,19 +293,42 @@ mod tests {
     #[test]
     fn refuses_what_is_not_a_static_x86_64_executable() {
         let mem = GuestMemory::anonymous(16 << 20).unwrap();
-        assert!(matches!(load_elf(b"#!/bin/sh\n", &mem), Err(LoadError::NotElf)));
-        assert!(matches!(load_elf(&elf_header(1, 3, 2), &mem), Err(LoadError::Elf32)));
-        assert!(matches!(load_elf(&elf_header(2, 183, 2), &mem), Err(LoadError::WrongMachine(183))));
-        assert!(matches!(load_elf(&elf_header(2, EM_X86_64, 1), &mem), Err(LoadError::NotExecutable(1))));
+        assert!(matches!(
+            load_elf(b"#!/bin/sh\n", &mem),
+            Err(LoadError::NotElf)
+        ));
+        assert!(matches!(
+            load_elf(&elf_header(1, 3, 2), &mem),
+            Err(LoadError::Elf32)
+        ));
+        assert!(matches!(
+            load_elf(&elf_header(2, 183, 2), &mem),
+            Err(LoadError::WrongMachine(183))
+        ));
+        assert!(matches!(
+            load_elf(&elf_header(2, EM_X86_64, 1), &mem),
+            Err(LoadError::NotExecutable(1))
+        ));
     }
 
     #[test]
     fn stack_holds_argc_argv_envp_and_auxv() {
         let mem = GuestMemory::anonymous(16 << 20).unwrap();
-        let program = LoadedProgram { entry: 0x40_1000, phdr: 0x40_0040, phent: 56, phnum: 9, end: 0x50_0000 };
+        let program = LoadedProgram {
+            entry: 0x40_1000,
+            phdr: 0x40_0040,
+            phent: 56,
+            phnum: 9,
+            end: 0x50_0000,
+        };
         let args = vec!["fn".to_string(), "-v".to_string()];
         let env = vec!["A=1".to_string()];
-        let inputs = StackInputs { args: &args, env: &env, hwcap: 0xbfeb_fbff, random: [9; 16] };
+        let inputs = StackInputs {
+            args: &args,
+            env: &env,
+            hwcap: 0xbfeb_fbff,
+            random: [9; 16],
+        };
         let top = 16 << 20;
         let sp = build_stack(&mem, top, &program, &inputs).unwrap();
         assert_eq!(sp % 16, 0);
@@ -304,7 +351,10 @@ mod tests {
         let mut random = [0u8; 16];
         mem.read(aux[&AT_RANDOM], &mut random).unwrap();
         assert_eq!(random, [9; 16]);
-        assert_eq!(mem.read_user_cstr(aux[&AT_PLATFORM], 16).unwrap(), b"x86_64");
+        assert_eq!(
+            mem.read_user_cstr(aux[&AT_PLATFORM], 16).unwrap(),
+            b"x86_64"
+        );
         assert!(aux[&AT_RANDOM] + 16 <= top);
     }
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+use reap::instance::{Instance, MemoryMode};
 use reap::microvm::{DEFAULT_MEM_MIB, GuestFault, MicroVm, MicroVmConfig, RunExit, VmError};
+use reap::snapshot::SnapshotDir;
 
 /// Exit status when the guest ran past its time limit (as timeout(1)).
 const EXIT_TIMEOUT: u8 = 124;
@@ -18,7 +20,11 @@ const EXIT_GUEST_FAILED: u8 = 125;
 const EXIT_BAD_PROGRAM: u8 = 126;
 
 #[derive(Parser)]
-#[command(name = "reap", version, about = "Serverless functions in KVM microVMs, cold-started from snapshots with REAP prefetching")]
+#[command(
+    name = "reap",
+    version,
+    about = "Serverless functions in KVM microVMs, cold-started from snapshots with REAP prefetching"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -46,40 +52,275 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Boot a function, wait until it is ready for its first request, and snapshot it.
+    Snapshot {
+        /// The function: a statically linked x86-64 Linux executable.
+        #[arg(long)]
+        binary: PathBuf,
+        /// The snapshot directory to write (replaced atomically if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = DEFAULT_MEM_MIB)]
+        mem: u64,
+        /// Limit in seconds on the function's initialization.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+        /// Environment variables for the function, KEY=VALUE.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+    },
+    /// Cold-start a function from a snapshot and serve the requests on stdin (one JSON
+    /// value per line), writing one response line each to stdout and the breakdown of
+    /// each invocation to stderr.
+    Restore {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// How guest memory is filled.
+        #[arg(long, value_enum, default_value_t = ModeArg::Reap)]
+        memory: ModeArg,
+        /// Drop the snapshot's files from the page cache first (a cold-from-disk start).
+        #[arg(long)]
+        evict_cache: bool,
+        /// Print each breakdown as one JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Limit in seconds on each invocation.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ModeArg {
+    File,
+    Lazy,
+    Reap,
+}
+
+impl From<ModeArg> for MemoryMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::File => MemoryMode::File,
+            ModeArg::Lazy => MemoryMode::Lazy,
+            ModeArg::Reap => MemoryMode::Reap,
+        }
+    }
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REAP_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("REAP_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(io::stderr)
         .with_ansi(io::stderr().is_terminal())
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Run { binary, mem, timeout, env, args } => run(binary, mem, timeout, env, args),
+        Command::Run {
+            binary,
+            mem,
+            timeout,
+            env,
+            args,
+        } => run(binary, mem, timeout, env, args),
+        Command::Snapshot {
+            binary,
+            out,
+            mem,
+            timeout,
+            env,
+        } => report(snapshot(binary, out, mem, timeout, env)),
+        Command::Restore {
+            dir,
+            memory,
+            evict_cache,
+            json,
+            timeout,
+        } => report(restore(dir, memory.into(), evict_cache, json, timeout)),
     }
 }
 
-fn run(binary: PathBuf, mem: u64, timeout: Option<f64>, env: Vec<String>, args: Vec<String>) -> ExitCode {
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(ExitCode::FAILURE, e),
+    }
+}
+
+fn seconds(secs: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| anyhow::anyhow!("{what} must be a positive number of seconds"))
+}
+
+fn snapshot(
+    binary: PathBuf,
+    out: PathBuf,
+    mem: u64,
+    timeout: f64,
+    env: Vec<String>,
+) -> anyhow::Result<()> {
+    let limit = seconds(timeout, "--timeout")?;
+    if let Some(bad) = env.iter().find(|e| !e.contains('=')) {
+        anyhow::bail!("--env {bad:?} is not KEY=VALUE");
+    }
+    let image =
+        std::fs::read(&binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    let name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let config = MicroVmConfig {
+        mem_mib: mem,
+        args: vec![name],
+        env,
+    };
+    let started = Instant::now();
+    let mut instance = Instance::boot(&image, &config, Box::new(io::stderr()), Some(limit))
+        .with_context(|| format!("{} did not reach its ready point", binary.display()))?;
+    let booted = started.elapsed();
+    let dir = SnapshotDir::new(&out);
+    let state = instance
+        .snapshot(&dir)
+        .with_context(|| format!("cannot snapshot into {}", out.display()))?;
+    eprintln!(
+        "snapshot {}: ready after {:.1} ms, {} MiB guest memory, {:.1} MiB of it data, written in {:.1} ms",
+        out.display(),
+        booted.as_secs_f64() * 1e3,
+        state.memory_len >> 20,
+        state.memory_data_bytes as f64 / (1 << 20) as f64,
+        (started.elapsed() - booted).as_secs_f64() * 1e3,
+    );
+    Ok(())
+}
+
+fn restore(
+    dir: PathBuf,
+    mode: MemoryMode,
+    evict_cache: bool,
+    json: bool,
+    timeout: f64,
+) -> anyhow::Result<()> {
+    let limit = seconds(timeout, "--timeout")?;
+    let snapshot = SnapshotDir::new(&dir);
+    if evict_cache {
+        snapshot.evict_from_page_cache()?;
+    }
+    let mut instance = Instance::restore(&snapshot, mode, Box::new(io::stderr()))
+        .with_context(|| format!("cannot restore {}", dir.display()))?;
+    let cold = instance.cold_start().cloned();
+    if let Some(c) = cold.as_ref().filter(|c| c.ws_fell_back) {
+        eprintln!(
+            "reap: warning: the working-set file of {} is unusable; served lazily ({} mode)",
+            dir.display(),
+            c.mode.name()
+        );
+    }
+    let stdin = io::stdin();
+    let mut stdout = io::stdout().lock();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if io::BufRead::read_until(&mut stdin.lock(), b'\n', &mut line)? == 0 {
+            return Ok(());
+        }
+        let (response, inv) = instance.invoke(&line, Some(limit))?;
+        stdout.write_all(&response)?;
+        stdout.flush()?;
+        let restore = cold.as_ref().filter(|_| inv.cold);
+        if json {
+            let mut obj = serde_json::to_value(&inv)?;
+            if let Some(c) = restore {
+                let c = serde_json::to_value(c)?;
+                if let (Some(o), Some(c)) = (obj.as_object_mut(), c.as_object()) {
+                    o.extend(c.clone());
+                }
+            } else if let Some(o) = obj.as_object_mut() {
+                o.extend(
+                    [
+                        ("restore_us", 0),
+                        ("fetch_us", 0),
+                        ("install_us", 0),
+                        ("prefetched_pages", 0),
+                    ]
+                    .map(|(k, v)| (k.to_string(), v.into())),
+                );
+            }
+            eprintln!("{obj}");
+        } else if let Some(c) = restore {
+            eprintln!(
+                "cold start ({}{}): restore {} us, fetch {} us, install {} us ({} pages), invoke {} us, lazy faults {}{}",
+                c.mode.name(),
+                if c.recording { ", recording" } else { "" },
+                c.restore_us,
+                c.fetch_us,
+                c.install_us,
+                c.prefetched_pages,
+                inv.invoke_us,
+                inv.lazy_faults,
+                inv.ws_pages_written
+                    .map(|p| format!(", working set of {p} pages written"))
+                    .unwrap_or_default(),
+            );
+        } else {
+            eprintln!(
+                "warm: invoke {} us, lazy faults {}",
+                inv.invoke_us, inv.lazy_faults
+            );
+        }
+    }
+}
+
+fn run(
+    binary: PathBuf,
+    mem: u64,
+    timeout: Option<f64>,
+    env: Vec<String>,
+    args: Vec<String>,
+) -> ExitCode {
     let limit = match timeout.map(Duration::try_from_secs_f64).transpose() {
         Ok(limit) => limit,
-        Err(_) => return fail(EXIT_BAD_PROGRAM.into(), anyhow::anyhow!("--timeout must be a positive number of seconds")),
+        Err(_) => {
+            return fail(
+                EXIT_BAD_PROGRAM.into(),
+                anyhow::anyhow!("--timeout must be a positive number of seconds"),
+            );
+        }
     };
     if let Some(bad) = env.iter().find(|e| !e.contains('=')) {
-        return fail(ExitCode::FAILURE, anyhow::anyhow!("--env {bad:?} is not KEY=VALUE"));
+        return fail(
+            ExitCode::FAILURE,
+            anyhow::anyhow!("--env {bad:?} is not KEY=VALUE"),
+        );
     }
-    let image = match std::fs::read(&binary).with_context(|| format!("cannot read {}", binary.display())) {
-        Ok(image) => image,
-        Err(e) => return fail(EXIT_BAD_PROGRAM.into(), e),
+    let image =
+        match std::fs::read(&binary).with_context(|| format!("cannot read {}", binary.display())) {
+            Ok(image) => image,
+            Err(e) => return fail(EXIT_BAD_PROGRAM.into(), e),
+        };
+    let name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let config = MicroVmConfig {
+        mem_mib: mem,
+        args: std::iter::once(name).chain(args).collect(),
+        env,
     };
-    let name = binary.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let config = MicroVmConfig { mem_mib: mem, args: std::iter::once(name).chain(args).collect(), env };
-    let mut vm = match MicroVm::boot(&image, &config, Box::new(io::stdout()), Box::new(io::stderr())) {
+    let mut vm = match MicroVm::boot(
+        &image,
+        &config,
+        Box::new(io::stdout()),
+        Box::new(io::stderr()),
+    ) {
         Ok(vm) => vm,
         Err(e @ VmError::Load(_)) => {
-            return fail(EXIT_BAD_PROGRAM.into(), anyhow::Error::new(e).context(binary.display().to_string()));
+            return fail(
+                EXIT_BAD_PROGRAM.into(),
+                anyhow::Error::new(e).context(binary.display().to_string()),
+            );
         }
         Err(e) => return fail(ExitCode::FAILURE, e.into()),
     };

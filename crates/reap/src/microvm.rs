@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::arch::{self, layout};
 use crate::guest_os::mm::AddressSpace;
-use crate::guest_os::{GuestOs, Outcome, Sink, Syscall};
+use crate::guest_os::{GuestOs, GuestOsState, Outcome, Sink, Syscall};
 use crate::loader::{self, LoadError, StackInputs};
 use crate::vstate::memory::{GuestMemory, MemoryError};
 use crate::vstate::vcpu::{Exit, Vcpu, VcpuError};
@@ -28,7 +28,11 @@ pub struct MicroVmConfig {
 
 impl Default for MicroVmConfig {
     fn default() -> Self {
-        Self { mem_mib: DEFAULT_MEM_MIB, args: vec!["function".into()], env: Vec::new() }
+        Self {
+            mem_mib: DEFAULT_MEM_MIB,
+            args: vec!["function".into()],
+            env: Vec::new(),
+        }
     }
 }
 
@@ -36,10 +40,17 @@ impl Default for MicroVmConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GuestFault {
     #[error("guest crashed: {name}{detail} at RIP {rip:#x}")]
-    Exception { vector: u8, name: &'static str, detail: String, rip: u64 },
+    Exception {
+        vector: u8,
+        name: &'static str,
+        detail: String,
+        rip: u64,
+    },
     #[error("guest crashed: triple fault at RIP {rip:#x}")]
     TripleFault { rip: u64 },
-    #[error("guest executed an I/O instruction (port {port:#x}) outside the syscall stub at RIP {rip:#x}")]
+    #[error(
+        "guest executed an I/O instruction (port {port:#x}) outside the syscall stub at RIP {rip:#x}"
+    )]
     StrayIo { port: u16, rip: u64 },
     #[error("guest ran past its time limit of {0:?}")]
     Timeout(Duration),
@@ -55,7 +66,9 @@ pub enum GuestFault {
 pub enum VmError {
     #[error(transparent)]
     Guest(#[from] GuestFault),
-    #[error("guest memory of {0} MiB is not supported (a multiple of 2 MiB between 16 MiB and 4096 MiB)")]
+    #[error(
+        "guest memory of {0} MiB is not supported (a multiple of 2 MiB between 16 MiB and 4096 MiB)"
+    )]
     MemSize(u64),
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -67,6 +80,8 @@ pub enum VmError {
     Cpu(#[from] arch::CpuSetupError),
     #[error("cannot load the program")]
     Load(#[from] LoadError),
+    #[error("the guest is not at its ready point (blocked reading stdin)")]
+    NotReady,
 }
 
 /// Why `run` returned without an error.
@@ -87,28 +102,97 @@ pub struct MicroVm {
     pub os: GuestOs,
     /// A read of stdin is pending (the guest is at its ready point).
     pending: bool,
+    cpuid: kvm_bindings::CpuId,
     watchdog: Watchdog,
+}
+
+/// What a snapshot saves of a microVM at its ready point.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct VmState {
+    pub mem_size: u64,
+    pub vcpu: arch::VcpuState,
+    pub os: GuestOsState,
 }
 
 impl MicroVm {
     /// Boots `image` (a static x86-64 Linux executable): builds guest memory and page
     /// tables, loads the program, and sets up the vCPU at its entry point. The program
     /// starts running at the first [`run`](Self::run).
-    pub fn boot(image: &[u8], config: &MicroVmConfig, stdout: Sink, stderr: Sink) -> Result<Self, VmError> {
+    pub fn boot(
+        image: &[u8],
+        config: &MicroVmConfig,
+        stdout: Sink,
+        stderr: Sink,
+    ) -> Result<Self, VmError> {
         let mem_size = mem_size(config.mem_mib)?;
         let memory = GuestMemory::anonymous(mem_size)?;
         write_system_area(&memory)?;
         let program = loader::load_elf(image, &memory)?;
         let mut random = [0u8; 16];
         getrandom(&mut random);
-        let inputs = StackInputs { args: &config.args, env: &config.env, hwcap: arch::hwcap(), random };
+        let inputs = StackInputs {
+            args: &config.args,
+            env: &config.env,
+            hwcap: arch::hwcap(),
+            random,
+        };
         let rsp = loader::build_stack(&memory, mem_size, &program, &inputs)?;
 
         let vm = Vm::new(&memory)?;
         let vcpu = Vcpu::new(&vm.kvm, &vm.fd)?;
-        arch::configure_vcpu(&vm.kvm, &vcpu.fd, program.entry, rsp)?;
+        let cpuid = arch::configure_vcpu(&vm.kvm, &vcpu.fd, program.entry, rsp)?;
         let os = GuestOs::new(AddressSpace::new(mem_size, program.end), stdout, stderr);
-        Ok(Self { vcpu, _vm: vm, memory, os, pending: false, watchdog: Watchdog::new() })
+        Ok(Self {
+            vcpu,
+            _vm: vm,
+            memory,
+            os,
+            pending: false,
+            cpuid,
+            watchdog: Watchdog::new(),
+        })
+    }
+
+    /// Saves the microVM's state at its ready point (guest memory is saved separately).
+    pub fn save(&mut self) -> Result<VmState, VmError> {
+        if !self.pending {
+            return Err(VmError::NotReady);
+        }
+        let (regs, sregs) = self.vcpu.regs()?;
+        let vcpu = arch::save_vcpu(&self._vm.kvm, &self.vcpu.fd, &self.cpuid, regs, sregs)?;
+        Ok(VmState {
+            mem_size: self.memory.size(),
+            vcpu,
+            os: self.os.save(),
+        })
+    }
+
+    /// Builds a microVM from a saved state over `memory`, which holds (or will be filled
+    /// with) the snapshot's guest memory. The guest resumes inside its pending read of
+    /// stdin at the first [`run`](Self::run).
+    pub fn restore(
+        memory: GuestMemory,
+        state: &VmState,
+        stdout: Sink,
+        stderr: Sink,
+    ) -> Result<Self, VmError> {
+        if memory.size() != state.mem_size {
+            return Err(VmError::MemSize(state.mem_size >> 20));
+        }
+        let vm = Vm::new(&memory)?;
+        let mut vcpu = Vcpu::new(&vm.kvm, &vm.fd)?;
+        let cpuid = arch::restore_vcpu(&vm.kvm, &vcpu.fd, &state.vcpu)?;
+        vcpu.invalidate_sync();
+        let os = GuestOs::from_state(state.os.clone(), stdout, stderr);
+        Ok(Self {
+            vcpu,
+            _vm: vm,
+            memory,
+            os,
+            pending: true,
+            cpuid,
+            watchdog: Watchdog::new(),
+        })
     }
 
     /// Runs the guest until it waits for input, exits, or fails. `limit` bounds the
@@ -118,10 +202,10 @@ impl MicroVm {
         self.os.set_deadline(deadline);
         let _armed = self.watchdog.arm(deadline);
         let timed_out = || deadline.is_some_and(|d| Instant::now() >= d);
-        if self.pending {
-            if let Some(exit) = self.handle_syscall()? {
-                return Ok(exit);
-            }
+        if self.pending
+            && let Some(exit) = self.handle_syscall()?
+        {
+            return Ok(exit);
         }
         loop {
             if timed_out() {
@@ -129,16 +213,26 @@ impl MicroVm {
             }
             let exit = self.vcpu.run()?;
             match exit {
-                Exit::IoOut { port: layout::SYSCALL_PORT, .. } => {
+                Exit::IoOut {
+                    port: layout::SYSCALL_PORT,
+                    ..
+                } => {
                     let rip = self.vcpu.regs()?.0.rip;
                     if rip != layout::SYSCALL_STUB + 2 {
-                        return Err(GuestFault::StrayIo { port: layout::SYSCALL_PORT, rip }.into());
+                        return Err(GuestFault::StrayIo {
+                            port: layout::SYSCALL_PORT,
+                            rip,
+                        }
+                        .into());
                     }
                     if let Some(exit) = self.handle_syscall()? {
                         return Ok(exit);
                     }
                 }
-                Exit::IoOut { port: layout::EXCEPTION_PORT, byte } => return Err(self.exception(byte)?.into()),
+                Exit::IoOut {
+                    port: layout::EXCEPTION_PORT,
+                    byte,
+                } => return Err(self.exception(byte)?.into()),
                 Exit::IoOut { port, .. } | Exit::IoIn { port } => {
                     let rip = self.vcpu.regs()?.0.rip;
                     return Err(GuestFault::StrayIo { port, rip }.into());
@@ -150,15 +244,27 @@ impl MicroVm {
                 }
                 Exit::Mmio { addr } => {
                     let rip = self.vcpu.regs()?.0.rip;
-                    return Err(GuestFault::UnexpectedExit { what: format!("access to {addr:#x} outside guest memory"), rip }.into());
+                    return Err(GuestFault::UnexpectedExit {
+                        what: format!("access to {addr:#x} outside guest memory"),
+                        rip,
+                    }
+                    .into());
                 }
                 Exit::Hlt => {
                     let rip = self.vcpu.regs()?.0.rip;
-                    return Err(GuestFault::UnexpectedExit { what: "hlt".into(), rip }.into());
+                    return Err(GuestFault::UnexpectedExit {
+                        what: "hlt".into(),
+                        rip,
+                    }
+                    .into());
                 }
                 Exit::Other(what) => {
                     let rip = self.vcpu.regs()?.0.rip;
-                    return Err(GuestFault::UnexpectedExit { what: what.into(), rip }.into());
+                    return Err(GuestFault::UnexpectedExit {
+                        what: what.into(),
+                        rip,
+                    }
+                    .into());
                 }
             }
         }
@@ -167,7 +273,10 @@ impl MicroVm {
     /// Carries out the system call the guest is stopped at. `Some` when the run ends.
     fn handle_syscall(&mut self) -> Result<Option<RunExit>, VmError> {
         let (mut regs, mut sregs) = self.vcpu.regs()?;
-        let call = Syscall { nr: regs.rax, args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9] };
+        let call = Syscall {
+            nr: regs.rax,
+            args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
+        };
         match self.os.syscall(&self.memory, &call) {
             Outcome::Return(value) => {
                 arch::return_from_syscall(&mut regs, &mut sregs, value as u64);
@@ -188,7 +297,11 @@ impl MicroVm {
                 self.pending = false;
                 Ok(Some(RunExit::Exited(code)))
             }
-            Outcome::Signal(signal) => Err(GuestFault::Signal { signal, name: signal_name(signal) }.into()),
+            Outcome::Signal(signal) => Err(GuestFault::Signal {
+                signal,
+                name: signal_name(signal),
+            }
+            .into()),
             Outcome::Fatal(why) => Err(GuestFault::Stuck(why).into()),
         }
     }
@@ -197,14 +310,23 @@ impl MicroVm {
     fn exception(&mut self, vector: u8) -> Result<GuestFault, VmError> {
         let (regs, sregs) = self.vcpu.regs()?;
         let name = arch::exception_name(vector);
-        let frame = arch::read_exception_frame(vector, regs.rsp, |a| self.memory.read_obj::<u64>(a).ok());
+        let frame =
+            arch::read_exception_frame(vector, regs.rsp, |a| self.memory.read_obj::<u64>(a).ok());
         let Some(frame) = frame else {
-            return Ok(GuestFault::Exception { vector, name, detail: String::new(), rip: regs.rip });
+            return Ok(GuestFault::Exception {
+                vector,
+                name,
+                detail: String::new(),
+                rip: regs.rip,
+            });
         };
-        if vector == 13 {
-            if let Some(port) = self.io_instruction_port(frame.rip, regs.rdx) {
-                return Ok(GuestFault::StrayIo { port, rip: frame.rip });
-            }
+        if vector == 13
+            && let Some(port) = self.io_instruction_port(frame.rip, regs.rdx)
+        {
+            return Ok(GuestFault::StrayIo {
+                port,
+                rip: frame.rip,
+            });
         }
         let detail = match (vector, frame.error_code) {
             (14, Some(code)) => {
@@ -227,7 +349,12 @@ impl MicroVm {
             (_, Some(code)) if code != 0 => format!(" (error code {code:#x})"),
             _ => String::new(),
         };
-        Ok(GuestFault::Exception { vector, name, detail, rip: frame.rip })
+        Ok(GuestFault::Exception {
+            vector,
+            name,
+            detail,
+            rip: frame.rip,
+        })
     }
 
     /// If the instruction at `rip` is an `in`/`out`, the port it names. (With the I/O
@@ -235,7 +362,11 @@ impl MicroVm {
     fn io_instruction_port(&self, rip: u64, rdx: u64) -> Option<u16> {
         let mut code = [0u8; 3];
         self.memory.read(rip, &mut code).ok()?;
-        let op = if code[0] == 0x66 { &code[1..] } else { &code[..2] };
+        let op = if code[0] == 0x66 {
+            &code[1..]
+        } else {
+            &code[..2]
+        };
         match op[0] {
             0xe4..=0xe7 => Some(u16::from(op[1])),
             0xec..=0xef | 0x6c..=0x6f => Some(rdx as u16),
@@ -251,7 +382,9 @@ impl MicroVm {
 
 fn mem_size(mib: u64) -> Result<u64, VmError> {
     let size = mib.checked_mul(1 << 20).ok_or(VmError::MemSize(mib))?;
-    if size < layout::MIN_MEM_SIZE || size > layout::MAX_MEM_SIZE || size % layout::LARGE_PAGE_SIZE != 0 {
+    if !(layout::MIN_MEM_SIZE..=layout::MAX_MEM_SIZE).contains(&size)
+        || !size.is_multiple_of(layout::LARGE_PAGE_SIZE)
+    {
         return Err(VmError::MemSize(mib));
     }
     Ok(size)
@@ -260,7 +393,8 @@ fn mem_size(mib: u64) -> Result<u64, VmError> {
 /// Writes page tables, descriptor tables and stubs into fresh guest memory.
 fn write_system_area(memory: &GuestMemory) -> Result<(), VmError> {
     let fault = |_| VmError::MemSize(memory.size() >> 20);
-    arch::write_page_tables(memory.size(), |addr, value| memory.write_obj(addr, value)).map_err(fault)?;
+    arch::write_page_tables(memory.size(), |addr, value| memory.write_obj(addr, value))
+        .map_err(fault)?;
     arch::write_system_tables(|addr, bytes| memory.write(addr, bytes)).map_err(fault)?;
     Ok(())
 }
@@ -320,7 +454,10 @@ extern "C" fn on_kick(_: libc::c_int) {}
 
 impl Watchdog {
     fn new() -> Self {
-        Self { shared: Arc::new((Mutex::new(WatchState::default()), Condvar::new())), thread: None }
+        Self {
+            shared: Arc::new((Mutex::new(WatchState::default()), Condvar::new())),
+            thread: None,
+        }
     }
 
     fn arm(&mut self, deadline: Option<Instant>) -> Armed {
@@ -328,7 +465,12 @@ impl Watchdog {
             install_kick_handler();
             if self.thread.is_none() {
                 let shared = Arc::clone(&self.shared);
-                self.thread = Some(std::thread::Builder::new().name("vcpu-watchdog".into()).spawn(move || watch(&shared)).expect("spawn watchdog thread"));
+                self.thread = Some(
+                    std::thread::Builder::new()
+                        .name("vcpu-watchdog".into())
+                        .spawn(move || watch(&shared))
+                        .expect("spawn watchdog thread"),
+                );
             }
             // SAFETY: pthread_self has no preconditions.
             let me = unsafe { libc::pthread_self() };
@@ -374,7 +516,10 @@ fn watch(shared: &(Mutex<WatchState>, Condvar)) {
                 }
             }
         };
-        state = cvar.wait_timeout(state, wait).unwrap_or_else(|e| e.into_inner()).0;
+        state = cvar
+            .wait_timeout(state, wait)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
     }
 }
 

@@ -14,22 +14,39 @@ fn reap_run(program: &str, extra: &[&str], input: &[u8]) -> std::process::Output
 
 #[test]
 fn helloworld_in_the_vm_answers_like_native() {
-    let input = b"{}\n{\"name\":\"Ada\"}\nnot json\n{\"name\":42}\n\n{\"name\":\"\xc3\xa9t\xc3\xa9\"}\n";
+    let input =
+        b"{}\n{\"name\":\"Ada\"}\nnot json\n{\"name\":42}\n\n{\"name\":\"\xc3\xa9t\xc3\xa9\"}\n";
     let native = run_native(&guest("helloworld"), &[], input);
     let vm = reap_run("helloworld", &[], input);
     assert!(native.status.success());
     assert!(vm.status.success(), "reap failed: {}", stderr(&vm));
     assert_eq!(stdout(&vm), stdout(&native));
-    assert_eq!(stdout(&vm).lines().count(), 6, "one response per request line");
+    assert_eq!(
+        stdout(&vm).lines().count(),
+        6,
+        "one response per request line"
+    );
     assert!(stdout(&vm).contains("Hello, Ada!"));
 }
 
 #[test]
 fn arguments_environment_and_exit_status_reach_the_guest() {
-    let vm = reap_run("env_args", &["--env", "GREETING=hi there", "--", "7", "two words"], b"");
-    assert_eq!(vm.status.code(), Some(7), "exit status is the program's: {}", stderr(&vm));
+    let vm = reap_run(
+        "env_args",
+        &["--env", "GREETING=hi there", "--", "7", "two words"],
+        b"",
+    );
+    assert_eq!(
+        vm.status.code(),
+        Some(7),
+        "exit status is the program's: {}",
+        stderr(&vm)
+    );
     let out = stdout(&vm);
-    assert!(out.contains("arg env_args\narg 7\narg two words\n"), "{out}");
+    assert!(
+        out.contains("arg env_args\narg 7\narg two words\n"),
+        "{out}"
+    );
     assert!(out.contains("env GREETING=hi there\n"), "{out}");
     assert!(out.contains("pid 1\n"));
 }
@@ -39,9 +56,19 @@ fn null_pointer_dereference_ends_the_guest_with_a_page_fault() {
     let vm = reap_run("null_deref", &[], b"");
     assert_eq!(vm.status.code(), Some(125));
     let err = stderr(&vm);
-    assert!(err.contains("about to dereference null"), "guest stderr is copied out: {err}");
-    assert!(err.contains("page fault: read from 0x0 (null pointer) at RIP 0x"), "{err}");
-    assert_eq!(err.lines().filter(|l| l.starts_with("reap:")).count(), 1, "one error line: {err}");
+    assert!(
+        err.contains("about to dereference null"),
+        "guest stderr is copied out: {err}"
+    );
+    assert!(
+        err.contains("page fault: read from 0x0 (null pointer) at RIP 0x"),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().filter(|l| l.starts_with("reap:")).count(),
+        1,
+        "one error line: {err}"
+    );
 }
 
 #[test]
@@ -61,7 +88,10 @@ fn wild_pointers_get_efault_and_the_guest_goes_on() {
     assert!(vm.status.success(), "{}", stderr(&vm));
     let out = stdout(&vm);
     for case in ["null", "page0", "beyond", "system", "huge"] {
-        assert!(out.contains(&format!("write {case}: 14\n")), "{case}: {out}");
+        assert!(
+            out.contains(&format!("write {case}: 14\n")),
+            "{case}: {out}"
+        );
     }
     assert!(out.contains("clock_gettime null: 14\n"));
     assert!(out.ends_with("still alive\n"));
@@ -77,7 +107,11 @@ fn unsupported_system_calls_return_enosys_and_threads_are_refused() {
     assert!(out.contains("thread: refused"), "{out}");
     assert!(out.contains("open: NotFound\n"), "{out}");
     let err = stderr(&vm);
-    assert_eq!(err.matches("system call 999 not implemented").count(), 1, "logged once: {err}");
+    assert_eq!(
+        err.matches("system call 999 not implemented").count(),
+        1,
+        "logged once: {err}"
+    );
 }
 
 #[test]
@@ -99,14 +133,21 @@ fn allocating_more_than_guest_memory_gets_enomem_then_aborts() {
 fn port_io_outside_the_syscall_stub_ends_the_guest() {
     let vm = reap_run("stray_io", &[], b"");
     assert_eq!(vm.status.code(), Some(125));
-    assert!(stderr(&vm).contains("I/O instruction (port 0x80) outside the syscall stub"), "{}", stderr(&vm));
+    assert!(
+        stderr(&vm).contains("I/O instruction (port 0x80) outside the syscall stub"),
+        "{}",
+        stderr(&vm)
+    );
 }
 
 #[test]
 fn memory_system_calls_keep_linux_semantics() {
     let vm = reap_run("mem_ops", &[], b"");
     assert!(vm.status.success(), "{}", stderr(&vm));
-    assert_eq!(stdout(&vm), "OK mmap/munmap zeroes\nOK mremap\nOK madvise\nOK brk\nOK noreplace\n");
+    assert_eq!(
+        stdout(&vm),
+        "OK mmap/munmap zeroes\nOK mremap\nOK madvise\nOK brk\nOK noreplace\n"
+    );
 }
 
 #[test]
@@ -149,18 +190,46 @@ fn bad_binaries_are_refused_with_one_line() {
     let me = std::env::current_exe().unwrap();
     let out = reap(&["run", "--binary", me.to_str().unwrap()], b"");
     assert_eq!(out.status.code(), Some(126));
-    assert!(stderr(&out).contains("dynamically linked"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("dynamically linked"),
+        "{}",
+        stderr(&out)
+    );
     // A program larger than guest memory.
-    let out = reap(&["run", "--binary", guest("big_bss").to_str().unwrap()], b"");
+    let out = reap(
+        &["run", "--binary", guest("big_bss").to_str().unwrap()],
+        b"",
+    );
     assert_eq!(out.status.code(), Some(126));
-    assert!(stderr(&out).contains("does not fit in guest memory"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not fit in guest memory"),
+        "{}",
+        stderr(&out)
+    );
     // A missing file.
     let out = reap(&["run", "--binary", "/nonexistent/fn"], b"");
     assert_eq!(out.status.code(), Some(126));
-    assert!(stderr(&out).contains("cannot read /nonexistent/fn"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot read /nonexistent/fn"),
+        "{}",
+        stderr(&out)
+    );
     // Guest memory size out of range.
-    let out = reap(&["run", "--binary", guest("helloworld").to_str().unwrap(), "--mem", "3"], b"");
+    let out = reap(
+        &[
+            "run",
+            "--binary",
+            guest("helloworld").to_str().unwrap(),
+            "--mem",
+            "3",
+        ],
+        b"",
+    );
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("3 MiB is not supported"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("3 MiB is not supported"),
+        "{}",
+        stderr(&out)
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -129,7 +129,10 @@ impl Utsname {
 
 impl Timespec {
     pub fn from_duration(d: std::time::Duration) -> Self {
-        Self { sec: d.as_secs() as i64, nsec: i64::from(d.subsec_nanos()) }
+        Self {
+            sec: d.as_secs() as i64,
+            nsec: i64::from(d.subsec_nanos()),
+        }
     }
 
     /// The duration, or `None` if negative or not normalized (EINVAL).

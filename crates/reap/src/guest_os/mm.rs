@@ -29,6 +29,10 @@ pub enum MmError {
 /// Page ranges (start, end) that must be made to read as zero.
 pub type Discards = Vec<(u64, u64)>;
 
+/// The result of an mremap: the new address, a copy (from, to, len) to make before the
+/// discards, and the ranges to zero.
+pub type Remap = (u64, Option<(u64, u64, u64)>, Discards);
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddressSpace {
     mem_size: u64,
@@ -41,7 +45,12 @@ pub struct AddressSpace {
 impl AddressSpace {
     /// `program_end` is the first page after the loaded program.
     pub fn new(mem_size: u64, program_end: u64) -> Self {
-        Self { mem_size, brk_start: program_end, brk: program_end, mappings: BTreeMap::new() }
+        Self {
+            mem_size,
+            brk_start: program_end,
+            brk: program_end,
+            mappings: BTreeMap::new(),
+        }
     }
 
     /// Top of the area mappings may use: the stack is above it.
@@ -51,7 +60,11 @@ impl AddressSpace {
 
     /// Lowest address of any mapping, or the mmap top when there is none.
     fn lowest_mapping(&self) -> u64 {
-        self.mappings.keys().next().copied().unwrap_or(self.mmap_top())
+        self.mappings
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.mmap_top())
     }
 
     pub fn brk_range(&self) -> (u64, u64) {
@@ -77,7 +90,11 @@ impl AddressSpace {
             return (self.brk, Vec::new());
         }
         let old_end = page_align_up(self.brk).unwrap_or(self.brk);
-        let discards = if new_end < old_end { vec![(new_end, old_end)] } else { Vec::new() };
+        let discards = if new_end < old_end {
+            vec![(new_end, old_end)]
+        } else {
+            Vec::new()
+        };
         self.brk = request;
         (self.brk, discards)
     }
@@ -85,10 +102,18 @@ impl AddressSpace {
     /// `mmap(2)` of anonymous memory. `fixed` places it exactly at `addr` (replacing
     /// what was there); `noreplace` fails instead of replacing; otherwise `addr` is a
     /// hint. Returns the address and the ranges to zero.
-    pub fn mmap(&mut self, addr: u64, len: u64, fixed: bool, noreplace: bool) -> Result<(u64, Discards), MmError> {
-        let len = page_align_up(len).filter(|&l| l > 0).ok_or(MmError::Invalid)?;
+    pub fn mmap(
+        &mut self,
+        addr: u64,
+        len: u64,
+        fixed: bool,
+        noreplace: bool,
+    ) -> Result<(u64, Discards), MmError> {
+        let len = page_align_up(len)
+            .filter(|&l| l > 0)
+            .ok_or(MmError::Invalid)?;
         if fixed || noreplace {
-            if addr % PAGE_SIZE != 0 {
+            if !addr.is_multiple_of(PAGE_SIZE) {
                 return Err(MmError::Invalid);
             }
             let end = addr.checked_add(len).ok_or(MmError::NoMemory)?;
@@ -103,14 +128,16 @@ impl AddressSpace {
             // Whatever was there before reads as zero now.
             return Ok((addr, vec![(addr, end)]));
         }
-        if addr != 0 && addr % PAGE_SIZE == 0 {
-            if let Some(end) = addr.checked_add(len) {
-                let heap_end = page_align_up(self.brk).unwrap_or(u64::MAX);
-                if addr >= heap_end && end <= self.mmap_top() && !self.overlaps(addr, end) {
-                    self.insert(addr, end);
-                    return Ok((addr, Vec::new()));
-                }
-            }
+        let heap_end = page_align_up(self.brk).unwrap_or(u64::MAX);
+        if addr != 0
+            && addr.is_multiple_of(PAGE_SIZE)
+            && let Some(end) = addr.checked_add(len)
+            && addr >= heap_end
+            && end <= self.mmap_top()
+            && !self.overlaps(addr, end)
+        {
+            self.insert(addr, end);
+            return Ok((addr, Vec::new()));
         }
         let start = self.find_gap(len).ok_or(MmError::NoMemory)?;
         self.insert(start, start + len);
@@ -120,10 +147,12 @@ impl AddressSpace {
     /// `munmap(2)`: removes `addr..addr+len`; unmapping memory that is not mapped is
     /// not an error.
     pub fn munmap(&mut self, addr: u64, len: u64) -> Result<Discards, MmError> {
-        if addr % PAGE_SIZE != 0 || len == 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) || len == 0 {
             return Err(MmError::Invalid);
         }
-        let end = page_align_up(len).and_then(|l| addr.checked_add(l)).ok_or(MmError::Invalid)?;
+        let end = page_align_up(len)
+            .and_then(|l| addr.checked_add(l))
+            .ok_or(MmError::Invalid)?;
         Ok(self.remove(addr, end))
     }
 
@@ -136,12 +165,14 @@ impl AddressSpace {
         new_len: u64,
         may_move: bool,
         fixed_to: Option<u64>,
-    ) -> Result<(u64, Option<(u64, u64, u64)>, Discards), MmError> {
-        if old % PAGE_SIZE != 0 {
+    ) -> Result<Remap, MmError> {
+        if !old.is_multiple_of(PAGE_SIZE) {
             return Err(MmError::Invalid);
         }
         let old_len = page_align_up(old_len).ok_or(MmError::Invalid)?;
-        let new_len = page_align_up(new_len).filter(|&l| l > 0).ok_or(MmError::Invalid)?;
+        let new_len = page_align_up(new_len)
+            .filter(|&l| l > 0)
+            .ok_or(MmError::Invalid)?;
         let old_end = old.checked_add(old_len).ok_or(MmError::Fault)?;
         // The old range must lie inside one mapping.
         let Some((&map_start, &map_end)) = self.mappings.range(..=old).next_back() else {
@@ -151,7 +182,7 @@ impl AddressSpace {
             return Err(MmError::Fault);
         }
         if let Some(to) = fixed_to {
-            if !may_move || to % PAGE_SIZE != 0 {
+            if !may_move || !to.is_multiple_of(PAGE_SIZE) {
                 return Err(MmError::Invalid);
             }
             let to_end = to.checked_add(new_len).ok_or(MmError::Invalid)?;
@@ -184,7 +215,10 @@ impl AddressSpace {
 
     /// Whether `start..end` overlaps a mapping.
     fn overlaps(&self, start: u64, end: u64) -> bool {
-        self.mappings.range(..end).next_back().is_some_and(|(_, &e)| e > start)
+        self.mappings
+            .range(..end)
+            .next_back()
+            .is_some_and(|(_, &e)| e > start)
     }
 
     /// Whether `start..end` overlaps a mapping or the heap.
@@ -238,11 +272,11 @@ impl AddressSpace {
     fn coalesce(&mut self) {
         let mut merged: BTreeMap<u64, u64> = BTreeMap::new();
         for (&s, &e) in &self.mappings {
-            if let Some((_, last_end)) = merged.iter_mut().next_back() {
-                if *last_end == s {
-                    *last_end = e;
-                    continue;
-                }
+            if let Some((_, last_end)) = merged.iter_mut().next_back()
+                && *last_end == s
+            {
+                *last_end = e;
+                continue;
             }
             merged.insert(s, e);
         }
@@ -251,7 +285,7 @@ impl AddressSpace {
 
     /// Rounds a length the guest passed to whole pages for madvise-style calls.
     pub fn page_range(addr: u64, len: u64) -> Option<(u64, u64)> {
-        if addr % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) {
             return None;
         }
         let end = page_align_up(addr.checked_add(len)?)?;
@@ -294,7 +328,11 @@ mod tests {
         // The freed page is reused for the next fitting request.
         let (m3, _) = a.mmap(0, 4096, false, false).unwrap();
         assert_eq!(m3, m1);
-        assert_eq!(a.munmap(m1 - 0x10_0000, 4096).unwrap(), vec![], "unmapped memory is fine");
+        assert_eq!(
+            a.munmap(m1 - 0x10_0000, 4096).unwrap(),
+            vec![],
+            "unmapped memory is fine"
+        );
         assert_eq!(a.munmap(m1 + 1, 4096), Err(MmError::Invalid));
     }
 
@@ -318,7 +356,11 @@ mod tests {
         assert_eq!(f, m + 4096);
         assert_eq!(d, vec![(m + 4096, m + 8192)]);
         assert_eq!(a.mmap(m, 4096, false, true), Err(MmError::Exists));
-        assert_eq!(a.mmap(0x1000, 4096, true, false), Err(MmError::NoMemory), "system area");
+        assert_eq!(
+            a.mmap(0x1000, 4096, true, false),
+            Err(MmError::NoMemory),
+            "system area"
+        );
         assert_eq!(a.mmap(m + 1, 4096, true, false), Err(MmError::Invalid));
     }
 
@@ -338,6 +380,9 @@ mod tests {
         // Growing into the freed tail works in place.
         let (g, copy, _) = a.mremap(n, 4096, 8192, false, None).unwrap();
         assert_eq!((g, copy), (n, None));
-        assert_eq!(a.mremap(0x70_0000, 4096, 8192, true, None), Err(MmError::Fault));
+        assert_eq!(
+            a.mremap(0x70_0000, 4096, 8192, true, None),
+            Err(MmError::Fault)
+        );
     }
 }

@@ -106,7 +106,12 @@ impl GuestOs {
     }
 
     pub fn save(&self) -> GuestOsState {
-        GuestOsState { mm: self.mm.clone(), fs_base: self.fs_base, gs_base: self.gs_base, counters: self.counters }
+        GuestOsState {
+            mm: self.mm.clone(),
+            fs_base: self.fs_base,
+            gs_base: self.gs_base,
+            counters: self.counters,
+        }
     }
 
     /// Replaces the output streams (e.g. to capture one invocation's response).

@@ -50,7 +50,12 @@ const POLLHUP: i16 = 0x10;
 const POLLNVAL: i16 = 0x20;
 
 /// System calls answered ENOSYS without a warning: programs probe them and fall back.
-const QUIET_ENOSYS: [c_long; 4] = [libc::SYS_rseq, libc::SYS_statx, libc::SYS_clone3, libc::SYS_membarrier];
+const QUIET_ENOSYS: [c_long; 4] = [
+    libc::SYS_rseq,
+    libc::SYS_statx,
+    libc::SYS_clone3,
+    libc::SYS_membarrier,
+];
 
 impl GuestOs {
     /// Carries out one system call of the guest.
@@ -63,17 +68,27 @@ impl GuestOs {
             libc::SYS_write => self.write(mem, a0, a1, a2),
             libc::SYS_writev => self.writev(mem, a0, a1, a2),
             libc::SYS_readv => self.readv(mem, a0, a1, a2),
-            libc::SYS_pread64 | libc::SYS_pwrite64 | libc::SYS_lseek => self.on_std_fd(a0, libc::ESPIPE),
+            libc::SYS_pread64 | libc::SYS_pwrite64 | libc::SYS_lseek => {
+                self.on_std_fd(a0, libc::ESPIPE)
+            }
             libc::SYS_brk => Ok(self.brk(mem, a0)),
             libc::SYS_mmap => self.mmap(mem, a0, a1, a3 as i32, a4 as i32),
             libc::SYS_munmap => self.munmap(mem, a0, a1),
             libc::SYS_mremap => self.mremap(mem, a0, a1, a2, a3, a4),
             libc::SYS_mprotect => aligned(a0).map(|_| 0),
             libc::SYS_madvise => self.madvise(mem, a0, a1, a2 as i32),
-            libc::SYS_mlock | libc::SYS_munlock | libc::SYS_mlockall | libc::SYS_munlockall => Ok(0),
+            libc::SYS_mlock | libc::SYS_munlock | libc::SYS_mlockall | libc::SYS_munlockall => {
+                Ok(0)
+            }
             libc::SYS_arch_prctl => self.arch_prctl(mem, a0, a1),
             libc::SYS_set_tid_address => Ok(1),
-            libc::SYS_set_robust_list => if a1 == 24 { Ok(0) } else { Err(Errno(libc::EINVAL)) },
+            libc::SYS_set_robust_list => {
+                if a1 == 24 {
+                    Ok(0)
+                } else {
+                    Err(Errno(libc::EINVAL))
+                }
+            }
             libc::SYS_prlimit64 => self.prlimit(mem, a0, a1 as u32, a3),
             libc::SYS_getrlimit => self.prlimit(mem, 0, a0 as u32, a1),
             libc::SYS_setrlimit => Ok(0),
@@ -97,12 +112,15 @@ impl GuestOs {
             libc::SYS_getuid | libc::SYS_geteuid | libc::SYS_getgid | libc::SYS_getegid => Ok(0),
             libc::SYS_uname => uname(mem, a0),
             libc::SYS_getcwd => getcwd(mem, a0, a1),
-            libc::SYS_readlink | libc::SYS_open | libc::SYS_access | libc::SYS_stat | libc::SYS_lstat => {
-                no_such_file(mem, a0)
-            }
-            libc::SYS_readlinkat | libc::SYS_openat | libc::SYS_faccessat | libc::SYS_faccessat2 => {
-                no_such_file(mem, a1)
-            }
+            libc::SYS_readlink
+            | libc::SYS_open
+            | libc::SYS_access
+            | libc::SYS_stat
+            | libc::SYS_lstat => no_such_file(mem, a0),
+            libc::SYS_readlinkat
+            | libc::SYS_openat
+            | libc::SYS_faccessat
+            | libc::SYS_faccessat2 => no_such_file(mem, a1),
             libc::SYS_close => self.on_std_fd(a0, 0),
             libc::SYS_fstat => self.fstat(mem, a0, a1),
             libc::SYS_newfstatat => self.newfstatat(mem, a0, a1, a2, a3 as i32),
@@ -114,13 +132,23 @@ impl GuestOs {
             libc::SYS_rt_sigaction => rt_sigaction(mem, a0, a1, a2, a3),
             libc::SYS_rt_sigprocmask => rt_sigprocmask(mem, a2, a3),
             libc::SYS_futex => return self.futex(mem, a0, a1 as i32, a2 as u32, a3),
-            libc::SYS_getrusage => mem.write_user(a1, &[0u8; 144]).map(|_| 0).map_err(Errno::from),
+            libc::SYS_getrusage => mem
+                .write_user(a1, &[0u8; 144])
+                .map(|_| 0)
+                .map_err(Errno::from),
             libc::SYS_prctl => Err(Errno(libc::EINVAL)),
             libc::SYS_exit | libc::SYS_exit_group => return Outcome::Exit(a0 as i32 & 0xff),
             libc::SYS_kill | libc::SYS_tkill => return self.kill(a0 as i32, a1 as i32),
             libc::SYS_tgkill => return self.kill(a1 as i32, a2 as i32),
-            libc::SYS_clone | libc::SYS_fork | libc::SYS_vfork | libc::SYS_execve | libc::SYS_execveat => {
-                self.warn_once(call.nr, "refused: reap guests are one single-threaded process");
+            libc::SYS_clone
+            | libc::SYS_fork
+            | libc::SYS_vfork
+            | libc::SYS_execve
+            | libc::SYS_execveat => {
+                self.warn_once(
+                    call.nr,
+                    "refused: reap guests are one single-threaded process",
+                );
                 Err(Errno(libc::EPERM))
             }
             _ => {
@@ -217,17 +245,29 @@ impl GuestOs {
         }
         let mut total = 0u64;
         for v in iovecs {
-            total = total.checked_add(self.write(mem, fd, v.base, v.len)?).ok_or(Errno(libc::EINVAL))?;
+            total = total
+                .checked_add(self.write(mem, fd, v.base, v.len)?)
+                .ok_or(Errno(libc::EINVAL))?;
         }
         Ok(total)
     }
 
     /// Sends guest output to stdout (fd 1) or stderr (fd 2).
     fn emit(&mut self, fd: u64, data: &[u8]) -> Result<(), Errno> {
-        let sink = if fd == 1 { &mut self.stdout } else { &mut self.stderr };
-        sink.write_all(data).and_then(|()| sink.flush()).map_err(|e| {
-            Errno(if e.kind() == std::io::ErrorKind::BrokenPipe { libc::EPIPE } else { libc::EIO })
-        })?;
+        let sink = if fd == 1 {
+            &mut self.stdout
+        } else {
+            &mut self.stderr
+        };
+        sink.write_all(data)
+            .and_then(|()| sink.flush())
+            .map_err(|e| {
+                Errno(if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    libc::EPIPE
+                } else {
+                    libc::EIO
+                })
+            })?;
         if fd == 1 {
             self.counters.stdout_bytes += data.len() as u64;
             let lines = data.iter().filter(|&&b| b == b'\n').count() as u64;
@@ -261,7 +301,11 @@ impl GuestOs {
 
     fn mmap(&mut self, mem: &GuestMemory, addr: u64, len: u64, flags: i32, fd: i32) -> SysResult {
         if flags & libc::MAP_ANONYMOUS == 0 {
-            return Err(Errno(if (0..=2).contains(&fd) { libc::ENODEV } else { libc::EBADF }));
+            return Err(Errno(if (0..=2).contains(&fd) {
+                libc::ENODEV
+            } else {
+                libc::EBADF
+            }));
         }
         if len == 0 {
             return Err(Errno(libc::EINVAL));
@@ -279,14 +323,24 @@ impl GuestOs {
         Ok(0)
     }
 
-    fn mremap(&mut self, mem: &GuestMemory, old: u64, old_len: u64, new_len: u64, flags: u64, new_addr: u64) -> SysResult {
+    fn mremap(
+        &mut self,
+        mem: &GuestMemory,
+        old: u64,
+        old_len: u64,
+        new_len: u64,
+        flags: u64,
+        new_addr: u64,
+    ) -> SysResult {
         const MAYMOVE: u64 = 1;
         const FIXED: u64 = 2;
         if flags & !(MAYMOVE | FIXED) != 0 {
             return Err(Errno(libc::EINVAL));
         }
         let fixed_to = (flags & FIXED != 0).then_some(new_addr);
-        let (at, copy, discards) = self.mm.mremap(old, old_len, new_len, flags & MAYMOVE != 0, fixed_to)?;
+        let (at, copy, discards) =
+            self.mm
+                .mremap(old, old_len, new_len, flags & MAYMOVE != 0, fixed_to)?;
         if let Some((from, to, len)) = copy {
             let mut done = 0;
             while done < len {
@@ -302,9 +356,14 @@ impl GuestOs {
     }
 
     fn madvise(&mut self, mem: &GuestMemory, addr: u64, len: u64, advice: i32) -> SysResult {
-        let (start, end) = super::mm::AddressSpace::page_range(addr, len).ok_or(Errno(libc::EINVAL))?;
-        if matches!(advice, libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_REMOVE) {
-            mem.check_user(start, end - start).map_err(|_| Errno(libc::ENOMEM))?;
+        let (start, end) =
+            super::mm::AddressSpace::page_range(addr, len).ok_or(Errno(libc::EINVAL))?;
+        if matches!(
+            advice,
+            libc::MADV_DONTNEED | libc::MADV_FREE | libc::MADV_REMOVE
+        ) {
+            mem.check_user(start, end - start)
+                .map_err(|_| Errno(libc::ENOMEM))?;
             Self::discard(mem, vec![(start, end)])?;
         }
         Ok(0)
@@ -329,8 +388,14 @@ impl GuestOs {
                 self.bases_changed = true;
                 Ok(0)
             }
-            ARCH_GET_FS => mem.write_user_obj(addr, self.fs_base).map(|_| 0).map_err(Errno::from),
-            ARCH_GET_GS => mem.write_user_obj(addr, self.gs_base).map(|_| 0).map_err(Errno::from),
+            ARCH_GET_FS => mem
+                .write_user_obj(addr, self.fs_base)
+                .map(|_| 0)
+                .map_err(Errno::from),
+            ARCH_GET_GS => mem
+                .write_user_obj(addr, self.gs_base)
+                .map(|_| 0)
+                .map_err(Errno::from),
             _ => Err(Errno(libc::EINVAL)),
         }
     }
@@ -341,11 +406,20 @@ impl GuestOs {
         }
         let infinity = u64::MAX;
         let limit = match resource {
-            libc::RLIMIT_STACK => Rlimit { cur: crate::arch::layout::STACK_SIZE, max: infinity },
+            libc::RLIMIT_STACK => Rlimit {
+                cur: crate::arch::layout::STACK_SIZE,
+                max: infinity,
+            },
             libc::RLIMIT_NOFILE => Rlimit { cur: 3, max: 3 },
             libc::RLIMIT_NPROC => Rlimit { cur: 1, max: 1 },
-            libc::RLIMIT_AS | libc::RLIMIT_DATA => Rlimit { cur: mem.size(), max: mem.size() },
-            r if r < 16 => Rlimit { cur: infinity, max: infinity },
+            libc::RLIMIT_AS | libc::RLIMIT_DATA => Rlimit {
+                cur: mem.size(),
+                max: mem.size(),
+            },
+            r if r < 16 => Rlimit {
+                cur: infinity,
+                max: infinity,
+            },
             _ => return Err(Errno(libc::EINVAL)),
         };
         if old != 0 {
@@ -372,7 +446,13 @@ impl GuestOs {
     fn gettimeofday(&mut self, mem: &GuestMemory, tv: u64) -> SysResult {
         if tv != 0 {
             let now = host_clock(libc::CLOCK_REALTIME)?;
-            mem.write_user_obj(tv, Timeval { sec: now.sec, usec: now.nsec / 1000 })?;
+            mem.write_user_obj(
+                tv,
+                Timeval {
+                    sec: now.sec,
+                    usec: now.nsec / 1000,
+                },
+            )?;
         }
         Ok(0)
     }
@@ -410,12 +490,24 @@ impl GuestOs {
         if fd > 2 {
             return Err(Errno(libc::EBADF));
         }
-        let stat = Stat { mode: libc::S_IFIFO | 0o600, nlink: 1, blksize: 4096, ..Default::default() };
+        let stat = Stat {
+            mode: libc::S_IFIFO | 0o600,
+            nlink: 1,
+            blksize: 4096,
+            ..Default::default()
+        };
         mem.write_user_obj(buf, stat)?;
         Ok(0)
     }
 
-    fn newfstatat(&mut self, mem: &GuestMemory, dirfd: u64, path: u64, buf: u64, flags: i32) -> SysResult {
+    fn newfstatat(
+        &mut self,
+        mem: &GuestMemory,
+        dirfd: u64,
+        path: u64,
+        buf: u64,
+        flags: i32,
+    ) -> SysResult {
         let path = mem.read_user_cstr(path, PATH_MAX)?;
         if path.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
             return self.fstat(mem, dirfd as i32 as i64 as u64, buf);
@@ -429,7 +521,11 @@ impl GuestOs {
         }
         match cmd {
             libc::F_GETFD | libc::F_SETFD | libc::F_SETFL => Ok(0),
-            libc::F_GETFL => Ok(if fd == 0 { libc::O_RDONLY } else { libc::O_WRONLY } as u64),
+            libc::F_GETFL => Ok(if fd == 0 {
+                libc::O_RDONLY
+            } else {
+                libc::O_WRONLY
+            } as u64),
             libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => Err(Errno(libc::EMFILE)),
             _ => Err(Errno(libc::EINVAL)),
         }
@@ -461,7 +557,10 @@ impl GuestOs {
         let timeout = if tsp == 0 {
             None
         } else {
-            match mem.read_user_obj::<Timespec>(tsp).map(Timespec::to_duration) {
+            match mem
+                .read_user_obj::<Timespec>(tsp)
+                .map(Timespec::to_duration)
+            {
                 Ok(Some(d)) => Some(d),
                 Ok(None) => return Outcome::Return(-i64::from(libc::EINVAL)),
                 Err(_) => return Outcome::Return(-i64::from(libc::EFAULT)),
@@ -470,7 +569,13 @@ impl GuestOs {
         self.poll_common(mem, fds, nfds, timeout)
     }
 
-    fn poll_common(&mut self, mem: &GuestMemory, fds: u64, nfds: u64, timeout: Option<Duration>) -> Outcome {
+    fn poll_common(
+        &mut self,
+        mem: &GuestMemory,
+        fds: u64,
+        nfds: u64,
+        timeout: Option<Duration>,
+    ) -> Outcome {
         let r = (|| {
             if nfds > IOV_MAX {
                 return Err(Errno(libc::EINVAL));
@@ -493,7 +598,11 @@ impl GuestOs {
             }
             match timeout {
                 Some(d) => self.sleep(d),
-                None => return Outcome::Fatal("poll() waits forever on descriptors that never become ready".into()),
+                None => {
+                    return Outcome::Fatal(
+                        "poll() waits forever on descriptors that never become ready".into(),
+                    );
+                }
             }
         }
         for (i, p) in polled.iter().enumerate() {
@@ -515,7 +624,10 @@ impl GuestOs {
                         "deadlock: futex wait on {uaddr:#x} with no other thread to wake it"
                     ));
                 }
-                Ok(_) => match mem.read_user_obj::<Timespec>(timeout).map(Timespec::to_duration) {
+                Ok(_) => match mem
+                    .read_user_obj::<Timespec>(timeout)
+                    .map(Timespec::to_duration)
+                {
                     Ok(Some(d)) => {
                         // Relative for FUTEX_WAIT; for WAIT_BITSET an absolute time: sleep
                         // until then at most.
@@ -533,7 +645,7 @@ impl GuestOs {
     }
 
     fn kill(&mut self, pid: i32, sig: i32) -> Outcome {
-        if !matches!(pid, 0 | 1 | -1) {
+        if !(-1..=1).contains(&pid) {
             return Outcome::Return(-i64::from(libc::ESRCH));
         }
         match sig {
@@ -549,7 +661,11 @@ impl GuestOs {
 }
 
 fn aligned(addr: u64) -> SysResult {
-    if addr % PAGE_SIZE == 0 { Ok(0) } else { Err(Errno(libc::EINVAL)) }
+    if addr.is_multiple_of(PAGE_SIZE) {
+        Ok(0)
+    } else {
+        Err(Errno(libc::EINVAL))
+    }
 }
 
 fn read_iovecs(mem: &GuestMemory, iov: u64, count: u64) -> Result<Vec<Iovec>, Errno> {
@@ -588,12 +704,18 @@ fn host_clock(clock: i32) -> Result<Timespec, Errno> {
         libc::CLOCK_PROCESS_CPUTIME_ID => libc::CLOCK_THREAD_CPUTIME_ID,
         c => c,
     };
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: `ts` is a valid, writable timespec; the clock id was validated.
     if unsafe { libc::clock_gettime(host, &mut ts) } != 0 {
         return Err(Errno(libc::EINVAL));
     }
-    Ok(Timespec { sec: ts.tv_sec, nsec: ts.tv_nsec })
+    Ok(Timespec {
+        sec: ts.tv_sec,
+        nsec: ts.tv_nsec,
+    })
 }
 
 /// Fills `buf` from the host's entropy source.
@@ -615,7 +737,7 @@ fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
 }
 
 fn sched_getaffinity(mem: &GuestMemory, len: u64, mask: u64) -> SysResult {
-    if len < 8 || len % 8 != 0 {
+    if len < 8 || !len.is_multiple_of(8) {
         return Err(Errno(libc::EINVAL));
     }
     // One vCPU: CPU 0 only.
@@ -624,7 +746,14 @@ fn sched_getaffinity(mem: &GuestMemory, len: u64, mask: u64) -> SysResult {
 }
 
 fn uname(mem: &GuestMemory, buf: u64) -> SysResult {
-    let u = Utsname::new(["Linux", "reap", "6.1.0", "#1 SMP reap microVM", "x86_64", "(none)"]);
+    let u = Utsname::new([
+        "Linux",
+        "reap",
+        "6.1.0",
+        "#1 SMP reap microVM",
+        "x86_64",
+        "(none)",
+    ]);
     mem.write_user_obj(buf, u)?;
     Ok(0)
 }
@@ -645,7 +774,13 @@ fn no_such_file(mem: &GuestMemory, path: u64) -> SysResult {
 
 fn sigaltstack(mem: &GuestMemory, old: u64) -> SysResult {
     if old != 0 {
-        mem.write_user_obj(old, SigStack { flags: libc::SS_DISABLE, ..Default::default() })?;
+        mem.write_user_obj(
+            old,
+            SigStack {
+                flags: libc::SS_DISABLE,
+                ..Default::default()
+            },
+        )?;
     }
     Ok(0)
 }

@@ -14,11 +14,20 @@ use crate::arch::layout::{PAGE_SIZE, SYSTEM_AREA_END};
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
     #[error("cannot map {size} bytes of guest memory")]
-    Map { size: u64, #[source] source: vm_memory::mmap::MmapRegionError },
+    Map {
+        size: u64,
+        #[source]
+        source: vm_memory::mmap::MmapRegionError,
+    },
     #[error("guest memory region rejected")]
     Region,
     #[error("cannot replace guest pages {start:#x}..{end:#x} with zero pages")]
-    Discard { start: u64, end: u64, #[source] source: io::Error },
+    Discard {
+        start: u64,
+        end: u64,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A guest address range the guest asked the VMM to access lies (partly) outside the
@@ -80,7 +89,12 @@ impl GuestMemory {
         let host = region.as_ptr();
         let region = GuestRegionMmap::new(region, GuestAddress(0)).ok_or(MemoryError::Region)?;
         let mem = GuestMemoryMmap::from_regions(vec![region]).map_err(|_| MemoryError::Region)?;
-        Ok(Self { mem, host, size, backing })
+        Ok(Self {
+            mem,
+            host,
+            size,
+            backing,
+        })
     }
 
     pub fn size(&self) -> u64 {
@@ -109,23 +123,31 @@ impl GuestMemory {
     /// Copies guest memory at `addr` into `buf`. Any address in guest memory.
     pub fn read(&self, addr: u64, buf: &mut [u8]) -> Result<(), Efault> {
         let len = buf.len() as u64;
-        self.mem.read_slice(buf, GuestAddress(addr)).map_err(|_| Efault { addr, len })
+        self.mem
+            .read_slice(buf, GuestAddress(addr))
+            .map_err(|_| Efault { addr, len })
     }
 
     /// Copies `data` into guest memory at `addr`. Any address in guest memory.
     pub fn write(&self, addr: u64, data: &[u8]) -> Result<(), Efault> {
         let len = data.len() as u64;
-        self.mem.write_slice(data, GuestAddress(addr)).map_err(|_| Efault { addr, len })
+        self.mem
+            .write_slice(data, GuestAddress(addr))
+            .map_err(|_| Efault { addr, len })
     }
 
     pub fn read_obj<T: ByteValued>(&self, addr: u64) -> Result<T, Efault> {
         let len = size_of::<T>() as u64;
-        self.mem.read_obj(GuestAddress(addr)).map_err(|_| Efault { addr, len })
+        self.mem
+            .read_obj(GuestAddress(addr))
+            .map_err(|_| Efault { addr, len })
     }
 
     pub fn write_obj<T: ByteValued>(&self, addr: u64, value: T) -> Result<(), Efault> {
         let len = size_of::<T>() as u64;
-        self.mem.write_obj(value, GuestAddress(addr)).map_err(|_| Efault { addr, len })
+        self.mem
+            .write_obj(value, GuestAddress(addr))
+            .map_err(|_| Efault { addr, len })
     }
 
     /// Reads `len` bytes of user memory (checked with [`check_user`](Self::check_user)).
@@ -158,7 +180,9 @@ impl GuestMemory {
         let mut chunk = [0u8; 256];
         let mut at = addr;
         while (out.len() as u64) < max {
-            let want = (chunk.len() as u64).min(self.size.saturating_sub(at)).min(max - out.len() as u64);
+            let want = (chunk.len() as u64)
+                .min(self.size.saturating_sub(at))
+                .min(max - out.len() as u64);
             if want == 0 {
                 break;
             }
@@ -171,7 +195,10 @@ impl GuestMemory {
             out.extend_from_slice(&chunk[..want as usize]);
             at += want;
         }
-        Err(Efault { addr, len: out.len() as u64 })
+        Err(Efault {
+            addr,
+            len: out.len() as u64,
+        })
     }
 
     /// Makes the pages of `start..end` (page-aligned, inside guest memory) read as zero
@@ -180,7 +207,12 @@ impl GuestMemory {
     /// (where `MADV_DONTNEED` would bring back file contents) and memory served by a
     /// page server (the new pages are no longer registered with it).
     pub fn discard(&self, start: u64, end: u64) -> Result<(), MemoryError> {
-        assert!(start % PAGE_SIZE == 0 && end % PAGE_SIZE == 0 && start <= end && end <= self.size);
+        assert!(
+            start.is_multiple_of(PAGE_SIZE)
+                && end.is_multiple_of(PAGE_SIZE)
+                && start <= end
+                && end <= self.size
+        );
         if start == end {
             return Ok(());
         }
@@ -198,7 +230,11 @@ impl GuestMemory {
             )
         };
         if ret == libc::MAP_FAILED {
-            return Err(MemoryError::Discard { start, end, source: io::Error::last_os_error() });
+            return Err(MemoryError::Discard {
+                start,
+                end,
+                source: io::Error::last_os_error(),
+            });
         }
         Ok(())
     }
@@ -214,7 +250,8 @@ impl GuestMemory {
         let mut at = 0;
         while at < self.size {
             let n = chunk.min(self.size - at);
-            self.read(at, &mut buf[..n as usize]).map_err(io::Error::other)?;
+            self.read(at, &mut buf[..n as usize])
+                .map_err(io::Error::other)?;
             for (i, page) in buf[..n as usize].chunks(PAGE_SIZE as usize).enumerate() {
                 if page.iter().any(|&b| b != 0) {
                     file.write_all_at(page, at + i as u64 * PAGE_SIZE)?;
@@ -249,14 +286,20 @@ mod tests {
         mem.write(0x40_0000, &[7u8; 8192]).unwrap();
         mem.discard(0x40_0000, 0x40_1000).unwrap();
         assert_eq!(mem.read_obj::<u64>(0x40_0000).unwrap(), 0);
-        assert_eq!(mem.read_obj::<u64>(0x40_1000).unwrap(), 0x0707_0707_0707_0707);
+        assert_eq!(
+            mem.read_obj::<u64>(0x40_1000).unwrap(),
+            0x0707_0707_0707_0707
+        );
     }
 
     #[test]
     fn cstr_reads_stop_at_nul_and_limit() {
         let mem = GuestMemory::anonymous(16 << 20).unwrap();
         mem.write(0x30_0000, b"/proc/self/exe\0junk").unwrap();
-        assert_eq!(mem.read_user_cstr(0x30_0000, 100).unwrap(), b"/proc/self/exe");
+        assert_eq!(
+            mem.read_user_cstr(0x30_0000, 100).unwrap(),
+            b"/proc/self/exe"
+        );
         assert!(mem.read_user_cstr(0x30_0000, 4).is_err());
         assert!(mem.read_user_cstr(0x10, 4).is_err());
     }

@@ -25,11 +25,18 @@ pub struct Vcpu {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
     /// `out` to `port`, with the first data byte.
-    IoOut { port: u16, byte: u8 },
+    IoOut {
+        port: u16,
+        byte: u8,
+    },
     /// `in` from `port`.
-    IoIn { port: u16 },
+    IoIn {
+        port: u16,
+    },
     /// Access to guest-physical memory with no memory behind it.
-    Mmio { addr: u64 },
+    Mmio {
+        addr: u64,
+    },
     /// Triple fault.
     Shutdown,
     Hlt,
@@ -47,15 +54,24 @@ impl Vcpu {
             fd.set_sync_valid_reg(SyncReg::Register);
             fd.set_sync_valid_reg(SyncReg::SystemRegister);
         }
-        Ok(Self { fd, sync_regs, synced: false })
+        Ok(Self {
+            fd,
+            sync_regs,
+            synced: false,
+        })
     }
 
     /// Runs the guest until the next exit.
     pub fn run(&mut self) -> Result<Exit, VcpuError> {
         let exit = match self.fd.run() {
-            Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut { port, byte: data.first().copied().unwrap_or(0) },
+            Ok(VcpuExit::IoOut(port, data)) => Exit::IoOut {
+                port,
+                byte: data.first().copied().unwrap_or(0),
+            },
             Ok(VcpuExit::IoIn(port, _)) => Exit::IoIn { port },
-            Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => Exit::Mmio { addr },
+            Ok(VcpuExit::MmioRead(addr, _)) | Ok(VcpuExit::MmioWrite(addr, _)) => {
+                Exit::Mmio { addr }
+            }
             Ok(VcpuExit::Shutdown) => Exit::Shutdown,
             Ok(VcpuExit::Hlt) => Exit::Hlt,
             Ok(VcpuExit::Intr) => Exit::Interrupted,
@@ -80,13 +96,23 @@ impl Vcpu {
             let s = self.fd.sync_regs();
             return Ok((s.regs, s.sregs));
         }
-        let regs = self.fd.get_regs().map_err(|e| VcpuError::Ioctl("GET_REGS", e))?;
-        let sregs = self.fd.get_sregs().map_err(|e| VcpuError::Ioctl("GET_SREGS", e))?;
+        let regs = self
+            .fd
+            .get_regs()
+            .map_err(|e| VcpuError::Ioctl("GET_REGS", e))?;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(|e| VcpuError::Ioctl("GET_SREGS", e))?;
         Ok((regs, sregs))
     }
 
     /// Sets the registers for the next entry. `sregs` is only written when given.
-    pub fn set_regs(&mut self, regs: &kvm_regs, sregs: Option<&kvm_sregs>) -> Result<(), VcpuError> {
+    pub fn set_regs(
+        &mut self,
+        regs: &kvm_regs,
+        sregs: Option<&kvm_sregs>,
+    ) -> Result<(), VcpuError> {
         if self.synced {
             let s = self.fd.sync_regs_mut();
             s.regs = *regs;
@@ -99,9 +125,13 @@ impl Vcpu {
             }
             return Ok(());
         }
-        self.fd.set_regs(regs).map_err(|e| VcpuError::Ioctl("SET_REGS", e))?;
+        self.fd
+            .set_regs(regs)
+            .map_err(|e| VcpuError::Ioctl("SET_REGS", e))?;
         if let Some(sregs) = sregs {
-            self.fd.set_sregs(sregs).map_err(|e| VcpuError::Ioctl("SET_SREGS", e))?;
+            self.fd
+                .set_sregs(sregs)
+                .map_err(|e| VcpuError::Ioctl("SET_SREGS", e))?;
         }
         Ok(())
     }

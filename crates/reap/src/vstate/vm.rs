@@ -12,7 +12,11 @@ pub enum VmError {
     #[error("KVM_CREATE_VM failed")]
     CreateVm(#[source] kvm_ioctls::Error),
     #[error("KVM_SET_USER_MEMORY_REGION failed for {size} bytes")]
-    SetMemory { size: u64, #[source] source: kvm_ioctls::Error },
+    SetMemory {
+        size: u64,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
     #[error("this KVM lacks a required capability: {0}")]
     MissingCap(&'static str),
 }
@@ -26,7 +30,10 @@ impl Vm {
     /// Creates a VM whose guest-physical memory is `memory`.
     pub fn new(memory: &GuestMemory) -> Result<Self, VmError> {
         let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-        for (cap, name) in [(Cap::UserMemory, "KVM_CAP_USER_MEMORY"), (Cap::Xcrs, "KVM_CAP_XCRS")] {
+        for (cap, name) in [
+            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+            (Cap::Xcrs, "KVM_CAP_XCRS"),
+        ] {
             if !kvm.check_extension(cap) {
                 return Err(VmError::MissingCap(name));
             }
@@ -42,8 +49,10 @@ impl Vm {
         // SAFETY: the host range is the mapping owned by `memory`; the caller keeps
         // `memory` alive as long as this VM (both live in the same `MicroVm`, which drops
         // the VM first).
-        unsafe { fd.set_user_memory_region(region) }
-            .map_err(|source| VmError::SetMemory { size: memory.size(), source })?;
+        unsafe { fd.set_user_memory_region(region) }.map_err(|source| VmError::SetMemory {
+            size: memory.size(),
+            source,
+        })?;
         Ok(Self { kvm, fd })
     }
 }

@@ -11,20 +11,30 @@ use std::process::{Command, Output, Stdio};
 pub fn bin_dir() -> PathBuf {
     // Test executables live in <target>/<profile>/deps.
     let exe = std::env::current_exe().expect("test executable path");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target profile dir").to_path_buf();
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target profile dir")
+        .to_path_buf();
     let release = profile_dir.parent().map(|t| t.join("release"));
     for dir in std::iter::once(profile_dir).chain(release) {
         if dir.join("helloworld").exists() {
             return dir;
         }
     }
-    panic!("guest binaries not found: run `cargo build --release --workspace` first (scripts/test does)");
+    panic!(
+        "guest binaries not found: run `cargo build --release --workspace` first (scripts/test does)"
+    );
 }
 
 /// Path of a workspace binary (a function or a test guest).
 pub fn guest(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --release --workspace`", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --release --workspace`",
+        path.display()
+    );
     path
 }
 

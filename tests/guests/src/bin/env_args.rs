@@ -10,6 +10,9 @@ fn main() {
     }
     println!("pid {}", std::process::id());
     println!("cwd {:?}", std::env::current_dir().ok());
-    let code = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(0);
+    let code = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
     std::process::exit(code);
 }

@@ -4,7 +4,16 @@ fn main() {
     let mib = reap_test_guests::arg_u64(1, 64) as usize;
     let len = mib << 20;
     // SAFETY: a private anonymous mapping owned by this function.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0) };
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
     assert_ne!(p, libc::MAP_FAILED);
     let pages = len / 4096;
     let start = std::time::Instant::now();

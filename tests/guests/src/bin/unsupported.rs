@@ -2,10 +2,16 @@
 fn main() {
     // SAFETY: system call 999 does not exist; socket() only creates a descriptor.
     let r = unsafe { libc::syscall(999) };
-    println!("syscall 999: {r} errno {}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    println!(
+        "syscall 999: {r} errno {}",
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    );
     // SAFETY: as above.
     let r = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-    println!("socket: {r} errno {}", std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    println!(
+        "socket: {r} errno {}",
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+    );
     match std::thread::Builder::new().spawn(|| 1) {
         Ok(_) => println!("thread: spawned"),
         Err(e) => println!("thread: refused ({})", e.raw_os_error().unwrap_or(0)),

@@ -1,6 +1,12 @@
 //! Passes bad pointers to system calls, prints each result, and goes on.
 fn errno_of(ret: isize) -> String {
-    if ret < 0 { std::io::Error::last_os_error().raw_os_error().map_or("?".into(), |e| e.to_string()) } else { format!("ok {ret}") }
+    if ret < 0 {
+        std::io::Error::last_os_error()
+            .raw_os_error()
+            .map_or("?".into(), |e| e.to_string())
+    } else {
+        format!("ok {ret}")
+    }
 }
 
 fn main() {

@@ -45,6 +45,22 @@ pub const PIE_LOAD_BASE: u64 = 0x40_0000;
 /// Stack reserved at the top of guest memory (not handed out by mmap).
 pub const STACK_SIZE: u64 = 8 << 20;
 
+// The system structures fit in the system area without overlapping, and page 0 stays
+// unmapped.
+const _: () = {
+    assert!(PML4_ADDR >= PAGE_SIZE);
+    assert!(PDPT_ADDR >= PML4_ADDR + PAGE_SIZE);
+    assert!(PD_ADDR >= PDPT_ADDR + PAGE_SIZE);
+    assert!(PT_ADDR >= PD_ADDR + PD_COUNT * PAGE_SIZE);
+    assert!(GDT_ADDR >= PT_ADDR + PAGE_SIZE);
+    assert!(TSS_ADDR >= GDT_ADDR + 7 * 8);
+    assert!(IDT_ADDR >= TSS_ADDR + super::tables::TSS_SIZE);
+    assert!(STUB_PAGE >= IDT_ADDR + 32 * 16);
+    assert!(EXCEPTION_STACK >= STUB_PAGE + PAGE_SIZE);
+    assert!(EXCEPTION_STACK_TOP <= SYSTEM_AREA_END);
+    assert!(MAX_MEM_SIZE == PD_COUNT << 30);
+};
+
 /// Rounds `v` up to a page boundary; `None` on overflow.
 pub fn page_align_up(v: u64) -> Option<u64> {
     Some(v.checked_add(PAGE_SIZE - 1)? & !(PAGE_SIZE - 1))
@@ -58,21 +74,6 @@ pub fn page_align_down(v: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn system_structures_fit_in_the_system_area_without_overlap() {
-        let pds_end = PD_ADDR + PD_COUNT * PAGE_SIZE;
-        assert!(PML4_ADDR >= PAGE_SIZE, "page 0 stays unmapped");
-        assert!(PDPT_ADDR >= PML4_ADDR + PAGE_SIZE);
-        assert!(PD_ADDR >= PDPT_ADDR + PAGE_SIZE);
-        assert!(PT_ADDR >= pds_end);
-        assert!(GDT_ADDR >= PT_ADDR + PAGE_SIZE);
-        assert!(IDT_ADDR >= TSS_ADDR + super::super::tables::TSS_SIZE);
-        assert!(STUB_PAGE >= IDT_ADDR + 32 * 16);
-        assert!(EXCEPTION_STACK >= STUB_PAGE + PAGE_SIZE);
-        assert!(EXCEPTION_STACK_TOP <= SYSTEM_AREA_END);
-        assert_eq!(MAX_MEM_SIZE, PD_COUNT << 30);
-    }
 
     #[test]
     fn page_alignment() {

@@ -10,11 +10,13 @@ mod cpu;
 pub mod layout;
 mod paging;
 mod regs;
+mod state;
 mod tables;
 
 pub use cpu::hwcap;
 pub use paging::write_page_tables;
-pub use regs::{CpuSetupError, configure_vcpu, return_from_syscall, supported_xcr0, user_cs, user_ss};
-pub use tables::{
-    ExceptionFrame, exception_name, read_exception_frame, write_system_tables,
+pub use regs::{
+    CpuSetupError, configure_vcpu, return_from_syscall, supported_xcr0, user_cs, user_ss,
 };
+pub use state::{VcpuState, restore_vcpu, save_vcpu};
+pub use tables::{ExceptionFrame, exception_name, read_exception_frame, write_system_tables};

@@ -23,11 +23,14 @@ const SYSTEM_PAGES: [(u64, bool); 5] = [
 /// memory of `mem_size` bytes (a multiple of 2 MiB between `MIN_MEM_SIZE` and
 /// `MAX_MEM_SIZE`): 4 KiB pages for the system area, 2 MiB user pages above it.
 pub fn page_table_entries(mem_size: u64) -> Vec<(u64, u64)> {
-    debug_assert!(mem_size % LARGE_PAGE_SIZE == 0 && mem_size <= MAX_MEM_SIZE);
+    debug_assert!(mem_size.is_multiple_of(LARGE_PAGE_SIZE) && mem_size <= MAX_MEM_SIZE);
     let mut entries = vec![(PML4_ADDR, PDPT_ADDR | PRESENT | WRITABLE | USER)];
     let gib = mem_size.div_ceil(1 << 30);
     for i in 0..gib {
-        entries.push((PDPT_ADDR + i * 8, (PD_ADDR + i * PAGE_SIZE) | PRESENT | WRITABLE | USER));
+        entries.push((
+            PDPT_ADDR + i * 8,
+            (PD_ADDR + i * PAGE_SIZE) | PRESENT | WRITABLE | USER,
+        ));
     }
     // The first 2 MiB through a 4 KiB page table; the rest as 2 MiB pages.
     entries.push((PD_ADDR, PT_ADDR | PRESENT | WRITABLE | USER));
@@ -39,7 +42,10 @@ pub fn page_table_entries(mem_size: u64) -> Vec<(u64, u64)> {
     while addr < mem_size {
         // The page directories are contiguous, so entry n of the whole set is at PD_ADDR + 8n.
         let index = addr / LARGE_PAGE_SIZE;
-        entries.push((PD_ADDR + index * 8, addr | PRESENT | WRITABLE | USER | LARGE));
+        entries.push((
+            PD_ADDR + index * 8,
+            addr | PRESENT | WRITABLE | USER | LARGE,
+        ));
         addr += LARGE_PAGE_SIZE;
     }
     entries
@@ -81,7 +87,10 @@ mod tests {
         }
         assert!(pde & USER != 0);
         if pde & LARGE != 0 {
-            return Some(((pde & !0x1f_ffff & !(1 << 63)) + (va & 0x1f_ffff), pde & WRITABLE != 0));
+            return Some((
+                (pde & !0x1f_ffff & !(1 << 63)) + (va & 0x1f_ffff),
+                pde & WRITABLE != 0,
+            ));
         }
         let pte = get((pde & !0xfff) + ((va >> 12) & 511) * 8);
         if pte & PRESENT == 0 {
@@ -97,9 +106,19 @@ mod tests {
         let tables: HashMap<u64, u64> = page_table_entries(mem).into_iter().collect();
         assert_eq!(translate(&tables, 0), None);
         assert_eq!(translate(&tables, 0xfff), None);
-        assert_eq!(translate(&tables, PML4_ADDR), None, "page tables are not mapped");
-        assert_eq!(translate(&tables, STUB_PAGE + 5), Some((STUB_PAGE + 5, false)));
-        assert_eq!(translate(&tables, EXCEPTION_STACK), Some((EXCEPTION_STACK, true)));
+        assert_eq!(
+            translate(&tables, PML4_ADDR),
+            None,
+            "page tables are not mapped"
+        );
+        assert_eq!(
+            translate(&tables, STUB_PAGE + 5),
+            Some((STUB_PAGE + 5, false))
+        );
+        assert_eq!(
+            translate(&tables, EXCEPTION_STACK),
+            Some((EXCEPTION_STACK, true))
+        );
         assert_eq!(translate(&tables, 0x1f_f000), None);
         for va in [LARGE_PAGE_SIZE, 0x40_1234, mem - 1] {
             assert_eq!(translate(&tables, va), Some((va, true)));
@@ -110,8 +129,14 @@ mod tests {
     #[test]
     fn maps_up_to_four_gib() {
         let tables: HashMap<u64, u64> = page_table_entries(MAX_MEM_SIZE).into_iter().collect();
-        assert_eq!(translate(&tables, MAX_MEM_SIZE - 8), Some((MAX_MEM_SIZE - 8, true)));
-        assert_eq!(translate(&tables, (3 << 30) + 4096), Some(((3 << 30) + 4096, true)));
+        assert_eq!(
+            translate(&tables, MAX_MEM_SIZE - 8),
+            Some((MAX_MEM_SIZE - 8, true))
+        );
+        assert_eq!(
+            translate(&tables, (3 << 30) + 4096),
+            Some(((3 << 30) + 4096, true))
+        );
         assert_eq!(translate(&tables, MAX_MEM_SIZE), None);
     }
 }

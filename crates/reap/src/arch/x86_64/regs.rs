@@ -2,8 +2,8 @@
 //! emulated system call.
 
 use kvm_bindings::{
-    CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment,
-    kvm_sregs, kvm_xcrs,
+    CpuId, KVM_MAX_CPUID_ENTRIES, Msrs, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs,
+    kvm_xcrs,
 };
 use kvm_ioctls::{Kvm, VcpuFd};
 
@@ -32,7 +32,8 @@ const MSR_SYSCALL_MASK: u32 = 0xc000_0084;
 const RFLAGS_FIXED: u64 = 1 << 1;
 const RFLAGS_IOPL3: u64 = 3 << 12;
 /// Flags user code may change: CF, PF, AF, ZF, SF, TF, DF, OF, AC, ID.
-const RFLAGS_USER: u64 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 | 0x800 | 0x4_0000 | 0x20_0000;
+const RFLAGS_USER: u64 =
+    0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 | 0x800 | 0x4_0000 | 0x20_0000;
 /// Cleared on `syscall`: TF, DF, NT, AC (IF is never set in this guest).
 const SYSCALL_MASK: u64 = 0x100 | 0x400 | 0x4000 | 0x4_0000;
 
@@ -95,41 +96,83 @@ pub fn supported_xcr0(cpuid: &CpuId) -> u64 {
 /// Puts a fresh vCPU into 64-bit user mode at `entry` with stack pointer `rsp`: page
 /// tables, GDT/TSS/IDT, SSE/AVX (CR4 and XCR0), CPUID passed through from the host's
 /// supported set, and the syscall MSRs pointing at the stub. Returns the CPUID set.
-pub fn configure_vcpu(kvm: &Kvm, vcpu: &VcpuFd, entry: u64, rsp: u64) -> Result<CpuId, CpuSetupError> {
-    let cpuid = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(CpuSetupError::GetCpuid)?;
+pub fn configure_vcpu(
+    kvm: &Kvm,
+    vcpu: &VcpuFd,
+    entry: u64,
+    rsp: u64,
+) -> Result<CpuId, CpuSetupError> {
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(CpuSetupError::GetCpuid)?;
     vcpu.set_cpuid2(&cpuid).map_err(CpuSetupError::SetCpuid)?;
 
-    let mut sregs = vcpu.get_sregs().map_err(|e| CpuSetupError::Ioctl("GET_SREGS", e))?;
+    let mut sregs = vcpu
+        .get_sregs()
+        .map_err(|e| CpuSetupError::Ioctl("GET_SREGS", e))?;
     initial_sregs(&mut sregs);
-    vcpu.set_sregs(&sregs).map_err(|e| CpuSetupError::Ioctl("SET_SREGS", e))?;
+    vcpu.set_sregs(&sregs)
+        .map_err(|e| CpuSetupError::Ioctl("SET_SREGS", e))?;
 
     let xcr0 = supported_xcr0(&cpuid);
     if xcr0 & 0x3 != 0x3 {
         return Err(CpuSetupError::NoXsave(xcr0));
     }
-    let mut xcrs = kvm_xcrs { nr_xcrs: 1, ..Default::default() };
+    let mut xcrs = kvm_xcrs {
+        nr_xcrs: 1,
+        ..Default::default()
+    };
     xcrs.xcrs[0].xcr = 0;
     xcrs.xcrs[0].value = xcr0;
-    vcpu.set_xcrs(&xcrs).map_err(|e| CpuSetupError::Ioctl("SET_XCRS", e))?;
+    vcpu.set_xcrs(&xcrs)
+        .map_err(|e| CpuSetupError::Ioctl("SET_XCRS", e))?;
 
     // The state a Linux process starts with: x87 control word 0x37f, MXCSR 0x1f80.
-    let fpu = kvm_fpu { fcw: 0x37f, mxcsr: 0x1f80, ..Default::default() };
-    vcpu.set_fpu(&fpu).map_err(|e| CpuSetupError::Ioctl("SET_FPU", e))?;
+    let fpu = kvm_fpu {
+        fcw: 0x37f,
+        mxcsr: 0x1f80,
+        ..Default::default()
+    };
+    vcpu.set_fpu(&fpu)
+        .map_err(|e| CpuSetupError::Ioctl("SET_FPU", e))?;
 
     let star = (0x10u64 << 48) | (0x08u64 << 32);
     let msrs = Msrs::from_entries(&[
-        kvm_msr_entry { index: MSR_STAR, data: star, ..Default::default() },
-        kvm_msr_entry { index: MSR_LSTAR, data: SYSCALL_STUB, ..Default::default() },
-        kvm_msr_entry { index: MSR_SYSCALL_MASK, data: SYSCALL_MASK, ..Default::default() },
+        kvm_msr_entry {
+            index: MSR_STAR,
+            data: star,
+            ..Default::default()
+        },
+        kvm_msr_entry {
+            index: MSR_LSTAR,
+            data: SYSCALL_STUB,
+            ..Default::default()
+        },
+        kvm_msr_entry {
+            index: MSR_SYSCALL_MASK,
+            data: SYSCALL_MASK,
+            ..Default::default()
+        },
     ])
     .map_err(|_| CpuSetupError::Ioctl("SET_MSRS", kvm_ioctls::Error::new(libc::E2BIG)))?;
-    let written = vcpu.set_msrs(&msrs).map_err(|e| CpuSetupError::Ioctl("SET_MSRS", e))?;
+    let written = vcpu
+        .set_msrs(&msrs)
+        .map_err(|e| CpuSetupError::Ioctl("SET_MSRS", e))?;
     if written != 3 {
-        return Err(CpuSetupError::Ioctl("SET_MSRS", kvm_ioctls::Error::new(libc::EINVAL)));
+        return Err(CpuSetupError::Ioctl(
+            "SET_MSRS",
+            kvm_ioctls::Error::new(libc::EINVAL),
+        ));
     }
 
-    let regs = kvm_regs { rip: entry, rsp, rflags: RFLAGS_FIXED | RFLAGS_IOPL3, ..Default::default() };
-    vcpu.set_regs(&regs).map_err(|e| CpuSetupError::Ioctl("SET_REGS", e))?;
+    let regs = kvm_regs {
+        rip: entry,
+        rsp,
+        rflags: RFLAGS_FIXED | RFLAGS_IOPL3,
+        ..Default::default()
+    };
+    vcpu.set_regs(&regs)
+        .map_err(|e| CpuSetupError::Ioctl("SET_REGS", e))?;
     Ok(cpuid)
 }
 
@@ -159,7 +202,10 @@ fn initial_sregs(sregs: &mut kvm_sregs) {
         present: 1,
         ..Default::default()
     };
-    sregs.ldt = kvm_segment { unusable: 1, ..Default::default() };
+    sregs.ldt = kvm_segment {
+        unusable: 1,
+        ..Default::default()
+    };
 }
 
 /// Completes an emulated `syscall`: result in RAX, back to the instruction after the
@@ -179,7 +225,10 @@ mod tests {
     #[test]
     fn user_segments_are_64_bit_ring_3() {
         let cs = user_cs();
-        assert_eq!((cs.selector, cs.dpl, cs.l, cs.db, cs.s, cs.present), (0x23, 3, 1, 0, 1, 1));
+        assert_eq!(
+            (cs.selector, cs.dpl, cs.l, cs.db, cs.s, cs.present),
+            (0x23, 3, 1, 0, 1, 1)
+        );
         assert_eq!(cs.type_, 0xb);
         let ss = user_ss();
         assert_eq!((ss.selector, ss.dpl, ss.db, ss.type_), (0x1b, 3, 1, 0x3));
@@ -187,7 +236,11 @@ mod tests {
 
     #[test]
     fn syscall_return_restores_rip_and_sanitizes_flags() {
-        let mut regs = kvm_regs { rcx: 0x40_1234, r11: 0x246 | (1 << 14) | (1 << 9), ..Default::default() };
+        let mut regs = kvm_regs {
+            rcx: 0x40_1234,
+            r11: 0x246 | (1 << 14) | (1 << 9),
+            ..Default::default()
+        };
         let mut sregs = kvm_sregs::default();
         return_from_syscall(&mut regs, &mut sregs, (-14i64) as u64);
         assert_eq!(regs.rip, 0x40_1234);

@@ -60,7 +60,16 @@ pub fn system_tables() -> Vec<(u64, Vec<u8>)> {
     let syscall_stub = vec![0xe6, SYSCALL_PORT as u8, 0x0f, 0x0b];
     let mut exception_stubs = Vec::with_capacity((VECTORS * EXCEPTION_STUB_SIZE) as usize);
     for vector in 0..VECTORS {
-        exception_stubs.extend([0xb0, vector as u8, 0xe6, EXCEPTION_PORT as u8, 0xeb, 0xfe, 0x90, 0x90]);
+        exception_stubs.extend([
+            0xb0,
+            vector as u8,
+            0xe6,
+            EXCEPTION_PORT as u8,
+            0xeb,
+            0xfe,
+            0x90,
+            0x90,
+        ]);
     }
     vec![
         (GDT_ADDR, gdt),
@@ -180,7 +189,14 @@ mod tests {
         let stack = [7u64, 0x40_1000, 0x23, 0x3002, 0x7fff_0000, 0x1b];
         let read = |a: u64| stack.get(((a - 0x1000) / 8) as usize).copied();
         let pf = read_exception_frame(14, 0x1000, read).unwrap();
-        assert_eq!(pf, ExceptionFrame { error_code: Some(7), rip: 0x40_1000, rsp: 0x7fff_0000 });
+        assert_eq!(
+            pf,
+            ExceptionFrame {
+                error_code: Some(7),
+                rip: 0x40_1000,
+                rsp: 0x7fff_0000
+            }
+        );
         let ud = read_exception_frame(6, 0x1008, read).unwrap();
         assert_eq!(ud.error_code, None);
         assert_eq!(ud.rip, 0x40_1000);

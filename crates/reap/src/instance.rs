@@ -1,0 +1,335 @@
+//! A function instance: a microVM running a function program, booted to its ready
+//! point or restored from a snapshot in one of the memory modes, and invoked one
+//! request at a time.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reap_pager::region::{PAGE_4K, Region};
+use reap_pager::uffd::{Uffd, UffdError};
+use reap_pager::{Mode, PageServer, PagerError, PagerStats};
+use serde::{Deserialize, Serialize};
+
+use crate::guest_os::Sink;
+use crate::microvm::{MicroVm, MicroVmConfig, RunExit, VmError};
+use crate::snapshot::{SnapshotDir, SnapshotError, SnapshotState};
+use crate::vstate::memory::GuestMemory;
+
+/// How a restored microVM's memory is filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemoryMode {
+    /// `mmap(MAP_PRIVATE)` of the memory file: the kernel faults pages in
+    /// (Firecracker's default; the paper's "vanilla" snapshots).
+    File,
+    /// Anonymous memory served by the page server, every fault from the memory file.
+    Lazy,
+    /// REAP: the first cold start records the working set, later ones prefetch it.
+    Reap,
+}
+
+impl MemoryMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            MemoryMode::File => "file",
+            MemoryMode::Lazy => "lazy",
+            MemoryMode::Reap => "reap",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstanceError {
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    #[error("page server")]
+    Pager(#[from] PagerError),
+    #[error("userfaultfd")]
+    Uffd(#[from] UffdError),
+    #[error("cannot register guest memory with userfaultfd (errno {0})")]
+    Register(i32),
+    #[error("the function exited with status {0} before reading its first request")]
+    ExitedBeforeReady(i32),
+    #[error("the function exited with status {0} instead of answering")]
+    Exited(i32),
+    #[error("the function waits for more input without having answered")]
+    NoResponse,
+    #[error("the function answered with {0} lines instead of one")]
+    ResponseLines(usize),
+    #[error("a request must be one line (it contains a newline)")]
+    MultilineRequest,
+    #[error("the instance is not ready for a request")]
+    NotReady,
+}
+
+impl InstanceError {
+    /// Whether the function (not the runtime) is at fault.
+    pub fn is_function_fault(&self) -> bool {
+        matches!(
+            self,
+            InstanceError::Vm(VmError::Guest(_))
+                | InstanceError::Exited(_)
+                | InstanceError::ExitedBeforeReady(_)
+                | InstanceError::NoResponse
+                | InstanceError::ResponseLines(_)
+        )
+    }
+}
+
+/// Bytes written by the guest to stdout, shared with the guest OS's sink.
+#[derive(Clone, Default)]
+pub struct Capture(Arc<Mutex<Vec<u8>>>);
+
+impl Capture {
+    pub fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// How a cold start went, up to the point the guest can run.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColdStart {
+    pub mode: MemoryMode,
+    /// Restoring the VM: state file, memory setup, VM and vCPU (fetch and install
+    /// excluded).
+    pub restore_us: u64,
+    /// Reading the WS file (reap mode, prefetch).
+    pub fetch_us: u64,
+    /// Installing the working set into guest memory.
+    pub install_us: u64,
+    pub prefetched_pages: u64,
+    /// This cold start records the working set (reap mode, no WS file yet).
+    pub recording: bool,
+    /// The WS file was unusable: served lazily instead.
+    pub ws_fell_back: bool,
+}
+
+/// One invocation's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Invocation {
+    /// The first invocation after a restore (part of a cold start).
+    pub cold: bool,
+    /// From handing the request to the guest until its response line was written.
+    pub invoke_us: u64,
+    /// Faults served lazily by the page server during this invocation, from the file
+    /// and as zero pages.
+    pub lazy_faults: u64,
+    pub lazy_faults_zero: u64,
+    /// Guest system calls during this invocation.
+    pub syscalls: u64,
+    /// Pages written to the WS file after this invocation (recording cold start).
+    pub ws_pages_written: Option<u64>,
+}
+
+pub struct Instance {
+    vm: MicroVm,
+    pager: Option<PageServer>,
+    stdout: Capture,
+    /// Where to write the working set after the first invocation (recording).
+    record_ws: Option<PathBuf>,
+    cold_start: Option<ColdStart>,
+    invocations: u64,
+}
+
+impl Instance {
+    /// Boots `image` and runs it until it first waits for a request (its ready point),
+    /// at most `limit`.
+    pub fn boot(
+        image: &[u8],
+        config: &MicroVmConfig,
+        stderr: Sink,
+        limit: Option<Duration>,
+    ) -> Result<Self, InstanceError> {
+        let stdout = Capture::default();
+        let mut vm = MicroVm::boot(image, config, Box::new(stdout.clone()), stderr)?;
+        match vm.run(limit)? {
+            RunExit::WaitingForInput => {}
+            RunExit::Exited(code) => return Err(InstanceError::ExitedBeforeReady(code)),
+        }
+        // Whatever the program printed during init is not a response.
+        let _ = stdout.take();
+        Ok(Self {
+            vm,
+            pager: None,
+            stdout,
+            record_ws: None,
+            cold_start: None,
+            invocations: 0,
+        })
+    }
+
+    /// Snapshots this instance (at its ready point) into `dir`.
+    pub fn snapshot(&mut self, dir: &SnapshotDir) -> Result<SnapshotState, InstanceError> {
+        Ok(dir.write(&mut self.vm)?)
+    }
+
+    /// Restores an instance from the snapshot in `dir`, its memory filled as `mode` says.
+    pub fn restore(
+        dir: &SnapshotDir,
+        mode: MemoryMode,
+        stderr: Sink,
+    ) -> Result<Self, InstanceError> {
+        let started = Instant::now();
+        let state = dir.read_state()?;
+        let memory_file = dir.open_memory(&state)?;
+        let size = state.memory_len;
+        let (memory, pager, record_ws) = match mode {
+            MemoryMode::File => {
+                let file =
+                    std::fs::File::open(dir.memory()).map_err(|source| SnapshotError::Io {
+                        path: dir.memory(),
+                        what: "cannot open the memory file",
+                        source,
+                    })?;
+                (
+                    GuestMemory::private_file(file, size).map_err(VmError::from)?,
+                    None,
+                    None,
+                )
+            }
+            MemoryMode::Lazy | MemoryMode::Reap => {
+                let memory = GuestMemory::anonymous(size).map_err(VmError::from)?;
+                let uffd = Uffd::new()?;
+                uffd.register(memory.host_addr(), size)
+                    .map_err(|e| InstanceError::Register(e.0))?;
+                let ws = dir.ws();
+                let (pager_mode, record_ws) = match mode {
+                    MemoryMode::Reap if ws.exists() => (Mode::Prefetch { ws }, None),
+                    MemoryMode::Reap => (Mode::Record, Some(ws)),
+                    _ => (Mode::Lazy, None),
+                };
+                let region = Region {
+                    host_addr: memory.host_addr(),
+                    len: size,
+                    file_offset: 0,
+                    page_size: PAGE_4K,
+                };
+                let pager = PageServer::start(uffd, vec![region], memory_file, pager_mode)?;
+                (memory, Some(pager), record_ws)
+            }
+        };
+        let stdout = Capture::default();
+        let vm = MicroVm::restore(memory, &state.vm, Box::new(stdout.clone()), stderr)?;
+        let stats = pager.as_ref().map(PageServer::stats).unwrap_or_default();
+        let total = started.elapsed();
+        let fetch = Duration::from_nanos(stats.fetch_ns + stats.verify_ns);
+        let install = Duration::from_nanos(stats.install_ns);
+        let cold_start = ColdStart {
+            mode,
+            restore_us: total.saturating_sub(fetch + install).as_micros() as u64,
+            fetch_us: fetch.as_micros() as u64,
+            install_us: install.as_micros() as u64,
+            prefetched_pages: stats.prefetched_pages + stats.prefetched_zero_pages,
+            recording: record_ws.is_some(),
+            ws_fell_back: stats.prefetch_fell_back,
+        };
+        Ok(Self {
+            vm,
+            pager,
+            stdout,
+            record_ws,
+            cold_start: Some(cold_start),
+            invocations: 0,
+        })
+    }
+
+    /// The cold start that made this instance (restored instances only).
+    pub fn cold_start(&self) -> Option<&ColdStart> {
+        self.cold_start.as_ref()
+    }
+
+    /// The page server's counters (lazy and reap modes).
+    pub fn pager_stats(&self) -> Option<PagerStats> {
+        self.pager.as_ref().map(PageServer::stats)
+    }
+
+    /// Guest memory the program has mapped (heap and anonymous mappings).
+    pub fn guest_mapped_bytes(&self) -> u64 {
+        self.vm.os.mm.mapped_bytes()
+    }
+
+    /// Sends one request line and waits for the response line, at most `limit`.
+    pub fn invoke(
+        &mut self,
+        request: &[u8],
+        limit: Option<Duration>,
+    ) -> Result<(Vec<u8>, Invocation), InstanceError> {
+        let request = request.strip_suffix(b"\n").unwrap_or(request);
+        if request.contains(&b'\n') {
+            return Err(InstanceError::MultilineRequest);
+        }
+        if !self.vm.is_waiting_for_input() {
+            return Err(InstanceError::NotReady);
+        }
+        let before = self.pager_stats().unwrap_or_default();
+        let syscalls_before = self.vm.os.counters().syscalls;
+        let _ = self.stdout.take();
+        self.vm.os.push_stdin(request);
+        self.vm.os.push_stdin(b"\n");
+        let started = Instant::now();
+        let exit = self.vm.run(limit)?;
+        let finished = Instant::now();
+        let response = self.stdout.take();
+        match exit {
+            RunExit::WaitingForInput => {}
+            RunExit::Exited(code) => return Err(InstanceError::Exited(code)),
+        }
+        if self.vm.os.stdin_pending() > 0 {
+            return Err(InstanceError::NoResponse);
+        }
+        let lines = response.iter().filter(|&&b| b == b'\n').count();
+        if lines == 0 {
+            return Err(InstanceError::NoResponse);
+        }
+        if lines != 1 || !response.ends_with(b"\n") {
+            return Err(InstanceError::ResponseLines(
+                lines + usize::from(!response.ends_with(b"\n")),
+            ));
+        }
+        let answered = self
+            .vm
+            .os
+            .last_line_at()
+            .filter(|t| *t >= started)
+            .unwrap_or(finished);
+        let after = self.pager_stats().unwrap_or_default();
+        let ws_pages_written = match (self.record_ws.take(), &self.pager) {
+            (Some(path), Some(pager)) => Some(pager.write_ws(&path)?.pages),
+            _ => None,
+        };
+        let cold = self.invocations == 0 && self.cold_start.is_some();
+        self.invocations += 1;
+        Ok((
+            response,
+            Invocation {
+                cold,
+                invoke_us: answered.duration_since(started).as_micros() as u64,
+                lazy_faults: (after.lazy_faults_file + after.lazy_faults_zero)
+                    .saturating_sub(before.lazy_faults_file + before.lazy_faults_zero),
+                lazy_faults_zero: after
+                    .lazy_faults_zero
+                    .saturating_sub(before.lazy_faults_zero),
+                syscalls: self.vm.os.counters().syscalls - syscalls_before,
+                ws_pages_written,
+            },
+        ))
+    }
+}
