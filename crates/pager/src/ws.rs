@@ -982,6 +982,41 @@ mod tests {
     }
 
     #[test]
+    fn every_damaged_byte_or_cut_is_refused_without_panicking() {
+        let fx = fixture("mutations");
+        let img = image(&fx, &[5, 3, 9, 20, 4, 40, 41, 42]);
+        let mut x = 0x1234_5678_9abc_def0u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..3000 {
+            let mut m = img.clone();
+            let at = (next() % m.len() as u64) as usize;
+            let flip = (next() % 255 + 1) as u8;
+            m[at] ^= flip;
+            assert!(
+                validate(&m, &fx.mem, 4096).is_err(),
+                "byte {at} ^ {flip:#x} accepted"
+            );
+        }
+        for cut in (0..img.len()).step_by(61) {
+            assert!(
+                validate(&img[..cut], &fx.mem, 4096).is_err(),
+                "cut at {cut} accepted"
+            );
+        }
+        let mut longer = img.clone();
+        longer.extend_from_slice(&[0; 4096]);
+        assert!(matches!(
+            validate(&longer, &fx.mem, 4096),
+            Err(WsError::BadLength { .. })
+        ));
+    }
+
+    #[test]
     fn load_reads_and_validates_a_written_file() {
         let fx = fixture("load");
         let ws_path = fx.path.with_extension("ws");
