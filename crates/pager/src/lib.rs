@@ -26,6 +26,7 @@
 //! // memory
 //! Region { host_addr: u64, len: u64, file_offset: u64, page_size: u64 } // 4 KiB or 2 MiB
 //! MemoryFile::open(path) -> Result<MemoryFile, MemoryFileError>   // data/hole map
+//! MemoryFile::is_hole(&self, offset, len) -> bool; read_at; fingerprint; evict_from_page_cache
 //!
 //! // the server
 //! PageServer::start(Uffd, Vec<Region>, MemoryFile, Mode) -> Result<PageServer, PagerError>
@@ -37,8 +38,18 @@
 //! PageServer::write_ws(&self, path: &Path) -> Result<WsSummary, PagerError> // record mode
 //! PageServer::stop(self) -> PagerStats                 // Drop stops it too
 //!
+//! PageServer::memory_file(&self) -> &MemoryFile
+//! PagerStats { lazy_faults_file, lazy_faults_zero, faults_already_present, remove_events,
+//!              prefetched_pages, prefetched_zero_pages, install_ioctls, bytes_read_fetch,
+//!              bytes_read_lazy, fetch_ns, verify_ns, install_ns, fault_serve_ns,
+//!              fetch_direct, recorded_pages, prefetch_fell_back, fallback_reason,
+//!              stopped: Option<StopReason>, mode }                 // Serialize
+//! StopReason::Requested | StopReason::OwnerExited | StopReason::Failed(String)
+//!
 //! // the WS file (docs/ws-format.md)
 //! ws::WorkingSet::load(path, &MemoryFile, page_size) -> Result<WorkingSet, WsError>
+//! ws::WorkingSet::pages(&self) -> impl Iterator<Item = WsPage { offset, zero }>
+//! ws::WorkingSet::data(&self) -> &[u8]                 // data pages, table order
 //! ws::write_ws(path, page_size, offsets: &[u64], &MemoryFile) -> Result<WsSummary, WsWriteError>
 //! ```
 //!

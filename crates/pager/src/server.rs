@@ -588,7 +588,7 @@ impl FaultLoop {
                         // Partial fill: go on from where it stopped. Nothing filled: the
                         // owner's memory map is changing; read the pending events first.
                         Errno::EAGAIN if copied > 0 => {}
-                        Errno::EAGAIN => self.drain_events()?,
+                        Errno::EAGAIN => self.drain_before_retry()?,
                         Errno::ESRCH => return Err(Stop::OwnerExited),
                         e => {
                             return Err(Stop::Failed(format!(
@@ -620,8 +620,19 @@ impl FaultLoop {
         }
     }
 
+    /// Before retrying a fill refused with `EAGAIN`: reads the pending events (the
+    /// kernel refuses fills until the event that changes the map has been read), and
+    /// yields the CPU if none has been posted yet.
+    fn drain_before_retry(&mut self) -> Result<(), Stop> {
+        if self.drain_events()? == 0 {
+            std::thread::yield_now();
+        }
+        Ok(())
+    }
+
     /// Reads every pending event: faults are queued, removals recorded.
-    fn drain_events(&mut self) -> Result<(), Stop> {
+    /// Returns how many events were read.
+    fn drain_events(&mut self) -> Result<usize, Stop> {
         let mut events = std::mem::take(&mut self.events);
         let r = self.uffd.read_events(&mut events);
         for ev in events.drain(..) {
@@ -638,8 +649,7 @@ impl FaultLoop {
             }
         }
         self.events = events;
-        r.map(|_| ())
-            .map_err(|e| Stop::Failed(format!("reading userfaultfd events: {e}")))
+        r.map_err(|e| Stop::Failed(format!("reading userfaultfd events: {e}")))
     }
 
     fn serve_until_stopped(&mut self) -> Stop {
@@ -743,7 +753,7 @@ impl FaultLoop {
                 Err(FillError {
                     errno: Errno::EAGAIN,
                     ..
-                }) => self.drain_events()?,
+                }) => self.drain_before_retry()?,
                 r => break (removed, r.map(|()| zero)),
             }
         };
