@@ -7,6 +7,9 @@
 //! - `seed` (default 42): seed of the generated dataset;
 //! - `learning_rate_milli` (default 500): the learning rate, in thousandths.
 //!
+//! A dataset holds at most 4M values, and a request may cost at most
+//! `samples × (features + 15) × epochs` = 10⁹ (about 2 s); larger ones are refused.
+//!
 //! The dataset is drawn from a seeded RNG: a hidden weight vector and bias, features
 //! from a standard normal distribution and labels drawn from the logistic model of the
 //! hidden weights, so even the hidden model misclassifies some rows. The model is a
@@ -27,8 +30,10 @@ const MAX_FEATURES: u64 = 1_000;
 const MAX_EPOCHS: u64 = 10_000;
 /// Largest dataset, in values (16 MB of `f32`).
 const MAX_CELLS: u64 = 4_000_000;
-/// Largest amount of work, in multiply-adds (samples × features × epochs).
-const MAX_WORK: u64 = 2_000_000_000;
+/// Largest amount of work, `samples × (features + WORK_PER_SAMPLE) × epochs`: about 2 s.
+const MAX_WORK: u64 = 1_000_000_000;
+/// Cost of the per-sample element-wise steps of an epoch, in multiply-adds.
+const WORK_PER_SAMPLE: u64 = 15;
 
 /// A generated binary-classification dataset.
 struct Dataset {
@@ -173,8 +178,10 @@ fn answer(request: &Value) -> Result<Value, String> {
             samples * features
         ));
     }
-    if samples * features * epochs > MAX_WORK {
-        return Err(format!("samples × features × epochs is at most {MAX_WORK}"));
+    if samples * (features + WORK_PER_SAMPLE) * epochs > MAX_WORK {
+        return Err(format!(
+            "samples × (features + {WORK_PER_SAMPLE}) × epochs is at most {MAX_WORK}"
+        ));
     }
     let data = Dataset::generate(samples as usize, features as usize, seed);
     let out = train(&data, epochs as usize, lr_milli as f64 / 1000.0)
@@ -268,5 +275,7 @@ mod tests {
         assert!(answer(&json!({"samples": 1})).is_err());
         assert!(answer(&json!({"samples": 200000, "features": 1000})).is_err());
         assert!(answer(&json!({"samples": 100000, "features": 40, "epochs": 10000})).is_err());
+        let too_long = json!({"samples": 200000, "features": 20, "epochs": 500});
+        assert!(answer(&too_long).unwrap_err().contains("at most"));
     }
 }
