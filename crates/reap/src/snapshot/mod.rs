@@ -46,7 +46,7 @@ pub enum SnapshotError {
         expected: u64,
         found: u64,
     },
-    #[error("{}: memory file does not belong to this state (its data/hole map differs)", path.display())]
+    #[error("{}: memory file does not belong to this state (its contents differ)", path.display())]
     MemoryMismatch { path: PathBuf },
     #[error("cannot save the microVM")]
     Vm(#[from] VmError),
@@ -59,8 +59,11 @@ pub struct SnapshotState {
     pub created_unix: u64,
     /// Length of the memory file (= guest memory size).
     pub memory_len: u64,
-    /// `MemoryFile::fingerprint` of the memory file, to refuse a foreign one.
-    pub memory_fingerprint: u64,
+    /// CRC-32 of the memory file's last page, to refuse a foreign memory file: that
+    /// page holds the initial stack with its 16 random `AT_RANDOM` bytes, so it differs
+    /// between any two snapshots. (Unlike a hash of the hole map, it survives a copy
+    /// that does not keep the file sparse.)
+    pub memory_tag: u32,
     /// Bytes of the memory file that hold data (not holes).
     pub memory_data_bytes: u64,
     pub vm: VmState,
@@ -126,7 +129,12 @@ impl SnapshotDir {
                 found: memory.len(),
             });
         }
-        if memory.fingerprint() != state.memory_fingerprint {
+        let tag = memory_tag(&memory).map_err(|source| SnapshotError::Io {
+            path: path.clone(),
+            what: "cannot read the memory file",
+            source,
+        })?;
+        if tag != state.memory_tag {
             return Err(SnapshotError::MemoryMismatch { path });
         }
         Ok(memory)
@@ -202,7 +210,8 @@ impl SnapshotDir {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             memory_len: memory.len(),
-            memory_fingerprint: memory.fingerprint(),
+            memory_tag: memory_tag(&memory)
+                .map_err(io_err(&mem_path, "cannot read the memory file"))?,
             memory_data_bytes: memory.data_bytes(),
             vm: vm_state,
         };
@@ -235,6 +244,17 @@ impl SnapshotDir {
         }
         Ok(snapshot)
     }
+}
+
+/// See [`SnapshotState::memory_tag`].
+fn memory_tag(memory: &MemoryFile) -> io::Result<u32> {
+    let mut page = vec![0u8; 4096];
+    let at = memory
+        .len()
+        .checked_sub(4096)
+        .ok_or_else(|| io::Error::other("memory file shorter than a page"))?;
+    memory.read_at(at, &mut page)?;
+    Ok(crc32fast::hash(&page))
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

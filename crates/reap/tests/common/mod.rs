@@ -72,3 +72,50 @@ pub fn stdout(out: &Output) -> String {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// The functions of the suite (directories under `functions/`).
+pub const FUNCTIONS: [&str; 10] = [
+    "helloworld",
+    "chameleon",
+    "pyaes",
+    "image_rotate",
+    "json_serdes",
+    "lr_serving",
+    "cnn_serving",
+    "rnn_serving",
+    "lr_training",
+    "video_processing",
+];
+
+/// The sample requests of a function (`functions/NAME/requests.jsonl`), one per line.
+pub fn requests(function: &str) -> Vec<String> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../functions")
+        .join(function)
+        .join("requests.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().map(str::to_owned).collect()
+}
+
+/// The native answers of a function to its sample requests, one per request.
+pub fn native_answers(function: &str) -> Vec<String> {
+    let input: String = requests(function)
+        .iter()
+        .map(|r| format!("{r}\n"))
+        .collect();
+    let out = run_native(&guest(function), &[], input.as_bytes());
+    assert!(
+        out.status.success(),
+        "{function} failed natively: {}",
+        stderr(&out)
+    );
+    stdout(&out).lines().map(str::to_owned).collect()
+}
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("reap-test-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
