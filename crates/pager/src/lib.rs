@@ -33,6 +33,7 @@
 //! Mode::Lazy | Mode::Record | Mode::Prefetch { ws: PathBuf }
 //! PageServer::stats(&self) -> PagerStats               // while running
 //! PageServer::is_running(&self) -> bool
+//! PageServer::stopped_event(&self) -> BorrowedFd<'_>  // POLLIN once the loop stopped
 //! PageServer::stop_reason(&self) -> Option<StopReason>
 //! PageServer::recorded_offsets(&self) -> Vec<u64>      // record mode, fault order
 //! PageServer::write_ws(&self, path: &Path) -> Result<WsSummary, PagerError> // record mode

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
@@ -166,6 +166,18 @@ struct Shared {
     recorded: Mutex<Vec<u64>>,
     info: Mutex<Info>,
     running: AtomicBool,
+    /// An eventfd made readable once the fault loop has stopped.
+    stopped_fd: OwnedFd,
+}
+
+impl Shared {
+    /// Marks the loop stopped and makes [`PageServer::stopped_event`] readable.
+    fn mark_stopped(&self) {
+        self.running.store(false, Ordering::Release);
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live buffer to our eventfd.
+        let _ = unsafe { libc::write(self.stopped_fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -223,6 +235,13 @@ impl PageServer {
         }
         // SAFETY: a fresh descriptor that nothing else owns.
         let stop_fd = Arc::new(unsafe { OwnedFd::from_raw_fd(efd) });
+        // SAFETY: as above.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if efd < 0 {
+            return Err(PagerError::Spawn(io::Error::last_os_error()));
+        }
+        // SAFETY: a fresh descriptor that nothing else owns.
+        let stopped_fd = unsafe { OwnedFd::from_raw_fd(efd) };
         let memory = Arc::new(memory);
         let shared = Arc::new(Shared {
             mode: mode.name(),
@@ -230,6 +249,7 @@ impl PageServer {
             recorded: Mutex::new(Vec::new()),
             info: Mutex::new(Info::default()),
             running: AtomicBool::new(true),
+            stopped_fd,
         });
         let zero_buf = if page_size == PAGE_2M {
             Some(AlignedBuf::zeroed(PAGE_2M as usize).map_err(PagerError::Spawn)?)
@@ -312,6 +332,14 @@ impl PageServer {
         self.shared.running.load(Ordering::Acquire)
     }
 
+    /// A descriptor that becomes readable (`POLLIN`) once the fault loop has stopped,
+    /// for whatever reason, so that a caller can wait for the loop together with other
+    /// descriptors instead of polling [`PageServer::is_running`]. By then
+    /// [`PageServer::stop_reason`] is set. The caller must not read from it.
+    pub fn stopped_event(&self) -> BorrowedFd<'_> {
+        self.shared.stopped_fd.as_fd()
+    }
+
     /// Why the fault loop stopped, once it has.
     pub fn stop_reason(&self) -> Option<StopReason> {
         lock(&self.shared.info).stopped.clone()
@@ -354,7 +382,8 @@ impl PageServer {
                 let mut info = lock(&self.shared.info);
                 info.stopped
                     .get_or_insert(StopReason::Failed("fault loop panicked".into()));
-                self.shared.running.store(false, Ordering::Release);
+                drop(info);
+                self.shared.mark_stopped();
             }
         }
     }
@@ -448,7 +477,7 @@ impl FaultLoop {
             StopReason::Failed(why) => tracing::error!("page server stopped: {why}"),
         }
         lock(&self.shared.info).stopped = Some(reason);
-        self.shared.running.store(false, Ordering::Release);
+        self.shared.mark_stopped();
         // Dropping `self` closes the userfaultfd.
     }
 

@@ -183,14 +183,18 @@ fn run_owner_exits(blocking_uffd: bool, watch_pid: bool) {
         "child status {status:#x}"
     );
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.is_running() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    assert!(
-        !server.is_running(),
-        "the fault loop did not notice its owner's exit"
-    );
+    // The stop is announced on `stopped_event`, which a caller can poll.
+    let started = Instant::now();
+    let mut pfd = libc::pollfd {
+        fd: std::os::fd::AsRawFd::as_raw_fd(&server.stopped_event()),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polls one live pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    assert_eq!(n, 1, "the fault loop did not notice its owner's exit");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(!server.is_running());
     assert_eq!(server.stop_reason(), Some(StopReason::OwnerExited));
     let s = server.stop();
     assert_eq!(s.lazy_faults_file, 1);
