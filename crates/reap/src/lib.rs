@@ -6,6 +6,7 @@
 //! - [`guest_os`]: the Linux system calls the guest program makes.
 //! - [`microvm`]: a microVM and its run loop.
 //! - [`instance`]: a function instance: boot to ready, restore in a memory mode, invoke.
+//! - [`orchestrator`]: the function store, the instance pool and the HTTP API.
 //! - [`snapshot`]: snapshots on disk (state file, sparse memory file).
 
 pub mod arch;
@@ -13,5 +14,6 @@ pub mod guest_os;
 pub mod instance;
 pub mod loader;
 pub mod microvm;
+pub mod orchestrator;
 pub mod snapshot;
 pub mod vstate;

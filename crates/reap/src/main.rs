@@ -1,5 +1,7 @@
 //! The `reap` command line.
 
+mod cli;
+
 use std::io::{self, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -89,6 +91,60 @@ enum Command {
         #[arg(long, default_value_t = 60.0)]
         timeout: f64,
     },
+    /// Deploy a function into the store: boot it, wait for its ready point, snapshot it.
+    Deploy {
+        /// The function's name (a-z, 0-9, '-', '_').
+        name: String,
+        /// The function: a statically linked x86-64 Linux executable.
+        #[arg(long)]
+        binary: PathBuf,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = DEFAULT_MEM_MIB)]
+        mem: u64,
+        /// Environment variables for the function, KEY=VALUE.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Limit in seconds on the function's initialization.
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+    },
+    /// Invoke a deployed function and print its response.
+    Invoke {
+        name: String,
+        /// The request: one JSON value.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// Start a new instance even if a warm one is idle.
+        #[arg(long)]
+        cold: bool,
+        /// How a cold start fills guest memory.
+        #[arg(long, value_enum)]
+        memory: Option<ModeArg>,
+        /// Print the response with the invocation's breakdown as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the deployed functions.
+    Ls,
+    /// Remove a deployed function.
+    Rm { name: String },
+    /// Print a function's log (its stderr).
+    Logs { name: String },
+    /// Serve the HTTP API over the store.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Seconds an idle instance stays warm.
+        #[arg(long, default_value_t = 60.0)]
+        keep_alive: f64,
+        /// Most instances of one function.
+        #[arg(long, default_value_t = 8)]
+        max_instances: usize,
+        /// Limit in seconds on one invocation, cold start included.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -140,6 +196,46 @@ fn main() -> ExitCode {
             json,
             timeout,
         } => report(restore(dir, memory.into(), evict_cache, json, timeout)),
+        Command::Deploy {
+            name,
+            binary,
+            mem,
+            env,
+            timeout,
+        } => report(
+            seconds(timeout, "--timeout")
+                .and_then(|t| cli::functions::deploy(&name, binary, mem, env, t)),
+        ),
+        Command::Invoke {
+            name,
+            data,
+            cold,
+            memory,
+            json,
+        } => report(cli::functions::invoke(
+            &name,
+            &data,
+            cold,
+            memory.map(Into::into),
+            json,
+        )),
+        Command::Ls => report(cli::functions::list()),
+        Command::Rm { name } => report(cli::functions::remove(&name)),
+        Command::Logs { name } => report(cli::functions::logs(&name)),
+        Command::Serve {
+            listen,
+            keep_alive,
+            max_instances,
+            timeout,
+        } => report((|| {
+            let config = reap::orchestrator::PoolConfig {
+                keep_alive: seconds(keep_alive, "--keep-alive")?,
+                max_instances: max_instances.max(1),
+                invoke_timeout: seconds(timeout, "--timeout")?,
+                ..Default::default()
+            };
+            cli::functions::serve(listen, config)
+        })()),
     }
 }
 

@@ -1,0 +1,279 @@
+//! The HTTP API (axum): invoke, deploy, list, remove, metrics, health.
+//!
+//! | method and path | does | errors |
+//! |---|---|---|
+//! | `POST /functions/{name}/invoke` | body: the request (JSON); answer: the function's response. Query: `cold=true`, `memory=file\|lazy\|reap`. Headers `x-reap-start: cold\|warm` and timings | 400 not JSON, 404 unknown, 413 too large, 502 crash or bad answer, 503 busy, 504 timeout |
+//! | `PUT /functions/{name}` | body: the binary; query `mem=MIB`; headers `x-reap-env: K=V` (repeatable). 201 with the manifest | 400 invalid binary or name, 413 too large |
+//! | `GET /functions` | the manifests | |
+//! | `DELETE /functions/{name}` | 204 | 404 |
+//! | `GET /metrics` | Prometheus text | |
+//! | `GET /healthz` | `ok` | |
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::store::{MAX_BINARY_BYTES, StoreError};
+use super::{InvokeError, InvokeOptions, Orchestrator, Start, error_chain};
+use crate::instance::MemoryMode;
+use crate::microvm::DEFAULT_MEM_MIB;
+
+/// Largest invocation request body.
+pub const MAX_REQUEST_BYTES: usize = 6 << 20;
+/// Limit on a function's initialization at deploy.
+const DEPLOY_INIT_LIMIT: Duration = Duration::from_secs(120);
+
+/// An error answered as `{"error": "...", "kind": "..."}`.
+struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    message: String,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "error": self.message, "kind": self.kind })),
+        )
+            .into_response()
+    }
+}
+
+impl From<InvokeError> for ApiError {
+    fn from(e: InvokeError) -> Self {
+        let kind = e.kind();
+        let status = match kind {
+            "not_found" => StatusCode::NOT_FOUND,
+            "bad_request" => StatusCode::BAD_REQUEST,
+            "busy" => StatusCode::SERVICE_UNAVAILABLE,
+            "timeout" => StatusCode::GATEWAY_TIMEOUT,
+            "crash" | "bad_response" => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            status,
+            kind,
+            message: error_chain(&e),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let (status, kind) = match &e {
+            StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            StoreError::BadName(_) | StoreError::BadEnv(_) | StoreError::Deploy(_) => {
+                (StatusCode::BAD_REQUEST, "bad_request")
+            }
+            StoreError::BinaryTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
+        };
+        ApiError {
+            status,
+            kind,
+            message: error_chain(&e),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        let status = r.status();
+        let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "too_large"
+        } else {
+            "bad_request"
+        };
+        ApiError {
+            status,
+            kind,
+            message: r.body_text(),
+        }
+    }
+}
+
+fn join_error(e: tokio::task::JoinError) -> ApiError {
+    ApiError {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        kind: "runtime",
+        message: format!("worker failed: {e}"),
+    }
+}
+
+/// The router over `orchestrator`.
+pub fn router(orchestrator: Arc<Orchestrator>) -> Router {
+    Router::new()
+        .route(
+            "/functions/{name}/invoke",
+            post(invoke).layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES)),
+        )
+        .route(
+            "/functions/{name}",
+            put(deploy)
+                .delete(remove)
+                .layer(DefaultBodyLimit::max(MAX_BINARY_BYTES as usize)),
+        )
+        .route("/functions", get(list))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(orchestrator)
+}
+
+#[derive(Deserialize)]
+struct InvokeQuery {
+    cold: Option<bool>,
+    memory: Option<String>,
+}
+
+fn parse_mode(s: &str) -> Result<MemoryMode, ApiError> {
+    match s {
+        "file" => Ok(MemoryMode::File),
+        "lazy" => Ok(MemoryMode::Lazy),
+        "reap" => Ok(MemoryMode::Reap),
+        _ => Err(ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "bad_request",
+            message: format!("unknown memory mode {s:?} (file, lazy or reap)"),
+        }),
+    }
+}
+
+async fn invoke(
+    State(o): State<Arc<Orchestrator>>,
+    Path(name): Path<String>,
+    Query(q): Query<InvokeQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let options = InvokeOptions {
+        force_cold: q.cold.unwrap_or(false),
+        memory: q
+            .memory
+            .as_deref()
+            .map(parse_mode)
+            .transpose()?
+            .unwrap_or(MemoryMode::Reap),
+    };
+    let answer = tokio::task::spawn_blocking(move || o.invoke(&name, &body, options))
+        .await
+        .map_err(join_error)??;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        "x-reap-start",
+        HeaderValue::from_static(answer.start.name()),
+    );
+    let mut num = |k: &'static str, v: u64| {
+        headers.insert(k, HeaderValue::from(v));
+    };
+    num("x-reap-total-us", answer.total_us);
+    num("x-reap-invoke-us", answer.invocation.invoke_us);
+    num("x-reap-lazy-faults", answer.invocation.lazy_faults);
+    if let (Start::Cold, Some(c)) = (answer.start, &answer.cold_start) {
+        num("x-reap-restore-us", c.restore_us);
+        num("x-reap-fetch-us", c.fetch_us);
+        num("x-reap-install-us", c.install_us);
+        num("x-reap-prefetched-pages", c.prefetched_pages);
+        headers.insert("x-reap-memory", HeaderValue::from_static(c.mode.name()));
+    }
+    Ok((StatusCode::OK, headers, answer.response).into_response())
+}
+
+#[derive(Deserialize)]
+struct DeployQuery {
+    mem: Option<u64>,
+}
+
+async fn deploy(
+    State(o): State<Arc<Orchestrator>>,
+    Path(name): Path<String>,
+    Query(q): Query<DeployQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body?;
+    let env: Vec<String> = headers
+        .get_all("x-reap-env")
+        .iter()
+        .map(|v| v.to_str().map(str::to_owned))
+        .collect::<Result<_, _>>()
+        .map_err(|_| ApiError {
+            status: StatusCode::BAD_REQUEST,
+            kind: "bad_request",
+            message: "x-reap-env must be text".into(),
+        })?;
+    let mem = q.mem.unwrap_or(DEFAULT_MEM_MIB);
+    let manifest = tokio::task::spawn_blocking(move || {
+        let manifest = o.store.deploy(&name, &body, mem, env, DEPLOY_INIT_LIMIT)?;
+        o.forget(&name);
+        Ok::<_, StoreError>(manifest)
+    })
+    .await
+    .map_err(join_error)??;
+    Ok((StatusCode::CREATED, Json(manifest)).into_response())
+}
+
+async fn remove(
+    State(o): State<Arc<Orchestrator>>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        o.store.remove(&name)?;
+        o.forget(&name);
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .map_err(join_error)??;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list(State(o): State<Arc<Orchestrator>>) -> Result<Response, ApiError> {
+    let entries = tokio::task::spawn_blocking(move || o.store.list())
+        .await
+        .map_err(join_error)??;
+    let list: Vec<serde_json::Value> = entries
+        .into_iter()
+        .map(|e| match e {
+            Ok(m) => serde_json::to_value(m).unwrap_or_default(),
+            Err(e) => json!({ "error": error_chain(&e) }),
+        })
+        .collect();
+    Ok(Json(list).into_response())
+}
+
+async fn metrics(State(o): State<Arc<Orchestrator>>) -> Response {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    (headers, o.metrics.encode()).into_response()
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then tears the instances
+/// down.
+pub async fn serve(
+    orchestrator: Arc<Orchestrator>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(Arc::clone(&orchestrator));
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    orchestrator.shutdown();
+    result
+}

@@ -1,0 +1,111 @@
+//! The CLI's side of a running `reap serve` on the same store: finding it, and calling
+//! its HTTP API.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::store::FunctionStore;
+
+/// What `reap serve` writes to the store's `server.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub pid: u32,
+    pub listen: SocketAddr,
+}
+
+/// A reply of the server.
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+fn agent(timeout: Duration) -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// The server running on `store`, if one answers.
+pub fn running_server(store: &FunctionStore) -> Option<ServerInfo> {
+    let bytes = std::fs::read(store.server_file()).ok()?;
+    let info: ServerInfo = serde_json::from_slice(&bytes).ok()?;
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    if unsafe { libc::kill(info.pid as i32, 0) } != 0 {
+        return None;
+    }
+    let reply = agent(Duration::from_secs(2))
+        .get(format!("http://{}/healthz", info.listen))
+        .call()
+        .ok()?;
+    (reply.status() == 200).then_some(info)
+}
+
+fn into_reply(mut response: ureq::http::Response<ureq::Body>) -> Result<Reply, ureq::Error> {
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                v.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let body = response
+        .body_mut()
+        .with_config()
+        .limit(64 << 20)
+        .read_to_vec()?;
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// `POST /functions/{name}/invoke`.
+pub fn invoke(
+    server: &ServerInfo,
+    name: &str,
+    data: &[u8],
+    cold: bool,
+    memory: Option<&str>,
+) -> Result<Reply, ureq::Error> {
+    let mut url = format!(
+        "http://{}/functions/{name}/invoke?cold={cold}",
+        server.listen
+    );
+    if let Some(m) = memory {
+        url.push_str(&format!("&memory={m}"));
+    }
+    into_reply(
+        agent(Duration::from_secs(600))
+            .post(url)
+            .header("content-type", "application/json")
+            .send(data)?,
+    )
+}
+
+/// `DELETE /functions/{name}`.
+pub fn remove(server: &ServerInfo, name: &str) -> Result<Reply, ureq::Error> {
+    into_reply(
+        agent(Duration::from_secs(60))
+            .delete(format!("http://{}/functions/{name}", server.listen))
+            .call()?,
+    )
+}

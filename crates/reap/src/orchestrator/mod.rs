@@ -1,0 +1,568 @@
+//! The orchestrator: deploys functions into the store, keeps a pool of warm instances,
+//! cold-starts new ones from snapshots (REAP by default: the first cold start records
+//! the working set, later ones prefetch it), and serves it all over HTTP.
+
+pub mod api;
+pub mod client;
+pub mod metrics;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use self::metrics::{ErrorLabels, FunctionLabels, Metrics, ModeLabels, StartLabels};
+use self::store::{Deployed, FunctionStore, StoreError};
+use crate::instance::{ColdStart, Instance, InstanceError, Invocation, MemoryMode};
+use crate::microvm::{GuestFault, VmError};
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    /// How long an idle instance stays warm.
+    pub keep_alive: Duration,
+    /// Most instances (idle and busy) of one function.
+    pub max_instances: usize,
+    /// Limit on one invocation (cold start included).
+    pub invoke_timeout: Duration,
+    /// How long an invocation waits for a free instance slot.
+    pub queue_timeout: Duration,
+    /// A prefetching cold start that serves more lazy faults than this fraction of
+    /// the working set's pages drops the WS file, so the next cold start re-records.
+    pub rerecord_fraction: f64,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            keep_alive: Duration::from_secs(60),
+            max_instances: 8,
+            invoke_timeout: Duration::from_secs(60),
+            queue_timeout: Duration::from_secs(30),
+            rerecord_fraction: 0.25,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct InvokeOptions {
+    /// Start a new instance even if a warm one is idle.
+    pub force_cold: bool,
+    /// How a cold start fills guest memory.
+    pub memory: MemoryMode,
+}
+
+impl Default for InvokeOptions {
+    fn default() -> Self {
+        Self {
+            force_cold: false,
+            memory: MemoryMode::Reap,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("invalid request: {0}")]
+    BadRequest(String),
+    #[error("function {name:?} is at its limit of {limit} instances and none became free in time")]
+    Busy { name: String, limit: usize },
+    #[error("the runtime is shutting down")]
+    ShuttingDown,
+    #[error("function {name:?} failed")]
+    Function {
+        name: String,
+        #[source]
+        source: InstanceError,
+    },
+    #[error("cannot run function {name:?}")]
+    Runtime {
+        name: String,
+        #[source]
+        source: InstanceError,
+    },
+}
+
+impl InvokeError {
+    /// A short label for metrics and headers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            InvokeError::Store(StoreError::NotFound(_)) => "not_found",
+            InvokeError::Store(_) => "store",
+            InvokeError::BadRequest(_) => "bad_request",
+            InvokeError::Busy { .. } | InvokeError::ShuttingDown => "busy",
+            InvokeError::Function {
+                source: InstanceError::Vm(VmError::Guest(GuestFault::Timeout(_))),
+                ..
+            } => "timeout",
+            InvokeError::Function {
+                source: InstanceError::Vm(_),
+                ..
+            } => "crash",
+            InvokeError::Function {
+                source: InstanceError::Exited(_),
+                ..
+            } => "crash",
+            InvokeError::Function { .. } => "bad_response",
+            InvokeError::Runtime { .. } => "runtime",
+        }
+    }
+}
+
+/// How an invocation started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Start {
+    Cold,
+    Warm,
+}
+
+impl Start {
+    pub fn name(self) -> &'static str {
+        match self {
+            Start::Cold => "cold",
+            Start::Warm => "warm",
+        }
+    }
+}
+
+/// An answered invocation.
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    /// The function's response line, without its newline.
+    #[serde(skip)]
+    pub response: Vec<u8>,
+    pub start: Start,
+    /// The cold start's breakdown (cold starts only).
+    pub cold_start: Option<ColdStart>,
+    pub invocation: Invocation,
+    /// Wall time of the whole invocation, cold start included.
+    pub total_us: u64,
+    /// This cold start dropped the working set for re-recording.
+    pub rerecord: bool,
+}
+
+struct Idle {
+    instance: Instance,
+    since: Instant,
+}
+
+#[derive(Default)]
+struct FunctionPool {
+    version: String,
+    idle: Vec<Idle>,
+    /// Instances alive: idle ones plus those serving an invocation.
+    live: usize,
+}
+
+pub struct Orchestrator {
+    pub store: FunctionStore,
+    pub config: PoolConfig,
+    pub metrics: Metrics,
+    pools: Mutex<HashMap<String, FunctionPool>>,
+    freed: Condvar,
+    shutting_down: AtomicBool,
+}
+
+/// What an invocation got from the pool.
+enum Lease {
+    Warm(Instance),
+    /// A slot for a new instance.
+    Cold,
+}
+
+impl Orchestrator {
+    pub fn new(store: FunctionStore, config: PoolConfig) -> Arc<Self> {
+        let orchestrator = Arc::new(Self {
+            store,
+            config,
+            metrics: Metrics::default(),
+            pools: Mutex::new(HashMap::new()),
+            freed: Condvar::new(),
+            shutting_down: AtomicBool::new(false),
+        });
+        spawn_reaper(Arc::downgrade(&orchestrator));
+        orchestrator
+    }
+
+    fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, FunctionPool>> {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Invokes `name` with `request` (one JSON value): on an idle warm instance if
+    /// there is one, else on a new instance cold-started from the snapshot.
+    pub fn invoke(
+        &self,
+        name: &str,
+        request: &[u8],
+        options: InvokeOptions,
+    ) -> Result<Answer, InvokeError> {
+        let request = normalize_request(request)?;
+        let deployed = self.store.get(name)?;
+        let started = Instant::now();
+        let lease = self.acquire(name, &deployed.manifest.version, options.force_cold)?;
+        let (mut instance, start) = match lease {
+            Lease::Warm(instance) => (instance, Start::Warm),
+            Lease::Cold => match Instance::restore(
+                &deployed.snapshot(),
+                options.memory,
+                self.store.log_sink(name),
+            ) {
+                Ok(instance) => {
+                    self.metrics
+                        .cold_starts
+                        .get_or_create(&ModeLabels {
+                            function: name.into(),
+                            mode: options.memory.name().into(),
+                        })
+                        .inc();
+                    (instance, Start::Cold)
+                }
+                Err(source) => {
+                    self.discard(name);
+                    self.count_error(name, "runtime");
+                    return Err(InvokeError::Runtime {
+                        name: name.into(),
+                        source,
+                    });
+                }
+            },
+        };
+        let remaining = self
+            .config
+            .invoke_timeout
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        match instance.invoke(&request, Some(remaining)) {
+            Ok((mut response, invocation)) => {
+                response.pop_if(|b| *b == b'\n');
+                let cold_start = instance
+                    .cold_start()
+                    .filter(|_| start == Start::Cold)
+                    .cloned();
+                let rerecord =
+                    self.check_working_set(name, &deployed, cold_start.as_ref(), &invocation);
+                self.release(name, &deployed.manifest.version, instance);
+                let total = started.elapsed();
+                let labels = StartLabels {
+                    function: name.into(),
+                    start: start.name().into(),
+                };
+                self.metrics.invocations.get_or_create(&labels).inc();
+                self.metrics
+                    .latency
+                    .get_or_create(&labels)
+                    .observe(total.as_secs_f64());
+                self.metrics
+                    .lazy_faults
+                    .get_or_create(&FunctionLabels {
+                        function: name.into(),
+                    })
+                    .inc_by(invocation.lazy_faults);
+                tracing::info!(
+                    function = name,
+                    start = start.name(),
+                    total_us = total.as_micros() as u64,
+                    invoke_us = invocation.invoke_us,
+                    lazy_faults = invocation.lazy_faults,
+                    "invocation"
+                );
+                Ok(Answer {
+                    response,
+                    start,
+                    cold_start,
+                    invocation,
+                    total_us: total.as_micros() as u64,
+                    rerecord,
+                })
+            }
+            Err(source) => {
+                drop(instance);
+                self.discard(name);
+                let function_fault = source.is_function_fault();
+                let err = if function_fault {
+                    InvokeError::Function {
+                        name: name.into(),
+                        source,
+                    }
+                } else {
+                    InvokeError::Runtime {
+                        name: name.into(),
+                        source,
+                    }
+                };
+                self.count_error(name, err.kind());
+                tracing::warn!(
+                    function = name,
+                    error = error_chain(&err),
+                    "invocation failed"
+                );
+                Err(err)
+            }
+        }
+    }
+
+    fn count_error(&self, name: &str, kind: &str) {
+        self.metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                function: name.into(),
+                kind: kind.into(),
+            })
+            .inc();
+    }
+
+    /// Takes an idle instance of the live version, or a slot for a new one, waiting for
+    /// a slot while the function is at its instance limit.
+    fn acquire(&self, name: &str, version: &str, force_cold: bool) -> Result<Lease, InvokeError> {
+        let deadline = Instant::now() + self.config.queue_timeout;
+        let mut pools = self.pools();
+        loop {
+            if self.shutting_down.load(Ordering::SeqCst) {
+                return Err(InvokeError::ShuttingDown);
+            }
+            let pool = pools.entry(name.to_owned()).or_default();
+            let mut dropped = Vec::new();
+            if pool.version != version {
+                // A new version was deployed: the old instances go.
+                dropped = std::mem::take(&mut pool.idle);
+                pool.live -= dropped.len();
+                pool.version = version.to_owned();
+            }
+            if !force_cold && let Some(idle) = pool.idle.pop() {
+                self.set_instances_gauge(name, pool.live);
+                return Ok(Lease::Warm(idle.instance));
+            }
+            if pool.live < self.config.max_instances {
+                pool.live += 1;
+                self.set_instances_gauge(name, pool.live);
+                return Ok(Lease::Cold);
+            }
+            if force_cold && !pool.idle.is_empty() {
+                // Make room for the requested cold start by retiring an idle instance.
+                pool.idle.remove(0);
+                return Ok(Lease::Cold);
+            }
+            drop(dropped);
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(InvokeError::Busy {
+                    name: name.into(),
+                    limit: self.config.max_instances,
+                });
+            }
+            pools = self
+                .freed
+                .wait_timeout(pools, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// Returns a healthy instance to the idle set (or drops it if its version is gone).
+    fn release(&self, name: &str, version: &str, instance: Instance) {
+        let mut pools = self.pools();
+        let pool = pools.entry(name.to_owned()).or_default();
+        if pool.version == version && !self.shutting_down.load(Ordering::SeqCst) {
+            pool.idle.push(Idle {
+                instance,
+                since: Instant::now(),
+            });
+        } else {
+            pool.live = pool.live.saturating_sub(1);
+            self.set_instances_gauge(name, pool.live);
+            drop(pools);
+            drop(instance);
+        }
+        self.freed.notify_one();
+    }
+
+    /// Gives up the slot of an instance that failed or never started.
+    fn discard(&self, name: &str) {
+        let mut pools = self.pools();
+        if let Some(pool) = pools.get_mut(name) {
+            pool.live = pool.live.saturating_sub(1);
+            self.set_instances_gauge(name, pool.live);
+        }
+        self.freed.notify_one();
+    }
+
+    fn set_instances_gauge(&self, name: &str, live: usize) {
+        self.metrics
+            .instances
+            .get_or_create(&FunctionLabels {
+                function: name.into(),
+            })
+            .set(live as i64);
+    }
+
+    /// After a prefetching cold start: drops the WS file when it was unusable or the
+    /// invocation needed many pages it did not hold, so the next cold start records
+    /// a fresh one. Returns whether it did.
+    fn check_working_set(
+        &self,
+        name: &str,
+        deployed: &Deployed,
+        cold: Option<&ColdStart>,
+        inv: &Invocation,
+    ) -> bool {
+        let Some(cold) = cold.filter(|c| c.mode == MemoryMode::Reap && !c.recording) else {
+            return false;
+        };
+        let labels = FunctionLabels {
+            function: name.into(),
+        };
+        self.metrics
+            .ws_bytes
+            .get_or_create(&labels)
+            .set((cold.prefetched_pages * 4096) as i64);
+        let too_many = inv.lazy_faults as f64
+            > self.config.rerecord_fraction * cold.prefetched_pages.max(1) as f64;
+        if !(cold.ws_fell_back || too_many) {
+            return false;
+        }
+        let ws = deployed.snapshot().ws();
+        if std::fs::remove_file(&ws).is_ok() {
+            self.metrics.rerecords.get_or_create(&labels).inc();
+            tracing::info!(
+                function = name,
+                lazy_faults = inv.lazy_faults,
+                ws_pages = cold.prefetched_pages,
+                fell_back = cold.ws_fell_back,
+                "working set dropped: the next cold start re-records"
+            );
+        }
+        true
+    }
+
+    /// Tears down instances idle for longer than the keep-alive. Returns how many.
+    pub fn expire_idle(&self) -> usize {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        {
+            let mut pools = self.pools();
+            for (name, pool) in pools.iter_mut() {
+                let before = pool.idle.len();
+                let (old, keep): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut pool.idle)
+                    .into_iter()
+                    .partition(|i| now.duration_since(i.since) >= self.config.keep_alive);
+                pool.idle = keep;
+                pool.live -= before - pool.idle.len();
+                if !old.is_empty() {
+                    self.set_instances_gauge(name, pool.live);
+                }
+                expired.extend(old);
+            }
+        }
+        let n = expired.len();
+        drop(expired);
+        if n > 0 {
+            self.freed.notify_all();
+        }
+        n
+    }
+
+    /// Drops `name`'s idle instances (after it was removed or redeployed).
+    pub fn forget(&self, name: &str) {
+        let idle = {
+            let mut pools = self.pools();
+            pools.get_mut(name).map(|p| {
+                let idle = std::mem::take(&mut p.idle);
+                p.live -= idle.len();
+                p.version.clear();
+                idle
+            })
+        };
+        drop(idle);
+        self.freed.notify_all();
+    }
+
+    /// Idle instances of `name` now.
+    pub fn idle_instances(&self, name: &str) -> usize {
+        self.pools().get(name).map_or(0, |p| p.idle.len())
+    }
+
+    /// Refuses new invocations and tears down the idle instances.
+    pub fn shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let all: Vec<Idle> = self
+            .pools()
+            .values_mut()
+            .flat_map(|p| std::mem::take(&mut p.idle))
+            .collect();
+        drop(all);
+        self.freed.notify_all();
+    }
+}
+
+/// An error and its causes on one line, `: `-separated.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// Checks that a request is one JSON value and returns it as one compact line.
+pub fn normalize_request(request: &[u8]) -> Result<Vec<u8>, InvokeError> {
+    let value: serde_json::Value = serde_json::from_slice(request)
+        .map_err(|e| InvokeError::BadRequest(format!("the body is not JSON: {e}")))?;
+    Ok(serde_json::to_vec(&value).expect("a JSON value serializes"))
+}
+
+/// Expires idle instances once a second while the orchestrator lives.
+fn spawn_reaper(orchestrator: Weak<Orchestrator>) {
+    let spawned = std::thread::Builder::new()
+        .name("reap-keepalive".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(250));
+                let Some(o) = orchestrator.upgrade() else {
+                    return;
+                };
+                if o.shutting_down.load(Ordering::SeqCst) {
+                    return;
+                }
+                o.expire_idle();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the keep-alive thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_normalized_to_one_compact_line() {
+        assert_eq!(
+            normalize_request(b"{\n  \"a\": [1, 2]\n}\n").unwrap(),
+            b"{\"a\":[1,2]}"
+        );
+        assert_eq!(normalize_request(b" 42 ").unwrap(), b"42");
+        assert!(matches!(
+            normalize_request(b"{oops"),
+            Err(InvokeError::BadRequest(_))
+        ));
+        assert!(matches!(
+            normalize_request(b""),
+            Err(InvokeError::BadRequest(_))
+        ));
+    }
+
+    #[test]
+    fn instances_can_move_between_threads() {
+        fn assert_send<T: Send>() {}
+        assert_send::<Instance>();
+    }
+}

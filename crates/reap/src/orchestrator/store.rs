@@ -1,0 +1,483 @@
+//! The function store: each deployed function's manifest, binary and snapshot, on disk
+//! under `REAP_HOME` (default `~/.local/share/reap`).
+//!
+//! ```text
+//! REAP_HOME/
+//!   functions/NAME/current            symlink to the live version: versions/ID
+//!   functions/NAME/versions/ID/       manifest.json, binary, snapshot/{state,memory,ws}
+//!   logs/NAME.log                     the function's stderr (all instances)
+//!   staging/                          deploys in progress
+//!   server.json                       address of a running `reap serve`, if any
+//! ```
+//!
+//! A deploy builds the whole version in `staging/`, renames it into `versions/` and
+//! then switches `current` with an atomic symlink rename: readers see the old version
+//! or the new one, never half of one. Whatever a crash leaves in `staging/` is removed
+//! (and reported) when the store is opened; a function whose `current` is missing or
+//! unreadable is reported and not served.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::guest_os::Sink;
+use crate::instance::{Instance, InstanceError};
+use crate::microvm::MicroVmConfig;
+use crate::snapshot::SnapshotDir;
+
+/// Format version of `manifest.json`.
+const MANIFEST_VERSION: u32 = 1;
+/// Largest binary the store accepts.
+pub const MAX_BINARY_BYTES: u64 = 512 << 20;
+/// Largest manifest the store reads.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{}: {what}", path.display())]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "invalid function name {0:?}: use 1-64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+    )]
+    BadName(String),
+    #[error("no function named {0:?}")]
+    NotFound(String),
+    #[error("function {name:?} is damaged: {why}")]
+    Damaged { name: String, why: String },
+    #[error("binary is {0} bytes, more than the {MAX_BINARY_BYTES}-byte limit")]
+    BinaryTooLarge(u64),
+    #[error("invalid environment entry {0:?}: expected KEY=VALUE")]
+    BadEnv(String),
+    #[error("the function did not deploy")]
+    Deploy(#[source] InstanceError),
+}
+
+impl StoreError {
+    fn io(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> StoreError {
+        let path = path.to_path_buf();
+        move |source| StoreError::Io { path, what, source }
+    }
+}
+
+/// What the store knows of a deployed function version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub name: String,
+    /// Version id (unique per deploy).
+    pub version: String,
+    pub binary_sha256: String,
+    pub binary_bytes: u64,
+    pub mem_mib: u64,
+    pub env: Vec<String>,
+    pub created_unix: u64,
+    /// Time from boot to the ready point at deploy, in milliseconds.
+    pub init_ms: f64,
+    /// Bytes of guest memory holding data in the snapshot.
+    pub snapshot_data_bytes: u64,
+}
+
+/// A deployed function: its manifest and where its version lives.
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    pub manifest: Manifest,
+    pub dir: PathBuf,
+}
+
+impl Deployed {
+    pub fn snapshot(&self) -> SnapshotDir {
+        SnapshotDir::new(self.dir.join("snapshot"))
+    }
+}
+
+/// One thing `open` found and dealt with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepairNote(pub String);
+
+#[derive(Debug, Clone)]
+pub struct FunctionStore {
+    root: PathBuf,
+}
+
+/// Checks a function name: it becomes a directory and a URL path segment.
+pub fn check_name(name: &str) -> Result<(), StoreError> {
+    let ok = (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::BadName(name.to_owned()))
+    }
+}
+
+impl FunctionStore {
+    /// `$REAP_HOME`, else `~/.local/share/reap`.
+    pub fn default_root() -> PathBuf {
+        if let Some(home) = std::env::var_os("REAP_HOME") {
+            return PathBuf::from(home);
+        }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"));
+        home.join(".local/share/reap")
+    }
+
+    /// Opens (creating if needed) the store at `root`, removing what interrupted deploys
+    /// left behind. Returns notes on what it repaired or found damaged.
+    pub fn open(root: impl Into<PathBuf>) -> Result<(Self, Vec<RepairNote>), StoreError> {
+        let store = Self { root: root.into() };
+        for dir in [store.functions_dir(), store.staging_dir(), store.logs_dir()] {
+            fs::create_dir_all(&dir)
+                .map_err(StoreError::io(&dir, "cannot create the store directory"))?;
+        }
+        let mut notes = Vec::new();
+        let staging = store.staging_dir();
+        for entry in fs::read_dir(&staging)
+            .map_err(StoreError::io(&staging, "cannot read"))?
+            .flatten()
+        {
+            let path = entry.path();
+            // A staging entry belongs to a live deploy if its owner process still runs.
+            if staging_owner_alive(&path) {
+                continue;
+            }
+            let _ = fs::remove_dir_all(&path);
+            notes.push(RepairNote(format!(
+                "removed an interrupted deploy ({})",
+                path.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            )));
+        }
+        for name in store.names()? {
+            match store.get(&name) {
+                Ok(deployed) => store.remove_old_versions(&name, &deployed.manifest.version),
+                Err(e) => notes.push(RepairNote(format!("{e}"))),
+            }
+        }
+        Ok((store, notes))
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn functions_dir(&self) -> PathBuf {
+        self.root.join("functions")
+    }
+
+    fn staging_dir(&self) -> PathBuf {
+        self.root.join("staging")
+    }
+
+    fn logs_dir(&self) -> PathBuf {
+        self.root.join("logs")
+    }
+
+    /// Where a running server records its address.
+    pub fn server_file(&self) -> PathBuf {
+        self.root.join("server.json")
+    }
+
+    /// The function's stderr log.
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.logs_dir().join(format!("{name}.log"))
+    }
+
+    /// Opens the function's log for appending, as a sink for guest stderr.
+    pub fn log_sink(&self, name: &str) -> Sink {
+        match fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path(name))
+        {
+            Ok(f) => Box::new(f),
+            Err(e) => {
+                tracing::warn!(function = name, "cannot open the function log: {e}");
+                Box::new(io::sink())
+            }
+        }
+    }
+
+    /// Names of the functions in the store (deployed or damaged), sorted.
+    pub fn names(&self) -> Result<Vec<String>, StoreError> {
+        let dir = self.functions_dir();
+        let mut names: Vec<String> = fs::read_dir(&dir)
+            .map_err(StoreError::io(&dir, "cannot read"))?
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| check_name(n).is_ok())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The live version of `name`.
+    pub fn get(&self, name: &str) -> Result<Deployed, StoreError> {
+        check_name(name)?;
+        let fn_dir = self.functions_dir().join(name);
+        let current = fn_dir.join("current");
+        let target = match fs::read_link(&current) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if fn_dir.exists() {
+                    return Err(StoreError::Damaged {
+                        name: name.into(),
+                        why: "it has no current version".into(),
+                    });
+                }
+                return Err(StoreError::NotFound(name.into()));
+            }
+            Err(e) => return Err(StoreError::io(&current, "cannot read")(e)),
+        };
+        let dir = fn_dir.join(target);
+        let damaged = |why: String| StoreError::Damaged {
+            name: name.into(),
+            why,
+        };
+        let manifest_path = dir.join("manifest.json");
+        let len = fs::metadata(&manifest_path)
+            .map_err(|e| damaged(format!("manifest: {e}")))?
+            .len();
+        if len > MAX_MANIFEST_BYTES {
+            return Err(damaged("manifest is too large".into()));
+        }
+        let bytes = fs::read(&manifest_path).map_err(|e| damaged(format!("manifest: {e}")))?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|e| damaged(format!("manifest: {e}")))?;
+        if manifest.format != MANIFEST_VERSION || manifest.name != name {
+            return Err(damaged("manifest of another format or function".into()));
+        }
+        Ok(Deployed { manifest, dir })
+    }
+
+    /// Every function's manifest, or why it cannot be served.
+    pub fn list(&self) -> Result<Vec<Result<Manifest, StoreError>>, StoreError> {
+        Ok(self
+            .names()?
+            .into_iter()
+            .map(|n| self.get(&n).map(|d| d.manifest))
+            .collect())
+    }
+
+    /// Deploys `binary` as `name`: copies it in, boots it to its ready point (within
+    /// `init_limit`), snapshots it, and makes it the live version. The previous
+    /// version, if any, is replaced atomically.
+    pub fn deploy(
+        &self,
+        name: &str,
+        binary: &[u8],
+        mem_mib: u64,
+        env: Vec<String>,
+        init_limit: Duration,
+    ) -> Result<Manifest, StoreError> {
+        check_name(name)?;
+        if binary.len() as u64 > MAX_BINARY_BYTES {
+            return Err(StoreError::BinaryTooLarge(binary.len() as u64));
+        }
+        if let Some(bad) = env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
+            return Err(StoreError::BadEnv(bad.clone()));
+        }
+        let version = new_version_id();
+        let staged = self
+            .staging_dir()
+            .join(format!("{name}-{version}-{}", std::process::id()));
+        fs::create_dir_all(&staged).map_err(StoreError::io(&staged, "cannot create"))?;
+        let result = self.build_version(name, &version, &staged, binary, mem_mib, env, init_limit);
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&staged);
+        }
+        let manifest = result?;
+
+        let fn_dir = self.functions_dir().join(name);
+        let versions = fn_dir.join("versions");
+        fs::create_dir_all(&versions).map_err(StoreError::io(&versions, "cannot create"))?;
+        let dest = versions.join(&version);
+        fs::rename(&staged, &dest).map_err(StoreError::io(
+            &dest,
+            "cannot move the new version into place",
+        ))?;
+        let link_tmp = fn_dir.join(format!(".current.tmp-{}", std::process::id()));
+        let _ = fs::remove_file(&link_tmp);
+        std::os::unix::fs::symlink(Path::new("versions").join(&version), &link_tmp)
+            .map_err(StoreError::io(&link_tmp, "cannot create the version link"))?;
+        let current = fn_dir.join("current");
+        fs::rename(&link_tmp, &current)
+            .map_err(StoreError::io(&current, "cannot switch the live version"))?;
+        sync_dir(&fn_dir);
+        self.remove_old_versions(name, &version);
+        Ok(manifest)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_version(
+        &self,
+        name: &str,
+        version: &str,
+        staged: &Path,
+        binary: &[u8],
+        mem_mib: u64,
+        env: Vec<String>,
+        init_limit: Duration,
+    ) -> Result<Manifest, StoreError> {
+        let bin_path = staged.join("binary");
+        write_synced(&bin_path, binary)?;
+        let config = MicroVmConfig {
+            mem_mib,
+            args: vec![name.to_owned()],
+            env: env.clone(),
+        };
+        let started = Instant::now();
+        let mut instance = Instance::boot(binary, &config, self.log_sink(name), Some(init_limit))
+            .map_err(StoreError::Deploy)?;
+        let init_ms = started.elapsed().as_secs_f64() * 1e3;
+        let snapshot = SnapshotDir::new(staged.join("snapshot"));
+        let state = instance.snapshot(&snapshot).map_err(StoreError::Deploy)?;
+        drop(instance);
+        let manifest = Manifest {
+            format: MANIFEST_VERSION,
+            name: name.to_owned(),
+            version: version.to_owned(),
+            binary_sha256: hex::encode(Sha256::digest(binary)),
+            binary_bytes: binary.len() as u64,
+            mem_mib,
+            env,
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            init_ms,
+            snapshot_data_bytes: state.memory_data_bytes,
+        };
+        let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+        write_synced(&staged.join("manifest.json"), &json)?;
+        sync_dir(staged);
+        Ok(manifest)
+    }
+
+    /// Removes `name` (all versions and its log).
+    pub fn remove(&self, name: &str) -> Result<(), StoreError> {
+        check_name(name)?;
+        let fn_dir = self.functions_dir().join(name);
+        if !fn_dir.exists() {
+            return Err(StoreError::NotFound(name.into()));
+        }
+        // Unlink `current` first: from then on the function is gone for readers.
+        let _ = fs::remove_file(fn_dir.join("current"));
+        fs::remove_dir_all(&fn_dir).map_err(StoreError::io(&fn_dir, "cannot remove"))?;
+        let _ = fs::remove_file(self.log_path(name));
+        Ok(())
+    }
+
+    fn remove_old_versions(&self, name: &str, keep: &str) {
+        let versions = self.functions_dir().join(name).join("versions");
+        let Ok(entries) = fs::read_dir(&versions) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name() != keep {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// A fresh, sortable version id: microseconds since the epoch and the process id.
+fn new_version_id() -> String {
+    let us = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0);
+    format!("{us:x}-{:x}", std::process::id())
+}
+
+/// Whether the process that created a staging directory (`NAME-VERSION-PID`) runs.
+fn staging_owner_alive(path: &Path) -> bool {
+    let Some(pid) = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.rsplit('-').next())
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return false;
+    };
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    pid != std::process::id() as i32 && unsafe { libc::kill(pid, 0) } == 0
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let mut f = fs::File::create(path).map_err(StoreError::io(path, "cannot create"))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(StoreError::io(path, "cannot write"))
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        for ok in ["a", "hello-world", "fn_2", "0x"] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "_a", "A", "a/b", "..", "a b", &"x".repeat(65)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn open_removes_interrupted_deploys_and_reports_damage() {
+        let root = std::env::temp_dir().join(format!("reap-store-unit-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (store, notes) = FunctionStore::open(&root).unwrap();
+        assert!(notes.is_empty());
+        // A crash mid-deploy: a staging dir whose process is gone.
+        let stale = root.join("staging/foo-1-999999999");
+        fs::create_dir_all(stale.join("snapshot")).unwrap();
+        // A function dir without a current version.
+        fs::create_dir_all(root.join("functions/broken/versions/x")).unwrap();
+        let (_, notes) = FunctionStore::open(&root).unwrap();
+        assert!(!stale.exists());
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.0.contains("removed an interrupted deploy")),
+            "{notes:?}"
+        );
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.0.contains("broken") && n.0.contains("no current version")),
+            "{notes:?}"
+        );
+        assert!(matches!(
+            store.get("broken"),
+            Err(StoreError::Damaged { .. })
+        ));
+        assert!(matches!(store.get("nothing"), Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.remove("nothing"),
+            Err(StoreError::NotFound(_))
+        ));
+        fs::remove_dir_all(&root).unwrap();
+    }
+}
