@@ -737,7 +737,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WsWriteError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    // Unique per writer: several recording restores of one snapshot may finish at once
+    // (in one process or several); the last rename wins, each file is complete.
+    static WRITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let writer = WRITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".{name}.tmp.{}.{writer}", std::process::id()));
     let werr = |p: &Path| {
         let p = p.to_path_buf();
         move |source| WsWriteError::Write { path: p, source }

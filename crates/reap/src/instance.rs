@@ -311,8 +311,16 @@ impl Instance {
             .filter(|t| *t >= started)
             .unwrap_or(finished);
         let after = self.pager_stats().unwrap_or_default();
+        // A working set that cannot be written costs the next cold start speed, not
+        // this invocation its answer.
         let ws_pages_written = match (self.record_ws.take(), &self.pager) {
-            (Some(path), Some(pager)) => Some(pager.write_ws(&path)?.pages),
+            (Some(path), Some(pager)) => match pager.write_ws(&path) {
+                Ok(summary) => Some(summary.pages),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "cannot write the working set: {e:#}");
+                    None
+                }
+            },
             _ => None,
         };
         let cold = self.invocations == 0 && self.cold_start.is_some();

@@ -1,0 +1,469 @@
+//! The orchestrator over real HTTP on 127.0.0.1: a `reap serve` process on a temporary
+//! store, driven with an HTTP client and the `reap` CLI. Needs /dev/kvm, userfaultfd and
+//! the workspace's release binaries.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{guest, temp_dir};
+
+struct Server {
+    child: Child,
+    home: PathBuf,
+    base: String,
+}
+
+impl Server {
+    /// Starts `reap serve` on an ephemeral port over a fresh store.
+    fn start(name: &str, extra: &[&str]) -> Server {
+        let home = temp_dir(&format!("orch-{name}"));
+        let child = Command::new(env!("CARGO_BIN_EXE_reap"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("REAP_HOME", &home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn reap serve");
+        let server_file = home.join("server.json");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let base = loop {
+            if let Ok(bytes) = std::fs::read(&server_file)
+                && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+            {
+                break format!("http://{}", v["listen"].as_str().unwrap());
+            }
+            assert!(Instant::now() < deadline, "server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Server { child, home, base }
+    }
+
+    fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_reap"))
+            .args(args)
+            .env("REAP_HOME", &self.home)
+            .output()
+            .unwrap()
+    }
+
+    fn deploy(&self, name: &str, binary: &Path) -> Reply {
+        request(
+            "PUT",
+            &format!("{}/functions/{name}", self.base),
+            &std::fs::read(binary).unwrap(),
+        )
+    }
+
+    fn invoke(&self, name: &str, body: &str) -> Reply {
+        request(
+            "POST",
+            &format!("{}/functions/{name}/invoke", self.base),
+            body.as_bytes(),
+        )
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    fn total_us(&self) -> u64 {
+        self.header("x-reap-total-us").unwrap().parse().unwrap()
+    }
+}
+
+fn request(method: &str, url: &str, body: &[u8]) -> Reply {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(120)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let response = match method {
+        "GET" => agent.get(url).call(),
+        "DELETE" => agent.delete(url).call(),
+        "PUT" => agent.put(url).send(body),
+        _ => agent
+            .post(url)
+            .header("content-type", "application/json")
+            .send(body),
+    };
+    let mut response = response.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_owned(),
+                v.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    Reply {
+        status: response.status().as_u16(),
+        headers,
+        body: response.body_mut().read_to_string().unwrap_or_default(),
+    }
+}
+
+#[test]
+fn deploy_then_invoke_cold_then_warm() {
+    let server = Server::start("coldwarm", &[]);
+    let deployed = server.deploy("hello", &guest("helloworld"));
+    assert_eq!(deployed.status, 201, "{}", deployed.body);
+    assert_eq!(deployed.json()["name"], "hello");
+
+    let cold = server.invoke("hello", r#"{"name": "Ada"}"#);
+    assert_eq!(cold.status, 200, "{}", cold.body);
+    assert_eq!(cold.body, r#"{"greeting":"Hello, Ada!"}"#);
+    assert_eq!(cold.header("x-reap-start"), Some("cold"));
+    assert_eq!(cold.header("x-reap-memory"), Some("reap"));
+    assert!(cold.header("x-reap-restore-us").is_some());
+
+    let warm = server.invoke("hello", r#"{"name": "Bob"}"#);
+    assert_eq!(warm.status, 200);
+    assert_eq!(warm.body, r#"{"greeting":"Hello, Bob!"}"#);
+    assert_eq!(warm.header("x-reap-start"), Some("warm"));
+    assert!(
+        warm.total_us() < cold.total_us(),
+        "warm {} us vs cold {} us",
+        warm.total_us(),
+        cold.total_us()
+    );
+
+    // A forced cold start in another memory mode.
+    let file = request(
+        "POST",
+        &format!(
+            "{}/functions/hello/invoke?cold=true&memory=file",
+            server.base
+        ),
+        b"{}",
+    );
+    assert_eq!(file.status, 200);
+    assert_eq!(file.header("x-reap-start"), Some("cold"));
+    assert_eq!(file.header("x-reap-memory"), Some("file"));
+
+    let list = request("GET", &format!("{}/functions", server.base), b"");
+    assert_eq!(list.json()[0]["name"], "hello");
+    assert_eq!(
+        request("GET", &format!("{}/healthz", server.base), b"").status,
+        200
+    );
+    let metrics = request("GET", &format!("{}/metrics", server.base), b"").body;
+    assert!(
+        metrics.contains(r#"reap_invocations_total{function="hello",start="warm"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"reap_cold_starts_total{function="hello",mode="reap"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("reap_invocation_duration_seconds_bucket"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("reap_lazy_faults_total"), "{metrics}");
+
+    // The CLI goes through the running server and gets its warm instance.
+    let out = server.cli(&["invoke", "hello", "--data", r#"{"name":"cli"}"#, "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["response"]["greeting"], "Hello, cli!");
+    assert_eq!(v["start"], "warm");
+    assert!(v["via"].is_string());
+    let ls = server.cli(&["ls"]);
+    assert!(String::from_utf8_lossy(&ls.stdout).contains("hello"));
+
+    let removed = server.cli(&["rm", "hello"]);
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    assert_eq!(server.invoke("hello", "{}").status, 404);
+    assert_eq!(
+        request("DELETE", &format!("{}/functions/hello", server.base), b"").status,
+        404
+    );
+}
+
+#[test]
+fn idle_instances_expire_after_the_keep_alive() {
+    let server = Server::start("keepalive", &["--keep-alive", "1"]);
+    assert_eq!(server.deploy("hello", &guest("helloworld")).status, 201);
+    assert_eq!(
+        server.invoke("hello", "{}").header("x-reap-start"),
+        Some("cold")
+    );
+    assert_eq!(
+        server.invoke("hello", "{}").header("x-reap-start"),
+        Some("warm")
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        server.invoke("hello", "{}").header("x-reap-start"),
+        Some("cold")
+    );
+}
+
+#[test]
+fn concurrent_invocations_get_separate_instances() {
+    let server = Server::start("concurrent", &["--max-instances", "4"]);
+    assert_eq!(server.deploy("echo", &guest("misbehave")).status, 201);
+    let base = server.base.clone();
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let base = base.clone();
+            std::thread::spawn(move || {
+                let r = request(
+                    "POST",
+                    &format!("{base}/functions/echo/invoke"),
+                    format!("{{\"i\":{i}}}").as_bytes(),
+                );
+                let start = r.header("x-reap-start").map(str::to_owned);
+                (i, r.status, r.body, start)
+            })
+        })
+        .collect();
+    let mut cold = 0;
+    for t in threads {
+        let (i, status, body, start) = t.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body,
+            format!("{{\"echo\":{{\"i\":{i}}}}}"),
+            "each answer is its own request's"
+        );
+        cold += usize::from(start.as_deref() == Some("cold"));
+    }
+    assert!(
+        (1..=4).contains(&cold),
+        "{cold} cold starts with a limit of 4 instances"
+    );
+    let metrics = request("GET", &format!("{base}/metrics"), b"").body;
+    let live: usize = metrics
+        .lines()
+        .find(|l| l.starts_with("reap_instances{function=\"echo\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(live <= 4, "{live}");
+}
+
+#[test]
+fn errors_are_answered_and_the_server_goes_on() {
+    let server = Server::start("errors", &["--timeout", "2"]);
+    assert_eq!(server.deploy("fn", &guest("misbehave")).status, 201);
+    let ok = |server: &Server| {
+        let r = server.invoke("fn", r#"{"x":1}"#);
+        assert_eq!((r.status, r.body.as_str()), (200, r#"{"echo":{"x":1}}"#));
+    };
+    ok(&server);
+
+    let unknown = server.invoke("nope", "{}");
+    assert_eq!(unknown.status, 404);
+    assert!(
+        unknown.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("no function named")
+    );
+
+    let not_json = server.invoke("fn", "{not json");
+    assert_eq!(not_json.status, 400);
+    assert_eq!(not_json.json()["kind"], "bad_request");
+
+    let crash = server.invoke("fn", r#"{"do":"crash"}"#);
+    assert_eq!(crash.status, 502, "{}", crash.body);
+    assert!(
+        crash.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("page fault"),
+        "{}",
+        crash.body
+    );
+    ok(&server);
+
+    let exit = server.invoke("fn", r#"{"do":"exit"}"#);
+    assert_eq!(exit.status, 502);
+    assert!(exit.body.contains("exited with status 3"), "{}", exit.body);
+
+    let garbage = server.invoke("fn", r#"{"do":"two_lines"}"#);
+    assert_eq!(garbage.status, 502);
+    assert!(
+        garbage.body.contains("3 lines instead of one"),
+        "{}",
+        garbage.body
+    );
+
+    let silent = server.invoke("fn", r#"{"do":"silent"}"#);
+    assert_eq!(silent.status, 502);
+    assert!(
+        silent.body.contains("without having answered"),
+        "{}",
+        silent.body
+    );
+
+    let started = Instant::now();
+    let timeout = server.invoke("fn", r#"{"do":"loop"}"#);
+    assert_eq!(timeout.status, 504, "{}", timeout.body);
+    assert!(timeout.body.contains("time limit"), "{}", timeout.body);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    ok(&server);
+
+    let huge = format!("\"{}\"", "x".repeat(7 << 20));
+    let too_large = server.invoke("fn", &huge);
+    assert_eq!(too_large.status, 413);
+    ok(&server);
+
+    let bad = std::env::temp_dir().join(format!("reap-not-elf-{}", std::process::id()));
+    std::fs::write(&bad, b"#!/bin/sh\necho hi\n").unwrap();
+    let refused = server.deploy("bad", &bad);
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert!(
+        refused.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("not an ELF file"),
+        "{}",
+        refused.body
+    );
+    std::fs::remove_file(&bad).unwrap();
+    let bad_name = server.deploy("Bad%20Name", &guest("helloworld"));
+    assert_eq!(bad_name.status, 400, "{}", bad_name.body);
+    let listed = request("GET", &format!("{}/functions", server.base), b"").json();
+    assert_eq!(
+        listed.as_array().unwrap().len(),
+        1,
+        "failed deploys leave nothing: {listed}"
+    );
+
+    let metrics = request("GET", &format!("{}/metrics", server.base), b"").body;
+    for kind in ["crash", "timeout", "bad_response"] {
+        assert!(
+            metrics.contains(&format!("kind=\"{kind}\"")),
+            "{kind}: {metrics}"
+        );
+    }
+    ok(&server);
+}
+
+#[test]
+fn cli_works_without_a_server_and_graceful_shutdown_cleans_up() {
+    let home = temp_dir("cli-direct");
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_reap"))
+            .args(args)
+            .env("REAP_HOME", &home)
+            .output()
+            .unwrap()
+    };
+    let bin = guest("misbehave");
+    let out = run(&[
+        "deploy",
+        "echo",
+        "--binary",
+        bin.to_str().unwrap(),
+        "--mem",
+        "64",
+        "--env",
+        "A=1",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["invoke", "echo", "--data", r#"{"do":"log","n":1}"#]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"echo\":{\"do\":\"log\",\"n\":1}}\n"
+    );
+    let out = run(&["invoke", "echo", "--data", "{}", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["start"], "cold");
+    assert!(v["cold_start"]["restore_us"].is_u64());
+    let logs = run(&["logs", "echo"]);
+    assert!(
+        String::from_utf8_lossy(&logs.stdout).contains("log line for"),
+        "{}",
+        String::from_utf8_lossy(&logs.stdout)
+    );
+    let out = run(&["invoke", "missing"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no function named"));
+    // Redeploying replaces the version.
+    let before = run(&["ls"]).stdout;
+    assert!(
+        run(&["deploy", "echo", "--binary", bin.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert_ne!(run(&["ls"]).stdout, before);
+    assert_eq!(
+        std::fs::read_dir(home.join("functions/echo/versions"))
+            .unwrap()
+            .count(),
+        1,
+        "old version removed"
+    );
+    assert!(run(&["rm", "echo"]).status.success());
+    assert!(!run(&["rm", "echo"]).status.success());
+
+    // SIGTERM: the server stops and removes its address file.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reap"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("REAP_HOME", &home)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server_file = home.join("server.json");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server_file.exists() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: sends SIGTERM to the child we spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!server_file.exists());
+    std::fs::remove_dir_all(&home).unwrap();
+}

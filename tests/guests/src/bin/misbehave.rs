@@ -1,0 +1,33 @@
+//! A function (one JSON request per line) that misbehaves on demand: the request's
+//! `do` field says how. Anything else is echoed back as `{"echo": REQUEST}`.
+use std::io::{BufRead, Write};
+
+fn main() {
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let line = line.unwrap_or_default();
+        let action = line
+            .split("\"do\":\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or("");
+        match action {
+            "crash" => {
+                let p = std::hint::black_box(std::ptr::null::<u64>());
+                // SAFETY: deliberately unsound: this request exists to crash the guest.
+                println!("{}", unsafe { std::ptr::read_volatile(p) });
+            }
+            "loop" => loop {
+                std::hint::spin_loop();
+            },
+            "exit" => std::process::exit(3),
+            "two_lines" => write!(out, "{{\"a\":1}}\n{{\"b\":2}}\n").unwrap(),
+            "silent" => continue,
+            "log" => eprintln!("log line for {line}"),
+            _ => {}
+        }
+        writeln!(out, "{{\"echo\":{line}}}").unwrap();
+        out.flush().unwrap();
+    }
+}
