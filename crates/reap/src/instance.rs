@@ -60,6 +60,8 @@ pub enum InstanceError {
     NoResponse,
     #[error("the function answered with {0} lines instead of one")]
     ResponseLines(usize),
+    #[error("the function wrote more than {MAX_RESPONSE_BYTES} bytes in answer to one request")]
+    ResponseTooLarge,
     #[error("a request must be one line (it contains a newline)")]
     MultilineRequest,
     #[error("the instance is not ready for a request")]
@@ -76,26 +78,37 @@ impl InstanceError {
                 | InstanceError::ExitedBeforeReady(_)
                 | InstanceError::NoResponse
                 | InstanceError::ResponseLines(_)
+                | InstanceError::ResponseTooLarge
         )
     }
 }
 
-/// Bytes written by the guest to stdout, shared with the guest OS's sink.
+/// Largest response the runtime keeps; a function that writes more gets an error.
+pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
+
+/// Bytes written by the guest to stdout, shared with the guest OS's sink. Bytes past
+/// [`MAX_RESPONSE_BYTES`] are dropped and remembered as an overflow.
 #[derive(Clone, Default)]
-pub struct Capture(Arc<Mutex<Vec<u8>>>);
+pub struct Capture(Arc<Mutex<(Vec<u8>, bool)>>);
 
 impl Capture {
-    pub fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    /// The bytes written since the last call, or `None` if they overflowed.
+    pub fn take(&self) -> Option<Vec<u8>> {
+        let (buf, overflow) =
+            std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()));
+        (!overflow).then_some(buf)
     }
 }
 
 impl Write for Capture {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend_from_slice(buf);
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (data, overflow) = &mut *guard;
+        if data.len() + buf.len() > MAX_RESPONSE_BYTES {
+            *overflow = true;
+        } else if !*overflow {
+            data.extend_from_slice(buf);
+        }
         Ok(buf.len())
     }
 
@@ -292,6 +305,9 @@ impl Instance {
             RunExit::WaitingForInput => {}
             RunExit::Exited(code) => return Err(InstanceError::Exited(code)),
         }
+        let Some(response) = response else {
+            return Err(InstanceError::ResponseTooLarge);
+        };
         if self.vm.os.stdin_pending() > 0 {
             return Err(InstanceError::NoResponse);
         }

@@ -232,7 +232,19 @@ impl MicroVm {
                 Exit::IoOut {
                     port: layout::EXCEPTION_PORT,
                     byte,
-                } => return Err(self.exception(byte)?.into()),
+                } => {
+                    // Only the exception stubs report exceptions; anything else
+                    // writing to that port is stray I/O.
+                    let rip = self.vcpu.regs()?.0.rip;
+                    if rip != layout::exception_stub(byte) + 4 {
+                        return Err(GuestFault::StrayIo {
+                            port: layout::EXCEPTION_PORT,
+                            rip,
+                        }
+                        .into());
+                    }
+                    return Err(self.exception(byte)?.into());
+                }
                 Exit::IoOut { port, .. } | Exit::IoIn { port } => {
                     let rip = self.vcpu.regs()?.0.rip;
                     return Err(GuestFault::StrayIo { port, rip }.into());

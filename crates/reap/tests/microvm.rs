@@ -94,6 +94,7 @@ fn wild_pointers_get_efault_and_the_guest_goes_on() {
         );
     }
     assert!(out.contains("clock_gettime null: 14\n"));
+    assert!(out.contains("write empty null: ok 0\n"), "{out}");
     assert!(out.ends_with("still alive\n"));
 }
 
@@ -232,4 +233,41 @@ fn bad_binaries_are_refused_with_one_line() {
         stderr(&out)
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn timed_waits_end_after_their_timeout() {
+    let vm = reap_run("timed_wait", &["--timeout", "20"], b"");
+    assert!(vm.status.success(), "{}", stderr(&vm));
+    for line in stdout(&vm).lines() {
+        let ms: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        // At least the timeout; far less than the 20 s limit (it used to sleep for the
+        // host's uptime, as the absolute timeout was taken for a duration).
+        assert!((50..10_000).contains(&ms), "{line}");
+    }
+    assert_eq!(stdout(&vm).lines().count(), 3);
+}
+
+/// Every function of the suite answers its sample requests (`functions/NAME/requests.jsonl`,
+/// all on one stdin) under `reap run` exactly as it does natively.
+#[test]
+fn every_function_answers_like_native_under_reap_run() {
+    for function in common::FUNCTIONS {
+        let requests = common::requests(function);
+        let input: String = requests.iter().map(|r| format!("{r}\n")).collect();
+        let native = common::native_answers(function);
+        assert_eq!(
+            native.len(),
+            requests.len(),
+            "{function}: one answer per request"
+        );
+        let vm = reap_run(function, &[], input.as_bytes());
+        assert!(
+            vm.status.success(),
+            "{function} under reap run: {}",
+            stderr(&vm)
+        );
+        let answers: Vec<String> = stdout(&vm).lines().map(str::to_owned).collect();
+        assert_eq!(answers, native, "{function}");
+    }
 }

@@ -221,10 +221,11 @@ impl AddressSpace {
             .is_some_and(|(_, &e)| e > start)
     }
 
-    /// Whether `start..end` overlaps a mapping or the heap.
+    /// Whether `start..end` overlaps a mapping, the heap, the program (everything below
+    /// the heap) or the stack.
     fn overlaps_used(&self, start: u64, end: u64) -> bool {
         let heap_end = page_align_up(self.brk).unwrap_or(u64::MAX);
-        self.overlaps(start, end) || (start < heap_end && self.brk_start < end)
+        self.overlaps(start, end) || start < heap_end || end > self.mmap_top()
     }
 
     /// The highest free range of `len` bytes between the heap and the stack.
@@ -356,6 +357,16 @@ mod tests {
         assert_eq!(f, m + 4096);
         assert_eq!(d, vec![(m + 4096, m + 8192)]);
         assert_eq!(a.mmap(m, 4096, false, true), Err(MmError::Exists));
+        assert_eq!(
+            a.mmap(END - 4096, 4096, false, true),
+            Err(MmError::Exists),
+            "the program"
+        );
+        assert_eq!(
+            a.mmap(MEM - 4096, 4096, false, true),
+            Err(MmError::Exists),
+            "the stack"
+        );
         assert_eq!(
             a.mmap(0x1000, 4096, true, false),
             Err(MmError::NoMemory),

@@ -67,7 +67,7 @@ impl GuestOs {
             libc::SYS_read => return self.read(mem, a0, a1, a2),
             libc::SYS_write => self.write(mem, a0, a1, a2),
             libc::SYS_writev => self.writev(mem, a0, a1, a2),
-            libc::SYS_readv => self.readv(mem, a0, a1, a2),
+            libc::SYS_readv => return self.readv(mem, a0, a1, a2),
             libc::SYS_pread64 | libc::SYS_pwrite64 | libc::SYS_lseek => {
                 self.on_std_fd(a0, libc::ESPIPE)
             }
@@ -204,7 +204,15 @@ impl GuestOs {
         Ok(n)
     }
 
-    fn readv(&mut self, mem: &GuestMemory, fd: u64, iov: u64, count: u64) -> SysResult {
+    fn readv(&mut self, mem: &GuestMemory, fd: u64, iov: u64, count: u64) -> Outcome {
+        if fd == 0 && self.stdin.is_empty() && !self.stdin_eof {
+            return Outcome::BlockOnStdin;
+        }
+        let r = self.readv_now(mem, fd, iov, count);
+        Outcome::Return(r.map_or_else(|Errno(e)| -i64::from(e), |v| v as i64))
+    }
+
+    fn readv_now(&mut self, mem: &GuestMemory, fd: u64, iov: u64, count: u64) -> SysResult {
         if fd != 0 {
             return Err(Errno(libc::EBADF));
         }
@@ -223,6 +231,9 @@ impl GuestOs {
     fn write(&mut self, mem: &GuestMemory, fd: u64, buf: u64, count: u64) -> SysResult {
         if !(1..=2).contains(&fd) {
             return Err(Errno(libc::EBADF));
+        }
+        if count == 0 {
+            return Ok(0);
         }
         mem.check_user(buf, count)?;
         let mut done = 0;
@@ -628,10 +639,23 @@ impl GuestOs {
                     .read_user_obj::<Timespec>(timeout)
                     .map(Timespec::to_duration)
                 {
-                    Ok(Some(d)) => {
-                        // Relative for FUTEX_WAIT; for WAIT_BITSET an absolute time: sleep
-                        // until then at most.
-                        self.sleep(d.min(Duration::from_secs(3600)));
+                    Ok(Some(mut d)) => {
+                        // FUTEX_WAIT takes a relative timeout; FUTEX_WAIT_BITSET an
+                        // absolute time on CLOCK_MONOTONIC (CLOCK_REALTIME with the flag).
+                        if op & FUTEX_CMD_MASK == libc::FUTEX_WAIT_BITSET {
+                            let clock = if op & libc::FUTEX_CLOCK_REALTIME != 0 {
+                                libc::CLOCK_REALTIME
+                            } else {
+                                libc::CLOCK_MONOTONIC
+                            };
+                            let now = host_clock(clock)
+                                .ok()
+                                .and_then(Timespec::to_duration)
+                                .unwrap_or_default();
+                            d = d.saturating_sub(now);
+                        }
+                        // Nothing else can wake a single-threaded guest: the wait times out.
+                        self.sleep(d);
                         Err(Errno(libc::ETIMEDOUT))
                     }
                     Ok(None) => Err(Errno(libc::EINVAL)),

@@ -239,26 +239,39 @@ impl GuestMemory {
         Ok(())
     }
 
+    /// Which pages of guest memory are resident in host memory (`mincore`), one bool
+    /// per page; `None` if the kernel cannot tell. A page of anonymous memory that is
+    /// not resident has never been written (or was discarded) and reads as zero.
+    fn resident_pages(&self) -> Option<Vec<bool>> {
+        let pages = (self.size / PAGE_SIZE) as usize;
+        let mut vec = vec![0u8; pages];
+        // SAFETY: the range is this struct's own mapping and `vec` has one byte per page.
+        let rc = unsafe { libc::mincore(self.host.cast(), self.size as usize, vec.as_mut_ptr()) };
+        (rc == 0).then(|| vec.iter().map(|b| b & 1 != 0).collect())
+    }
+
     /// Writes all of guest memory to `file` as a sparse file: pages that are entirely
-    /// zero are left as holes. Returns the number of data bytes written.
+    /// zero are left as holes. Returns the number of data bytes written. For anonymous
+    /// memory only resident pages are read: the others are zero.
     pub fn dump_sparse(&self, file: &File) -> io::Result<u64> {
         use std::os::unix::fs::FileExt;
         file.set_len(self.size)?;
-        let chunk = 64 * PAGE_SIZE;
-        let mut buf = vec![0u8; chunk as usize];
+        let resident = match self.backing {
+            Backing::Anonymous => self.resident_pages(),
+            Backing::PrivateFile => None,
+        };
+        let mut page = vec![0u8; PAGE_SIZE as usize];
         let mut written = 0;
-        let mut at = 0;
-        while at < self.size {
-            let n = chunk.min(self.size - at);
-            self.read(at, &mut buf[..n as usize])
-                .map_err(io::Error::other)?;
-            for (i, page) in buf[..n as usize].chunks(PAGE_SIZE as usize).enumerate() {
-                if page.iter().any(|&b| b != 0) {
-                    file.write_all_at(page, at + i as u64 * PAGE_SIZE)?;
-                    written += PAGE_SIZE;
-                }
+        for index in 0..self.size / PAGE_SIZE {
+            if resident.as_ref().is_some_and(|r| !r[index as usize]) {
+                continue;
             }
-            at += n;
+            let at = index * PAGE_SIZE;
+            self.read(at, &mut page).map_err(io::Error::other)?;
+            if page.iter().any(|&b| b != 0) {
+                file.write_all_at(&page, at)?;
+                written += PAGE_SIZE;
+            }
         }
         Ok(written)
     }
@@ -290,6 +303,28 @@ mod tests {
             mem.read_obj::<u64>(0x40_1000).unwrap(),
             0x0707_0707_0707_0707
         );
+    }
+
+    #[test]
+    fn sparse_dump_keeps_data_and_leaves_zero_pages_as_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let mem = GuestMemory::anonymous(16 << 20).unwrap();
+        mem.write(0x20_0000, b"first").unwrap();
+        mem.write(0x90_0fff, b"xy").unwrap(); // spans two pages
+        mem.write(0xa0_0000, &[0u8; 4096]).unwrap(); // resident but zero
+        let path = std::env::temp_dir().join(format!("reap-dump-{}", std::process::id()));
+        let file = File::create(&path).unwrap();
+        assert_eq!(mem.dump_sparse(&file).unwrap(), 3 * 4096);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 16 << 20);
+        assert_eq!(&bytes[0x20_0000..0x20_0005], b"first");
+        assert_eq!(&bytes[0x90_0fff..0x90_1001], b"xy");
+        assert!(bytes[..0x20_0000].iter().all(|&b| b == 0));
+        assert!(
+            std::fs::metadata(&path).unwrap().blocks() * 512 <= 64 * 4096,
+            "sparse on disk"
+        );
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

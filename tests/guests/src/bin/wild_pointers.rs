@@ -30,5 +30,8 @@ fn main() {
     // SAFETY: read(2) into a null buffer fails with EFAULT.
     let ret = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, std::ptr::null_mut()) };
     println!("clock_gettime null: {}", errno_of(ret as isize));
+    // SAFETY: a zero-length write reads nothing, whatever the pointer.
+    let ret = unsafe { libc::write(1, std::ptr::null(), 0) };
+    println!("write empty null: {}", errno_of(ret));
     println!("still alive");
 }

@@ -31,6 +31,14 @@ pub const IDT_ADDR: u64 = 0x9000;
 pub const STUB_PAGE: u64 = 0xa000;
 pub const SYSCALL_STUB: u64 = STUB_PAGE;
 pub const EXCEPTION_STUBS: u64 = STUB_PAGE + 0x100;
+/// Bytes per exception stub: `mov al, VECTOR; out EXCEPTION_PORT, al; jmp $; nop; nop`.
+pub const EXCEPTION_STUB_SIZE: u64 = 8;
+
+/// Address of the stub of exception `vector`.
+pub const fn exception_stub(vector: u8) -> u64 {
+    EXCEPTION_STUBS + vector as u64 * EXCEPTION_STUB_SIZE
+}
+
 /// Exception stack (TSS.RSP0): two pages, top at `EXCEPTION_STACK_TOP`.
 pub const EXCEPTION_STACK: u64 = 0xb000;
 pub const EXCEPTION_STACK_TOP: u64 = 0xd000;

@@ -34,8 +34,6 @@ pub const TSS_SIZE: u64 = TSS_BASE_SIZE + IO_BITMAP.len() as u64;
 const _: () = assert!(SYSCALL_PORT == 0x10 && EXCEPTION_PORT == 0x11);
 /// Number of exception vectors with a gate.
 const VECTORS: u64 = 32;
-/// Bytes per exception stub: `mov al, VECTOR; out EXCEPTION_PORT, al; jmp $; nop; nop`.
-const EXCEPTION_STUB_SIZE: u64 = 8;
 
 /// The bytes of the system area other than the page tables, as (guest address, bytes).
 pub fn system_tables() -> Vec<(u64, Vec<u8>)> {
@@ -51,7 +49,7 @@ pub fn system_tables() -> Vec<(u64, Vec<u8>)> {
 
     let mut idt = Vec::with_capacity((VECTORS * 16) as usize);
     for vector in 0..VECTORS {
-        let (lo, hi) = interrupt_gate(EXCEPTION_STUBS + vector * EXCEPTION_STUB_SIZE);
+        let (lo, hi) = interrupt_gate(exception_stub(vector as u8));
         idt.extend(lo.to_le_bytes());
         idt.extend(hi.to_le_bytes());
     }
