@@ -467,3 +467,82 @@ fn cli_works_without_a_server_and_graceful_shutdown_cleans_up() {
     assert!(!server_file.exists());
     std::fs::remove_dir_all(&home).unwrap();
 }
+
+#[test]
+fn working_set_is_rerecorded_when_it_stops_fitting() {
+    use reap::orchestrator::store::FunctionStore;
+    use reap::orchestrator::{InvokeOptions, Orchestrator, PoolConfig};
+    let home = temp_dir("rerecord");
+    let (store, _) = FunctionStore::open(&home).unwrap();
+    let image = std::fs::read(guest("misbehave")).unwrap();
+    store
+        .deploy("table", &image, 128, Vec::new(), Duration::from_secs(60))
+        .unwrap();
+    let ws = store.get("table").unwrap().snapshot().ws();
+    let o = Orchestrator::new(store, PoolConfig::default());
+    let cold = InvokeOptions {
+        force_cold: true,
+        ..Default::default()
+    };
+    let small = br#"{"do":"read","mib":1}"#;
+    let large = br#"{"do":"read","mib":16}"#;
+
+    let first = o.invoke("table", small, cold).unwrap();
+    assert!(
+        first.cold_start.as_ref().unwrap().recording,
+        "the first cold start records"
+    );
+    assert!(ws.exists());
+    let fits = o.invoke("table", small, cold).unwrap();
+    let c = fits.cold_start.as_ref().unwrap();
+    assert!(!c.recording && c.prefetched_pages > 0);
+    assert!(
+        !fits.rerecord,
+        "{} lazy faults for a WS of {} pages",
+        fits.invocation.lazy_faults, c.prefetched_pages
+    );
+    assert!(ws.exists());
+
+    // A request that touches 16 times the pages: most are outside the working set.
+    let misfit = o.invoke("table", large, cold).unwrap();
+    assert_eq!(
+        String::from_utf8(misfit.response.clone()).unwrap(),
+        format!("{{\"sum\":{}}}", expected_sum(16))
+    );
+    assert!(
+        misfit.rerecord,
+        "{} lazy faults",
+        misfit.invocation.lazy_faults
+    );
+    assert!(!ws.exists(), "the WS file is dropped");
+    let again = o.invoke("table", large, cold).unwrap();
+    assert!(
+        again.cold_start.as_ref().unwrap().recording,
+        "the next cold start re-records"
+    );
+    assert!(ws.exists());
+    let after = o.invoke("table", large, cold).unwrap();
+    assert!(!after.rerecord);
+    assert!(
+        after.invocation.lazy_faults * 10 < misfit.invocation.lazy_faults,
+        "{} vs {}",
+        after.invocation.lazy_faults,
+        misfit.invocation.lazy_faults
+    );
+    let metrics = o.metrics.encode();
+    assert!(
+        metrics.contains(r#"reap_rerecords_total{function="table"} 1"#),
+        "{metrics}"
+    );
+    drop(o);
+    std::fs::remove_dir_all(&home).unwrap();
+}
+
+/// What the `misbehave` guest answers to `{"do":"read","mib":N}`.
+fn expected_sum(mib: usize) -> String {
+    let sum: u64 = (0..mib << 20)
+        .step_by(4096)
+        .map(|i| (i % 251) as u64 + 1)
+        .sum();
+    sum.to_string()
+}

@@ -3,6 +3,8 @@
 use std::io::{BufRead, Write};
 
 fn main() {
+    // State built during init, so the snapshot holds it: 16 MiB of non-zero data.
+    let table: Vec<u8> = (0..16usize << 20).map(|i| (i % 251) as u8 + 1).collect();
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     for line in stdin.lock().lines() {
@@ -24,6 +26,22 @@ fn main() {
             "exit" => std::process::exit(3),
             "two_lines" => write!(out, "{{\"a\":1}}\n{{\"b\":2}}\n").unwrap(),
             "silent" => continue,
+            "read" => {
+                // Sums the first `mib` MiB of the table: touches that many pages.
+                let mib = line
+                    .split("\"mib\":")
+                    .nth(1)
+                    .and_then(|s| s.trim_end_matches('}').parse::<usize>().ok());
+                let end = (mib.unwrap_or(1) << 20).min(table.len());
+                let sum: u64 = table[..end]
+                    .iter()
+                    .step_by(4096)
+                    .map(|&b| u64::from(b))
+                    .sum();
+                writeln!(out, "{{\"sum\":{sum}}}").unwrap();
+                out.flush().unwrap();
+                continue;
+            }
             "log" => eprintln!("log line for {line}"),
             _ => {}
         }
