@@ -7,8 +7,8 @@
 //!   above the MMIO gap), registered in MISSING mode, laid out one after the other in
 //!   the memory file;
 //! - it connects to the socket and sends the JSON region list with the userfaultfd as
-//!   `SCM_RIGHTS` in one `sendmsg`; Firecracker up to 1.11 then closes the socket,
-//!   later releases keep it open until they exit;
+//!   `SCM_RIGHTS` in one `sendmsg`; older releases then close the socket, the latest
+//!   keeps it open until it exits;
 //! - then its guest touches memory, and a balloon `MADV_DONTNEED`s some of it.
 //!
 //! The peer is a forked child of the test (so that it can exit, or be killed, on its
@@ -269,7 +269,7 @@ enum Shape {
     /// 1.7 on: `page_size_kib`, in bytes.
     V1_7,
     /// Later: `page_size`, and `page_size_kib` kept.
-    V1_12,
+    Latest,
 }
 
 /// What the peer sends as `SCM_RIGHTS`.
@@ -294,7 +294,7 @@ enum Step {
     TouchUndeclared,
     /// Tell the test and wait for it.
     Wait,
-    /// Close the socket (what Firecracker up to 1.11 does right after sending).
+    /// Close the socket (what older Firecracker releases do right after sending).
     CloseSocket,
     /// Block reading the socket until the server closes it.
     AwaitDisconnect,
@@ -408,7 +408,7 @@ impl PeerPlan {
             match shape {
                 Shape::V1_1 => {}
                 Shape::V1_7 => r["page_size_kib"] = PS.into(),
-                Shape::V1_12 => {
+                Shape::Latest => {
                     r["page_size"] = PS.into();
                     r["page_size_kib"] = PS.into();
                 }
@@ -869,7 +869,7 @@ fn lazy_serves_each_firecracker_message_shape_and_balloon_removals_read_as_zeros
     for (shape, closes, format) in [
         (Shape::V1_1, true, "no_page_size"),
         (Shape::V1_7, true, "page_size_kib"),
-        (Shape::V1_12, false, "page_size"),
+        (Shape::Latest, false, "page_size"),
     ] {
         let mut steps = Vec::new();
         if closes {
@@ -928,7 +928,7 @@ fn record_then_reap_prefetches_the_recorded_working_set() {
     let set: Vec<u64> = all_pages_scrambled().into_iter().take(40).collect();
 
     // First cold start: no WS yet, so it is recorded, and written when the peer exits.
-    let mut first = PeerPlan::new(&server, Shape::V1_12, vec![Step::Touch(set.clone())]).spawn();
+    let mut first = PeerPlan::new(&server, Shape::Latest, vec![Step::Touch(set.clone())]).spawn();
     first.assert_served(set.len() as u64);
     let s = server.session();
     assert_eq!(s["mode"], "record", "{s}");
@@ -983,7 +983,7 @@ fn reap_with_a_damaged_ws_serves_lazily_and_says_so() {
     let server = Server::start(&dir, &["--mode", "reap", "--ws", ws.to_str().unwrap()]);
     let mut peer = PeerPlan::new(
         &server,
-        Shape::V1_12,
+        Shape::Latest,
         vec![Step::Touch((0..PAGES).collect())],
     )
     .spawn();
@@ -1016,7 +1016,7 @@ fn record_writes_the_ws_on_sigusr1_on_socket_close_and_on_exit() {
     let (b, c) = rest.split_at(10);
     let mut peer = PeerPlan::new(
         &server,
-        Shape::V1_12,
+        Shape::Latest,
         vec![
             Step::Touch(a.to_vec()),
             Step::Wait,
@@ -1086,7 +1086,7 @@ fn record_writes_the_ws_once_the_guest_is_idle() {
     let order = all_pages_scrambled();
     let mut peer = PeerPlan::new(
         &server,
-        Shape::V1_12,
+        Shape::Latest,
         vec![
             Step::Touch(order[..7].to_vec()),
             Step::Wait,
@@ -1217,7 +1217,7 @@ fn bad_connections_are_refused_and_the_server_takes_the_next_one() {
     for (what, plan, killed, reason) in cases {
         let plan = plan(PeerPlan::new(
             &server,
-            Shape::V1_12,
+            Shape::Latest,
             vec![Step::AwaitDisconnect],
         ));
         let mut peer = plan.spawn();
@@ -1261,7 +1261,7 @@ fn bad_connections_are_refused_and_the_server_takes_the_next_one() {
     // The server still serves.
     let mut peer = PeerPlan::new(
         &server,
-        Shape::V1_12,
+        Shape::Latest,
         vec![Step::Touch((0..PAGES).collect())],
     )
     .spawn();
@@ -1278,7 +1278,7 @@ fn a_fault_the_server_cannot_serve_kills_the_peer() {
     let server = Server::start(&dir, &["--mode", "lazy"]);
     let mut peer = PeerPlan::new(
         &server,
-        Shape::V1_12,
+        Shape::Latest,
         vec![Step::Touch(vec![0, LOW]), Step::TouchUndeclared],
     )
     .spawn();
@@ -1307,12 +1307,12 @@ fn a_second_peer_while_one_is_served_is_refused() {
     let server = Server::start(&dir, &["--mode", "lazy"]);
     let mut first = PeerPlan::new(
         &server,
-        Shape::V1_12,
+        Shape::Latest,
         vec![Step::Touch(vec![0]), Step::Wait],
     )
     .spawn();
     first.wait_ready();
-    let mut second = PeerPlan::new(&server, Shape::V1_12, vec![Step::Touch(vec![1])]).spawn();
+    let mut second = PeerPlan::new(&server, Shape::Latest, vec![Step::Touch(vec![1])]).spawn();
     let r = server.refusal();
     assert_eq!(r["pid"], second.pid);
     assert!(
@@ -1332,7 +1332,7 @@ fn shutdown_kills_the_served_peer_and_once_exits_after_one_peer() {
     let server = Server::start(&dir, &["--mode", "lazy"]);
     let mut peer = PeerPlan::new(
         &server,
-        Shape::V1_12,
+        Shape::Latest,
         vec![Step::Touch(vec![0]), Step::Wait],
     )
     .spawn();
@@ -1345,7 +1345,7 @@ fn shutdown_kills_the_served_peer_and_once_exits_after_one_peer() {
     assert!(!socket.exists(), "the socket file is removed");
 
     let server = Server::start(&dir, &["--mode", "lazy", "--once"]);
-    let mut peer = PeerPlan::new(&server, Shape::V1_12, vec![Step::Touch(vec![5])]).spawn();
+    let mut peer = PeerPlan::new(&server, Shape::Latest, vec![Step::Touch(vec![5])]).spawn();
     peer.assert_served(1);
     let mut server = server;
     let status = wait_child(&mut server.child);
@@ -1408,7 +1408,7 @@ fn record_mode_without_ws_is_refused_at_start() {
 fn measure_lazy_faults_and_prefetch_install() {
     const MEM_PAGES: u64 = 16384;
     const SET: usize = 4096;
-    const ROUNDS: usize = 5;
+    const ROUNDS: usize = 7;
     let dir = TempDir::new("measure");
     let memory = dir.path("memory");
     memory_file(&memory, MEM_PAGES, 0);
@@ -1433,8 +1433,8 @@ fn measure_lazy_faults_and_prefetch_install() {
     let mut results = Vec::new();
     for cached in [false, true] {
         let (mut lazy_us, mut lazy_served_us) = (Vec::new(), Vec::new());
-        let (mut reap_total_us, mut install_us, mut fetch_us, mut after_us) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut reap_total_us, mut install_us, mut fetch_us) =
+            (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..ROUNDS {
             let ws = dir.path("ws");
             let _ = std::fs::remove_file(&ws);
@@ -1457,7 +1457,7 @@ fn measure_lazy_faults_and_prefetch_install() {
                 }
                 let plan = PeerPlan::sized(
                     &server,
-                    Shape::V1_12,
+                    Shape::Latest,
                     vec![Step::Touch(set.clone())],
                     MEM_PAGES / 2,
                     MEM_PAGES / 2,
@@ -1480,21 +1480,21 @@ fn measure_lazy_faults_and_prefetch_install() {
             lazy_served_us.push(u(&s["pager"]["fault_serve_ns"]) as f64 / 1e3 / SET as f64);
             run("record");
             assert!(ws.exists());
-            let (touch, total, s) = run("reap");
+            // The peer's first touch waits for the install, so its time from sending
+            // the message to having touched the whole set is the restore's cost.
+            let (_, total, s) = run("reap");
             let p = &s["pager"];
             assert_eq!(u(&p["prefetched_pages"]), SET as u64, "{s}");
             assert_eq!(u(&p["lazy_faults_file"]), 0, "{s}");
             reap_total_us.push(total / SET as f64);
             install_us.push(u(&p["install_ns"]) as f64 / 1e3 / SET as f64);
             fetch_us.push((u(&p["fetch_ns"]) + u(&p["verify_ns"])) as f64 / 1e3 / SET as f64);
-            after_us.push(touch / SET as f64);
         }
         let lazy = median(&mut lazy_us);
         let served = median(&mut lazy_served_us);
         let total = median(&mut reap_total_us);
         let install = median(&mut install_us);
         let fetch = median(&mut fetch_us);
-        let after = median(&mut after_us);
         results.push(serde_json::json!({
             "files": if cached { "cached" } else { "evicted" },
             "ws_pages": SET,
@@ -1503,10 +1503,11 @@ fn measure_lazy_faults_and_prefetch_install() {
             "lazy_faults_per_s": 1e6 / lazy,
             "lazy_served_us_per_fault": served,
             "reap_us_per_page_send_to_touched": total,
+            "lazy_over_reap": lazy / total,
             "fetch_verify_us_per_page": fetch,
             "install_us_per_page": install,
             "install_pages_per_s": 1e6 / install,
-            "touch_after_install_us_per_page": after,
+            "fetch_verify_install_pages_per_s": 1e6 / (fetch + install),
         }));
     }
     let rev = Command::new("git")
@@ -1519,6 +1520,10 @@ fn measure_lazy_faults_and_prefetch_install() {
         "{}",
         serde_json::to_string_pretty(&serde_json::json!({
             "revision": rev,
+            "unix_time": std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             "kernel": kernel.trim(),
             "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),

@@ -148,11 +148,11 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let signals = Signals::new().map_err(ServerError::Signals)?;
     let listener = listen(&config.socket)?;
     tracing::info!(
-        "listening on {} ({} mode, memory file {}, {} MiB)",
+        "listening on {} ({} mode, memory file {}, {})",
         config.socket.display(),
         config.mode.name(),
         config.memory.display(),
-        memory.len() >> 20
+        human_bytes(memory.len())
     );
     let mut server = Server {
         memory_len: memory.len(),
@@ -618,10 +618,10 @@ impl Server {
             );
         }
         tracing::info!(
-            "serving pid {}: {} region(s), {} MiB, {}-byte pages, message with {}; {}{}",
+            "serving pid {}: {} region(s), {}, {}-byte pages, message with {}; {}{}",
             peer.pid,
             hs.regions.len(),
-            hs.total_len() >> 20,
+            human_bytes(hs.total_len()),
             hs.page_size(),
             hs.format.describe(),
             match mode {
@@ -964,6 +964,15 @@ fn read_pending(p: &mut Pending) {
     }
 }
 
+/// `n` bytes in KiB, MiB or GiB, for logs.
+fn human_bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n => format!("{:.1} KiB", n as f64 / 1024.0),
+    }
+}
+
 fn is_transient_accept_error(errno: i32) -> bool {
     matches!(
         errno,
@@ -986,6 +995,13 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_are_logged_in_readable_units() {
+        assert_eq!(human_bytes(320 << 10), "320.0 KiB");
+        assert_eq!(human_bytes(256 << 20), "256.0 MiB");
+        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
+    }
 
     #[test]
     fn refusals_read_well_with_their_causes() {
