@@ -85,6 +85,30 @@ pub fn round_sig(x: f64, digits: u32) -> f64 {
     }
 }
 
+/// Prepares the process for crates that use rayon (candle) in reap's guest, which has
+/// one vCPU and no `clone`: candle's matrix products see one thread and run without
+/// parallelism, and rayon's global pool is this thread alone, so parallel iterators
+/// run inline and no thread is ever spawned. Freed memory stays in glibc's heap rather
+/// than going back to the kernel (glibc otherwise maps and unmaps every large tensor,
+/// or trims the heap after each request), so each request reuses the pages of the
+/// previous one instead of faulting fresh ones in. Call it first thing in `main`.
+#[cfg(feature = "rayon")]
+pub fn single_threaded_runtime() {
+    // SAFETY: called first thing in `main`, before any other thread exists, so nothing
+    // reads the environment concurrently.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .use_current_thread()
+        .build_global()
+        .expect("rayon's global pool is built once, first thing in main");
+    // SAFETY: mallopt only changes glibc allocator parameters; no allocation is in flight.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -159,29 +159,8 @@ fn answer(model: &SentimentModel, request: &Value) -> Result<Value, String> {
     }))
 }
 
-/// Prepares the process for candle in reap's guest, which has one vCPU and no `clone`:
-/// candle's matrix products see one thread and run without parallelism, and rayon's
-/// global pool is this thread alone, so parallel iterators run inline and no thread is
-/// ever spawned. Freed tensors stay in the heap rather than going back to the kernel, so
-/// training steps reuse the same pages instead of faulting fresh ones in.
-fn init_runtime() {
-    // SAFETY: called first thing in `main`, before any other thread exists, so nothing
-    // reads the environment concurrently.
-    unsafe { std::env::set_var("RAYON_NUM_THREADS", "1") };
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(1)
-        .use_current_thread()
-        .build_global()
-        .expect("rayon's global pool is built once, first thing in main");
-    // SAFETY: mallopt only changes glibc allocator parameters; no allocation is in flight.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
-    }
-}
-
 fn main() {
-    init_runtime();
+    reap_function::single_threaded_runtime();
     let model = SentimentModel::train().expect("training the sentiment model");
     serve(|request| answer(&model, request));
 }
