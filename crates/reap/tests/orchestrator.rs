@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{guest, temp_dir};
+use reap::orchestrator::client;
 
 struct Server {
     child: Child,
@@ -76,18 +77,16 @@ impl Drop for Server {
     }
 }
 
+/// A reply, with its body as text.
 struct Reply {
     status: u16,
-    headers: Vec<(String, String)>,
     body: String,
+    inner: client::Reply,
 }
 
 impl Reply {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.inner.header(name)
     }
 
     fn json(&self) -> serde_json::Value {
@@ -100,35 +99,12 @@ impl Reply {
 }
 
 fn request(method: &str, url: &str, body: &[u8]) -> Reply {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(120)))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let response = match method {
-        "GET" => agent.get(url).call(),
-        "DELETE" => agent.delete(url).call(),
-        "PUT" => agent.put(url).send(body),
-        _ => agent
-            .post(url)
-            .header("content-type", "application/json")
-            .send(body),
-    };
-    let mut response = response.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                v.to_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
+    let inner = client::request(method, url, body, Duration::from_secs(120))
+        .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     Reply {
-        status: response.status().as_u16(),
-        headers,
-        body: response.body_mut().read_to_string().unwrap_or_default(),
+        status: inner.status,
+        body: String::from_utf8_lossy(&inner.body).into_owned(),
+        inner,
     }
 }
 

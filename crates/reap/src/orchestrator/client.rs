@@ -54,7 +54,24 @@ pub fn running_server(store: &FunctionStore) -> Option<ServerInfo> {
     (reply.status() == 200).then_some(info)
 }
 
-fn into_reply(mut response: ureq::http::Response<ureq::Body>) -> Result<Reply, ureq::Error> {
+/// One HTTP request (`GET`, `PUT`, `POST` or `DELETE`; a body is sent with `PUT` and
+/// `POST`) with a time limit; any status is a reply.
+pub fn request(
+    method: &str,
+    url: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Reply, ureq::Error> {
+    let agent = agent(timeout);
+    let mut response = match method {
+        "GET" => agent.get(url).call()?,
+        "DELETE" => agent.delete(url).call()?,
+        "PUT" => agent.put(url).send(body)?,
+        _ => agent
+            .post(url)
+            .header("content-type", "application/json")
+            .send(body)?,
+    };
     let status = response.status().as_u16();
     let headers = response
         .headers()
@@ -93,19 +110,11 @@ pub fn invoke(
     if let Some(m) = memory {
         url.push_str(&format!("&memory={m}"));
     }
-    into_reply(
-        agent(Duration::from_secs(600))
-            .post(url)
-            .header("content-type", "application/json")
-            .send(data)?,
-    )
+    request("POST", &url, data, Duration::from_secs(600))
 }
 
 /// `DELETE /functions/{name}`.
 pub fn remove(server: &ServerInfo, name: &str) -> Result<Reply, ureq::Error> {
-    into_reply(
-        agent(Duration::from_secs(60))
-            .delete(format!("http://{}/functions/{name}", server.listen))
-            .call()?,
-    )
+    let url = format!("http://{}/functions/{name}", server.listen);
+    request("DELETE", &url, b"", Duration::from_secs(60))
 }
