@@ -65,12 +65,15 @@ impl Peer {
                 &mut len,
             )
         };
+        let unsupported =
+            rc < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOPROTOOPT);
         let pidfd = if rc == 0 && pidfd >= 0 {
             // SAFETY: a fresh descriptor that nothing else owns.
             Some(unsafe { OwnedFd::from_raw_fd(pidfd) })
-        } else if cred.pid > 0 {
-            // Kernels before 6.5: open one now. The peer has connected and not been
-            // reaped while its socket is open to us, unless it passed the socket on.
+        } else if unsupported && cred.pid > 0 {
+            // Kernels before 6.5: open one by pid. (Any other failure, e.g. the peer
+            // already gone, gives no pidfd rather than one that might name a process
+            // that reused the pid.)
             // SAFETY: pidfd_open takes a pid and flags by value and returns a fd or -1.
             let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, cred.pid, 0) };
             // SAFETY: a fresh descriptor that nothing else owns.

@@ -392,6 +392,8 @@ impl Server {
                 // descriptors for the moment: not the listener's fault.
                 Err(e) if e.raw_os_error().is_some_and(is_transient_accept_error) => {
                     tracing::warn!("accept: {e}");
+                    // Out of descriptors or memory: do not spin on the listener.
+                    std::thread::sleep(Duration::from_millis(10));
                     return Ok(());
                 }
                 Err(e) => return Err(ServerError::Poll(e)),
