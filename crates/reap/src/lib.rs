@@ -8,8 +8,10 @@
 //! - [`instance`]: a function instance: boot to ready, restore in a memory mode, invoke.
 //! - [`orchestrator`]: the function store, the instance pool and the HTTP API.
 //! - [`snapshot`]: snapshots on disk (state file, sparse memory file).
+//! - [`bench`]: `reap bench`, cold starts per memory mode against warm, with plots.
 
 pub mod arch;
+pub mod bench;
 pub mod guest_os;
 pub mod instance;
 pub mod loader;

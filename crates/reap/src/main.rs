@@ -145,6 +145,9 @@ enum Command {
         #[arg(long, default_value_t = 60.0)]
         timeout: f64,
     },
+    /// Measure cold starts per memory mode against warm (the paper's benchmark): table
+    /// on stdout; JSON, CSV and plots in the output directory.
+    Bench(reap::bench::BenchArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -236,6 +239,7 @@ fn main() -> ExitCode {
             };
             cli::functions::serve(listen, config)
         })()),
+        Command::Bench(args) => report(reap::bench::main(args).map_err(Into::into)),
     }
 }
 

@@ -1,0 +1,497 @@
+//! The measurements: deploy a function, record its working set, cold-start it in each
+//! memory mode (interleaved, page cache evicted before each), invoke it warm, and
+//! cold-start many instances at once (the concurrency sweep).
+
+use std::path::{Path, PathBuf};
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::BenchError;
+use super::progress::Progress;
+use crate::instance::{Instance, InstanceError, MemoryMode};
+use crate::microvm::MicroVmConfig;
+use crate::snapshot::SnapshotDir;
+
+/// The modes a cold start is measured in, in the order of the first round.
+pub const MODES: [MemoryMode; 3] = [MemoryMode::File, MemoryMode::Lazy, MemoryMode::Reap];
+
+/// A function to measure.
+#[derive(Debug, Clone)]
+pub struct FunctionSpec {
+    pub name: String,
+    pub binary: PathBuf,
+    /// The request every invocation sends (one line).
+    pub request: String,
+}
+
+/// What a function run needs besides the function.
+#[derive(Debug, Clone)]
+pub struct RunParams {
+    pub mem_mib: u64,
+    /// Measured cold starts per mode, and measured warm invocations.
+    pub iterations: usize,
+    /// Unmeasured rounds before the measured ones.
+    pub warmup: usize,
+    /// Limit on the function's init and on each invocation.
+    pub limit: Duration,
+}
+
+/// One cold start: restore plus the first invocation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ColdSample {
+    pub mode: MemoryMode,
+    /// Wall time from the start of the restore until the invocation returned its
+    /// response: restore + fetch + install + invoke.
+    pub latency_us: u64,
+    pub restore_us: u64,
+    pub fetch_us: u64,
+    pub install_us: u64,
+    pub invoke_us: u64,
+    /// Faults the page server served during the invocation (lazy and reap modes).
+    pub lazy_faults: u64,
+    pub lazy_faults_zero: u64,
+    pub prefetched_pages: u64,
+    /// Page faults the host kernel counted on the vCPU thread during restore and
+    /// invocation (guest memory faults included; in file mode, the kernel's own
+    /// faults on the mapped memory file).
+    pub host_minor_faults: u64,
+    pub host_major_faults: u64,
+}
+
+/// One warm invocation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WarmSample {
+    /// Wall time around the invocation.
+    pub latency_us: u64,
+    /// The instance's own measure: until the response line was written.
+    pub invoke_us: u64,
+}
+
+/// The working set recorded by the first cold start.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WsInfo {
+    /// Pages in the working set.
+    pub pages: u64,
+    /// Pages whose contents the WS file holds (the rest are zero pages).
+    pub data_pages: u64,
+    pub zero_pages: u64,
+    /// Bytes of the WS file: what a prefetching cold start reads.
+    pub file_bytes: u64,
+    /// The working set's size in guest memory: pages × 4 KiB, in MiB.
+    pub mib: f64,
+    /// The working set's share of guest memory, %.
+    pub pct_guest_memory: f64,
+}
+
+/// Everything measured for one function.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FunctionRun {
+    pub name: String,
+    pub request: String,
+    pub guest_memory_bytes: u64,
+    /// Bytes of the snapshot's memory file that hold data (not holes).
+    pub snapshot_data_bytes: u64,
+    /// Boot until the ready point.
+    pub boot_ms: f64,
+    pub snapshot_ms: f64,
+    pub ws: WsInfo,
+    /// The cold start that recorded the working set.
+    pub recording: ColdSample,
+    /// Measured cold starts, in the order they ran.
+    pub cold: Vec<ColdSample>,
+    pub warm: Vec<WarmSample>,
+}
+
+/// One level of the concurrency sweep: `concurrency` cold starts at once, repeated.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepBatch {
+    pub concurrency: usize,
+    pub repetition: usize,
+    pub mode: MemoryMode,
+    pub samples: Vec<ColdSample>,
+}
+
+/// Boots `spec` and snapshots it into `dir`; returns the booted (warm) instance and
+/// the boot and snapshot times.
+fn deploy(
+    spec: &FunctionSpec,
+    dir: &SnapshotDir,
+    params: &RunParams,
+) -> Result<(Instance, Duration, Duration, u64, u64), BenchError> {
+    let image = std::fs::read(&spec.binary).map_err(|source| BenchError::Io {
+        path: spec.binary.clone(),
+        what: "cannot read the function binary",
+        source,
+    })?;
+    let config = MicroVmConfig {
+        mem_mib: params.mem_mib,
+        args: vec![spec.name.clone()],
+        env: Vec::new(),
+    };
+    let started = Instant::now();
+    let mut instance = Instance::boot(
+        &image,
+        &config,
+        Box::new(std::io::sink()),
+        Some(params.limit),
+    )
+    .map_err(function_err(&spec.name, "did not reach its ready point"))?;
+    let booted = started.elapsed();
+    let state = instance
+        .snapshot(dir)
+        .map_err(function_err(&spec.name, "cannot snapshot"))?;
+    let snapshotted = started.elapsed() - booted;
+    Ok((
+        instance,
+        booted,
+        snapshotted,
+        state.memory_len,
+        state.memory_data_bytes,
+    ))
+}
+
+fn function_err<'a>(
+    function: &'a str,
+    what: &'static str,
+) -> impl FnOnce(InstanceError) -> BenchError + 'a {
+    move |source| BenchError::Function {
+        function: function.to_owned(),
+        what,
+        source,
+    }
+}
+
+/// Page faults counted for the calling thread: (minor, major).
+fn thread_faults() -> (u64, u64) {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes one `rusage` into the buffer, which is large enough and
+    // writable; RUSAGE_THREAD names the calling thread.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_THREAD, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return (0, 0);
+    }
+    // SAFETY: zero-initialized, then filled by the successful call; all fields are
+    // plain integers.
+    let usage = unsafe { usage.assume_init() };
+    (usage.ru_minflt as u64, usage.ru_majflt as u64)
+}
+
+/// One cold start from `dir` in `mode`: restore, then the first invocation with
+/// `request`. The caller evicts the page cache first. Returns the figures, the
+/// response and the instance, which the caller drops once the clock has stopped.
+pub fn cold_start(
+    dir: &SnapshotDir,
+    mode: MemoryMode,
+    request: &[u8],
+    limit: Duration,
+) -> Result<(ColdSample, Vec<u8>, Instance), InstanceError> {
+    let (minor0, major0) = thread_faults();
+    let started = Instant::now();
+    let mut instance = Instance::restore(dir, mode, Box::new(std::io::sink()))?;
+    let (response, invocation) = instance.invoke(request, Some(limit))?;
+    let latency = started.elapsed();
+    let (minor1, major1) = thread_faults();
+    let (restore_us, fetch_us, install_us, prefetched_pages) = instance
+        .cold_start()
+        .map(|c| (c.restore_us, c.fetch_us, c.install_us, c.prefetched_pages))
+        .unwrap_or_default();
+    let sample = ColdSample {
+        mode,
+        latency_us: latency.as_micros() as u64,
+        restore_us,
+        fetch_us,
+        install_us,
+        invoke_us: invocation.invoke_us,
+        lazy_faults: invocation.lazy_faults,
+        lazy_faults_zero: invocation.lazy_faults_zero,
+        prefetched_pages,
+        host_minor_faults: minor1.saturating_sub(minor0),
+        host_major_faults: major1.saturating_sub(major0),
+    };
+    Ok((sample, response, instance))
+}
+
+fn evict(dir: &SnapshotDir) -> Result<(), BenchError> {
+    dir.evict_from_page_cache()
+        .map_err(|source| BenchError::Snapshot {
+            what: "cannot evict the snapshot from the page cache",
+            source,
+        })
+}
+
+/// The order of the modes in round `round`: each round starts with the next mode, so
+/// that no mode always runs first (right after the previous function's work) or
+/// always right after the same other mode.
+pub fn round_order(round: usize) -> [MemoryMode; 3] {
+    let mut order = MODES;
+    order.rotate_left(round % MODES.len());
+    order
+}
+
+/// Measures one function: deploy into `snapshot_dir`, warm invocations on the booted
+/// instance, the recording cold start, then `warmup + iterations` rounds of one cold
+/// start per mode.
+pub fn function(
+    spec: &FunctionSpec,
+    snapshot_dir: &Path,
+    params: &RunParams,
+    progress: &Progress,
+) -> Result<FunctionRun, BenchError> {
+    let name = spec.name.as_str();
+    let request = spec.request.as_bytes();
+    let dir = SnapshotDir::new(snapshot_dir);
+
+    progress.set_message(format!("{name}: deploy"));
+    let (mut warm_instance, booted, snapshotted, memory_len, data_bytes) =
+        deploy(spec, &dir, params)?;
+    progress.inc();
+
+    // Warm: the booted instance, one unmeasured invocation first.
+    progress.set_message(format!("{name}: warm"));
+    let mut warm = Vec::with_capacity(params.iterations);
+    for i in 0..=params.iterations {
+        let started = Instant::now();
+        let (_, inv) = warm_instance
+            .invoke(request, Some(params.limit))
+            .map_err(function_err(name, "warm invocation failed"))?;
+        let latency = started.elapsed();
+        if i > 0 {
+            warm.push(WarmSample {
+                latency_us: latency.as_micros() as u64,
+                invoke_us: inv.invoke_us,
+            });
+        }
+        progress.inc();
+    }
+    drop(warm_instance);
+
+    // The recording cold start (reap mode, no WS file yet).
+    progress.set_message(format!("{name}: recording cold start"));
+    evict(&dir)?;
+    let (recording, expected, _) = cold_start(&dir, MemoryMode::Reap, request, params.limit)
+        .map_err(function_err(name, "recording cold start failed"))?;
+    let ws = ws_info(&dir, memory_len)?;
+    progress.inc();
+
+    let rounds = params.warmup + params.iterations;
+    let mut cold = Vec::with_capacity(params.iterations * MODES.len());
+    for round in 0..rounds {
+        for mode in round_order(round) {
+            progress.set_message(format!(
+                "{name}: {} cold start {}/{}{}",
+                mode.name(),
+                round + 1,
+                rounds,
+                if round < params.warmup {
+                    " (warm-up)"
+                } else {
+                    ""
+                }
+            ));
+            evict(&dir)?;
+            let (sample, response, instance) = cold_start(&dir, mode, request, params.limit)
+                .map_err(function_err(name, "cold start failed"))?;
+            drop(instance);
+            if response != expected {
+                return Err(BenchError::WrongAnswer {
+                    function: name.to_owned(),
+                    mode: mode.name(),
+                    expected: String::from_utf8_lossy(&expected).trim_end().to_owned(),
+                    got: String::from_utf8_lossy(&response).trim_end().to_owned(),
+                });
+            }
+            if round >= params.warmup {
+                cold.push(sample);
+            }
+            progress.inc();
+        }
+    }
+
+    Ok(FunctionRun {
+        name: name.to_owned(),
+        request: spec.request.clone(),
+        guest_memory_bytes: memory_len,
+        snapshot_data_bytes: data_bytes,
+        boot_ms: booted.as_secs_f64() * 1e3,
+        snapshot_ms: snapshotted.as_secs_f64() * 1e3,
+        ws,
+        recording,
+        cold,
+        warm,
+    })
+}
+
+/// Progress steps of [`function`].
+pub fn function_steps(params: &RunParams) -> u64 {
+    let rounds = (params.warmup + params.iterations) as u64;
+    1 + (params.iterations as u64 + 1) + 1 + rounds * MODES.len() as u64
+}
+
+fn ws_info(dir: &SnapshotDir, memory_len: u64) -> Result<WsInfo, BenchError> {
+    let path = dir.ws();
+    let memory =
+        reap_pager::memfile::MemoryFile::open(dir.memory()).map_err(|e| BenchError::Io {
+            path: dir.memory(),
+            what: "cannot open the memory file",
+            source: std::io::Error::other(e),
+        })?;
+    let ws = reap_pager::ws::WorkingSet::load(&path, &memory, reap_pager::region::PAGE_4K)
+        .map_err(|e| BenchError::Io {
+            path: path.clone(),
+            what: "the recording cold start left no usable working-set file",
+            source: std::io::Error::other(e),
+        })?;
+    let header = ws.header();
+    let pages = header.page_count;
+    let bytes = pages * reap_pager::region::PAGE_4K;
+    Ok(WsInfo {
+        pages,
+        data_pages: header.data_pages,
+        zero_pages: pages - header.data_pages.min(pages),
+        file_bytes: header.file_len,
+        mib: bytes as f64 / (1u64 << 20) as f64,
+        pct_guest_memory: if memory_len == 0 {
+            0.0
+        } else {
+            bytes as f64 * 100.0 / memory_len as f64
+        },
+    })
+}
+
+/// The concurrency sweep: deploys `spec` into `snapshot_dir`, records its working set,
+/// then for each level `k`, `repetitions` times and for file and reap mode (alternating
+/// which goes first), evicts the page cache and cold-starts `k` instances at once, one
+/// per thread, released together. Each thread keeps its instance until all have
+/// answered, so that no teardown overlaps a measured cold start.
+pub fn sweep(
+    spec: &FunctionSpec,
+    snapshot_dir: &Path,
+    levels: &[usize],
+    repetitions: usize,
+    params: &RunParams,
+    progress: &Progress,
+) -> Result<(Vec<SweepBatch>, Vec<WarmSample>), BenchError> {
+    let name = spec.name.as_str();
+    let request = spec.request.as_bytes();
+    let dir = SnapshotDir::new(snapshot_dir);
+    progress.set_message(format!("sweep {name}: deploy"));
+    let (mut warm_instance, ..) = deploy(spec, &dir, params)?;
+    let mut warm = Vec::new();
+    for i in 0..=repetitions {
+        let started = Instant::now();
+        let (_, inv) = warm_instance
+            .invoke(request, Some(params.limit))
+            .map_err(function_err(name, "warm invocation failed"))?;
+        if i > 0 {
+            warm.push(WarmSample {
+                latency_us: started.elapsed().as_micros() as u64,
+                invoke_us: inv.invoke_us,
+            });
+        }
+    }
+    drop(warm_instance);
+    evict(&dir)?;
+    let (_, expected, _) = cold_start(&dir, MemoryMode::Reap, request, params.limit)
+        .map_err(function_err(name, "recording cold start failed"))?;
+    progress.inc();
+
+    let mut batches = Vec::new();
+    for &k in levels {
+        for repetition in 0..repetitions {
+            let order = if repetition % 2 == 0 {
+                [MemoryMode::File, MemoryMode::Reap]
+            } else {
+                [MemoryMode::Reap, MemoryMode::File]
+            };
+            for mode in order {
+                progress.set_message(format!(
+                    "sweep {name}: {k} concurrent, {} {}/{}",
+                    mode.name(),
+                    repetition + 1,
+                    repetitions
+                ));
+                evict(&dir)?;
+                let samples = concurrent_cold_starts(&dir, mode, request, k, params.limit)
+                    .map_err(function_err(name, "concurrent cold start failed"))?;
+                for (_, response) in &samples {
+                    if *response != expected {
+                        return Err(BenchError::WrongAnswer {
+                            function: name.to_owned(),
+                            mode: mode.name(),
+                            expected: String::from_utf8_lossy(&expected).trim_end().to_owned(),
+                            got: String::from_utf8_lossy(response).trim_end().to_owned(),
+                        });
+                    }
+                }
+                batches.push(SweepBatch {
+                    concurrency: k,
+                    repetition,
+                    mode,
+                    samples: samples.into_iter().map(|(s, _)| s).collect(),
+                });
+                progress.inc();
+            }
+        }
+    }
+    Ok((batches, warm))
+}
+
+/// Progress steps of [`sweep`].
+pub fn sweep_steps(levels: &[usize], repetitions: usize) -> u64 {
+    1 + (levels.len() * repetitions * 2) as u64
+}
+
+fn concurrent_cold_starts(
+    dir: &SnapshotDir,
+    mode: MemoryMode,
+    request: &[u8],
+    k: usize,
+    limit: Duration,
+) -> Result<Vec<(ColdSample, Vec<u8>)>, InstanceError> {
+    let start = Barrier::new(k);
+    let done = Barrier::new(k);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..k)
+            .map(|_| {
+                s.spawn(|| {
+                    start.wait();
+                    let result = cold_start(dir, mode, request, limit);
+                    // Every thread reaches this barrier, failed or not.
+                    done.wait();
+                    result.map(|(sample, response, instance)| {
+                        drop(instance);
+                        (sample, response)
+                    })
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| match h.join() {
+                Ok(r) => r,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_round_runs_each_mode_once_and_the_first_mode_rotates() {
+        let firsts: Vec<_> = (0..3).map(|r| round_order(r)[0]).collect();
+        assert_eq!(firsts, MODES);
+        for r in 0..6 {
+            let mut order = round_order(r).to_vec();
+            order.sort_by_key(|m| m.name());
+            let mut all = MODES.to_vec();
+            all.sort_by_key(|m| m.name());
+            assert_eq!(order, all);
+        }
+        assert_eq!(round_order(0), MODES);
+    }
+}
