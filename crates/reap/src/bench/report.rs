@@ -140,6 +140,8 @@ pub struct ModeSummary {
     pub invoke_ms: f64,
     pub lazy_faults: f64,
     pub lazy_faults_zero: f64,
+    #[serde(default)]
+    pub restore_lazy_faults: f64,
     pub prefetched_pages: f64,
     pub host_minor_faults: f64,
     pub host_major_faults: f64,
@@ -161,6 +163,7 @@ impl ModeSummary {
             invoke_ms: ms(|s| s.invoke_us),
             lazy_faults: med(|s| s.lazy_faults),
             lazy_faults_zero: med(|s| s.lazy_faults_zero),
+            restore_lazy_faults: med(|s| s.restore_lazy_faults),
             prefetched_pages: med(|s| s.prefetched_pages),
             host_minor_faults: med(|s| s.host_minor_faults),
             host_major_faults: med(|s| s.host_major_faults),
@@ -715,7 +718,7 @@ impl Report {
     }
 }
 
-const SAMPLE_COLUMNS: [&str; 15] = [
+const SAMPLE_COLUMNS: [&str; 16] = [
     "function",
     "mode",
     "iteration",
@@ -725,6 +728,7 @@ const SAMPLE_COLUMNS: [&str; 15] = [
     "fetch_us",
     "install_us",
     "invoke_us",
+    "restore_lazy_faults",
     "lazy_faults",
     "lazy_faults_zero",
     "prefetched_pages",
@@ -750,6 +754,7 @@ fn sample_row(
         s.fetch_us.to_string(),
         s.install_us.to_string(),
         s.invoke_us.to_string(),
+        s.restore_lazy_faults.to_string(),
         s.lazy_faults.to_string(),
         s.lazy_faults_zero.to_string(),
         s.prefetched_pages.to_string(),
@@ -767,7 +772,7 @@ fn warm_row(function: &str, iteration: usize, s: &WarmSample) -> Vec<String> {
     row[3] = "1".into();
     row[4] = s.latency_us.to_string();
     row[8] = s.invoke_us.to_string();
-    row[14] = "true".into();
+    row[15] = "true".into();
     row
 }
 
@@ -927,6 +932,7 @@ mod tests {
             fetch_us: if mode == MemoryMode::Reap { 100 } else { 0 },
             install_us: if mode == MemoryMode::Reap { 50 } else { 0 },
             invoke_us: latency_us / 2,
+            restore_lazy_faults: 0,
             lazy_faults,
             lazy_faults_zero: 0,
             prefetched_pages: if mode == MemoryMode::Reap { 40 } else { 0 },

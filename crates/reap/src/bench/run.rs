@@ -49,6 +49,10 @@ pub struct ColdSample {
     pub fetch_us: u64,
     pub install_us: u64,
     pub invoke_us: u64,
+    /// Faults the page server served during the restore, before the guest ran (the
+    /// host kernel touching guest memory while the VM is set up).
+    #[serde(default)]
+    pub restore_lazy_faults: u64,
     /// Faults the page server served during the invocation (lazy and reap modes).
     pub lazy_faults: u64,
     pub lazy_faults_zero: u64,
@@ -190,6 +194,9 @@ pub fn cold_start(
     let (minor0, major0) = thread_faults();
     let started = Instant::now();
     let mut instance = Instance::restore(dir, mode, Box::new(std::io::sink()))?;
+    let restore_lazy_faults = instance
+        .pager_stats()
+        .map_or(0, |s| s.lazy_faults_file + s.lazy_faults_zero);
     let (response, invocation) = instance.invoke(request, Some(limit))?;
     let latency = started.elapsed();
     let (minor1, major1) = thread_faults();
@@ -204,6 +211,7 @@ pub fn cold_start(
         fetch_us,
         install_us,
         invoke_us: invocation.invoke_us,
+        restore_lazy_faults,
         lazy_faults: invocation.lazy_faults,
         lazy_faults_zero: invocation.lazy_faults_zero,
         prefetched_pages,
