@@ -170,7 +170,7 @@ pub struct Orchestrator {
 
 /// What an invocation got from the pool.
 enum Lease {
-    Warm(Instance),
+    Warm(Box<Instance>),
     /// A slot for a new instance.
     Cold,
 }
@@ -206,7 +206,7 @@ impl Orchestrator {
         let started = Instant::now();
         let lease = self.acquire(name, &deployed.manifest.version, options.force_cold)?;
         let (mut instance, start) = match lease {
-            Lease::Warm(instance) => (instance, Start::Warm),
+            Lease::Warm(instance) => (*instance, Start::Warm),
             Lease::Cold => match Instance::restore(
                 &deployed.snapshot(),
                 options.memory,
@@ -335,7 +335,7 @@ impl Orchestrator {
             }
             if !force_cold && let Some(idle) = pool.idle.pop() {
                 self.set_instances_gauge(name, pool.live);
-                return Ok(Lease::Warm(idle.instance));
+                return Ok(Lease::Warm(Box::new(idle.instance)));
             }
             if pool.live < self.config.max_instances {
                 pool.live += 1;
