@@ -9,9 +9,11 @@
 //! - [`orchestrator`]: the function store, the instance pool and the HTTP API.
 //! - [`snapshot`]: snapshots on disk (state file, sparse memory file).
 //! - [`bench`]: `reap bench`, cold starts per memory mode against warm, with plots.
+//! - [`firecracker`]: `reap uffd-server`, the page server for Firecracker microVMs.
 
 pub mod arch;
 pub mod bench;
+pub mod firecracker;
 pub mod guest_os;
 pub mod instance;
 pub mod loader;
