@@ -26,6 +26,8 @@
 //! (repetitions, default 15), `MICROVM_BENCH_JSON` (where the results go, default
 //! `target/bench/microvm.json`).
 
+mod common;
+
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -39,6 +41,8 @@ use reap::vstate::memory::GuestMemory;
 use reap::vstate::vcpu::Vcpu;
 use reap::vstate::vm::Vm;
 use serde_json::{Value, json};
+
+use common::{Stats, fmt, git, host, iso8601, read_trimmed, results_path, write_json};
 
 /// Guest memory of every microVM here (the default).
 const MEM_MIB: u64 = 256;
@@ -98,45 +102,6 @@ impl Results {
     }
 }
 
-struct Stats {
-    median: f64,
-    min: f64,
-    max: f64,
-    p10: f64,
-    p90: f64,
-}
-
-impl Stats {
-    fn of(samples: &[f64]) -> Stats {
-        let mut v = samples.to_vec();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n == 0 {
-            return Stats {
-                median: f64::NAN,
-                min: f64::NAN,
-                max: f64::NAN,
-                p10: f64::NAN,
-                p90: f64::NAN,
-            };
-        }
-        let median = if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        };
-        // Nearest rank.
-        let rank = |p: f64| v[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
-        Stats {
-            median,
-            min: v[0],
-            max: v[n - 1],
-            p10: rank(0.1),
-            p90: rank(0.9),
-        }
-    }
-}
-
 /// A sink that keeps what the guest writes.
 #[derive(Clone, Default)]
 struct Capture(Arc<Mutex<Vec<u8>>>);
@@ -159,32 +124,6 @@ impl Capture {
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
     }
-}
-
-/// The directory with the workspace's release binaries: the bench executable is
-/// `<target>/release/deps/microvm-<hash>`.
-fn bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("bench executable path");
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile dir")
-        .to_path_buf();
-    let release = profile_dir.parent().map(|t| t.join("release"));
-    for dir in std::iter::once(profile_dir).chain(release) {
-        if ["helloworld", "syscall_loop", "touch_pages"]
-            .iter()
-            .all(|b| dir.join(b).exists())
-        {
-            return dir;
-        }
-    }
-    eprintln!(
-        "microvm bench: guest programs not found next to {}",
-        exe.display()
-    );
-    eprintln!("run `cargo build --release --workspace` first");
-    std::process::exit(2);
 }
 
 fn config(name: &str, args: &[&str]) -> MicroVmConfig {
@@ -504,7 +443,7 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(15)
         .max(1);
-    let dir = bin_dir();
+    let dir = common::bin_dir("microvm", &["helloworld", "syscall_loop", "touch_pages"]);
     let read =
         |name: &str| std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
     let hello = read("helloworld");
@@ -607,105 +546,7 @@ fn main() {
         "metrics": entries,
         "ratios": ratios,
     });
-    let path = std::env::var_os("MICROVM_BENCH_JSON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            dir.parent()
-                .unwrap_or(Path::new("target"))
-                .join("bench")
-                .join("microvm.json")
-        });
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
-    }
-    let text = serde_json::to_string_pretty(&report).expect("serialize results");
-    std::fs::write(&path, text + "\n").unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    let path = results_path("MICROVM_BENCH_JSON", &dir, "microvm.json");
+    write_json(&path, &report);
     println!("results: {}", path.display());
-}
-
-/// Three significant digits or so.
-fn fmt(v: f64) -> String {
-    if !v.is_finite() {
-        return "-".into();
-    }
-    let a = v.abs();
-    if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
-fn read_trimmed(path: &str) -> String {
-    std::fs::read_to_string(path)
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
-}
-
-fn git(args: &[&str]) -> String {
-    Command::new("git")
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
-}
-
-fn host() -> Value {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu_model = cpuinfo
-        .lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split(':').nth(1))
-        .map(str::trim)
-        .unwrap_or("unknown");
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_kib: u64 = meminfo
-        .lines()
-        .find(|l| l.starts_with("MemTotal:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    let kvm_modules: Vec<&str> = ["kvm", "kvm_pvm", "kvm_intel", "kvm_amd"]
-        .into_iter()
-        .filter(|m| Path::new("/sys/module").join(m).exists())
-        .collect();
-    json!({
-        "hostname": read_trimmed("/proc/sys/kernel/hostname"),
-        "cpu_model": cpu_model,
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        "mem_mib": mem_kib / 1024,
-        "kvm_modules": kvm_modules,
-        "transparent_hugepage": read_trimmed("/sys/kernel/mm/transparent_hugepage/enabled"),
-    })
-}
-
-/// `secs` since the Unix epoch as an ISO 8601 UTC date and time.
-fn iso8601(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }

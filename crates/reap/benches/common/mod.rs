@@ -1,0 +1,193 @@
+//! Helpers shared by the benchmarks: where the guest programs are, summary statistics,
+//! number formatting, and the machine and revision a result was measured on.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde_json::{Value, json};
+
+/// The directory with the workspace's release binaries, holding every program of
+/// `required`: a bench executable is `<target>/<profile>/deps/<bench>-<hash>`, the
+/// programs are in `<target>/<profile>` or `<target>/release`. Exits with a hint when
+/// they are missing.
+pub fn bin_dir(bench: &str, required: &[&str]) -> PathBuf {
+    let exe = std::env::current_exe().expect("bench executable path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile dir")
+        .to_path_buf();
+    let release = profile_dir.parent().map(|t| t.join("release"));
+    for dir in std::iter::once(profile_dir).chain(release) {
+        if required.iter().all(|b| dir.join(b).exists()) {
+            return dir;
+        }
+    }
+    eprintln!(
+        "{bench} bench: guest programs not found next to {}",
+        exe.display()
+    );
+    eprintln!("run `cargo build --release --workspace` first");
+    std::process::exit(2);
+}
+
+/// Median, extremes and nearest-rank percentiles of a sample.
+pub struct Stats {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub p10: f64,
+    pub p90: f64,
+}
+
+impl Stats {
+    pub fn of(samples: &[f64]) -> Stats {
+        let mut v = samples.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n == 0 {
+            return Stats {
+                median: f64::NAN,
+                min: f64::NAN,
+                max: f64::NAN,
+                p10: f64::NAN,
+                p90: f64::NAN,
+            };
+        }
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        // Nearest rank.
+        let rank = |p: f64| v[((p * n as f64).ceil() as usize).clamp(1, n) - 1];
+        Stats {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            p10: rank(0.1),
+            p90: rank(0.9),
+        }
+    }
+
+    /// The summary with the samples themselves, for the JSON results.
+    pub fn json_with(&self, samples: &[f64]) -> Value {
+        json!({
+            "median": self.median, "min": self.min, "max": self.max,
+            "p10": self.p10, "p90": self.p90, "samples": samples,
+        })
+    }
+}
+
+/// Three significant digits or so.
+pub fn fmt(v: f64) -> String {
+    if !v.is_finite() {
+        return "-".into();
+    }
+    let a = v.abs();
+    if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+pub fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `git ARGS` in this crate's directory, trimmed; "unknown" when git fails.
+pub fn git(args: &[&str]) -> String {
+    Command::new("git")
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// The machine: host name, CPU, memory, KVM modules, transparent huge pages.
+pub fn host() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu_model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(str::trim)
+        .unwrap_or("unknown");
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    let kvm_modules: Vec<&str> = ["kvm", "kvm_pvm", "kvm_intel", "kvm_amd"]
+        .into_iter()
+        .filter(|m| Path::new("/sys/module").join(m).exists())
+        .collect();
+    json!({
+        "hostname": read_trimmed("/proc/sys/kernel/hostname"),
+        "cpu_model": cpu_model,
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "mem_mib": mem_kib / 1024,
+        "kvm_modules": kvm_modules,
+        "transparent_hugepage": read_trimmed("/sys/kernel/mm/transparent_hugepage/enabled"),
+    })
+}
+
+/// `secs` since the Unix epoch as an ISO 8601 UTC date and time.
+pub fn iso8601(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Where a bench writes its JSON: `$env_var` if set, else `<target>/bench/<file>` next
+/// to the programs' directory `bin_dir`.
+pub fn results_path(env_var: &str, bin_dir: &Path, file: &str) -> PathBuf {
+    std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            bin_dir
+                .parent()
+                .unwrap_or(Path::new("target"))
+                .join("bench")
+                .join(file)
+        })
+}
+
+/// Writes `report` as pretty JSON to `path`, creating its directory.
+pub fn write_json(path: &Path, report: &Value) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+    }
+    let text = serde_json::to_string_pretty(report).expect("serialize results");
+    std::fs::write(path, text + "\n").unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+}
