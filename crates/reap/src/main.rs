@@ -18,6 +18,8 @@ use reap::snapshot::SnapshotDir;
 const EXIT_TIMEOUT: u8 = 124;
 /// Exit status when the guest crashed or could not go on.
 const EXIT_GUEST_FAILED: u8 = 125;
+/// Exit status for a bad command line (as clap's own usage errors).
+const EXIT_USAGE: u8 = 2;
 /// Exit status when the program could not be loaded (as a shell's "cannot execute").
 const EXIT_BAD_PROGRAM: u8 = 126;
 
@@ -148,6 +150,9 @@ enum Command {
     /// Measure cold starts per memory mode against warm (the paper's benchmark): table
     /// on stdout; JSON, CSV and plots in the output directory.
     Bench(reap::bench::BenchArgs),
+    /// Serve the memory of a Firecracker microVM restored with a Uffd memory backend:
+    /// lazily, recording its working set, or prefetching it (REAP).
+    UffdServer(reap::firecracker::UffdServerArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -240,6 +245,7 @@ fn main() -> ExitCode {
             cli::functions::serve(listen, config)
         })()),
         Command::Bench(args) => report(reap::bench::main(args).map_err(Into::into)),
+        Command::UffdServer(args) => report(reap::firecracker::main(args).map_err(Into::into)),
     }
 }
 
@@ -384,7 +390,7 @@ fn run(
         Ok(limit) => limit,
         Err(_) => {
             return fail(
-                EXIT_BAD_PROGRAM.into(),
+                EXIT_USAGE.into(),
                 anyhow::anyhow!("--timeout must be a positive number of seconds"),
             );
         }
