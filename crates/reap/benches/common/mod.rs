@@ -80,20 +80,12 @@ impl Stats {
     }
 }
 
-/// Three significant digits or so.
+/// Three significant digits or so; `-` for a missing value.
 pub fn fmt(v: f64) -> String {
-    if !v.is_finite() {
-        return "-".into();
-    }
-    let a = v.abs();
-    if a >= 100.0 {
-        format!("{v:.0}")
-    } else if a >= 10.0 {
-        format!("{v:.1}")
-    } else if a >= 1.0 {
-        format!("{v:.2}")
+    if v.is_finite() {
+        reap::bench::report::ms(v)
     } else {
-        format!("{v:.3}")
+        "-".into()
     }
 }
 
@@ -147,26 +139,7 @@ pub fn host() -> Value {
 }
 
 /// `secs` since the Unix epoch as an ISO 8601 UTC date and time.
-pub fn iso8601(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
+pub use reap::bench::report::iso8601_utc as iso8601;
 
 /// Where a bench writes its JSON: `$env_var` if set, else `<target>/bench/<file>` next
 /// to the programs' directory `bin_dir`.

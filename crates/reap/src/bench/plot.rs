@@ -132,18 +132,6 @@ fn axis_ms(v: f64) -> String {
     }
 }
 
-fn bar_label(v: f64) -> String {
-    if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 10.0 {
-        format!("{v:.1}")
-    } else if v >= 1.0 {
-        format!("{v:.2}")
-    } else {
-        format!("{v:.3}")
-    }
-}
-
 fn draw_bars<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     groups: &[BarGroup],
@@ -249,7 +237,7 @@ fn draw_bars<DB: DrawingBackend>(
         chart
             .draw_series(groups.iter().enumerate().map(|(i, g)| {
                 Text::new(
-                    bar_label(value(g)),
+                    super::report::ms(value(g)),
                     (i as f64 + offset, value(g).max(y_min) * 1.06),
                     label_style.clone(),
                 )
@@ -366,7 +354,11 @@ fn draw_sweep<DB: DrawingBackend>(
             .map_err(e)?;
         chart
             .draw_series(xy.iter().map(|&(x, y)| {
-                Text::new(bar_label(y), (x, y + y_max * 0.015), label_style.clone())
+                Text::new(
+                    super::report::ms(y),
+                    (x, y + y_max * 0.015),
+                    label_style.clone(),
+                )
             }))
             .map_err(e)?;
     }
