@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use reap_pager::{MemoryFile, Mode, PageServer, StopReason};
+use reap_pager::{Mode, StopReason};
 
 fn pager_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
@@ -26,13 +26,7 @@ fn stop_and_drop_end_the_fault_thread_and_close_the_uffd() {
     let fds_before = open_fds();
 
     let (uffd, m, regions) = registered(16);
-    let server = PageServer::start(
-        uffd,
-        regions,
-        MemoryFile::open(mem.path()).unwrap(),
-        Mode::Lazy,
-    )
-    .unwrap();
+    let server = start(uffd, regions, &mem, Mode::Lazy);
     assert_eq!(pager_threads(), 1);
     touch(&m, &[0]);
     let s = server.stop();
@@ -47,13 +41,7 @@ fn stop_and_drop_end_the_fault_thread_and_close_the_uffd() {
     drop(m);
 
     let (uffd, _m, regions) = registered(16);
-    let server = PageServer::start(
-        uffd,
-        regions,
-        MemoryFile::open(mem.path()).unwrap(),
-        Mode::Record,
-    )
-    .unwrap();
+    let server = start(uffd, regions, &mem, Mode::Record);
     assert_eq!(pager_threads(), 1);
     drop(server);
     assert_eq!(pager_threads(), 0);

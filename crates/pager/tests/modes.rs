@@ -22,13 +22,7 @@ fn count_holes(pages: &[u64]) -> u64 {
 fn lazy_serves_every_page_from_the_memory_file_in_any_order() {
     let mem = memory_file("lazy", PAGES, is_hole);
     let (uffd, m, regions) = registered(PAGES);
-    let server = PageServer::start(
-        uffd,
-        regions,
-        MemoryFile::open(mem.path()).unwrap(),
-        Mode::Lazy,
-    )
-    .unwrap();
+    let server = start(uffd, regions, &mem, Mode::Lazy);
     let mut order: Vec<u64> = (0..PAGES).collect();
     Rng(1).shuffle(&mut order);
     let got = touch(&m, &order);
@@ -71,13 +65,7 @@ fn record_writes_a_ws_whose_order_matches_the_touches() {
     let mem = memory_file("record", PAGES, is_hole);
     let ws_path = TempPath::new("record.ws");
     let (uffd, m, regions) = registered(PAGES);
-    let server = PageServer::start(
-        uffd,
-        regions,
-        MemoryFile::open(mem.path()).unwrap(),
-        Mode::Record,
-    )
-    .unwrap();
+    let server = start(uffd, regions, &mem, Mode::Record);
     // Includes holes, and page 5 twice (recorded once).
     let order = [5, 200, 3, 101, 4, 250, 7, 5, 0, 120, 64];
     touch(&m, &order);
@@ -106,13 +94,7 @@ fn recorded_ws_holds_the_snapshot_contents_not_the_guests_later_writes() {
     let mem = memory_file("record-writes", PAGES, is_hole);
     let ws_path = TempPath::new("record-writes.ws");
     let (uffd, m, regions) = registered(PAGES);
-    let server = PageServer::start(
-        uffd,
-        regions,
-        MemoryFile::open(mem.path()).unwrap(),
-        Mode::Record,
-    )
-    .unwrap();
+    let server = start(uffd, regions, &mem, Mode::Record);
     let order = [10, 11, 12, 50];
     touch(&m, &order);
     // The guest scribbles over the pages it touched.
@@ -134,13 +116,7 @@ fn recorded_ws_holds_the_snapshot_contents_not_the_guests_later_writes() {
 fn record(mem: &TempPath, order: &[u64]) -> TempPath {
     let ws_path = TempPath::new("ws");
     let (uffd, m, regions) = registered(PAGES);
-    let server = PageServer::start(
-        uffd,
-        regions,
-        MemoryFile::open(mem.path()).unwrap(),
-        Mode::Record,
-    )
-    .unwrap();
+    let server = start(uffd, regions, mem, Mode::Record);
     touch(&m, order);
     server.write_ws(ws_path.path()).unwrap();
     server.stop();
@@ -152,10 +128,7 @@ fn prefetch(mem: &TempPath, ws: &TempPath) -> (PageServer, Mapping) {
     let mode = Mode::Prefetch {
         ws: ws.path().to_path_buf(),
     };
-    (
-        PageServer::start(uffd, regions, MemoryFile::open(mem.path()).unwrap(), mode).unwrap(),
-        m,
-    )
+    (start(uffd, regions, mem, mode), m)
 }
 
 fn scattered(seed: u64, n: usize) -> Vec<u64> {
@@ -245,13 +218,7 @@ fn regions_map_file_offsets_that_are_not_in_address_order() {
             page_size: PS,
         },
     ];
-    let server = PageServer::start(
-        uffd,
-        regions,
-        MemoryFile::open(mem.path()).unwrap(),
-        Mode::Record,
-    )
-    .unwrap();
+    let server = start(uffd, regions, &mem, Mode::Record);
     let got_a = touch(&a, &[0, 13, 63]);
     let got_b = touch(&b, &[63, 0, 3]);
     assert_pages_match_file(mem.path(), &[64, 77, 127], &got_a);
@@ -268,13 +235,7 @@ fn faults_taken_by_the_kernel_are_served() {
     // write fail with EFAULT instead.
     let mem = memory_file("kernel", PAGES, is_hole);
     let (uffd, m, regions) = registered(PAGES);
-    let server = PageServer::start(
-        uffd,
-        regions,
-        MemoryFile::open(mem.path()).unwrap(),
-        Mode::Lazy,
-    )
-    .unwrap();
+    let server = start(uffd, regions, &mem, Mode::Lazy);
     let out = TempPath::new("kernel-out");
     let f = std::fs::File::create(out.path()).unwrap();
     // SAFETY: the source is 2 pages of the live mapping; the kernel faults them in.
@@ -296,13 +257,7 @@ fn faults_taken_by_the_kernel_are_served() {
 fn many_threads_faulting_the_same_pages_all_see_the_file_contents() {
     let mem = memory_file("threads", PAGES, is_hole);
     let (uffd, m, regions) = registered(PAGES);
-    let server = PageServer::start(
-        uffd,
-        regions,
-        MemoryFile::open(mem.path()).unwrap(),
-        Mode::Lazy,
-    )
-    .unwrap();
+    let server = start(uffd, regions, &mem, Mode::Lazy);
     let order: Vec<u64> = (0..PAGES).collect();
     let base = m.addr;
     let threads: Vec<_> = (0..4)
@@ -330,13 +285,7 @@ fn many_threads_faulting_the_same_pages_all_see_the_file_contents() {
 fn stats_serialize_to_json() {
     let mem = memory_file("json", 16, |_| false);
     let (uffd, m, regions) = registered(16);
-    let server = PageServer::start(
-        uffd,
-        regions,
-        MemoryFile::open(mem.path()).unwrap(),
-        Mode::Lazy,
-    )
-    .unwrap();
+    let server = start(uffd, regions, &mem, Mode::Lazy);
     touch(&m, &[1, 2]);
     let s = server.stop();
     let v: serde_json::Value = serde_json::to_value(&s).unwrap();
@@ -349,13 +298,7 @@ fn stats_serialize_to_json() {
 fn write_ws_outside_record_mode_is_an_error() {
     let mem = memory_file("notrec", 16, |_| false);
     let (uffd, _m, regions) = registered(16);
-    let server = PageServer::start(
-        uffd,
-        regions,
-        MemoryFile::open(mem.path()).unwrap(),
-        Mode::Lazy,
-    )
-    .unwrap();
+    let server = start(uffd, regions, &mem, Mode::Lazy);
     let ws = TempPath::new("notrec.ws");
     assert!(matches!(
         server.write_ws(ws.path()),

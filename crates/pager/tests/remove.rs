@@ -26,13 +26,7 @@ fn dontneed(m: &Mapping, first: u64, pages: u64) {
 fn dontneed_on_served_pages_reads_back_as_zeros() {
     let mem = memory_file("dontneed", PAGES, |_| false);
     let (uffd, m, regions) = registered(PAGES);
-    let server = PageServer::start(
-        uffd,
-        regions,
-        MemoryFile::open(mem.path()).unwrap(),
-        Mode::Lazy,
-    )
-    .unwrap();
+    let server = start(uffd, regions, &mem, Mode::Lazy);
     let all: Vec<u64> = (0..16).collect();
     let got = touch(&m, &all);
     assert_pages_match_file(mem.path(), &all, &got);
@@ -58,13 +52,7 @@ fn dontneed_on_served_pages_reads_back_as_zeros() {
 fn dontneed_on_never_served_pages_reads_back_as_zeros() {
     let mem = memory_file("dontneed-untouched", PAGES, |_| false);
     let (uffd, m, regions) = registered(PAGES);
-    let server = PageServer::start(
-        uffd,
-        regions,
-        MemoryFile::open(mem.path()).unwrap(),
-        Mode::Record,
-    )
-    .unwrap();
+    let server = start(uffd, regions, &mem, Mode::Record);
     dontneed(&m, 32, 16);
     let order: Vec<u64> = (30..50).collect();
     let got = touch(&m, &order);

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use reap_pager::{PAGE_4K, Region, Uffd};
+use reap_pager::{MemoryFile, Mode, PAGE_4K, PageServer, Region, Uffd};
 
 pub const PS: u64 = PAGE_4K;
 
@@ -169,4 +169,10 @@ impl Rng {
             v.swap(i, j);
         }
     }
+}
+
+/// Starts a page server in `mode` over `uffd` and `regions`, serving the memory file
+/// at `mem`.
+pub fn start(uffd: Uffd, regions: Vec<Region>, mem: &TempPath, mode: Mode) -> PageServer {
+    PageServer::start(uffd, regions, MemoryFile::open(mem.path()).unwrap(), mode).unwrap()
 }
