@@ -53,7 +53,7 @@ use reap::microvm::MicroVmConfig;
 use reap::snapshot::SnapshotDir;
 use serde_json::{Value, json};
 
-use common::{Stats, fmt, git, host, iso8601, read_trimmed, results_path, write_json};
+use common::{Stats, fmt, read_trimmed, report_head, results_path, write_json};
 
 /// Untimed invocations of each measured request before the timed rounds.
 const WARMUP: usize = 2;
@@ -512,25 +512,24 @@ fn main() {
         .iter()
         .map(|f| (f.name.clone(), function_json(f)))
         .collect();
-    let report = json!({
-        "bench": "functions",
-        "git_rev": git(&["rev-parse", "HEAD"]),
-        "git_describe": git(&["describe", "--always", "--dirty"]),
-        "date": iso8601(started_secs),
-        "unix_time": started_secs,
-        "wall_seconds": wall.as_secs_f64(),
-        "host": host(),
-        "kernel": read_trimmed("/proc/sys/kernel/osrelease"),
-        "kernel_version": read_trimmed("/proc/sys/kernel/version"),
-        "loadavg_before": load_before,
-        "loadavg_after": load_after,
+    let mut report = report_head(
+        "functions",
+        started_secs,
+        wall.as_secs_f64(),
+        &load_before,
+        &load_after,
+    );
+    if let Value::Object(own) = json!({
         "config": {
             "reps": reps, "warmup": WARMUP, "measured_requests": MEASURED_REQUESTS,
             "mem_mib": MicroVmConfig::default().mem_mib, "binaries": dir.display().to_string(),
         },
         "functions": functions,
         "table_markdown": table(&results),
-    });
+    }) {
+        report.extend(own);
+    }
+    let report = Value::Object(report);
     let path = results_path("FUNCTIONS_BENCH_JSON", &dir, "functions.json");
     write_json(&path, &report);
     println!("results: {}", path.display());

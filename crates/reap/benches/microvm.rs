@@ -42,7 +42,7 @@ use reap::vstate::vcpu::Vcpu;
 use reap::vstate::vm::Vm;
 use serde_json::{Value, json};
 
-use common::{Stats, fmt, git, host, iso8601, read_trimmed, results_path, write_json};
+use common::{Stats, fmt, read_trimmed, report_head, results_path, write_json};
 
 /// Guest memory of every microVM here (the default).
 const MEM_MIB: u64 = 256;
@@ -525,19 +525,15 @@ fn main() {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let report = json!({
-        "bench": "microvm",
-        "git_rev": git(&["rev-parse", "HEAD"]),
-        "git_describe": git(&["describe", "--always", "--dirty"]),
-        "date": iso8601(started_secs),
-        "unix_time": started_secs,
-        "wall_seconds": wall.as_secs_f64(),
-        "host": host(),
-        "kernel": read_trimmed("/proc/sys/kernel/osrelease"),
-        "kernel_version": read_trimmed("/proc/sys/kernel/version"),
+    let mut report = report_head(
+        "microvm",
+        started_secs,
+        wall.as_secs_f64(),
+        &load_before,
+        &load_after,
+    );
+    if let Value::Object(own) = json!({
         "kvm_sync_regs": sync_regs,
-        "loadavg_before": load_before,
-        "loadavg_after": load_after,
         "config": {
             "reps": reps, "warmup_reps": WARMUP_REPS, "boot_rounds_per_rep": BOOT_ROUNDS,
             "mem_mib": MEM_MIB, "syscall_calls": SYSCALL_CALLS, "touch_mib": TOUCH_MIB,
@@ -545,7 +541,10 @@ fn main() {
         },
         "metrics": entries,
         "ratios": ratios,
-    });
+    }) {
+        report.extend(own);
+    }
+    let report = Value::Object(report);
     let path = results_path("MICROVM_BENCH_JSON", &dir, "microvm.json");
     write_json(&path, &report);
     println!("results: {}", path.display());

@@ -164,3 +164,32 @@ pub fn write_json(path: &Path, report: &Value) {
     let text = serde_json::to_string_pretty(report).expect("serialize results");
     std::fs::write(path, text + "\n").unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
+
+/// The head of a bench's JSON results: which bench, revision, dates, host, kernel and
+/// load, for a run that started at `started` (Unix seconds) and took `wall_seconds`.
+/// The bench adds its own keys to the map.
+pub fn report_head(
+    bench: &str,
+    started_secs: u64,
+    wall_seconds: f64,
+    load_before: &str,
+    load_after: &str,
+) -> serde_json::Map<String, Value> {
+    let head = json!({
+        "bench": bench,
+        "git_rev": git(&["rev-parse", "HEAD"]),
+        "git_describe": git(&["describe", "--always", "--dirty"]),
+        "date": iso8601(started_secs),
+        "unix_time": started_secs,
+        "wall_seconds": wall_seconds,
+        "host": host(),
+        "kernel": read_trimmed("/proc/sys/kernel/osrelease"),
+        "kernel_version": read_trimmed("/proc/sys/kernel/version"),
+        "loadavg_before": load_before,
+        "loadavg_after": load_after,
+    });
+    match head {
+        Value::Object(map) => map,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
