@@ -269,15 +269,8 @@ fn snapshot(
     env: Vec<String>,
 ) -> anyhow::Result<()> {
     let limit = seconds(timeout, "--timeout")?;
-    if let Some(bad) = env.iter().find(|e| !e.contains('=')) {
-        anyhow::bail!("--env {bad:?} is not KEY=VALUE");
-    }
-    let image =
-        std::fs::read(&binary).with_context(|| format!("cannot read {}", binary.display()))?;
-    let name = binary
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    check_env(&env)?;
+    let (image, name) = read_program(&binary)?;
     let config = MicroVmConfig {
         mem_mib: mem,
         args: vec![name],
@@ -395,21 +388,13 @@ fn run(
             );
         }
     };
-    if let Some(bad) = env.iter().find(|e| !e.contains('=')) {
-        return fail(
-            ExitCode::FAILURE,
-            anyhow::anyhow!("--env {bad:?} is not KEY=VALUE"),
-        );
+    if let Err(e) = check_env(&env) {
+        return fail(ExitCode::FAILURE, e);
     }
-    let image =
-        match std::fs::read(&binary).with_context(|| format!("cannot read {}", binary.display())) {
-            Ok(image) => image,
-            Err(e) => return fail(EXIT_BAD_PROGRAM.into(), e),
-        };
-    let name = binary
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let (image, name) = match read_program(&binary) {
+        Ok(program) => program,
+        Err(e) => return fail(EXIT_BAD_PROGRAM.into(), e),
+    };
     let config = MicroVmConfig {
         mem_mib: mem,
         args: std::iter::once(name).chain(args).collect(),
@@ -459,6 +444,25 @@ fn run(
             Err(e) => return fail(ExitCode::FAILURE, e.into()),
         }
     }
+}
+
+/// Refuses an environment entry that is not `KEY=VALUE`.
+fn check_env(env: &[String]) -> anyhow::Result<()> {
+    match env.iter().find(|e| !e.contains('=')) {
+        Some(bad) => anyhow::bail!("--env {bad:?} is not KEY=VALUE"),
+        None => Ok(()),
+    }
+}
+
+/// Reads a program's file; returns its bytes and its file name (the guest's argv[0]).
+fn read_program(binary: &std::path::Path) -> anyhow::Result<(Vec<u8>, String)> {
+    let image =
+        std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    let name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((image, name))
 }
 
 fn fail(code: ExitCode, error: anyhow::Error) -> ExitCode {

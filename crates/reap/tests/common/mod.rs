@@ -74,18 +74,8 @@ pub fn stderr(out: &Output) -> String {
 }
 
 /// The functions of the suite (directories under `functions/`).
-pub const FUNCTIONS: [&str; 10] = [
-    "helloworld",
-    "chameleon",
-    "pyaes",
-    "image_rotate",
-    "json_serdes",
-    "lr_serving",
-    "cnn_serving",
-    "rnn_serving",
-    "lr_training",
-    "video_processing",
-];
+#[allow(unused_imports)] // not every test file lists the functions
+pub use reap::bench::SUITE as FUNCTIONS;
 
 /// The sample requests of a function (`functions/NAME/requests.jsonl`), one per line.
 pub fn requests(function: &str) -> Vec<String> {
