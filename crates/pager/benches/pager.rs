@@ -19,73 +19,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use reap_pager::memfile::fadvise_dontneed;
-use reap_pager::{MemoryFile, Mode, PAGE_4K, PageServer, PagerStats, Region, Uffd};
+use reap_pager::{MemoryFile, Mode, PageServer, PagerStats};
 
-const PS: u64 = PAGE_4K;
+// The integration tests' helpers: `Mapping`, `registered`, `Rng`, `PS`.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{Mapping, PS, Rng, registered};
+
 const MEM_PAGES: u64 = 65_536; // 256 MiB
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn shuffle<T>(&mut self, v: &mut [T]) {
-        for i in (1..v.len()).rev() {
-            v.swap(i, (self.next() % (i as u64 + 1)) as usize);
-        }
-    }
-}
-
-struct Mapping {
-    addr: u64,
-    len: u64,
-}
-
-impl Mapping {
-    fn new(len: u64) -> Mapping {
-        // SAFETY: a fresh anonymous mapping that nothing else refers to.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        Mapping {
-            addr: p as u64,
-            len,
-        }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: unmaps the mapping created in `new`.
-        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len as usize) };
-    }
-}
-
-fn registered() -> (Uffd, Mapping, Vec<Region>) {
-    let uffd = Uffd::new().expect("userfaultfd (run as root)");
-    let m = Mapping::new(MEM_PAGES * PS);
-    uffd.register(m.addr, m.len).expect("register");
-    let r = Region {
-        host_addr: m.addr,
-        len: m.len,
-        file_offset: 0,
-        page_size: PS,
-    };
-    (uffd, m, vec![r])
-}
 
 /// Touches one word of each page in `order` from another thread; returns the time and
 /// a checksum of what was read.
@@ -129,7 +71,7 @@ struct Sample {
 }
 
 fn run_lazy(mem: &Path, order: &[u64], cold: bool, sum: u64) -> Sample {
-    let (uffd, m, regions) = registered();
+    let (uffd, m, regions) = registered(MEM_PAGES);
     let memory = MemoryFile::open(mem).unwrap();
     if cold {
         evict(mem);
@@ -145,7 +87,7 @@ fn run_lazy(mem: &Path, order: &[u64], cold: bool, sum: u64) -> Sample {
 }
 
 fn run_prefetch(mem: &Path, ws: &Path, order: &[u64], cold: bool, sum: u64) -> (Sample, Duration) {
-    let (uffd, m, regions) = registered();
+    let (uffd, m, regions) = registered(MEM_PAGES);
     let memory = MemoryFile::open(mem).unwrap();
     for p in [mem, ws] {
         if cold {
@@ -239,7 +181,7 @@ fn main() {
             .collect();
         let ws = dir.join(format!("reap-pager-bench-{tag}-{mib}-{run}.ws"));
         // Record the set through the library, as a first cold start would.
-        let (uffd, m, regions) = registered();
+        let (uffd, m, regions) = registered(MEM_PAGES);
         let server =
             PageServer::start(uffd, regions, MemoryFile::open(&mem).unwrap(), Mode::Record)
                 .unwrap();
