@@ -272,7 +272,6 @@ impl PageServer {
             install_zeros: None,
         };
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
-        let prefetching = matches!(mode, Mode::Prefetch { .. });
         let thread = std::thread::Builder::new()
             .name("reap-pager".into())
             .spawn(move || fault_loop.run(mode, ready_tx))
@@ -286,11 +285,6 @@ impl PageServer {
             recording: false,
         };
         server.recording = server.shared.mode == "record";
-        if !prefetching {
-            // Nothing to prepare: faults taken before the thread first runs wait in the
-            // userfaultfd's queue, so the caller need not wait for a time slice of it.
-            return Ok(server);
-        }
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(server),
             Ok(Err(reason)) => {
