@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use reap::instance::{Instance, MemoryMode};
-use reap::microvm::{DEFAULT_MEM_MIB, GuestFault, MicroVm, MicroVmConfig, RunExit, VmError};
-use reap::snapshot::SnapshotDir;
+use reap_vmm::instance::{Instance, MemoryMode};
+use reap_vmm::microvm::{DEFAULT_MEM_MIB, GuestFault, MicroVm, MicroVmConfig, RunExit, VmError};
+use reap_vmm::snapshot::SnapshotDir;
 
 /// Exit status when the guest ran past its time limit (as timeout(1)).
 const EXIT_TIMEOUT: u8 = 124;
@@ -149,10 +149,10 @@ enum Command {
     },
     /// Measure cold starts per memory mode against warm (the paper's benchmark): table
     /// on stdout; JSON, CSV and plots in the output directory.
-    Bench(reap::bench::BenchArgs),
+    Bench(reap_bench::BenchArgs),
     /// Serve the memory of a Firecracker microVM restored with a Uffd memory backend:
     /// lazily, recording its working set, or prefetching it (REAP).
-    UffdServer(reap::firecracker::UffdServerArgs),
+    UffdServer(reap_uffd_server::UffdServerArgs),
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -236,7 +236,7 @@ fn main() -> ExitCode {
             max_instances,
             timeout,
         } => report((|| {
-            let config = reap::orchestrator::PoolConfig {
+            let config = reap_orchestrator::PoolConfig {
                 keep_alive: seconds(keep_alive, "--keep-alive")?,
                 max_instances: max_instances.max(1),
                 invoke_timeout: seconds(timeout, "--timeout")?,
@@ -244,8 +244,8 @@ fn main() -> ExitCode {
             };
             cli::functions::serve(listen, config)
         })()),
-        Command::Bench(args) => report(reap::bench::main(args).map_err(Into::into)),
-        Command::UffdServer(args) => report(reap::firecracker::main(args).map_err(Into::into)),
+        Command::Bench(args) => report(reap_bench::main(args).map_err(Into::into)),
+        Command::UffdServer(args) => report(reap_uffd_server::main(args).map_err(Into::into)),
     }
 }
 

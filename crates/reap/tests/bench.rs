@@ -2,7 +2,7 @@
 //! and positive figures, the CSV files and the plots. No timing is asserted. Needs
 //! /dev/kvm, userfaultfd and the workspace's release binaries.
 
-mod common;
+use reap_test_support as common;
 
 use common::{bin_dir, reap, stderr, stdout, temp_dir};
 use serde_json::Value;

@@ -130,7 +130,7 @@ impl Server {
     }
 
     fn start_on(socket: &Path, memory: &Path, args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_reap"))
+        let mut child = Command::new(reap_test_support::reap_binary())
             .arg("uffd-server")
             .arg("--socket")
             .arg(socket)
@@ -1358,7 +1358,7 @@ fn a_stale_socket_is_replaced_and_a_live_server_is_not_displaced() {
     let socket = dir.path("uffd.sock");
     drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
     let server = Server::start(&dir, &["--mode", "lazy"]);
-    let out = Command::new(env!("CARGO_BIN_EXE_reap"))
+    let out = Command::new(reap_test_support::reap_binary())
         .arg("uffd-server")
         .arg("--socket")
         .arg(&socket)
@@ -1385,7 +1385,7 @@ fn a_stale_socket_is_replaced_and_a_live_server_is_not_displaced() {
 #[test]
 fn record_mode_without_ws_is_refused_at_start() {
     let dir = setup("args");
-    let out = Command::new(env!("CARGO_BIN_EXE_reap"))
+    let out = Command::new(reap_test_support::reap_binary())
         .args(["uffd-server", "--mode", "record", "--socket"])
         .arg(dir.path("s"))
         .arg("--memory")

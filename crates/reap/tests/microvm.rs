@@ -1,7 +1,7 @@
 //! The microVM end to end: static programs run by `reap run` under KVM. Needs /dev/kvm
 //! and the workspace's release binaries (see `common::bin_dir`).
 
-mod common;
+use reap_test_support as common;
 
 use common::{guest, reap, run_native, stderr, stdout};
 

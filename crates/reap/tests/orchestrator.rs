@@ -2,14 +2,14 @@
 //! store, driven with an HTTP client and the `reap` CLI. Needs /dev/kvm, userfaultfd and
 //! the workspace's release binaries.
 
-mod common;
+use reap_test_support as common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{guest, temp_dir};
-use reap::orchestrator::client;
+use reap_orchestrator::client;
 
 struct Server {
     child: Child,
@@ -21,7 +21,7 @@ impl Server {
     /// Starts `reap serve` on an ephemeral port over a fresh store.
     fn start(name: &str, extra: &[&str]) -> Server {
         let home = temp_dir(&format!("orch-{name}"));
-        let child = Command::new(env!("CARGO_BIN_EXE_reap"))
+        let child = Command::new(common::reap_binary())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .env("REAP_HOME", &home)
@@ -45,7 +45,7 @@ impl Server {
     }
 
     fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(env!("CARGO_BIN_EXE_reap"))
+        Command::new(common::reap_binary())
             .args(args)
             .env("REAP_HOME", &self.home)
             .output()
@@ -360,7 +360,7 @@ fn errors_are_answered_and_the_server_goes_on() {
 fn cli_works_without_a_server_and_graceful_shutdown_cleans_up() {
     let home = temp_dir("cli-direct");
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_reap"))
+        Command::new(common::reap_binary())
             .args(args)
             .env("REAP_HOME", &home)
             .output()
@@ -424,7 +424,7 @@ fn cli_works_without_a_server_and_graceful_shutdown_cleans_up() {
     assert!(!run(&["rm", "echo"]).status.success());
 
     // SIGTERM: the server stops and removes its address file.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_reap"))
+    let mut child = Command::new(common::reap_binary())
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("REAP_HOME", &home)
         .stderr(Stdio::null())
@@ -446,8 +446,8 @@ fn cli_works_without_a_server_and_graceful_shutdown_cleans_up() {
 
 #[test]
 fn working_set_is_rerecorded_when_it_stops_fitting() {
-    use reap::orchestrator::store::FunctionStore;
-    use reap::orchestrator::{InvokeOptions, Orchestrator, PoolConfig};
+    use reap_orchestrator::store::FunctionStore;
+    use reap_orchestrator::{InvokeOptions, Orchestrator, PoolConfig};
     let home = temp_dir("rerecord");
     let (store, _) = FunctionStore::open(&home).unwrap();
     let image = std::fs::read(guest("misbehave")).unwrap();

@@ -2,14 +2,14 @@
 //! prefetch removes the lazy faults, and bad snapshot files are refused. Needs /dev/kvm,
 //! userfaultfd and the workspace's release binaries.
 
-mod common;
+use reap_test_support as common;
 
 use std::time::Duration;
 
 use common::{FUNCTIONS, guest, native_answers, reap, requests, stderr, stdout, temp_dir};
-use reap::instance::{Instance, MemoryMode};
-use reap::microvm::MicroVmConfig;
-use reap::snapshot::SnapshotDir;
+use reap_vmm::instance::{Instance, MemoryMode};
+use reap_vmm::microvm::MicroVmConfig;
+use reap_vmm::snapshot::SnapshotDir;
 
 const LIMIT: Option<Duration> = Some(Duration::from_secs(120));
 
@@ -185,7 +185,7 @@ fn state_file_round_trips() {
     drop(deploy("helloworld", &dir));
     let bytes = std::fs::read(dir.state()).unwrap();
     let state = dir.read_state().unwrap();
-    assert_eq!(reap::snapshot::state::encode(&state).unwrap(), bytes);
+    assert_eq!(reap_vmm::snapshot::state::encode(&state).unwrap(), bytes);
     assert_eq!(state.memory_len, 256 << 20);
     assert!(state.memory_data_bytes > 0 && state.memory_data_bytes < state.memory_len);
     std::fs::remove_dir_all(&tmp).unwrap();

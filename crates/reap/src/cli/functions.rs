@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use reap::instance::MemoryMode;
-use reap::orchestrator::client::{self, ServerInfo};
-use reap::orchestrator::store::FunctionStore;
-use reap::orchestrator::{InvokeOptions, Orchestrator, PoolConfig};
+use reap_vmm::instance::MemoryMode;
+use reap_orchestrator::client::{self, ServerInfo};
+use reap_orchestrator::store::FunctionStore;
+use reap_orchestrator::{InvokeOptions, Orchestrator, PoolConfig};
 
 /// Opens the store, printing what it repaired.
 pub fn open_store() -> anyhow::Result<FunctionStore> {
@@ -207,7 +207,7 @@ pub fn serve(listen: SocketAddr, config: PoolConfig) -> anyhow::Result<()> {
             }
             eprintln!("reap: shutting down");
         };
-        let result = reap::orchestrator::api::serve(Arc::clone(&orchestrator), listener, shutdown).await;
+        let result = reap_orchestrator::api::serve(Arc::clone(&orchestrator), listener, shutdown).await;
         let _ = std::fs::remove_file(&server_file);
         result.context("server failed")
     })

@@ -38,8 +38,7 @@
 
 mod common;
 // The suite and its sample requests, as the integration tests list and read them.
-#[path = "../tests/common/mod.rs"]
-mod suite;
+use reap_test_support as suite;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -48,9 +47,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use goblin::elf::Elf;
 use goblin::elf::section_header::SHT_SYMTAB;
-use reap::instance::Instance;
-use reap::microvm::MicroVmConfig;
-use reap::snapshot::SnapshotDir;
+use reap_vmm::instance::Instance;
+use reap_vmm::microvm::MicroVmConfig;
+use reap_vmm::snapshot::SnapshotDir;
 use serde_json::{Value, json};
 
 use common::{Stats, fmt, read_trimmed, report_head, results_path, write_json};

@@ -24,8 +24,8 @@ use serde_json::json;
 
 use super::store::{MAX_BINARY_BYTES, StoreError};
 use super::{InvokeError, InvokeOptions, Orchestrator, Start, error_chain};
-use crate::instance::MemoryMode;
-use crate::microvm::DEFAULT_MEM_MIB;
+use reap_vmm::instance::MemoryMode;
+use reap_vmm::microvm::DEFAULT_MEM_MIB;
 
 /// Largest invocation request body.
 pub const MAX_REQUEST_BYTES: usize = 6 << 20;

@@ -31,9 +31,9 @@ use std::io::{self, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::instance::InstanceError;
-use crate::microvm::DEFAULT_MEM_MIB;
-use crate::snapshot::SnapshotError;
+use reap_vmm::instance::InstanceError;
+use reap_vmm::microvm::DEFAULT_MEM_MIB;
+use reap_vmm::snapshot::SnapshotError;
 
 use self::progress::Progress;
 use self::report::{Environment, Report, RunConfig, SweepReport};

@@ -24,10 +24,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::guest_os::Sink;
-use crate::instance::{Instance, InstanceError};
-use crate::microvm::MicroVmConfig;
-use crate::snapshot::SnapshotDir;
+use reap_vmm::guest_os::Sink;
+use reap_vmm::instance::{Instance, InstanceError};
+use reap_vmm::microvm::MicroVmConfig;
+use reap_vmm::snapshot::SnapshotDir;
 
 /// Format version of `manifest.json`.
 const MANIFEST_VERSION: u32 = 1;

@@ -83,7 +83,7 @@ impl Stats {
 /// Three significant digits or so; `-` for a missing value.
 pub fn fmt(v: f64) -> String {
     if v.is_finite() {
-        reap::bench::report::ms(v)
+        reap_bench::report::ms(v)
     } else {
         "-".into()
     }
@@ -139,7 +139,7 @@ pub fn host() -> Value {
 }
 
 /// `secs` since the Unix epoch as an ISO 8601 UTC date and time.
-pub use reap::bench::report::iso8601_utc as iso8601;
+pub use reap_bench::report::iso8601_utc as iso8601;
 
 /// Where a bench writes its JSON: `$env_var` if set, else `<target>/bench/<file>` next
 /// to the programs' directory `bin_dir`.

@@ -16,8 +16,8 @@ use serde::Serialize;
 
 use self::metrics::{ErrorLabels, FunctionLabels, Metrics, ModeLabels, StartLabels};
 use self::store::{Deployed, FunctionStore, StoreError};
-use crate::instance::{ColdStart, Instance, InstanceError, Invocation, MemoryMode};
-use crate::microvm::{GuestFault, VmError};
+use reap_vmm::instance::{ColdStart, Instance, InstanceError, Invocation, MemoryMode};
+use reap_vmm::microvm::{GuestFault, VmError};
 
 #[derive(Debug, Clone)]
 pub struct PoolConfig {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::disk::DiskResult;
 use super::run::{ColdSample, FunctionRun, SweepBatch, WarmSample};
 use super::stats::{self, Summary};
-use crate::instance::MemoryMode;
+use reap_vmm::instance::MemoryMode;
 
 /// Version of the JSON layout below.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -922,7 +922,7 @@ fn csv_field(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::run::WsInfo;
+    use crate::run::WsInfo;
 
     fn cold(mode: MemoryMode, latency_us: u64, lazy_faults: u64) -> ColdSample {
         ColdSample {

@@ -34,12 +34,12 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use reap::arch;
-use reap::loader::{self, StackInputs};
-use reap::microvm::{MicroVm, MicroVmConfig, RunExit};
-use reap::vstate::memory::GuestMemory;
-use reap::vstate::vcpu::Vcpu;
-use reap::vstate::vm::Vm;
+use reap_vmm::arch;
+use reap_vmm::loader::{self, StackInputs};
+use reap_vmm::microvm::{MicroVm, MicroVmConfig, RunExit};
+use reap_vmm::vstate::memory::GuestMemory;
+use reap_vmm::vstate::vcpu::Vcpu;
+use reap_vmm::vstate::vm::Vm;
 use serde_json::{Value, json};
 
 use common::{Stats, fmt, read_trimmed, report_head, results_path, write_json};

@@ -1,6 +1,5 @@
-//! Shared helpers of the integration tests: where the guest programs are and how to
-//! run the `reap` binary.
-#![allow(dead_code)]
+//! Helpers shared by reap's integration tests and benches: where the guest programs
+//! are, how to run the `reap` binary, the function list and its sample requests.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -43,9 +42,14 @@ pub fn run_native(program: &std::path::Path, args: &[&str], input: &[u8]) -> Out
     run_with_input(Command::new(program).args(args), input)
 }
 
+/// Path of the `reap` binary (built beside the guests).
+pub fn reap_binary() -> PathBuf {
+    guest("reap")
+}
+
 /// Runs `reap ARGS` with `input` on stdin.
 pub fn reap(args: &[&str], input: &[u8]) -> Output {
-    run_with_input(Command::new(env!("CARGO_BIN_EXE_reap")).args(args), input)
+    run_with_input(Command::new(reap_binary()).args(args), input)
 }
 
 pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
@@ -74,8 +78,7 @@ pub fn stderr(out: &Output) -> String {
 }
 
 /// The functions of the suite (directories under `functions/`).
-#[allow(unused_imports)] // not every test file lists the functions
-pub use reap::bench::SUITE as FUNCTIONS;
+pub use reap_bench::SUITE as FUNCTIONS;
 
 /// The sample requests of a function (`functions/NAME/requests.jsonl`), one per line.
 pub fn requests(function: &str) -> Vec<String> {

@@ -10,9 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::BenchError;
 use super::progress::Progress;
-use crate::instance::{Instance, InstanceError, MemoryMode};
-use crate::microvm::MicroVmConfig;
-use crate::snapshot::SnapshotDir;
+use reap_vmm::instance::{Instance, InstanceError, MemoryMode};
+use reap_vmm::microvm::MicroVmConfig;
+use reap_vmm::snapshot::SnapshotDir;
 
 /// The modes a cold start is measured in, in the order of the first round.
 pub const MODES: [MemoryMode; 3] = [MemoryMode::File, MemoryMode::Lazy, MemoryMode::Reap];
