@@ -246,16 +246,20 @@ fn measure(name: &str, program: &Path, reps: usize) -> FunctionResult {
         args: vec![name.into()],
         ..Default::default()
     };
-    let t = Instant::now();
-    let mut instance = Instance::boot(&image, &config, Box::new(std::io::sink()), Some(LIMIT))
-        .unwrap_or_else(|e| panic!("{name}: boot: {e:#}"));
-    let vm_boot_to_ready_ms = t.elapsed().as_secs_f64() * 1e3;
-    let guest_mapped_bytes = instance.guest_mapped_bytes();
     let tmp = std::env::temp_dir().join(format!("reap-bench-functions-{}", std::process::id()));
-    let snapshot = instance
-        .snapshot(&SnapshotDir::new(tmp.join(name)))
-        .unwrap_or_else(|e| panic!("{name}: snapshot: {e:#}"));
+    let deployed = Instance::deploy(
+        &image,
+        &config,
+        Box::new(std::io::sink()),
+        Some(LIMIT),
+        &SnapshotDir::new(tmp.join(name)),
+    )
+    .unwrap_or_else(|e| panic!("{name}: boot to ready and snapshot: {e:#}"));
     let _ = std::fs::remove_dir_all(&tmp);
+    let vm_boot_to_ready_ms = deployed.boot.as_secs_f64() * 1e3;
+    let mut instance = deployed.instance;
+    let guest_mapped_bytes = instance.guest_mapped_bytes();
+    let snapshot = deployed.state;
 
     let t = Instant::now();
     let mut native = Native::spawn(program);

@@ -679,15 +679,11 @@ impl Report {
     pub fn samples_csv(&self) -> String {
         let mut w = Csv::new(&SAMPLE_COLUMNS);
         for f in &self.functions {
-            let mut seen = [0usize; 3];
+            let mut seen = std::collections::HashMap::<MemoryMode, usize>::new();
             for s in &f.run.cold {
-                let i = match s.mode {
-                    MemoryMode::File => 0,
-                    MemoryMode::Lazy => 1,
-                    MemoryMode::Reap => 2,
-                };
-                w.row(&sample_row(&f.run.name, s.mode.name(), seen[i], None, s));
-                seen[i] += 1;
+                let i = seen.entry(s.mode).or_default();
+                w.row(&sample_row(&f.run.name, s.mode.name(), *i, None, s));
+                *i += 1;
             }
             for (i, s) in f.run.warm.iter().enumerate() {
                 w.row(&warm_row(&f.run.name, i, s));

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::BenchError;
 use super::progress::Progress;
-use reap_vmm::instance::{Instance, InstanceError, MemoryMode};
+use reap_vmm::instance::{Deployed, Instance, InstanceError, MemoryMode};
 use reap_vmm::microvm::MicroVmConfig;
 use reap_vmm::snapshot::SnapshotDir;
 
@@ -117,13 +117,12 @@ pub struct SweepBatch {
     pub samples: Vec<ColdSample>,
 }
 
-/// Boots `spec` and snapshots it into `dir`; returns the booted (warm) instance and
-/// the boot and snapshot times.
+/// Boots `spec` and snapshots it into `dir`.
 fn deploy(
     spec: &FunctionSpec,
     dir: &SnapshotDir,
     params: &RunParams,
-) -> Result<(Instance, Duration, Duration, u64, u64), BenchError> {
+) -> Result<Deployed, BenchError> {
     let image = std::fs::read(&spec.binary).map_err(|source| BenchError::Io {
         path: spec.binary.clone(),
         what: "cannot read the function binary",
@@ -134,25 +133,16 @@ fn deploy(
         args: vec![spec.name.clone()],
         env: Vec::new(),
     };
-    let started = Instant::now();
-    let mut instance = Instance::boot(
+    Instance::deploy(
         &image,
         &config,
         Box::new(std::io::sink()),
         Some(params.limit),
+        dir,
     )
-    .map_err(function_err(&spec.name, "did not reach its ready point"))?;
-    let booted = started.elapsed();
-    let state = instance
-        .snapshot(dir)
-        .map_err(function_err(&spec.name, "cannot snapshot"))?;
-    let snapshotted = started.elapsed() - booted;
-    Ok((
-        instance,
-        booted,
-        snapshotted,
-        state.memory_len,
-        state.memory_data_bytes,
+    .map_err(function_err(
+        &spec.name,
+        "cannot boot to its ready point and snapshot",
     ))
 }
 
@@ -194,27 +184,24 @@ pub fn cold_start(
     let (minor0, major0) = thread_faults();
     let started = Instant::now();
     let mut instance = Instance::restore(dir, mode, Box::new(std::io::sink()))?;
-    let restore_lazy_faults = instance
-        .pager_stats()
-        .map_or(0, |s| s.lazy_faults_file + s.lazy_faults_zero);
     let (response, invocation) = instance.invoke(request, Some(limit))?;
     let latency = started.elapsed();
     let (minor1, major1) = thread_faults();
-    let (restore_us, fetch_us, install_us, prefetched_pages) = instance
-        .cold_start()
-        .map(|c| (c.restore_us, c.fetch_us, c.install_us, c.prefetched_pages))
-        .unwrap_or_default();
+    let report = instance
+        .cold_start_report(&invocation)
+        .ok_or(InstanceError::NotReady)?;
+    let c = &report.cold_start;
     let sample = ColdSample {
         mode,
         latency_us: latency.as_micros() as u64,
-        restore_us,
-        fetch_us,
-        install_us,
+        restore_us: c.restore_us,
+        fetch_us: c.fetch_us,
+        install_us: c.install_us,
         invoke_us: invocation.invoke_us,
-        restore_lazy_faults,
+        restore_lazy_faults: c.restore_lazy_faults,
         lazy_faults: invocation.lazy_faults,
         lazy_faults_zero: invocation.lazy_faults_zero,
-        prefetched_pages,
+        prefetched_pages: c.prefetched_pages,
         host_minor_faults: minor1.saturating_sub(minor0),
         host_major_faults: major1.saturating_sub(major0),
     };
@@ -252,8 +239,10 @@ pub fn function(
     let dir = SnapshotDir::new(snapshot_dir);
 
     progress.set_message(format!("{name}: deploy"));
-    let (mut warm_instance, booted, snapshotted, memory_len, data_bytes) =
-        deploy(spec, &dir, params)?;
+    let deployed = deploy(spec, &dir, params)?;
+    let (booted, snapshotted) = (deployed.boot, deployed.snapshot);
+    let (memory_len, data_bytes) = (deployed.state.memory_len, deployed.state.memory_data_bytes);
+    let mut warm_instance = deployed.instance;
     progress.inc();
 
     // Warm: the booted instance, one unmeasured invocation first.
@@ -338,7 +327,11 @@ pub fn function_steps(params: &RunParams) -> u64 {
 }
 
 fn ws_info(dir: &SnapshotDir, memory_len: u64) -> Result<WsInfo, BenchError> {
-    let path = dir.ws();
+    let path = dir.working_set().ok_or_else(|| BenchError::Io {
+        path: dir.dir.clone(),
+        what: "the recording cold start left no working-set file",
+        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    })?;
     let memory =
         reap_pager::memfile::MemoryFile::open(dir.memory()).map_err(|e| BenchError::Io {
             path: dir.memory(),
@@ -385,7 +378,7 @@ pub fn sweep(
     let request = spec.request.as_bytes();
     let dir = SnapshotDir::new(snapshot_dir);
     progress.set_message(format!("sweep {name}: deploy"));
-    let (mut warm_instance, ..) = deploy(spec, &dir, params)?;
+    let mut warm_instance = deploy(spec, &dir, params)?.instance;
     let mut warm = Vec::new();
     for i in 0..=repetitions {
         let started = Instant::now();

@@ -136,16 +136,11 @@ struct InvokeQuery {
 }
 
 fn parse_mode(s: &str) -> Result<MemoryMode, ApiError> {
-    match s {
-        "file" => Ok(MemoryMode::File),
-        "lazy" => Ok(MemoryMode::Lazy),
-        "reap" => Ok(MemoryMode::Reap),
-        _ => Err(ApiError {
-            status: StatusCode::BAD_REQUEST,
-            kind: "bad_request",
-            message: format!("unknown memory mode {s:?} (file, lazy or reap)"),
-        }),
-    }
+    s.parse().map_err(|e: reap_pager::UnknownMode| ApiError {
+        status: StatusCode::BAD_REQUEST,
+        kind: "bad_request",
+        message: e.to_string(),
+    })
 }
 
 async fn invoke(

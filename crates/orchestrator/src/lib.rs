@@ -425,8 +425,11 @@ impl Orchestrator {
         if !(cold.ws_fell_back || too_many) {
             return false;
         }
-        let ws = deployed.snapshot().ws();
-        if std::fs::remove_file(&ws).is_ok() {
+        let dropped = deployed.snapshot().drop_working_set().unwrap_or_else(|e| {
+            tracing::warn!(function = name, "{}", error_chain(&e));
+            false
+        });
+        if dropped {
             self.metrics.rerecords.get_or_create(&labels).inc();
             tracing::info!(
                 function = name,

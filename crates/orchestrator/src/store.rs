@@ -19,7 +19,7 @@
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -339,13 +339,16 @@ impl FunctionStore {
             args: vec![name.to_owned()],
             env: env.clone(),
         };
-        let started = Instant::now();
-        let mut instance = Instance::boot(binary, &config, self.log_sink(name), Some(init_limit))
-            .map_err(StoreError::Deploy)?;
-        let init_ms = started.elapsed().as_secs_f64() * 1e3;
-        let snapshot = SnapshotDir::new(staged.join("snapshot"));
-        let state = instance.snapshot(&snapshot).map_err(StoreError::Deploy)?;
-        drop(instance);
+        let deployed = Instance::deploy(
+            binary,
+            &config,
+            self.log_sink(name),
+            Some(init_limit),
+            &SnapshotDir::new(staged.join("snapshot")),
+        )
+        .map_err(StoreError::Deploy)?;
+        let init_ms = deployed.boot.as_secs_f64() * 1e3;
+        let state = deployed.state;
         let manifest = Manifest {
             format: MANIFEST_VERSION,
             name: name.to_owned(),

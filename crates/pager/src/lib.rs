@@ -28,6 +28,12 @@
 //! MemoryFile::open(path) -> Result<MemoryFile, MemoryFileError>   // data/hole map
 //! MemoryFile::is_hole(&self, offset, len) -> bool; read_at; fingerprint; evict_from_page_cache
 //!
+//! // memory modes and the working-set policy (the one place that looks for the WS file)
+//! MemoryMode::File | Lazy | Record | Reap                // clap (feature), serde, FromStr
+//! WsPolicy::new(MemoryMode, Option<PathBuf>) -> Result<Option<WsPolicy>, RecordWithoutWs>
+//! WsPolicy::Lazy | Record { ws } | Reap { ws }; WsPolicy::resolve(&self) -> Resolved { mode, record_into }
+//! policy::ws_exists(path) -> bool; policy::remove_ws(path) -> io::Result<bool>
+//!
 //! // the server
 //! PageServer::start(Uffd, Vec<Region>, MemoryFile, Mode) -> Result<PageServer, PagerError>
 //! Mode::Lazy | Mode::Record | Mode::Prefetch { ws: PathBuf }
@@ -85,12 +91,14 @@
 
 pub mod buf;
 pub mod memfile;
+pub mod policy;
 pub mod region;
 mod server;
 pub mod uffd;
 pub mod ws;
 
 pub use memfile::{MemoryFile, MemoryFileError};
+pub use policy::{MemoryMode, RecordWithoutWs, Resolved, UnknownMode, WsPolicy};
 pub use region::{PAGE_2M, PAGE_4K, Region, RegionError};
 pub use server::{IDLE_CHECK_MS, Mode, PageServer, PagerError, PagerStats, StopReason};
 pub use uffd::{Errno, Event, FillError, Uffd, UffdError};

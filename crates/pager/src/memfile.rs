@@ -64,6 +64,11 @@ impl MemoryFile {
         })
     }
 
+    /// The open file (read-only), e.g. to map it.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -45,7 +45,8 @@ pub enum Mode {
 }
 
 impl Mode {
-    fn name(&self) -> &'static str {
+    /// The mode's name in reports: `lazy`, `record` or `prefetch`.
+    pub fn name(&self) -> &'static str {
         match self {
             Mode::Lazy => "lazy",
             Mode::Record => "record",

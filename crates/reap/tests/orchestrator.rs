@@ -454,7 +454,7 @@ fn working_set_is_rerecorded_when_it_stops_fitting() {
     store
         .deploy("table", &image, 128, Vec::new(), Duration::from_secs(60))
         .unwrap();
-    let ws = store.get("table").unwrap().snapshot().ws();
+    let snapshot = store.get("table").unwrap().snapshot();
     let o = Orchestrator::new(store, PoolConfig::default());
     let cold = InvokeOptions {
         force_cold: true,
@@ -468,7 +468,7 @@ fn working_set_is_rerecorded_when_it_stops_fitting() {
         first.cold_start.as_ref().unwrap().recording,
         "the first cold start records"
     );
-    assert!(ws.exists());
+    assert!(snapshot.working_set().is_some());
     let fits = o.invoke("table", small, cold).unwrap();
     let c = fits.cold_start.as_ref().unwrap();
     assert!(!c.recording && c.prefetched_pages > 0);
@@ -477,7 +477,7 @@ fn working_set_is_rerecorded_when_it_stops_fitting() {
         "{} lazy faults for a WS of {} pages",
         fits.invocation.lazy_faults, c.prefetched_pages
     );
-    assert!(ws.exists());
+    assert!(snapshot.working_set().is_some());
 
     // A request that touches 16 times the pages: most are outside the working set.
     let misfit = o.invoke("table", large, cold).unwrap();
@@ -490,13 +490,13 @@ fn working_set_is_rerecorded_when_it_stops_fitting() {
         "{} lazy faults",
         misfit.invocation.lazy_faults
     );
-    assert!(!ws.exists(), "the WS file is dropped");
+    assert!(snapshot.working_set().is_none(), "the WS file is dropped");
     let again = o.invoke("table", large, cold).unwrap();
     assert!(
         again.cold_start.as_ref().unwrap().recording,
         "the next cold start re-records"
     );
-    assert!(ws.exists());
+    assert!(snapshot.working_set().is_some());
     let after = o.invoke("table", large, cold).unwrap();
     assert!(!after.rerecord);
     assert!(

@@ -72,7 +72,7 @@ fn every_mode_answers_like_native(function: &str) {
         );
     }
     assert!(
-        dir.ws().exists(),
+        dir.working_set().is_some(),
         "the recording cold start wrote the working set"
     );
     std::fs::remove_dir_all(&tmp).unwrap();
@@ -269,10 +269,10 @@ fn corrupt_or_mismatched_snapshot_files_are_refused() {
     let mut recording = restore(&d, MemoryMode::Reap);
     let (expected, _) = recording.invoke(b"{\"name\":\"x\"}", LIMIT).unwrap();
     drop(recording);
-    let mut ws = std::fs::read(d.ws()).unwrap();
+    let mut ws = std::fs::read(d.working_set().unwrap()).unwrap();
     let last = ws.len() - 1;
     ws[last] ^= 0xff;
-    std::fs::write(d.ws(), &ws).unwrap();
+    std::fs::write(d.working_set().unwrap(), &ws).unwrap();
     let mut instance = restore(&d, MemoryMode::Reap);
     assert!(instance.cold_start().unwrap().ws_fell_back);
     let (resp, inv) = instance.invoke(b"{\"name\":\"x\"}", LIMIT).unwrap();

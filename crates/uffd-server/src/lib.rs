@@ -19,6 +19,8 @@ pub mod server;
 pub mod signals;
 
 use std::path::PathBuf;
+
+pub use reap_pager::MemoryMode;
 use std::time::Duration;
 
 pub use handshake::{Handshake, HandshakeError, MessageFormat};
@@ -39,8 +41,8 @@ pub struct UffdServerArgs {
     #[arg(long)]
     pub ws: Option<PathBuf>,
     /// How guest memory is filled.
-    #[arg(long, value_enum, default_value_t = ServeMode::Reap)]
-    pub mode: ServeMode,
+    #[arg(long, value_enum, default_value_t = MemoryMode::Reap)]
+    pub mode: MemoryMode,
     /// While recording, write the working set after this many seconds without a new
     /// page (0: only on SIGUSR1, when the peer closes its socket, or when it exits).
     #[arg(long, value_name = "SECS", default_value_t = DEFAULT_RECORD_IDLE.as_secs_f64())]
@@ -83,31 +85,6 @@ pub fn main(args: UffdServerArgs) -> Result<(), ServerError> {
     })
 }
 
-/// How the server fills a peer's memory.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ServeMode {
-    /// Every fault is served from the memory file.
-    Lazy,
-    /// Lazy, and the faulting pages are recorded and written to the `--ws` file.
-    Record,
-    /// REAP: if the `--ws` file exists, it is prefetched before the guest runs and the
-    /// rest is served lazily (a damaged or foreign file means lazy, with a warning);
-    /// if it does not exist yet, this peer is recorded into it, so the next one is
-    /// prefetched.
-    Reap,
-}
-
-impl ServeMode {
-    /// The mode's name on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            ServeMode::Lazy => "lazy",
-            ServeMode::Record => "record",
-            ServeMode::Reap => "reap",
-        }
-    }
-}
-
 /// What `reap uffd-server` was asked to do.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -118,8 +95,10 @@ pub struct Config {
     /// The working-set file: written in record mode, read (or, when missing, written)
     /// in reap mode.
     pub ws: Option<PathBuf>,
-    /// How memory is filled.
-    pub mode: ServeMode,
+    /// How memory is filled: `lazy`; `record` into `ws`; `reap`: prefetch `ws` if it
+    /// exists (a damaged or foreign file means lazy, with a warning), else record this
+    /// peer into it. (`file` is Firecracker's own File backend, not served here.)
+    pub mode: MemoryMode,
     /// While recording, write the WS file once no new page has been recorded for this
     /// long (again each time the set grows and goes quiet). `None` turns it off.
     pub record_idle: Option<Duration>,
@@ -135,7 +114,7 @@ pub struct Config {
 
 impl Config {
     /// A configuration with the defaults of the command line.
-    pub fn new(socket: PathBuf, memory: PathBuf, mode: ServeMode) -> Config {
+    pub fn new(socket: PathBuf, memory: PathBuf, mode: MemoryMode) -> Config {
         Config {
             socket,
             memory,

@@ -33,14 +33,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use reap_pager::{
-    MemoryFile, MemoryFileError, Mode, PageServer, PagerError, PagerStats, StopReason, Uffd,
-    UffdError,
+    MemoryFile, MemoryFileError, Mode, PageServer, PagerError, PagerStats, RecordWithoutWs,
+    Resolved, StopReason, Uffd, UffdError, WsPolicy,
 };
 
 use super::handshake::{self, Handshake, HandshakeError, MAX_MESSAGE};
 use super::peer::{self, MAX_FDS, Peer};
 use super::signals::Signals;
-use super::{Config, ServeMode};
+use super::{Config, MemoryMode};
 
 /// Connections still sending their message, at most; more are closed at once.
 const MAX_PENDING: usize = 16;
@@ -56,6 +56,11 @@ pub enum ServerError {
     /// Record mode without a file to record into.
     #[error("--mode record needs --ws, the working-set file to write")]
     RecordWithoutWs,
+    /// File mode, which Firecracker does itself.
+    #[error(
+        "--mode file is Firecracker's own File memory backend: there is nothing to serve (use lazy, record or reap)"
+    )]
+    FileMode,
     /// The memory file cannot be used.
     #[error("cannot use the memory file")]
     Memory(#[source] MemoryFileError),
@@ -132,15 +137,17 @@ pub enum Refusal {
 /// done). Blocks `SIGUSR1`, `SIGINT` and `SIGTERM` in the calling thread, which should
 /// be the only thread of the process (it is in `reap uffd-server`).
 pub fn run(config: Config) -> Result<(), ServerError> {
-    if config.mode == ServeMode::Record && config.ws.is_none() {
-        return Err(ServerError::RecordWithoutWs);
+    match WsPolicy::new(config.mode, config.ws.clone()) {
+        Ok(Some(_)) => {}
+        Ok(None) => return Err(ServerError::FileMode),
+        Err(RecordWithoutWs) => return Err(ServerError::RecordWithoutWs),
     }
     let memory = MemoryFile::open(&config.memory).map_err(ServerError::Memory)?;
     match (config.mode, &config.ws) {
-        (ServeMode::Lazy, Some(ws)) => {
+        (MemoryMode::Lazy, Some(ws)) => {
             tracing::warn!("--ws {} is not used in lazy mode", ws.display())
         }
-        (ServeMode::Reap, None) => tracing::warn!(
+        (MemoryMode::Reap, None) => tracing::warn!(
             "reap mode without --ws: no working set to prefetch or record into; every peer is served lazily"
         ),
         _ => {}
@@ -208,15 +215,6 @@ struct Pending {
     deadline: Instant,
 }
 
-/// What the served peer's memory is filled with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-enum SessionMode {
-    Lazy,
-    Record,
-    Prefetch,
-}
-
 /// The peer being served.
 struct Session {
     peer: Peer,
@@ -224,7 +222,7 @@ struct Session {
     stream: Option<UnixStream>,
     server: PageServer,
     handshake: Handshake,
-    mode: SessionMode,
+    mode: Mode,
     /// Where the recording goes (record mode).
     record_to: Option<PathBuf>,
     started: Instant,
@@ -248,7 +246,7 @@ enum Report<'a> {
         regions: usize,
         guest_bytes: u64,
         page_size: u64,
-        mode: SessionMode,
+        mode: &'static str,
         ended: &'a str,
         duration_ms: f64,
         ws: Option<&'a Path>,
@@ -581,7 +579,10 @@ impl Server {
             );
             uffd
         };
-        let (mode, pager_mode, record_to) = self.session_mode();
+        let Resolved {
+            mode,
+            record_into: record_to,
+        } = self.session_mode();
         let memory = match MemoryFile::open(&self.config.memory) {
             Ok(m) => m,
             Err(e) => {
@@ -590,7 +591,7 @@ impl Server {
             }
         };
         let t = Instant::now();
-        let server = match PageServer::start(uffd, hs.regions.clone(), memory, pager_mode) {
+        let server = match PageServer::start(uffd, hs.regions.clone(), memory, mode.clone()) {
             Ok(s) => s,
             Err(e) => {
                 // The userfaultfd went to the engine and is closed by now; the peer
@@ -627,12 +628,12 @@ impl Server {
             hs.page_size(),
             hs.format.describe(),
             match mode {
-                SessionMode::Lazy => "lazy".to_string(),
-                SessionMode::Record => format!(
+                Mode::Lazy => "lazy".to_string(),
+                Mode::Record => format!(
                     "recording into {}",
                     record_to.as_deref().unwrap_or(Path::new("?")).display()
                 ),
-                SessionMode::Prefetch => format!(
+                Mode::Prefetch { .. } => format!(
                     "prefetched {} pages ({} zero) in {:.1} ms",
                     stats.prefetched_pages + stats.prefetched_zero_pages,
                     stats.prefetched_zero_pages,
@@ -663,26 +664,20 @@ impl Server {
     }
 
     /// The mode for the next peer, from the configuration and whether the WS exists.
-    fn session_mode(&self) -> (SessionMode, Mode, Option<PathBuf>) {
-        match (self.config.mode, &self.config.ws) {
-            (ServeMode::Lazy, _) | (ServeMode::Reap, None) => (SessionMode::Lazy, Mode::Lazy, None),
-            (ServeMode::Record, ws) => (SessionMode::Record, Mode::Record, ws.clone()),
-            (ServeMode::Reap, Some(ws)) => {
-                if std::fs::symlink_metadata(ws).is_ok() {
-                    (
-                        SessionMode::Prefetch,
-                        Mode::Prefetch { ws: ws.clone() },
-                        None,
-                    )
-                } else {
-                    tracing::info!(
-                        "reap mode: {} does not exist yet; recording this peer into it",
-                        ws.display()
-                    );
-                    (SessionMode::Record, Mode::Record, Some(ws.clone()))
-                }
-            }
+    fn session_mode(&self) -> Resolved {
+        // `run` refused the configurations without a policy.
+        let policy = WsPolicy::new(self.config.mode, self.config.ws.clone())
+            .ok()
+            .flatten()
+            .unwrap_or(WsPolicy::Lazy);
+        let resolved = policy.resolve();
+        if let (WsPolicy::Reap { ws }, true) = (&policy, resolved.recording()) {
+            tracing::info!(
+                "reap mode: {} does not exist yet; recording this peer into it",
+                ws.display()
+            );
         }
+        resolved
     }
 
     /// Data or end-of-file on the served peer's socket.
@@ -869,11 +864,11 @@ impl Server {
             regions: s.handshake.regions.len(),
             guest_bytes: s.handshake.total_len(),
             page_size: s.handshake.page_size(),
-            mode: s.mode,
+            mode: s.mode.name(),
             ended: reason.name(),
             duration_ms: duration.as_secs_f64() * 1e3,
             ws: s.record_to.as_deref().or(match s.mode {
-                SessionMode::Prefetch => self.config.ws.as_deref(),
+                Mode::Prefetch { ref ws } => Some(ws.as_path()),
                 _ => None,
             }),
             ws_pages: (s.ws_writes > 0).then_some(s.written),

@@ -7,38 +7,15 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reap_pager::region::{PAGE_4K, Region};
-use reap_pager::uffd::{Uffd, UffdError};
-use reap_pager::{Mode, PageServer, PagerError, PagerStats};
-use serde::{Deserialize, Serialize};
+use reap_pager::{PageServer, PagerStats};
+use serde::Serialize;
 
 use crate::guest_os::Sink;
 use crate::microvm::{MicroVm, MicroVmConfig, RunExit, VmError};
+use crate::persist::{self, FileMemoryError, PagedMemoryError};
 use crate::snapshot::{SnapshotDir, SnapshotError, SnapshotState};
-use crate::vstate::memory::GuestMemory;
 
-/// How a restored microVM's memory is filled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MemoryMode {
-    /// `mmap(MAP_PRIVATE)` of the memory file: the kernel faults pages in
-    /// (Firecracker's default; the paper's "vanilla" snapshots).
-    File,
-    /// Anonymous memory served by the page server, every fault from the memory file.
-    Lazy,
-    /// REAP: the first cold start records the working set, later ones prefetch it.
-    Reap,
-}
-
-impl MemoryMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            MemoryMode::File => "file",
-            MemoryMode::Lazy => "lazy",
-            MemoryMode::Reap => "reap",
-        }
-    }
-}
+pub use reap_pager::MemoryMode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
@@ -46,12 +23,10 @@ pub enum InstanceError {
     Vm(#[from] VmError),
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
-    #[error("page server")]
-    Pager(#[from] PagerError),
-    #[error("userfaultfd")]
-    Uffd(#[from] UffdError),
-    #[error("cannot register guest memory with userfaultfd (errno {0})")]
-    Register(i32),
+    #[error(transparent)]
+    FileMemory(#[from] FileMemoryError),
+    #[error(transparent)]
+    PagedMemory(#[from] PagedMemoryError),
     #[error("the function exited with status {0} before reading its first request")]
     ExitedBeforeReady(i32),
     #[error("the function exited with status {0} instead of answering")]
@@ -133,6 +108,33 @@ pub struct ColdStart {
     pub recording: bool,
     /// The WS file was unusable: served lazily instead.
     pub ws_fell_back: bool,
+    /// Faults the page server served during the restore, before the guest ran (the
+    /// host kernel touching guest memory while the VM is set up).
+    pub restore_lazy_faults: u64,
+}
+
+/// A cold start and its first invocation, as one flat record: what `reap restore
+/// --json` prints, and what `reap bench` and the orchestrator measure.
+#[derive(Debug, Clone, Serialize)]
+pub struct ColdStartReport {
+    /// The restore.
+    #[serde(flatten)]
+    pub cold_start: ColdStart,
+    /// The first invocation.
+    #[serde(flatten)]
+    pub invocation: Invocation,
+}
+
+/// A function booted to its ready point and snapshotted ([`Instance::deploy`]).
+pub struct Deployed {
+    /// The booted instance, warm, at its ready point.
+    pub instance: Instance,
+    /// The snapshot's state as written.
+    pub state: SnapshotState,
+    /// Boot until the ready point.
+    pub boot: Duration,
+    /// Writing the snapshot.
+    pub snapshot: Duration,
 }
 
 /// One invocation's figures.
@@ -194,7 +196,30 @@ impl Instance {
         Ok(dir.write(&mut self.vm)?)
     }
 
-    /// Restores an instance from the snapshot in `dir`, its memory filled as `mode` says.
+    /// Boots `image` to its ready point (within `limit`) and snapshots it into `dir`:
+    /// the one boot-and-snapshot path of the CLI, the function store and the bench.
+    pub fn deploy(
+        image: &[u8],
+        config: &MicroVmConfig,
+        stderr: Sink,
+        limit: Option<Duration>,
+        dir: &SnapshotDir,
+    ) -> Result<Deployed, InstanceError> {
+        let started = Instant::now();
+        let mut instance = Instance::boot(image, config, stderr, limit)?;
+        let boot = started.elapsed();
+        let state = instance.snapshot(dir)?;
+        Ok(Deployed {
+            instance,
+            state,
+            boot,
+            snapshot: started.elapsed().saturating_sub(boot),
+        })
+    }
+
+    /// Restores an instance from the snapshot in `dir`, its memory filled as `mode` says
+    /// (in [`MemoryMode::Reap`], the snapshot's working set is prefetched if it has one,
+    /// else recorded by the first invocation).
     pub fn restore(
         dir: &SnapshotDir,
         mode: MemoryMode,
@@ -203,40 +228,11 @@ impl Instance {
         let started = Instant::now();
         let state = dir.read_state()?;
         let memory_file = dir.open_memory(&state)?;
-        let size = state.memory_len;
-        let (memory, pager, record_ws) = match mode {
-            MemoryMode::File => {
-                let file =
-                    std::fs::File::open(dir.memory()).map_err(|source| SnapshotError::Io {
-                        path: dir.memory(),
-                        what: "cannot open the memory file",
-                        source,
-                    })?;
-                (
-                    GuestMemory::private_file(file, size).map_err(VmError::from)?,
-                    None,
-                    None,
-                )
-            }
-            MemoryMode::Lazy | MemoryMode::Reap => {
-                let memory = GuestMemory::anonymous(size).map_err(VmError::from)?;
-                let uffd = Uffd::new()?;
-                uffd.register(memory.host_addr(), size)
-                    .map_err(|e| InstanceError::Register(e.0))?;
-                let ws = dir.ws();
-                let (pager_mode, record_ws) = match mode {
-                    MemoryMode::Reap if ws.exists() => (Mode::Prefetch { ws }, None),
-                    MemoryMode::Reap => (Mode::Record, Some(ws)),
-                    _ => (Mode::Lazy, None),
-                };
-                let region = Region {
-                    host_addr: memory.host_addr(),
-                    len: size,
-                    file_offset: 0,
-                    page_size: PAGE_4K,
-                };
-                let pager = PageServer::start(uffd, vec![region], memory_file, pager_mode)?;
-                (memory, Some(pager), record_ws)
+        let (memory, pager, record_ws) = match dir.ws_policy(mode) {
+            None => (persist::from_file(&memory_file)?, None, None),
+            Some(policy) => {
+                let paged = persist::from_page_server(memory_file, &policy)?;
+                (paged.memory, Some(paged.server), paged.resolved.record_into)
             }
         };
         let stdout = Capture::default();
@@ -247,12 +243,13 @@ impl Instance {
         let install = Duration::from_nanos(stats.install_ns);
         let cold_start = ColdStart {
             mode,
-            restore_us: total.saturating_sub(fetch + install).as_micros() as u64,
-            fetch_us: fetch.as_micros() as u64,
-            install_us: install.as_micros() as u64,
+            restore_us: micros(total.saturating_sub(fetch + install)),
+            fetch_us: micros(fetch),
+            install_us: micros(install),
             prefetched_pages: stats.prefetched_pages + stats.prefetched_zero_pages,
             recording: record_ws.is_some(),
             ws_fell_back: stats.prefetch_fell_back,
+            restore_lazy_faults: stats.lazy_faults_file + stats.lazy_faults_zero,
         };
         Ok(Self {
             vm,
@@ -261,6 +258,15 @@ impl Instance {
             record_ws,
             cold_start: Some(cold_start),
             invocations: 0,
+        })
+    }
+
+    /// The cold start with its first invocation `inv`, if `inv` was that invocation.
+    pub fn cold_start_report(&self, inv: &Invocation) -> Option<ColdStartReport> {
+        let cold_start = self.cold_start.as_ref().filter(|_| inv.cold)?;
+        Some(ColdStartReport {
+            cold_start: cold_start.clone(),
+            invocation: inv.clone(),
         })
     }
 
@@ -345,7 +351,7 @@ impl Instance {
             response,
             Invocation {
                 cold,
-                invoke_us: answered.duration_since(started).as_micros() as u64,
+                invoke_us: micros(answered.duration_since(started)),
                 lazy_faults: (after.lazy_faults_file + after.lazy_faults_zero)
                     .saturating_sub(before.lazy_faults_file + before.lazy_faults_zero),
                 lazy_faults_zero: after
@@ -356,4 +362,9 @@ impl Instance {
             },
         ))
     }
+}
+
+/// Whole microseconds of `d` (saturating: a duration of 500,000 years is not a case).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

@@ -6,6 +6,8 @@
 //! - [`loader`]: the ELF loader and the Linux initial stack.
 //! - [`guest_os`]: the Linux system calls the guest program makes.
 //! - [`microvm`]: a microVM and its run loop.
+//! - [`persist`]: guest memory of a restored microVM, from the memory file or a page
+//!   server.
 //! - [`instance`]: a function instance: boot to ready, restore in a memory mode, invoke.
 //! - [`snapshot`]: snapshots on disk (state file, sparse memory file).
 
@@ -14,5 +16,6 @@ pub mod guest_os;
 pub mod instance;
 pub mod loader;
 pub mod microvm;
+pub mod persist;
 pub mod snapshot;
 pub mod vstate;

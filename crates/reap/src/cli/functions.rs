@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use reap_vmm::instance::MemoryMode;
 use reap_orchestrator::client::{self, ServerInfo};
 use reap_orchestrator::store::FunctionStore;
 use reap_orchestrator::{InvokeOptions, Orchestrator, PoolConfig};
+use reap_vmm::instance::MemoryMode;
 
 /// Opens the store, printing what it repaired.
 pub fn open_store() -> anyhow::Result<FunctionStore> {

@@ -1,3 +1,259 @@
-//! Subcommands of the `reap` binary that are larger than a few lines.
+//! The `reap` command line: its arguments, and one module per group of subcommands.
 
 pub mod functions;
+pub mod run;
+pub mod snapshot;
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use reap_vmm::instance::MemoryMode;
+use reap_vmm::microvm::DEFAULT_MEM_MIB;
+
+/// Exit status when the guest ran past its time limit (as timeout(1)).
+pub const EXIT_TIMEOUT: u8 = 124;
+/// Exit status when the guest crashed or could not go on.
+pub const EXIT_GUEST_FAILED: u8 = 125;
+/// Exit status for a bad command line (as clap's own usage errors).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit status when the program could not be loaded (as a shell's "cannot execute").
+pub const EXIT_BAD_PROGRAM: u8 = 126;
+
+#[derive(Parser)]
+#[command(
+    name = "reap",
+    version,
+    about = "Serverless functions in KVM microVMs, cold-started from snapshots with REAP prefetching"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    /// The subcommand.
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run a static x86-64 Linux program in a microVM, with this process's stdin,
+    /// stdout and stderr. Exits with the program's status.
+    Run {
+        /// The program: a statically linked x86-64 Linux executable.
+        #[arg(long)]
+        binary: PathBuf,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = DEFAULT_MEM_MIB)]
+        mem: u64,
+        /// Limit on the guest's running time in seconds (time spent waiting for
+        /// input does not count).
+        #[arg(long)]
+        timeout: Option<f64>,
+        /// Environment variables for the program, KEY=VALUE.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Arguments for the program.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Boot a function, wait until it is ready for its first request, and snapshot it.
+    Snapshot {
+        /// The function: a statically linked x86-64 Linux executable.
+        #[arg(long)]
+        binary: PathBuf,
+        /// The snapshot directory to write (replaced atomically if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = DEFAULT_MEM_MIB)]
+        mem: u64,
+        /// Limit in seconds on the function's initialization.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+        /// Environment variables for the function, KEY=VALUE.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+    },
+    /// Cold-start a function from a snapshot and serve the requests on stdin (one JSON
+    /// value per line), writing one response line each to stdout and the breakdown of
+    /// each invocation to stderr.
+    Restore {
+        /// The snapshot directory.
+        dir: PathBuf,
+        /// How guest memory is filled.
+        #[arg(long, value_enum, default_value_t = MemoryMode::Reap)]
+        memory: MemoryMode,
+        /// Drop the snapshot's files from the page cache first (a cold-from-disk start).
+        #[arg(long)]
+        evict_cache: bool,
+        /// Print each breakdown as one JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Limit in seconds on each invocation.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
+    /// Deploy a function into the store: boot it, wait for its ready point, snapshot it.
+    Deploy {
+        /// The function's name (a-z, 0-9, '-', '_').
+        name: String,
+        /// The function: a statically linked x86-64 Linux executable.
+        #[arg(long)]
+        binary: PathBuf,
+        /// Guest memory in MiB.
+        #[arg(long, default_value_t = DEFAULT_MEM_MIB)]
+        mem: u64,
+        /// Environment variables for the function, KEY=VALUE.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Limit in seconds on the function's initialization.
+        #[arg(long, default_value_t = 120.0)]
+        timeout: f64,
+    },
+    /// Invoke a deployed function and print its response.
+    Invoke {
+        name: String,
+        /// The request: one JSON value.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// Start a new instance even if a warm one is idle.
+        #[arg(long)]
+        cold: bool,
+        /// How a cold start fills guest memory.
+        #[arg(long, value_enum)]
+        memory: Option<MemoryMode>,
+        /// Print the response with the invocation's breakdown as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the deployed functions.
+    Ls,
+    /// Remove a deployed function.
+    Rm { name: String },
+    /// Print a function's log (its stderr).
+    Logs { name: String },
+    /// Serve the HTTP API over the store.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Seconds an idle instance stays warm.
+        #[arg(long, default_value_t = 60.0)]
+        keep_alive: f64,
+        /// Most instances of one function.
+        #[arg(long, default_value_t = 8)]
+        max_instances: usize,
+        /// Limit in seconds on one invocation, cold start included.
+        #[arg(long, default_value_t = 60.0)]
+        timeout: f64,
+    },
+    /// Measure cold starts per memory mode against warm (the paper's benchmark): table
+    /// on stdout; JSON, CSV and plots in the output directory.
+    Bench(reap_bench::BenchArgs),
+    /// Serve the memory of a Firecracker microVM restored with a Uffd memory backend:
+    /// lazily, recording its working set, or prefetching it (REAP).
+    UffdServer(reap_uffd_server::UffdServerArgs),
+}
+
+/// Runs the parsed command line; returns the process's exit status.
+pub fn dispatch(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run {
+            binary,
+            mem,
+            timeout,
+            env,
+            args,
+        } => run::run(binary, mem, timeout, env, args),
+        Command::Snapshot {
+            binary,
+            out,
+            mem,
+            timeout,
+            env,
+        } => report(snapshot::snapshot(binary, out, mem, timeout, env)),
+        Command::Restore {
+            dir,
+            memory,
+            evict_cache,
+            json,
+            timeout,
+        } => report(snapshot::restore(dir, memory, evict_cache, json, timeout)),
+        Command::Deploy {
+            name,
+            binary,
+            mem,
+            env,
+            timeout,
+        } => report(
+            seconds(timeout, "--timeout")
+                .and_then(|t| functions::deploy(&name, binary, mem, env, t)),
+        ),
+        Command::Invoke {
+            name,
+            data,
+            cold,
+            memory,
+            json,
+        } => report(functions::invoke(&name, &data, cold, memory, json)),
+        Command::Ls => report(functions::list()),
+        Command::Rm { name } => report(functions::remove(&name)),
+        Command::Logs { name } => report(functions::logs(&name)),
+        Command::Serve {
+            listen,
+            keep_alive,
+            max_instances,
+            timeout,
+        } => report((|| {
+            let config = reap_orchestrator::PoolConfig {
+                keep_alive: seconds(keep_alive, "--keep-alive")?,
+                max_instances: max_instances.max(1),
+                invoke_timeout: seconds(timeout, "--timeout")?,
+                ..Default::default()
+            };
+            functions::serve(listen, config)
+        })()),
+        Command::Bench(args) => report(reap_bench::main(args).map_err(Into::into)),
+        Command::UffdServer(args) => report(reap_uffd_server::main(args).map_err(Into::into)),
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(ExitCode::FAILURE, e),
+    }
+}
+
+/// `secs` as a duration, or an error naming the option `what`.
+pub fn seconds(secs: f64, what: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .map_err(|_| anyhow::anyhow!("{what} must be a positive number of seconds"))
+}
+
+/// Refuses an environment entry that is not `KEY=VALUE`.
+pub fn check_env(env: &[String]) -> anyhow::Result<()> {
+    match env.iter().find(|e| !e.contains('=')) {
+        Some(bad) => anyhow::bail!("--env {bad:?} is not KEY=VALUE"),
+        None => Ok(()),
+    }
+}
+
+/// Reads a program's file; returns its bytes and its file name (the guest's argv[0]).
+pub fn read_program(binary: &std::path::Path) -> anyhow::Result<(Vec<u8>, String)> {
+    let image =
+        std::fs::read(binary).with_context(|| format!("cannot read {}", binary.display()))?;
+    let name = binary
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok((image, name))
+}
+
+/// Prints `error` with its causes and returns `code`.
+pub fn fail(code: ExitCode, error: anyhow::Error) -> ExitCode {
+    let _ = io::stdout().flush();
+    eprintln!("reap: {error:#}");
+    code
+}

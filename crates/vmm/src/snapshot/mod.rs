@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use reap_pager::memfile::MemoryFile;
+use reap_pager::policy;
+use reap_pager::{MemoryMode, WsPolicy};
 use serde::{Deserialize, Serialize};
 
 use self::state::StateFormatError;
@@ -88,8 +90,33 @@ impl SnapshotDir {
         self.dir.join(MEMORY_FILE)
     }
 
-    pub fn ws(&self) -> PathBuf {
+    /// The WS file's path (whether or not it exists).
+    fn ws_path(&self) -> PathBuf {
         self.dir.join(WS_FILE)
+    }
+
+    /// The WS file, if the snapshot has one (recorded by a cold start in REAP mode).
+    pub fn working_set(&self) -> Option<PathBuf> {
+        let path = self.ws_path();
+        policy::ws_exists(&path).then_some(path)
+    }
+
+    /// Removes the WS file, so that the next cold start in REAP mode records a new one.
+    /// Returns whether there was one.
+    pub fn drop_working_set(&self) -> Result<bool, SnapshotError> {
+        let path = self.ws_path();
+        policy::remove_ws(&path).map_err(|source| SnapshotError::Io {
+            path,
+            what: "cannot remove the working-set file",
+            source,
+        })
+    }
+
+    /// The page server's policy for a cold start in `mode` from this snapshot (`None`
+    /// in [`MemoryMode::File`]): the one place that decides what becomes of the WS file.
+    pub fn ws_policy(&self, mode: MemoryMode) -> Option<WsPolicy> {
+        // Only `Record` without a file can fail, and the snapshot always names one.
+        WsPolicy::new(mode, Some(self.ws_path())).unwrap_or(None)
     }
 
     /// Reads and checks the state file.
@@ -142,7 +169,7 @@ impl SnapshotDir {
 
     /// Drops the snapshot's files from the page cache, to measure a cold start.
     pub fn evict_from_page_cache(&self) -> Result<(), SnapshotError> {
-        for path in [self.state(), self.memory(), self.ws()] {
+        for path in [self.state(), self.memory(), self.ws_path()] {
             match File::open(&path) {
                 Ok(f) => reap_pager::memfile::fadvise_dontneed(&f).map_err(|source| {
                     SnapshotError::Io {
