@@ -27,6 +27,7 @@ pub mod report;
 pub mod run;
 pub mod stats;
 
+use reap_error::PathIoError;
 use std::io::{self, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -145,13 +146,9 @@ pub enum BenchError {
         expected: String,
         got: String,
     },
-    #[error("{}: {what}", path.display())]
-    Io {
-        path: PathBuf,
-        what: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    /// A file or directory could not be used.
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error(transparent)]
     Disk(#[from] disk::DiskError),
     #[error(transparent)]
@@ -281,11 +278,11 @@ fn first_request(functions_dir: Option<&Path>, name: &str) -> Result<String, Ben
             .unwrap_or("{}")
             .to_owned()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok("{}".into()),
-        Err(source) => Err(BenchError::Io {
+        Err(source) => Err(BenchError::Io(PathIoError {
             path,
             what: "cannot read the sample requests",
             source,
-        }),
+        })),
     }
 }
 
@@ -304,7 +301,7 @@ pub fn run(plan: &BenchPlan, show_progress: bool) -> Result<Outputs, BenchError>
     let environment = Environment::detect(started_at);
     let io_err = |path: &Path, what| {
         let path = path.to_path_buf();
-        move |source| BenchError::Io { path, what, source }
+        move |source| BenchError::Io(PathIoError { path, what, source })
     };
     std::fs::create_dir_all(&plan.out).map_err(io_err(&plan.out, "cannot create"))?;
     let snapshots = plan.out.join("snapshots");
@@ -411,10 +408,12 @@ pub fn write_outputs(report: &Report, dir: &Path) -> Result<Vec<PathBuf>, BenchE
     let mut files = Vec::new();
     let mut write = |name: &str, text: String| -> Result<(), BenchError> {
         let path = dir.join(name);
-        std::fs::write(&path, text).map_err(|source| BenchError::Io {
-            path: path.clone(),
-            what: "cannot write",
-            source,
+        std::fs::write(&path, text).map_err(|source| {
+            BenchError::Io(PathIoError {
+                path: path.clone(),
+                what: "cannot write",
+                source,
+            })
         })?;
         files.push(path);
         Ok(())

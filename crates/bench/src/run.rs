@@ -2,6 +2,7 @@
 //! memory mode (interleaved, page cache evicted before each), invoke it warm, and
 //! cold-start many instances at once (the concurrency sweep).
 
+use reap_error::PathIoError;
 use std::path::{Path, PathBuf};
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -123,10 +124,12 @@ fn deploy(
     dir: &SnapshotDir,
     params: &RunParams,
 ) -> Result<Deployed, BenchError> {
-    let image = std::fs::read(&spec.binary).map_err(|source| BenchError::Io {
-        path: spec.binary.clone(),
-        what: "cannot read the function binary",
-        source,
+    let image = std::fs::read(&spec.binary).map_err(|source| {
+        BenchError::Io(PathIoError {
+            path: spec.binary.clone(),
+            what: "cannot read the function binary",
+            source,
+        })
     })?;
     let config = MicroVmConfig {
         mem_mib: params.mem_mib,
@@ -327,22 +330,27 @@ pub fn function_steps(params: &RunParams) -> u64 {
 }
 
 fn ws_info(dir: &SnapshotDir, memory_len: u64) -> Result<WsInfo, BenchError> {
-    let path = dir.working_set().ok_or_else(|| BenchError::Io {
-        path: dir.dir.clone(),
-        what: "the recording cold start left no working-set file",
-        source: std::io::Error::from(std::io::ErrorKind::NotFound),
+    let path = dir.working_set().ok_or_else(|| {
+        BenchError::Io(PathIoError {
+            path: dir.dir.clone(),
+            what: "the recording cold start left no working-set file",
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        })
     })?;
-    let memory =
-        reap_pager::memfile::MemoryFile::open(dir.memory()).map_err(|e| BenchError::Io {
+    let memory = reap_pager::memfile::MemoryFile::open(dir.memory()).map_err(|e| {
+        BenchError::Io(PathIoError {
             path: dir.memory(),
             what: "cannot open the memory file",
             source: std::io::Error::other(e),
-        })?;
+        })
+    })?;
     let ws = reap_pager::ws::WorkingSet::load(&path, &memory, reap_pager::region::PAGE_4K)
-        .map_err(|e| BenchError::Io {
-            path: path.clone(),
-            what: "the recording cold start left no usable working-set file",
-            source: std::io::Error::other(e),
+        .map_err(|e| {
+            BenchError::Io(PathIoError {
+                path: path.clone(),
+                what: "the recording cold start left no usable working-set file",
+                source: std::io::Error::other(e),
+            })
         })?;
     let header = ws.header();
     let pages = header.page_count;

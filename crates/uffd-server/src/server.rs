@@ -40,6 +40,8 @@ use reap_pager::{
 use super::handshake::{self, Handshake, HandshakeError, MAX_MESSAGE};
 use super::peer::{self, MAX_FDS, Peer};
 use super::signals::Signals;
+use reap_error::chain as error_chain;
+
 use super::{Config, MemoryMode};
 
 /// Connections still sending their message, at most; more are closed at once.
@@ -975,18 +977,6 @@ fn is_transient_accept_error(errno: i32) -> bool {
         errno,
         libc::ECONNABORTED | libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
     )
-}
-
-/// `e` and its causes, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 
 pub mod state;
 
+use reap_error::PathIoError;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -29,13 +30,9 @@ pub const WS_FILE: &str = "ws";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
-    #[error("{}: {what}", path.display())]
-    Io {
-        path: PathBuf,
-        what: &'static str,
-        #[source]
-        source: io::Error,
-    },
+    /// A file or directory could not be used.
+    #[error(transparent)]
+    Io(#[from] PathIoError),
     #[error("{}", path.display())]
     Format {
         path: PathBuf,
@@ -105,10 +102,12 @@ impl SnapshotDir {
     /// Returns whether there was one.
     pub fn drop_working_set(&self) -> Result<bool, SnapshotError> {
         let path = self.ws_path();
-        policy::remove_ws(&path).map_err(|source| SnapshotError::Io {
-            path,
-            what: "cannot remove the working-set file",
-            source,
+        policy::remove_ws(&path).map_err(|source| {
+            SnapshotError::Io(PathIoError {
+                path,
+                what: "cannot remove the working-set file",
+                source,
+            })
         })
     }
 
@@ -124,7 +123,7 @@ impl SnapshotDir {
         let path = self.state();
         let io_err = |what| {
             let path = path.clone();
-            move |source| SnapshotError::Io { path, what, source }
+            move |source| SnapshotError::Io(PathIoError { path, what, source })
         };
         let file = File::open(&path).map_err(io_err("cannot open the snapshot state"))?;
         let len = file
@@ -144,10 +143,12 @@ impl SnapshotDir {
     /// Opens the memory file and checks it against `state`.
     pub fn open_memory(&self, state: &SnapshotState) -> Result<MemoryFile, SnapshotError> {
         let path = self.memory();
-        let memory = MemoryFile::open(&path).map_err(|e| SnapshotError::Io {
-            path: path.clone(),
-            what: "cannot open the memory file",
-            source: io::Error::other(e),
+        let memory = MemoryFile::open(&path).map_err(|e| {
+            SnapshotError::Io(PathIoError {
+                path: path.clone(),
+                what: "cannot open the memory file",
+                source: io::Error::other(e),
+            })
         })?;
         if memory.len() != state.memory_len {
             return Err(SnapshotError::MemorySize {
@@ -156,10 +157,12 @@ impl SnapshotDir {
                 found: memory.len(),
             });
         }
-        let tag = memory_tag(&memory).map_err(|source| SnapshotError::Io {
-            path: path.clone(),
-            what: "cannot read the memory file",
-            source,
+        let tag = memory_tag(&memory).map_err(|source| {
+            SnapshotError::Io(PathIoError {
+                path: path.clone(),
+                what: "cannot read the memory file",
+                source,
+            })
         })?;
         if tag != state.memory_tag {
             return Err(SnapshotError::MemoryMismatch { path });
@@ -172,19 +175,19 @@ impl SnapshotDir {
         for path in [self.state(), self.memory(), self.ws_path()] {
             match File::open(&path) {
                 Ok(f) => reap_pager::memfile::fadvise_dontneed(&f).map_err(|source| {
-                    SnapshotError::Io {
+                    SnapshotError::Io(PathIoError {
                         path,
                         what: "cannot evict from the page cache",
                         source,
-                    }
+                    })
                 })?,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(source) => {
-                    return Err(SnapshotError::Io {
+                    return Err(SnapshotError::Io(PathIoError {
                         path,
                         what: "cannot open",
                         source,
-                    });
+                    }));
                 }
             }
         }
@@ -207,7 +210,7 @@ impl SnapshotDir {
             .unwrap_or_else(|| "snapshot".into());
         let io_err = |path: &Path, what| {
             let path = path.to_path_buf();
-            move |source| SnapshotError::Io { path, what, source }
+            move |source| SnapshotError::Io(PathIoError { path, what, source })
         };
         fs::create_dir_all(parent).map_err(io_err(parent, "cannot create the directory"))?;
         let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
@@ -225,10 +228,12 @@ impl SnapshotDir {
             .sync_all()
             .map_err(io_err(&mem_path, "cannot sync the memory file"))?;
         drop(mem_file);
-        let memory = MemoryFile::open(&mem_path).map_err(|e| SnapshotError::Io {
-            path: mem_path.clone(),
-            what: "cannot reopen the memory file",
-            source: io::Error::other(e),
+        let memory = MemoryFile::open(&mem_path).map_err(|e| {
+            SnapshotError::Io(PathIoError {
+                path: mem_path.clone(),
+                what: "cannot reopen the memory file",
+                source: io::Error::other(e),
+            })
         })?;
 
         let snapshot = SnapshotState {
