@@ -34,6 +34,7 @@ pub struct DiskResult {
     pub seq_read_passes_mb_s: Vec<f64>,
     /// Latency of one 4 KiB `O_DIRECT` read at a random offset, µs.
     pub rand_4k_read_us: Summary,
+    /// Mean latency of the random reads, µs.
     pub rand_4k_read_mean_us: f64,
     /// Every random read, µs, in the order they were made.
     pub rand_4k_samples_us: Vec<f64>,
@@ -46,11 +47,15 @@ impl DiskResult {
     }
 }
 
+/// The disk probe failed.
 #[derive(Debug, thiserror::Error)]
 #[error("disk probe {}: {what}", path.display())]
 pub struct DiskError {
+    /// The probe file.
     pub path: PathBuf,
+    /// What failed.
     pub what: &'static str,
+    /// The I/O error.
     #[source]
     pub source: io::Error,
 }

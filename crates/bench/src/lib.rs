@@ -20,6 +20,8 @@
 //! - [`run`]: the measurements; [`disk`]: the disk probe; [`stats`]: median, p90,
 //!   geometric mean; [`report`]: summaries, tables, JSON and CSV; [`plot`]: the plots.
 
+#![warn(missing_docs)]
+
 pub mod disk;
 pub mod plot;
 mod progress;
@@ -55,9 +57,15 @@ pub const SUITE: [&str; 10] = [
 ];
 /// `--quick`'s functions.
 pub const QUICK_SUITE: [&str; 4] = ["helloworld", "pyaes", "json_serdes", "image_rotate"];
+/// Measured cold starts per mode, and warm invocations, per function: `--iterations`'s
+/// default.
 pub const DEFAULT_ITERATIONS: usize = 10;
+/// `--iterations`'s default with `--quick`.
 pub const QUICK_ITERATIONS: usize = 5;
+/// `--sweep-levels`'s default: how many cold starts run at once at each level of the
+/// sweep.
 pub const DEFAULT_SWEEP_LEVELS: [usize; 5] = [1, 2, 4, 8, 16];
+/// `--sweep-levels`'s default with `--quick`.
 pub const QUICK_SWEEP_LEVELS: [usize; 3] = [1, 2, 4];
 /// Random 4 KiB reads of the disk probe.
 const DISK_RANDOM_READS: usize = 2000;
@@ -115,44 +123,70 @@ pub struct BenchArgs {
     pub timeout: f64,
 }
 
+/// Why `reap bench` failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
+    /// The command line cannot be used as given.
     #[error("{message}")]
-    Usage { message: String },
+    Usage {
+        /// What is wrong, naming the option.
+        message: String,
+    },
+    /// A function's binary is not in the binary directory.
     #[error(
         "function binary {} not found: build the functions with `cargo build --release --workspace`, or pass --bin-dir",
         path.display()
     )]
-    MissingBinary { path: PathBuf },
+    MissingBinary {
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A step of one function's measurement failed: deploy, an invocation or a cold
+    /// start.
     #[error("{function}: {what}")]
     Function {
+        /// The function's name.
         function: String,
+        /// The step that failed.
         what: &'static str,
+        /// The instance's error.
         #[source]
         source: InstanceError,
     },
+    /// A snapshot's files could not be evicted from the page cache.
     #[error("{what}")]
     Snapshot {
+        /// What failed.
         what: &'static str,
+        /// The snapshot's error.
         #[source]
         source: SnapshotError,
     },
+    /// A cold start answered differently from the function's recording cold start.
     #[error(
         "{function}: a {mode} cold start answered {got:?}, the recording cold start {expected:?}"
     )]
     WrongAnswer {
+        /// The function's name.
         function: String,
+        /// The memory mode of the cold start (`file`, `lazy` or `reap`).
         mode: &'static str,
+        /// The recording cold start's response (lossy UTF-8, trailing whitespace
+        /// removed).
         expected: String,
+        /// This cold start's response, likewise.
         got: String,
     },
     /// A file or directory could not be used.
     #[error(transparent)]
     Io(#[from] PathIoError),
+    /// The disk probe failed.
     #[error(transparent)]
     Disk(#[from] disk::DiskError),
+    /// A plot could not be drawn or written.
     #[error(transparent)]
     Plot(#[from] plot::PlotError),
+    /// The report could not be encoded as JSON.
     #[error("cannot encode the results")]
     Json(#[from] serde_json::Error),
 }
@@ -160,16 +194,26 @@ pub enum BenchError {
 /// A run's settings, defaults applied.
 #[derive(Debug, Clone)]
 pub struct BenchPlan {
+    /// The functions to measure, in order.
     pub functions: Vec<FunctionSpec>,
+    /// Guest memory, iterations, warm-up rounds and time limit of each function's run.
     pub params: RunParams,
+    /// The sweep's function and its concurrency levels; `None` with `--no-sweep`.
     pub sweep: Option<(FunctionSpec, Vec<usize>)>,
+    /// Size of the disk probe file in MiB; 0 skips the disk measurement and the floor.
     pub disk_mib: u64,
+    /// Output directory.
     pub out: PathBuf,
+    /// Keep the snapshots under `OUT/snapshots` instead of removing each after use.
     pub keep_snapshots: bool,
+    /// `--quick` was given (recorded in the report).
     pub quick: bool,
 }
 
 impl BenchPlan {
+    /// Applies the defaults to `args` (`--quick`'s with `--quick`), checks the values,
+    /// and finds each function's binary and first sample request; `started` names the
+    /// default output directory.
     pub fn from_args(args: &BenchArgs, started: SystemTime) -> Result<BenchPlan, BenchError> {
         let usage = |message: String| BenchError::Usage { message };
         let names: Vec<String> = if !args.functions.is_empty() {
@@ -289,8 +333,11 @@ fn first_request(functions_dir: Option<&Path>, name: &str) -> Result<String, Ben
 /// What a run wrote.
 #[derive(Debug)]
 pub struct Outputs {
+    /// Everything measured, as written to `results.json`.
     pub report: Report,
+    /// The output directory.
     pub dir: PathBuf,
+    /// The files written, in the order they were written.
     pub files: Vec<PathBuf>,
 }
 

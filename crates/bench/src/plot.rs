@@ -20,10 +20,13 @@ const LAZY_COLOR: RGBColor = RGBColor(255, 150, 40);
 const REAP_COLOR: RGBColor = RGBColor(31, 119, 180);
 const WARM_COLOR: RGBColor = RGBColor(20, 20, 20);
 
+/// A plot could not be drawn or written.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot draw {}: {message}", path.display())]
 pub struct PlotError {
+    /// The file being drawn.
     pub path: PathBuf,
+    /// What went wrong.
     pub message: String,
 }
 
@@ -45,18 +48,26 @@ struct Series<T> {
 /// One function's bars: median latencies in ms.
 #[derive(Debug, Clone)]
 pub struct BarGroup {
+    /// The function's name, the group's label.
     pub name: String,
+    /// File mode's median cold start.
     pub file_ms: f64,
+    /// Lazy mode's median cold start.
     pub lazy_ms: f64,
+    /// Reap mode's median cold start.
     pub reap_ms: f64,
+    /// Median warm invocation (the line across the group).
     pub warm_ms: f64,
 }
 
 /// One concurrency level: median latencies in ms.
 #[derive(Debug, Clone, Copy)]
 pub struct SweepPoint {
+    /// How many cold starts ran at once (the x axis).
     pub concurrency: usize,
+    /// File mode's median cold start.
     pub file_ms: f64,
+    /// Reap mode's median cold start.
     pub reap_ms: f64,
 }
 

@@ -25,17 +25,23 @@ pub struct Environment {
     pub git_dirty: Option<bool>,
     /// Start of the run, UTC, ISO 8601.
     pub date: String,
+    /// The host name (`/proc/sys/kernel/hostname`), or `unknown`.
     pub host: String,
+    /// The kernel release (`/proc/sys/kernel/osrelease`), or `unknown`.
     pub kernel: String,
+    /// The first `model name` of `/proc/cpuinfo`.
     pub cpu_model: Option<String>,
+    /// CPUs this process may use (`available_parallelism`), 1 if that is unknown.
     pub cpus: usize,
     /// `kvm_pvm` when the host's KVM is the software-assisted one, else `kvm_intel` /
     /// `kvm_amd` / `kvm`.
     pub kvm_module: Option<String>,
+    /// reap's version (the workspace's package version) at build time.
     pub reap_version: String,
 }
 
 impl Environment {
+    /// Reads the environment now; `started` is the start of the run, written as `date`.
     pub fn detect(started: SystemTime) -> Environment {
         let read = |path: &str| {
             std::fs::read_to_string(path)
@@ -80,6 +86,7 @@ impl Environment {
     }
 }
 
+/// Whole seconds from the Unix epoch to `t` (0 for earlier times).
 pub fn unix_secs(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -120,34 +127,54 @@ pub fn compact_utc(secs: u64) -> String {
 /// The run's parameters, as resolved from the command line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunConfig {
+    /// `--quick` was given.
     pub quick: bool,
+    /// The functions measured, in order.
     pub functions: Vec<String>,
+    /// Measured cold starts per mode, and warm invocations, per function.
     pub iterations: usize,
+    /// Unmeasured rounds (one cold start per mode) before the measured ones.
     pub warmup: usize,
+    /// Guest memory in MiB.
     pub mem_mib: u64,
+    /// Function of the concurrency sweep (`None` without a sweep).
     pub sweep_function: Option<String>,
+    /// Concurrency levels of the sweep (empty without a sweep).
     pub sweep_levels: Vec<usize>,
+    /// Size of the disk probe file in MiB (0: no disk measurement).
     pub disk_probe_mib: u64,
 }
 
 /// Medians of one mode's cold starts (times in ms).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModeSummary {
+    /// Latency, restore plus the first invocation: median, p90 and range.
     pub latency_ms: Summary,
+    /// Restoring the VM, fetch and install excluded.
     pub restore_ms: f64,
+    /// Reading and checking the WS file.
     pub fetch_ms: f64,
+    /// Installing the working set into guest memory.
     pub install_ms: f64,
+    /// The first invocation as the instance measures it.
     pub invoke_ms: f64,
+    /// Faults the page server served during the invocation.
     pub lazy_faults: f64,
+    /// Of those, faults served with a zero page.
     pub lazy_faults_zero: f64,
+    /// Faults the page server served during the restore, before the guest ran.
     #[serde(default)]
     pub restore_lazy_faults: f64,
+    /// Pages installed from the WS file before the guest ran.
     pub prefetched_pages: f64,
+    /// Minor page faults the host kernel counted on the vCPU thread.
     pub host_minor_faults: f64,
+    /// Major page faults the host kernel counted on the vCPU thread.
     pub host_major_faults: f64,
 }
 
 impl ModeSummary {
+    /// Summarizes `samples`, all of one mode; `None` for no samples.
     pub fn of(samples: &[&ColdSample]) -> Option<ModeSummary> {
         let med = |f: fn(&ColdSample) -> u64| {
             stats::median(&samples.iter().map(|s| f(s) as f64).collect::<Vec<_>>()).unwrap_or(0.0)
@@ -175,6 +202,7 @@ impl ModeSummary {
 /// plus reading the WS file at the sequential bandwidth.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Floor {
+    /// Median warm latency + WS file bytes / sequential read bandwidth, ms.
     pub floor_ms: f64,
     /// reap median / floor.
     pub reap_over_floor: f64,
@@ -185,9 +213,13 @@ pub struct Floor {
 /// One function's figures.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FunctionSummary {
+    /// The file-mode cold starts.
     pub file: ModeSummary,
+    /// The lazy-mode cold starts.
     pub lazy: ModeSummary,
+    /// The reap-mode (prefetching) cold starts.
     pub reap: ModeSummary,
+    /// Latency of the warm invocations, ms.
     pub warm_ms: Summary,
     /// file median / reap median.
     pub speedup_file_to_reap: f64,
@@ -199,10 +231,13 @@ pub struct FunctionSummary {
     /// 1 − reap lazy faults / lazy-mode lazy faults (medians), % (`None` when the
     /// lazy mode had no faults).
     pub fault_reduction_pct: Option<f64>,
+    /// Distance to the disk floor (`None` without a disk measurement).
     pub floor: Option<Floor>,
 }
 
 impl FunctionSummary {
+    /// Summarizes `run`, with the floor when `disk` is given and measured a bandwidth;
+    /// `None` if a mode or the warm invocations have no samples.
     pub fn of(run: &FunctionRun, disk: Option<&DiskResult>) -> Option<FunctionSummary> {
         let mode = |m: MemoryMode| {
             ModeSummary::of(&run.cold.iter().filter(|s| s.mode == m).collect::<Vec<_>>())
@@ -239,8 +274,10 @@ impl FunctionSummary {
 /// A function's raw results and their summary.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FunctionReport {
+    /// The raw results (its fields are this object's in JSON).
     #[serde(flatten)]
     pub run: FunctionRun,
+    /// Their summary.
     pub summary: FunctionSummary,
 }
 
@@ -248,36 +285,53 @@ pub struct FunctionReport {
 /// cold starts (sums of the per-function medians).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FaultReduction {
+    /// Sum over the functions of the lazy mode's median lazily served faults.
     pub lazy_mode_faults: f64,
+    /// Sum over the functions of the reap mode's median lazily served faults.
     pub reap_mode_faults: f64,
     /// 1 − reap / lazy, %.
     pub reduction_pct: Option<f64>,
     /// Host kernel page faults of the vCPU thread, file mode against reap.
     pub file_mode_host_faults: f64,
+    /// Sum over the functions of the reap mode's median host page faults (minor +
+    /// major).
     pub reap_mode_host_faults: f64,
 }
 
 /// One concurrency level of the sweep.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepLevel {
+    /// How many cold starts ran at once.
     pub concurrency: usize,
+    /// Latency of this level's file-mode cold starts, all repetitions, ms.
     pub file_ms: Summary,
+    /// Latency of this level's reap-mode cold starts, all repetitions, ms.
     pub reap_ms: Summary,
     /// file median / reap median.
     pub speedup_file_to_reap: f64,
 }
 
+/// The concurrency sweep: its raw samples and a summary per level.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepReport {
+    /// The function of the sweep.
     pub function: String,
+    /// Repetitions of each level, each one batch per mode (file and reap); also the
+    /// number of measured warm invocations.
     pub repetitions: usize,
+    /// Latency of the warm invocations, ms (`None` if there were none).
     pub warm_ms: Option<Summary>,
+    /// One summary per concurrency level, in the order they ran.
     pub levels: Vec<SweepLevel>,
+    /// Every batch, in the order they ran.
     pub batches: Vec<SweepBatch>,
+    /// The measured warm invocations, in the order they ran.
     pub warm: Vec<WarmSample>,
 }
 
 impl SweepReport {
+    /// Summarizes the sweep of `function`: one level per concurrency of `batches` (in
+    /// their order) that has both file and reap cold starts.
     pub fn new(
         function: String,
         repetitions: usize,
@@ -322,22 +376,33 @@ impl SweepReport {
 /// Everything a run produced; written as `results.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
+    /// Version of the JSON layout ([`SCHEMA_VERSION`] when written by this build).
     pub schema_version: u32,
+    /// Where and when the run was made.
     pub environment: Environment,
+    /// The run's parameters.
     pub config: RunConfig,
+    /// The disk measurement (`None` when skipped).
     pub disk: Option<DiskResult>,
     /// Geometric mean over the functions of file median / reap median.
     pub geomean_speedup_file_to_reap: Option<f64>,
+    /// Geometric mean over the functions of lazy median / reap median.
     pub geomean_speedup_lazy_to_reap: Option<f64>,
+    /// Geometric mean over the functions of reap median / warm median.
     pub geomean_reap_over_warm: Option<f64>,
+    /// Lazily served faults and host page faults, summed over the functions.
     pub fault_reduction: FaultReduction,
+    /// Each function's raw results and summary, in the order measured (a function with
+    /// no samples for a mode or no warm samples is left out).
     pub functions: Vec<FunctionReport>,
+    /// The concurrency sweep (`None` when skipped).
     pub sweep: Option<SweepReport>,
     /// Wall time of the whole run.
     pub duration_s: f64,
 }
 
 impl Report {
+    /// Summarizes each run and computes the figures across functions.
     pub fn new(
         environment: Environment,
         config: RunConfig,
@@ -598,6 +663,7 @@ impl Report {
         s
     }
 
+    /// `results.json`'s text: the report as pretty-printed JSON.
     pub fn to_json(&self) -> serde_json::Result<String> {
         serde_json::to_string_pretty(self)
     }
@@ -811,6 +877,7 @@ pub struct Table {
 }
 
 impl Table {
+    /// An empty table with these column headers.
     pub fn new(headers: &[&str]) -> Table {
         Table {
             headers: headers.iter().map(|h| (*h).to_owned()).collect(),
@@ -863,6 +930,8 @@ impl Table {
         out
     }
 
+    /// The table in Markdown: the first column left-aligned, the others right-aligned,
+    /// `|` escaped.
     pub fn render_markdown(&self) -> String {
         let esc = |s: &String| s.replace('|', "\\|");
         let mut out = format!(
@@ -890,18 +959,21 @@ pub struct Csv {
 }
 
 impl Csv {
+    /// A CSV text with `headers` as its first row.
     pub fn new(headers: &[&str]) -> Csv {
         let mut w = Csv { out: String::new() };
         w.row(&headers.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>());
         w
     }
 
+    /// Appends a row.
     pub fn row(&mut self, cells: &[String]) {
         let line: Vec<String> = cells.iter().map(|c| csv_field(c)).collect();
         self.out.push_str(&line.join(","));
         self.out.push('\n');
     }
 
+    /// The CSV text.
     pub fn finish(self) -> String {
         self.out
     }

@@ -21,7 +21,9 @@ pub const MODES: [MemoryMode; 3] = [MemoryMode::File, MemoryMode::Lazy, MemoryMo
 /// A function to measure.
 #[derive(Debug, Clone)]
 pub struct FunctionSpec {
+    /// The function's name, also its binary's file name and its argv[0] in the guest.
     pub name: String,
+    /// Path of the function's binary.
     pub binary: PathBuf,
     /// The request every invocation sends (one line).
     pub request: String,
@@ -30,6 +32,7 @@ pub struct FunctionSpec {
 /// What a function run needs besides the function.
 #[derive(Debug, Clone)]
 pub struct RunParams {
+    /// Guest memory in MiB.
     pub mem_mib: u64,
     /// Measured cold starts per mode, and measured warm invocations.
     pub iterations: usize,
@@ -42,13 +45,20 @@ pub struct RunParams {
 /// One cold start: restore plus the first invocation.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ColdSample {
+    /// The memory mode of the restore.
     pub mode: MemoryMode,
     /// Wall time from the start of the restore until the invocation returned its
     /// response: restore + fetch + install + invoke.
     pub latency_us: u64,
+    /// Restoring the VM (state file, memory setup, VM and vCPU), fetch and install
+    /// excluded, µs.
     pub restore_us: u64,
+    /// Reading and checking the WS file, µs (0 unless a reap cold start read one).
     pub fetch_us: u64,
+    /// Installing the working set into guest memory, µs (0 unless it was prefetched).
     pub install_us: u64,
+    /// The first invocation as the instance measures it: from handing the request to
+    /// the guest until its response line was written, µs.
     pub invoke_us: u64,
     /// Faults the page server served during the restore, before the guest ran (the
     /// host kernel touching guest memory while the VM is set up).
@@ -56,12 +66,17 @@ pub struct ColdSample {
     pub restore_lazy_faults: u64,
     /// Faults the page server served during the invocation (lazy and reap modes).
     pub lazy_faults: u64,
+    /// Of `lazy_faults`, those served with a zero page, without a read.
     pub lazy_faults_zero: u64,
+    /// Pages of the WS file installed before the guest ran, data and zero pages (0
+    /// unless the working set was prefetched).
     pub prefetched_pages: u64,
     /// Page faults the host kernel counted on the vCPU thread during restore and
     /// invocation (guest memory faults included; in file mode, the kernel's own
     /// faults on the mapped memory file).
     pub host_minor_faults: u64,
+    /// Major page faults (ones that waited for a read), counted like
+    /// `host_minor_faults`.
     pub host_major_faults: u64,
 }
 
@@ -81,6 +96,7 @@ pub struct WsInfo {
     pub pages: u64,
     /// Pages whose contents the WS file holds (the rest are zero pages).
     pub data_pages: u64,
+    /// Pages of the working set that are zero pages: `pages - data_pages`.
     pub zero_pages: u64,
     /// Bytes of the WS file: what a prefetching cold start reads.
     pub file_bytes: u64,
@@ -93,28 +109,39 @@ pub struct WsInfo {
 /// Everything measured for one function.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FunctionRun {
+    /// The function's name.
     pub name: String,
+    /// The request every invocation sent (one line).
     pub request: String,
+    /// Size of the guest memory, bytes.
     pub guest_memory_bytes: u64,
     /// Bytes of the snapshot's memory file that hold data (not holes).
     pub snapshot_data_bytes: u64,
     /// Boot until the ready point.
     pub boot_ms: f64,
+    /// Writing the snapshot, ms.
     pub snapshot_ms: f64,
+    /// The working set the recording cold start wrote.
     pub ws: WsInfo,
     /// The cold start that recorded the working set.
     pub recording: ColdSample,
     /// Measured cold starts, in the order they ran.
     pub cold: Vec<ColdSample>,
+    /// Measured warm invocations on the booted instance, in the order they ran (after
+    /// one unmeasured invocation).
     pub warm: Vec<WarmSample>,
 }
 
 /// One level of the concurrency sweep: `concurrency` cold starts at once, repeated.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SweepBatch {
+    /// How many cold starts ran at once.
     pub concurrency: usize,
+    /// Which repetition of the level this batch is, from 0.
     pub repetition: usize,
+    /// The memory mode of all its cold starts (file or reap).
     pub mode: MemoryMode,
+    /// One sample per cold start of the batch, in thread order.
     pub samples: Vec<ColdSample>,
 }
 

@@ -42,10 +42,15 @@ pub fn geomean(values: &[f64]) -> Option<f64> {
 /// Median, 90th percentile and range of a set of samples.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
+    /// Number of samples.
     pub n: usize,
+    /// The median.
     pub median: f64,
+    /// The 90th percentile.
     pub p90: f64,
+    /// The smallest sample.
     pub min: f64,
+    /// The largest sample.
     pub max: f64,
 }
 

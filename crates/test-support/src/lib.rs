@@ -1,6 +1,8 @@
 //! Helpers shared by reap's integration tests and benches: where the guest programs
 //! are, how to run the `reap` binary, the function list and its sample requests.
 
+#![warn(missing_docs)]
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -52,6 +54,8 @@ pub fn reap(args: &[&str], input: &[u8]) -> Output {
     run_with_input(Command::new(reap_binary()).args(args), input)
 }
 
+/// Runs `cmd` with `input` written to its stdin from another thread, and collects its
+/// status, stdout and stderr.
 pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
     let mut child = cmd
         .stdin(Stdio::piped())
@@ -69,10 +73,12 @@ pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Output {
     out
 }
 
+/// `out`'s stdout as text (invalid UTF-8 replaced).
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `out`'s stderr as text (invalid UTF-8 replaced).
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
