@@ -115,8 +115,8 @@ pub mod ws;
 pub use memfile::{MemoryFile, MemoryFileError};
 pub use region::{PAGE_2M, PAGE_4K, Region, RegionError};
 pub use server::{
-    Holes, IDLE_CHECK_MS, MAX_HOLE_RANGES, Mode, PageServer, PagerError, PagerStats, ServeOptions,
-    StopReason,
+    Holes, IDLE_CHECK_MS, MAX_HOLE_RANGES, MIN_INSTALLED_ZERO_RUN, Mode, PageServer, PagerError,
+    PagerStats, ServeOptions, StopReason,
 };
 pub use uffd::{Errno, Event, FillError, Uffd, UffdError};
 pub use ws::{WorkingSet, WsError, WsSummary, WsWriteError};

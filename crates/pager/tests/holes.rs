@@ -110,50 +110,117 @@ fn record_with_kernel_holes_records_only_the_data_pages() {
 }
 
 #[test]
-fn prefetch_keeps_the_working_set_registered_and_installs_its_zero_pages() {
+fn prefetch_keeps_long_zero_runs_of_the_set_registered_and_installs_them() {
     let mem = memory_file("prefetch", PAGES, is_hole);
-    // A set of data pages and hole pages (zero pages in the WS file).
-    let set = [1u64, 2, 10, 11, 12, 21, 30, 45];
+    // Data pages 1, 2, 21; zero pages (holes) 10..13 and 45 (short runs) and 30..40 (a
+    // run of 10 pages).
+    let set: Vec<u64> = [1, 2, 10, 11, 12, 21, 45]
+        .into_iter()
+        .chain(30..40)
+        .collect();
     let ws = TempPath::new("prefetch.ws");
     let memory = reap_pager::MemoryFile::open(mem.path()).unwrap();
     let offsets: Vec<u64> = set.iter().map(|i| i * PS).collect();
     reap_pager::ws::write_ws(ws.path(), PS, &offsets, &memory).unwrap();
+    let kernel = ServeOptions::default();
+    /// The options, zero pages installed, registered page ranges, hole ranges
+    /// unregistered.
+    type Case = (ServeOptions, u64, &'static [(u64, u64)], u64);
+    let cases: [Case; 4] = [
+        // The default: the long run is installed, the short ones go with their holes
+        // (4..20, 24..30, 40..60).
+        (
+            kernel.clone(),
+            10,
+            &[(0, 4), (20, 24), (30, 40), (60, 64)],
+            3,
+        ),
+        // Every zero page of the set installed: the holes split around them.
+        (
+            kernel.clone().min_installed_zero_run(0),
+            14,
+            &[(0, 4), (10, 13), (20, 24), (30, 40), (45, 46), (60, 64)],
+            5,
+        ),
+        // None: all holes unregistered whole.
+        (
+            kernel.min_installed_zero_run(u64::MAX),
+            0,
+            &[(0, 4), (20, 24), (60, 64)],
+            2,
+        ),
+        // Nothing unregistered, every zero page of the set installed.
+        (served(), 14, &[(0, 64)], 0),
+    ];
+    for (options, installed, kept, ranges) in cases {
+        let (uffd, m, regions) = registered(PAGES);
+        let mode = Mode::Prefetch {
+            ws: ws.path().to_path_buf(),
+        };
+        let holes = options.holes;
+        let server = start_with(uffd, regions, &mem, mode, options.clone());
+        let s = server.stats();
+        assert!(!s.prefetch_fell_back);
+        assert_eq!(s.prefetched_pages, 3);
+        assert_eq!(
+            (s.prefetched_zero_pages, s.ws_zero_pages_unregistered),
+            (installed, 14 - installed),
+            "{options:?}"
+        );
+        let expected: Vec<(u64, u64)> = kept
+            .iter()
+            .map(|&(a, b)| (m.page_addr(a), m.page_addr(b)))
+            .collect();
+        assert_eq!(
+            uffd_registered(None, m.addr, m.addr + m.len),
+            expected,
+            "{options:?}"
+        );
+        assert_eq!(s.hole_ranges_unregistered, ranges, "{options:?}");
+        if holes == Holes::Kernel {
+            assert_eq!(s.hole_bytes_unregistered, (52 - installed) * PS);
+        }
+        // Everything reads right: the set without faults, the rest lazily (data) or
+        // from the kernel or as zero pages (holes); every zero page is writable.
+        let all: Vec<u64> = (0..PAGES).collect();
+        let got = touch(&m, &all);
+        assert_pages_match_file(mem.path(), &all, &got);
+        let hole_pages: Vec<u64> = all.iter().copied().filter(|&i| is_hole(i)).collect();
+        for (&i, page) in hole_pages.iter().zip(&write_touch(&m, &hole_pages)) {
+            assert!(is_marked_zero_page(page, i), "hole page {i}");
+        }
+        let s = server.stop();
+        assert_eq!(s.lazy_faults_file, 12 - 3);
+        let served_zero = if holes == Holes::Kernel { 0 } else { 52 - 14 };
+        assert_eq!(s.lazy_faults_zero, served_zero, "{options:?}");
+    }
+}
+
+#[test]
+fn zero_pages_of_the_set_that_are_data_are_installed_whatever_their_run() {
+    // Page 2 holds zeros written to the file: data, not a hole.
+    let mem = memory_file("zero-data", PAGES, is_hole);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(mem.path())
+        .and_then(|f| std::os::unix::fs::FileExt::write_all_at(&f, &[0; PS as usize], 2 * PS))
+        .unwrap();
+    let memory = reap_pager::MemoryFile::open(mem.path()).unwrap();
+    assert!(!memory.is_hole(2 * PS, PS));
+    let ws = TempPath::new("zero-data.ws");
+    let summary = reap_pager::ws::write_ws(ws.path(), PS, &[2 * PS, 3 * PS], &memory).unwrap();
+    assert_eq!(summary.zero_pages, 1);
     let (uffd, m, regions) = registered(PAGES);
     let mode = Mode::Prefetch {
         ws: ws.path().to_path_buf(),
     };
     let server = start(uffd, regions, &mem, mode);
     let s = server.stats();
-    assert!(!s.prefetch_fell_back);
-    assert_eq!((s.prefetched_pages, s.prefetched_zero_pages), (3, 5));
-    // Registered: the data, and the set's hole pages 10..13, 30, 45 (installed now).
-    let p = |i| m.page_addr(i);
-    assert_eq!(
-        uffd_registered(None, m.addr, m.addr + m.len),
-        vec![
-            (p(0), p(4)),
-            (p(10), p(13)),
-            (p(20), p(24)),
-            (p(30), p(31)),
-            (p(45), p(46)),
-            (p(60), p(64)),
-        ]
-    );
-    // Holes 4..10, 13..20, 24..30, 31..45, 46..60.
-    assert_eq!(s.hole_ranges_unregistered, 5);
-    assert_eq!(s.hole_bytes_unregistered, (52 - 5) * PS);
-    // Everything reads right: the set without faults, the rest lazily (data) or from
-    // the kernel (holes); every zero page is writable.
-    let all: Vec<u64> = (0..PAGES).collect();
-    let got = touch(&m, &all);
-    assert_pages_match_file(mem.path(), &all, &got);
-    let holes: Vec<u64> = all.iter().copied().filter(|&i| is_hole(i)).collect();
-    for (&i, page) in holes.iter().zip(&write_touch(&m, &holes)) {
-        assert!(is_marked_zero_page(page, i), "hole page {i}");
-    }
+    assert_eq!((s.prefetched_pages, s.prefetched_zero_pages), (1, 1));
+    assert_eq!(s.ws_zero_pages_unregistered, 0);
+    assert!(is_marked_zero_page(&write_touch(&m, &[2])[0], 2));
     let s = server.stop();
-    assert_eq!(s.lazy_faults_file, 12 - 3);
-    assert_eq!(s.lazy_faults_zero, 0);
+    assert_eq!(s.lazy_faults_file + s.lazy_faults_zero, 0);
 }
 
 #[test]
