@@ -32,10 +32,11 @@
 //! PageServer::start(Uffd, Vec<Region>, MemoryFile, Mode) -> Result<PageServer, PagerError>
 //! PageServer::start_with(Uffd, Vec<Region>, MemoryFile, Mode, ServeOptions) -> Result<..>
 //! Mode::Lazy | Mode::Record | Mode::Prefetch { ws: PathBuf }
-//! ServeOptions { holes: Holes, max_hole_ranges: usize }   // non_exhaustive; Default,
-//!     .holes(Holes) .max_hole_ranges(usize)               // builder methods
-//! Holes::Kernel (default: unregistered at start) | Holes::Served
-//! MAX_HOLE_RANGES                                     // default max_hole_ranges
+//! ServeOptions { holes: Holes, max_hole_ranges: usize, min_installed_zero_run: u64 }
+//!     // non_exhaustive, built as ServeOptions::default().holes(Holes::Served)...
+//!     // (one builder method per field); defaults: Kernel, MAX_HOLE_RANGES = 1024,
+//!     // MIN_INSTALLED_ZERO_RUN = 32 KiB
+//! Holes::Kernel (holes unregistered at start) | Holes::Served (served as zero pages)
 //! PageServer::stats(&self) -> PagerStats               // while running
 //! PageServer::is_running(&self) -> bool
 //! PageServer::stopped_event(&self) -> BorrowedFd<'_>  // POLLIN once the loop stopped
@@ -48,7 +49,8 @@
 //! PagerStats { holes, hole_ranges_unregistered, hole_bytes_unregistered,
 //!              hole_ranges_served, hole_unregister_errors, unregister_ns,
 //!              lazy_faults_file, lazy_faults_zero, faults_already_present, remove_events,
-//!              prefetched_pages, prefetched_zero_pages, install_ioctls, bytes_read_fetch,
+//!              prefetched_pages, prefetched_zero_pages, ws_zero_pages_unregistered,
+//!              install_ioctls, bytes_read_fetch,
 //!              bytes_read_lazy, fetch_ns, verify_ns, install_ns, fault_serve_ns,
 //!              fetch_direct, recorded_pages, prefetch_fell_back, fallback_reason,
 //!              stopped: Option<StopReason>, mode }                 // Serialize
@@ -69,11 +71,12 @@
 //! address space of the process that created the descriptor, so this works for a
 //! received Firecracker descriptor too): they become plain anonymous memory, which the
 //! kernel zero-fills on first touch, without a fault reaching the server. Whole pages
-//! of the regions' page size only; the pages of a working set being prefetched stay
-//! registered, so that the install fills them; at most
-//! [`ServeOptions::max_hole_ranges`] ranges (the largest). A range the kernel refuses
-//! to unregister stays registered and is served (one warning). [`Holes::Served`] keeps
-//! every hole registered and served as zero pages.
+//! of the regions' page size only; at most [`ServeOptions::max_hole_ranges`] ranges
+//! (the largest). The pages of a working set being prefetched stay registered, so that
+//! the install fills them, except its zero pages in runs shorter than
+//! [`ServeOptions::min_installed_zero_run`] (32 KiB), which are cheaper left to the
+//! kernel. A range the kernel refuses to unregister stays registered and is served (one
+//! warning). [`Holes::Served`] keeps every hole registered and served as zero pages.
 //!
 //! # Modes
 //!

@@ -27,11 +27,13 @@ pub enum Mode {
     /// Every fault is served from the memory file (holes as zero pages).
     Lazy,
     /// Lazy, and the faulting pages are recorded in fault order for
-    /// [`PageServer::write_ws`].
+    /// [`PageServer::write_ws`]. With [`Holes::Kernel`] holes do not fault, so only
+    /// data pages are recorded.
     Record,
     /// Before [`PageServer::start`] returns, the WS file is fetched with one `O_DIRECT`
-    /// read and installed (one `UFFDIO_COPY` per contiguous run, zero pages with
-    /// `UFFDIO_ZEROPAGE`); everything else is then served lazily.
+    /// read and installed (one `UFFDIO_COPY` per contiguous run, zero pages copied from
+    /// a zero buffer, except those [`Holes::Kernel`] leaves to the kernel); everything
+    /// else is then served lazily.
     ///
     /// A WS file that is unreadable, damaged, foreign, or does not fit the memory file
     /// or the regions is not an error: the server logs a warning, installs nothing,
@@ -761,8 +763,9 @@ impl FaultLoop {
     }
 
     /// Installs the working set: data pages in table order, one `UFFDIO_COPY` per run of
-    /// entries that are contiguous both in the file and in memory; zero pages sorted and
-    /// merged, one `UFFDIO_ZEROPAGE` per run.
+    /// entries that are contiguous both in the file and in memory; zero pages (but those
+    /// in unregistered holes) sorted and merged, each run filled by
+    /// [`FaultLoop::install_zeros`].
     fn install(&mut self, ws: &WorkingSet) -> Result<(), Stop> {
         let ps = self.page_size;
         let data = ws.data();
