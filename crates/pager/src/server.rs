@@ -719,11 +719,11 @@ impl FaultLoop {
 
     /// The host addresses (sorted) of the set's pages that must stay registered for the
     /// install: the data pages, and the zero pages in runs of at least
-    /// [`ServeOptions::min_installed_zero_run`] bytes. A zero page in a shorter run that is a hole is
-    /// unregistered with its hole and left to the kernel: in a guest, copying zeros
-    /// into it and splitting the hole around it costs more than the kernel's zero-fill
-    /// on first touch, while long runs installed as copied zeros cost 2-3x less than
-    /// that (docs/pager.md).
+    /// [`ServeOptions::min_installed_zero_run`] bytes. A zero page in a shorter run
+    /// that is a hole is unregistered with its hole and left to the kernel: in a guest,
+    /// copying zeros into it and splitting the hole around it costs more than the
+    /// kernel's zero-fill on first touch, while long runs installed as copied zeros
+    /// cost 2-3x less than that (docs/pager.md).
     fn pages_to_install(&self, ws: &WorkingSet) -> Vec<u64> {
         let ps = self.page_size;
         let host = |offset| self.regions.host_addr_of(offset).unwrap_or_default();
