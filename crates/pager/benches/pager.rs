@@ -9,9 +9,36 @@
 //!   then the install); cost per page = start time / pages. The same touches then run
 //!   and must fault nothing.
 //!
+//! Then, for holes of the memory file (pages never written before the snapshot), the
+//! three ways the pager can provide them, while a thread writes one word into each of
+//! N hole pages after `PageServer::start`:
+//! - served: `Holes::Served`, lazy mode; each write is a fault the server answers with
+//!   `UFFDIO_ZEROPAGE`, then a second (kernel) fault makes the zero page writable.
+//!   Cost = the writes.
+//! - kernel: `Holes::Kernel`, lazy mode: the holes are unregistered at start; each
+//!   write is one anonymous fault the kernel fills with a zeroed page. Cost = the
+//!   unregister + the writes.
+//! - copied: `Holes::Kernel`, prefetch of a WS file listing the N pages (as zero
+//!   pages), with `min_installed_zero_run(0)` and no range limit: they all stay
+//!   registered (the holes split around each run) and the install copies zeros into
+//!   them; the writes then fault nothing. Cost = the unregister + the install + the
+//!   writes.
+//!
+//! The N = 4096 pages lie in runs of 1 to 4096 pages, each run followed by as many
+//! untouched pages, all in one hole of the file.
+//!
+//! (The fetch of the WS file and the start of the fault thread are left out: the first
+//! is paid for the data pages anyway, the second is the same for all three and, on a
+//! loaded machine, costs up to a scheduler slice.)
+//!
+//! And the cost of unregistering: a lazy server over a memory file with K hole ranges,
+//! `Holes::Kernel` against `Holes::Served`: the unregister at start, and the stop,
+//! whose closing of the userfaultfd walks the VMAs the unregister split.
+//!
 //! Run with `cargo bench -p reap-pager`. Environment: `PAGER_BENCH_REPS` (default 6),
 //! `PAGER_BENCH_DIR` (default the temp dir; must be a disk-backed file system),
-//! `PAGER_BENCH_JSON` (write the raw results there).
+//! `PAGER_BENCH_JSON` (write the raw results there), `PAGER_BENCH_PARTS` (`ws`,
+//! `holes` or `ws,holes`, the default).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -19,7 +46,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use reap_pager::memfile::fadvise_dontneed;
-use reap_pager::{MemoryFile, Mode, PageServer, PagerStats};
+use reap_pager::{Holes, MemoryFile, Mode, PageServer, PagerStats, ServeOptions};
 
 // The integration tests' helpers: `Mapping`, `registered`, `Rng`, `PS`.
 #[path = "../tests/common/mod.rs"]
@@ -43,6 +70,23 @@ fn touch(m: &Mapping, order: &[u64]) -> (Duration, u64) {
                 sum.wrapping_add(unsafe { std::ptr::read_volatile((base + i * PS) as *const u64) });
         }
         (t.elapsed(), sum)
+    })
+    .join()
+    .unwrap()
+}
+
+/// Writes one word into each page in `order` from another thread; returns the time.
+fn write_touch(m: &Mapping, order: &[u64]) -> Duration {
+    let base = m.addr;
+    let order = order.to_vec();
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        for &i in &order {
+            // SAFETY: inside the live mapping; a missing page blocks until served (or
+            // the kernel fills it).
+            unsafe { std::ptr::write_volatile((base + i * PS) as *mut u64, i | 1) };
+        }
+        t.elapsed()
     })
     .join()
     .unwrap()
@@ -144,6 +188,49 @@ fn main() {
     let dir = std::env::var_os("PAGER_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
+    let parts = std::env::var("PAGER_BENCH_PARTS").unwrap_or_else(|_| "ws,holes".into());
+    let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
+    let mut json = Vec::new();
+    if parts.contains(&"ws") {
+        json.push(format!("\"results\":[{}]", ws_part(reps, &dir).join(",")));
+    }
+    if parts.contains(&"holes") {
+        let (holes, ranges) = holes_part(reps, &dir);
+        json.push(format!("\"holes\":[{}]", holes.join(",")));
+        json.push(format!("\"unregister\":[{}]", ranges.join(",")));
+    }
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let git_rev = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let unix_time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let json = format!(
+        concat!(
+            "{{\"git_rev\":\"{}\",\"unix_time\":{},\"kernel\":\"{}\",\"cpus\":{},",
+            "\"reps\":{},\"memory_mib\":256,{}}}"
+        ),
+        git_rev,
+        unix_time,
+        kernel.trim(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
+        reps,
+        json.join(",")
+    );
+    if let Some(p) = std::env::var_os("PAGER_BENCH_JSON") {
+        std::fs::write(p, &json).unwrap();
+    }
+}
+
+/// Lazy faults vs the prefetch install; returns the JSON results.
+fn ws_part(reps: usize, dir: &Path) -> Vec<String> {
     let tag = std::process::id();
     let mem = dir.join(format!("reap-pager-bench-{tag}.mem"));
 
@@ -316,32 +403,250 @@ fn main() {
         "prefetch: PageServer::start time per page (fetch + verify + install + thread start); after/pg: touching the installed pages"
     );
     println!("run: pages per contiguous run of the working set (1p = scattered single pages)");
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let git_rev = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
-    let unix_time = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let json = format!(
-        concat!(
-            "{{\"git_rev\":\"{}\",\"unix_time\":{},\"kernel\":\"{}\",\"cpus\":{},",
-            "\"reps\":{},\"memory_mib\":256,\"results\":[{}]}}"
+    results
+}
+
+/// How the holes are provided in one run of [`holes_part`].
+#[derive(Clone, Copy, PartialEq)]
+enum HoleWay {
+    Served,
+    Kernel,
+    Copied,
+}
+
+/// Starts a server over the hole file, writes into `order`, stops it. Returns the time
+/// of the writes and the stats.
+fn run_holes(mem: &Path, ws: &Path, order: &[u64], way: HoleWay) -> (Duration, PagerStats) {
+    let (uffd, m, regions) = registered(MEM_PAGES);
+    let memory = MemoryFile::open(mem).unwrap();
+    let (mode, holes) = match way {
+        HoleWay::Served => (Mode::Lazy, Holes::Served),
+        HoleWay::Kernel => (Mode::Lazy, Holes::Kernel),
+        HoleWay::Copied => (
+            Mode::Prefetch {
+                ws: ws.to_path_buf(),
+            },
+            Holes::Kernel,
         ),
-        git_rev,
-        unix_time,
-        kernel.trim(),
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(0),
-        reps,
-        results.join(",")
-    );
-    if let Some(p) = std::env::var_os("PAGER_BENCH_JSON") {
-        std::fs::write(p, &json).unwrap();
+    };
+    let mut options = ServeOptions::default().holes(holes);
+    if way == HoleWay::Copied {
+        options = options
+            .min_installed_zero_run(0)
+            .max_hole_ranges(usize::MAX);
     }
+    let server = PageServer::start_with(uffd, regions, memory, mode, options).unwrap();
+    let writes = write_touch(&m, order);
+    let stats = server.stop();
+    let n = order.len() as u64;
+    let served = stats.lazy_faults_zero;
+    match way {
+        HoleWay::Served => assert_eq!(served, n),
+        HoleWay::Kernel => assert_eq!((served, stats.hole_ranges_unregistered), (0, 1)),
+        HoleWay::Copied => {
+            assert!(!stats.prefetch_fell_back, "{:?}", stats.fallback_reason);
+            assert_eq!((served, stats.prefetched_zero_pages), (0, n));
+        }
+    }
+    (writes, stats)
+}
+
+/// Holes served, left to the kernel, or copied at install; and the cost of
+/// unregistering. Returns the JSON results of both.
+fn holes_part(reps: usize, dir: &Path) -> (Vec<String>, Vec<String>) {
+    let tag = std::process::id();
+    // 256 MiB, data in the first 1 MiB only.
+    const DATA_PAGES: u64 = 256;
+    let mem = dir.join(format!("reap-pager-bench-{tag}-holes.mem"));
+    {
+        let f = File::create(&mem).unwrap();
+        f.set_len(MEM_PAGES * PS).unwrap();
+        f.write_all_at(&vec![0x5a; (DATA_PAGES * PS) as usize], 0)
+            .unwrap();
+        f.sync_all().unwrap();
+    }
+    let memory = MemoryFile::open(&mem).unwrap();
+    // (pages, pages per run); each run is followed by as many untouched pages.
+    let shapes = [1u64, 2, 4, 8, 16, 64, 4096].map(|run| (4096usize, run));
+    let mut sets = Vec::new();
+    for &(pages, run) in &shapes {
+        let order: Vec<u64> = (0..pages as u64)
+            .map(|k| DATA_PAGES + (k / run) * 2 * run + k % run)
+            .collect();
+        let ws = dir.join(format!("reap-pager-bench-{tag}-holes-{pages}-{run}.ws"));
+        let offsets: Vec<u64> = order.iter().map(|i| i * PS).collect();
+        reap_pager::ws::write_ws(&ws, PS, &offsets, &memory).unwrap();
+        sets.push((order, ws));
+    }
+    let ways = [HoleWay::Served, HoleWay::Kernel, HoleWay::Copied];
+    for (order, ws) in &sets {
+        for way in ways {
+            run_holes(&mem, ws, order, way);
+        }
+    }
+    // Per set and way, us per page: cost, writes, unregister, install.
+    let mut cells = vec![vec![[const { Vec::new() }; 4]; 3]; sets.len()];
+    for rep in 0..reps {
+        for (si, (order, ws)) in sets.iter().enumerate() {
+            let n = order.len() as f64;
+            for k in 0..3 {
+                // Rotate which way goes first.
+                let wi = (k + rep) % 3;
+                let (writes, st) = run_holes(&mem, ws, order, ways[wi]);
+                let own = Duration::from_nanos(st.unregister_ns + st.install_ns);
+                let c = &mut cells[si][wi];
+                c[0].push((writes + own).as_secs_f64() * 1e6 / n);
+                c[1].push(writes.as_secs_f64() * 1e6 / n);
+                c[2].push(st.unregister_ns as f64 / 1e3 / n);
+                c[3].push(st.install_ns as f64 / 1e3 / n);
+            }
+        }
+    }
+    for (_, ws) in &sets {
+        let _ = std::fs::remove_file(ws);
+    }
+    println!();
+    println!(
+        "reap-pager: writing N hole pages after start, medians of {reps} interleaved runs (us per page)"
+    );
+    println!(
+        "{:>6} {:>6} | {:>8} | {:>8} | {:>8} {:>8} {:>9} {:>8} | {:>8} {:>8}",
+        "pages",
+        "run",
+        "served",
+        "kernel",
+        "copied",
+        "(unreg)",
+        "(install)",
+        "(writes)",
+        "srv/krn",
+        "krn/cop"
+    );
+    let mut holes_json = Vec::new();
+    for (si, &(pages, run)) in shapes.iter().enumerate() {
+        let m = |wi: usize, k: usize| median(cells[si][wi][k].clone());
+        let (served, kernel, copied) = (m(0, 0), m(1, 0), m(2, 0));
+        println!(
+            "{:>6} {:>6} | {:>8.2} | {:>8.2} | {:>8.2} {:>8.2} {:>9.2} {:>8.2} | {:>7.1}x {:>7.1}x",
+            pages,
+            format!("{}p", run),
+            served,
+            kernel,
+            copied,
+            m(2, 2),
+            m(2, 3),
+            m(2, 1),
+            served / kernel,
+            kernel / copied,
+        );
+        let spread = |wi: usize| spread(&cells[si][wi][0]);
+        let ((smin, smax), (kmin, kmax), (cmin, cmax)) = (spread(0), spread(1), spread(2));
+        holes_json.push(format!(
+            concat!(
+                "{{\"pages\":{},\"run_pages\":{},\"served_us_per_page\":{:.3},\"served_min\":{:.3},",
+                "\"served_max\":{:.3},\"kernel_us_per_page\":{:.3},\"kernel_min\":{:.3},",
+                "\"kernel_max\":{:.3},\"copied_us_per_page\":{:.3},",
+                "\"copied_min\":{:.3},\"copied_max\":{:.3},\"copied_unregister_us_per_page\":{:.3},",
+                "\"copied_install_us_per_page\":{:.3},\"copied_writes_us_per_page\":{:.3}}}"
+            ),
+            pages,
+            run,
+            served,
+            smin,
+            smax,
+            kernel,
+            kmin,
+            kmax,
+            copied,
+            cmin,
+            cmax,
+            m(2, 2),
+            m(2, 3),
+            m(2, 1),
+        ));
+    }
+    println!(
+        "served: lazy, holes registered (the writes); kernel: holes unregistered at start (unregister + writes)"
+    );
+    println!(
+        "copied: prefetch of a WS listing the pages, all kept registered: unregister of the holes around them + install of zeros + writes"
+    );
+    println!("run: pages per contiguous run, each followed by as many untouched pages");
+    let _ = std::fs::remove_file(&mem);
+
+    // The cost of unregistering K hole ranges: at start and at stop, Kernel vs Served.
+    println!();
+    println!("reap-pager: a lazy server over K hole ranges, medians of {reps} (us)");
+    println!(
+        "{:>6} | {:>10} {:>11} | {:>9} {:>9}",
+        "K", "unregister", "per range", "stop:krn", "stop:srv"
+    );
+    let mut ranges_json = Vec::new();
+    for k in [16u64, 256, 1024, 4096] {
+        // One data page every MEM_PAGES / k pages: k hole ranges.
+        let every = MEM_PAGES / k;
+        let mem = dir.join(format!("reap-pager-bench-{tag}-ranges-{k}.mem"));
+        {
+            let f = File::create(&mem).unwrap();
+            f.set_len(MEM_PAGES * PS).unwrap();
+            for i in 0..k {
+                f.write_all_at(&[0x5a; PS as usize], i * every * PS)
+                    .unwrap();
+            }
+            f.sync_all().unwrap();
+        }
+        let mut v: [Vec<f64>; 3] = Default::default();
+        for rep in 0..=reps {
+            for j in 0..2 {
+                let holes = if (j + rep) % 2 == 0 {
+                    Holes::Kernel
+                } else {
+                    Holes::Served
+                };
+                let (uffd, _m, regions) = registered(MEM_PAGES);
+                let memory = MemoryFile::open(&mem).unwrap();
+                let options = ServeOptions::default()
+                    .holes(holes)
+                    .max_hole_ranges(usize::MAX);
+                let server =
+                    PageServer::start_with(uffd, regions, memory, Mode::Lazy, options).unwrap();
+                let t = Instant::now();
+                let st = server.stop();
+                let stop = t.elapsed();
+                if rep == 0 {
+                    continue; // warm-up
+                }
+                let us = |d: Duration| d.as_secs_f64() * 1e6;
+                if holes == Holes::Kernel {
+                    assert_eq!(st.hole_ranges_unregistered, k);
+                    v[0].push(st.unregister_ns as f64 / 1e3);
+                    v[1].push(us(stop));
+                } else {
+                    v[2].push(us(stop));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&mem);
+        let m = |i: usize| median(v[i].clone());
+        println!(
+            "{:>6} | {:>10.0} {:>11.2} | {:>9.0} {:>9.0}",
+            k,
+            m(0),
+            m(0) / k as f64,
+            m(1),
+            m(2),
+        );
+        ranges_json.push(format!(
+            concat!(
+                "{{\"ranges\":{},\"unregister_us\":{:.1},\"stop_kernel_us\":{:.1},",
+                "\"stop_served_us\":{:.1}}}"
+            ),
+            k,
+            m(0),
+            m(1),
+            m(2)
+        ));
+    }
+    println!("stop: joining the fault thread and closing the userfaultfd, which walks the VMAs");
+    (holes_json, ranges_json)
 }

@@ -36,7 +36,13 @@
 //!
 //! // the server
 //! PageServer::start(Uffd, Vec<Region>, MemoryFile, Mode) -> Result<PageServer, PagerError>
+//! PageServer::start_with(Uffd, Vec<Region>, MemoryFile, Mode, ServeOptions) -> Result<..>
 //! Mode::Lazy | Mode::Record | Mode::Prefetch { ws: PathBuf }
+//! ServeOptions { holes: Holes, max_hole_ranges: usize, min_installed_zero_run: u64 }
+//!     // non_exhaustive, built as ServeOptions::default().holes(Holes::Served)...
+//!     // (one builder method per field); defaults: Kernel, MAX_HOLE_RANGES = 1024,
+//!     // MIN_INSTALLED_ZERO_RUN = 32 KiB
+//! Holes::Kernel (holes unregistered at start) | Holes::Served (served as zero pages)
 //! PageServer::stats(&self) -> PagerStats               // while running
 //! PageServer::is_running(&self) -> bool
 //! PageServer::stopped_event(&self) -> BorrowedFd<'_>  // POLLIN once the loop stopped
@@ -46,8 +52,11 @@
 //! PageServer::stop(self) -> PagerStats                 // Drop stops it too
 //!
 //! PageServer::memory_file(&self) -> &MemoryFile
-//! PagerStats { lazy_faults_file, lazy_faults_zero, faults_already_present, remove_events,
-//!              prefetched_pages, prefetched_zero_pages, install_ioctls, bytes_read_fetch,
+//! PagerStats { holes, hole_ranges_unregistered, hole_bytes_unregistered,
+//!              hole_ranges_served, hole_unregister_errors, unregister_ns,
+//!              lazy_faults_file, lazy_faults_zero, faults_already_present, remove_events,
+//!              prefetched_pages, prefetched_zero_pages, ws_zero_pages_unregistered,
+//!              install_ioctls, bytes_read_fetch,
 //!              bytes_read_lazy, fetch_ns, verify_ns, install_ns, fault_serve_ns,
 //!              fetch_direct, recorded_pages, prefetch_fell_back, fallback_reason,
 //!              stopped: Option<StopReason>, mode }                 // Serialize
@@ -60,12 +69,28 @@
 //! ws::write_ws(path, page_size, offsets: &[u64], &MemoryFile) -> Result<WsSummary, WsWriteError>
 //! ```
 //!
+//! # Holes
+//!
+//! Guest memory that is a hole of the memory file (never written before the snapshot)
+//! reads as zeros. With [`Holes::Kernel`], the default, [`PageServer::start`] first
+//! unregisters those ranges from the userfaultfd (`UFFDIO_UNREGISTER` acts on the
+//! address space of the process that created the descriptor, so this works for a
+//! received Firecracker descriptor too): they become plain anonymous memory, which the
+//! kernel zero-fills on first touch, without a fault reaching the server. Whole pages
+//! of the regions' page size only; at most [`ServeOptions::max_hole_ranges`] ranges
+//! (the largest). The pages of a working set being prefetched stay registered, so that
+//! the install fills them, except its zero pages in runs shorter than
+//! [`ServeOptions::min_installed_zero_run`] (32 KiB), which are cheaper left to the
+//! kernel. A range the kernel refuses to unregister stays registered and is served (one
+//! warning). [`Holes::Served`] keeps every hole registered and served as zero pages.
+//!
 //! # Modes
 //!
 //! - [`Mode::Lazy`]: every fault reads its page from the memory file (`pread`) and
-//!   installs it with `UFFDIO_COPY`; pages in holes of the sparse file are installed with
-//!   `UFFDIO_ZEROPAGE` without any read.
-//! - [`Mode::Record`]: lazy, plus the faulting pages in fault order (each once);
+//!   installs it with `UFFDIO_COPY`; pages in holes that are still registered are
+//!   installed with `UFFDIO_ZEROPAGE` without any read.
+//! - [`Mode::Record`]: lazy, plus the faulting pages in fault order (each once; with
+//!   [`Holes::Kernel`] that is the data pages only, since holes do not fault);
 //!   [`PageServer::write_ws`] writes them, with the snapshot's contents read from the
 //!   memory file, to a WS file (atomically).
 //! - [`Mode::Prefetch`]: [`PageServer::start`] reads the WS file with one `O_DIRECT`
@@ -100,6 +125,9 @@ pub mod ws;
 pub use memfile::{MemoryFile, MemoryFileError};
 pub use policy::{MemoryMode, RecordWithoutWs, Resolved, UnknownMode, WsPolicy};
 pub use region::{PAGE_2M, PAGE_4K, Region, RegionError};
-pub use server::{IDLE_CHECK_MS, Mode, PageServer, PagerError, PagerStats, StopReason};
+pub use server::{
+    Holes, IDLE_CHECK_MS, MAX_HOLE_RANGES, MIN_INSTALLED_ZERO_RUN, Mode, PageServer, PagerError,
+    PagerStats, ServeOptions, StopReason,
+};
 pub use uffd::{Errno, Event, FillError, Uffd, UffdError};
 pub use ws::{WorkingSet, WsError, WsSummary, WsWriteError};

@@ -200,6 +200,66 @@ impl Regions {
         self.by_file_offset(off)
             .map(|r| r.host_addr + (off - r.file_offset))
     }
+
+    /// The host ranges `[start, end)` whose memory-file bytes are all holes, in whole
+    /// pages of the regions' page size (a 2 MiB page that holds any data is not a hole),
+    /// sorted by address. `data` is the memory file's data extents: sorted, disjoint
+    /// `[start, end)` byte ranges ([`crate::MemoryFile::data_extents`]). A hole that
+    /// spans two regions gives one range per region.
+    pub(crate) fn hole_ranges(&self, data: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        let ps = self.page_size;
+        let mut out = Vec::new();
+        for r in &self.by_host {
+            let (start, end) = (r.file_offset, r.file_end());
+            let mut push = |from: u64, to: u64| {
+                // Whole pages only; the region's file offset is page aligned.
+                let (from, to) = (from.next_multiple_of(ps), to - to % ps);
+                if from < to {
+                    out.push((r.host_addr + (from - start), r.host_addr + (to - start)));
+                }
+            };
+            let mut at = start;
+            let first = data.partition_point(|&(_, e)| e <= start);
+            for &(s, e) in data[first..].iter().take_while(|&&(s, _)| s < end) {
+                if s > at {
+                    push(at, s);
+                }
+                at = at.max(e);
+            }
+            if at < end {
+                push(at, end);
+            }
+        }
+        out
+    }
+}
+
+/// `ranges` (sorted, disjoint `[start, end)`) without the pages of size `page_size` at
+/// `keep` (sorted page addresses): the ranges split around every kept page.
+pub(crate) fn without_pages(
+    ranges: &[(u64, u64)],
+    keep: &[u64],
+    page_size: u64,
+) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(ranges.len());
+    let mut k = 0;
+    for &(start, end) in ranges {
+        let mut at = start;
+        while k < keep.len() && keep[k] < start {
+            k += 1;
+        }
+        while k < keep.len() && keep[k] < end {
+            if keep[k] > at {
+                out.push((at, keep[k]));
+            }
+            at = at.max(keep[k] + page_size);
+            k += 1;
+        }
+        if at < end {
+            out.push((at, end));
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -277,6 +337,77 @@ mod tests {
         let e = Regions::new(vec![r(0x10000, 0x4000, 0), mixed], 1 << 30);
         assert!(matches!(e, Err(RegionError::MixedPageSizes(..))));
         assert!(matches!(Regions::new(vec![], 0), Err(RegionError::Empty)));
+    }
+
+    #[test]
+    fn hole_ranges_are_the_gaps_between_data_extents_in_whole_pages() {
+        // Two regions whose file order is the reverse of their address order.
+        let regs = Regions::new(
+            vec![r(0x80000, 0x8000, 0), r(0x10000, 0x8000, 0x8000)],
+            0x10000,
+        )
+        .unwrap();
+        // Data: file pages 1, 3..5 and half of page 9 (0x9000..0x9800), then 0xf000...
+        let data = [
+            (0x1000, 0x2000),
+            (0x3000, 0x5000),
+            (0x9000, 0x9800),
+            (0xf000, 0x10000),
+        ];
+        assert_eq!(
+            regs.hole_ranges(&data),
+            vec![
+                // File 0x8000..0x9000 and 0xa000..0xf000 (page 9 holds data), in the
+                // region at 0x10000.
+                (0x10000, 0x11000),
+                (0x12000, 0x17000),
+                // File 0..0x1000, 0x2000..0x3000 and 0x5000..0x8000 (the end of the
+                // region), in the region at 0x80000.
+                (0x80000, 0x81000),
+                (0x82000, 0x83000),
+                (0x85000, 0x88000),
+            ]
+        );
+        // No data at all: every region is one hole; all data: none.
+        assert_eq!(
+            regs.hole_ranges(&[]),
+            vec![(0x10000, 0x18000), (0x80000, 0x88000)]
+        );
+        assert!(regs.hole_ranges(&[(0, 0x10000)]).is_empty());
+    }
+
+    #[test]
+    fn hole_ranges_of_2m_regions_count_only_pages_without_any_data() {
+        const M: u64 = PAGE_2M;
+        let regs = Regions::new(
+            vec![Region {
+                host_addr: 0x4000_0000,
+                len: 4 * M,
+                file_offset: 0,
+                page_size: M,
+            }],
+            4 * M,
+        )
+        .unwrap();
+        // One 4 KiB block of data in huge pages 0 and 3; huge pages 1 and 2 are holes.
+        let data = [(0x1000, 0x2000), (4 * M - 0x1000, 4 * M)];
+        assert_eq!(
+            regs.hole_ranges(&data),
+            vec![(0x4000_0000 + M, 0x4000_0000 + 3 * M)]
+        );
+    }
+
+    #[test]
+    fn without_pages_splits_ranges_around_kept_pages() {
+        let ranges = [(0x1000, 0x5000), (0x8000, 0x9000), (0xa000, 0xc000)];
+        // Kept: before everything, the first page of a range, one in the middle, a
+        // whole one-page range, the last page of a range, and one between ranges.
+        let keep = [0x0, 0x1000, 0x3000, 0x6000, 0x8000, 0xb000];
+        assert_eq!(
+            without_pages(&ranges, &keep, 0x1000),
+            vec![(0x2000, 0x3000), (0x4000, 0x5000), (0xa000, 0xb000)]
+        );
+        assert_eq!(without_pages(&ranges, &[], 0x1000), ranges.to_vec());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::buf::AlignedBuf;
 use crate::memfile::MemoryFile;
-use crate::region::{PAGE_2M, Region, RegionError, Regions};
+use crate::region::{self, PAGE_2M, Region, RegionError, Regions};
 use crate::uffd::{Errno, Event, FillError, Uffd};
 use crate::ws::{self, WorkingSet, WsError, WsSummary, WsWriteError};
 
@@ -27,11 +27,13 @@ pub enum Mode {
     /// Every fault is served from the memory file (holes as zero pages).
     Lazy,
     /// Lazy, and the faulting pages are recorded in fault order for
-    /// [`PageServer::write_ws`].
+    /// [`PageServer::write_ws`]. With [`Holes::Kernel`] holes do not fault, so only
+    /// data pages are recorded.
     Record,
     /// Before [`PageServer::start`] returns, the WS file is fetched with one `O_DIRECT`
-    /// read and installed (one `UFFDIO_COPY` per contiguous run, zero pages with
-    /// `UFFDIO_ZEROPAGE`); everything else is then served lazily.
+    /// read and installed (one `UFFDIO_COPY` per contiguous run, zero pages copied from
+    /// a zero buffer, except those [`Holes::Kernel`] leaves to the kernel); everything
+    /// else is then served lazily.
     ///
     /// A WS file that is unreadable, damaged, foreign, or does not fit the memory file
     /// or the regions is not an error: the server logs a warning, installs nothing,
@@ -52,6 +54,88 @@ impl Mode {
             Mode::Record => "record",
             Mode::Prefetch { .. } => "prefetch",
         }
+    }
+}
+
+/// What happens to guest memory that is a hole of the memory file (pages never written
+/// before the snapshot).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Holes {
+    /// [`PageServer::start`] unregisters the holes from the userfaultfd (in whole pages
+    /// of the regions' page size, at most [`ServeOptions::max_hole_ranges`] ranges): they
+    /// become plain anonymous memory, which the kernel zero-fills on first touch without
+    /// any fault reaching the server. Pages of a working set being prefetched stay
+    /// registered, so that the install can fill them, except zero pages in runs shorter
+    /// than [`ServeOptions::min_installed_zero_run`], which are left to the kernel too.
+    /// The default.
+    #[default]
+    Kernel,
+    /// The holes stay registered: each first touch is a fault the server answers with a
+    /// zero page (`UFFDIO_ZEROPAGE`).
+    Served,
+}
+
+impl Holes {
+    fn name(self) -> &'static str {
+        match self {
+            Holes::Kernel => "kernel",
+            Holes::Served => "served",
+        }
+    }
+}
+
+/// How [`PageServer::start_with`] serves, beyond the [`Mode`].
+/// `ServeOptions::default()` is what [`PageServer::start`] uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    /// What happens to holes of the memory file.
+    pub holes: Holes,
+    /// With [`Holes::Kernel`], the most hole ranges unregistered (the largest ones);
+    /// the rest stay registered and are served. Each range costs an ioctl at start
+    /// (about 4 us here) and splits the owner's mapping into up to two more VMAs.
+    pub max_hole_ranges: usize,
+    /// With [`Holes::Kernel`] in prefetch mode, the shortest run (bytes of contiguous
+    /// memory) of the working set's zero pages that stays registered and is installed
+    /// as copied zeros; zero pages in shorter runs that are holes are unregistered with
+    /// their hole and left to the kernel. 0 installs every zero page of the set;
+    /// `u64::MAX` leaves all of them to the kernel.
+    pub min_installed_zero_run: u64,
+}
+
+/// The default of [`ServeOptions::max_hole_ranges`].
+pub const MAX_HOLE_RANGES: usize = 1024;
+
+/// The default of [`ServeOptions::min_installed_zero_run`]: 32 KiB (8 pages of 4 KiB).
+pub const MIN_INSTALLED_ZERO_RUN: u64 = 32 << 10;
+
+impl Default for ServeOptions {
+    fn default() -> ServeOptions {
+        ServeOptions {
+            holes: Holes::default(),
+            max_hole_ranges: MAX_HOLE_RANGES,
+            min_installed_zero_run: MIN_INSTALLED_ZERO_RUN,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// Sets [`ServeOptions::holes`].
+    pub fn holes(mut self, holes: Holes) -> ServeOptions {
+        self.holes = holes;
+        self
+    }
+
+    /// Sets [`ServeOptions::max_hole_ranges`].
+    pub fn max_hole_ranges(mut self, max: usize) -> ServeOptions {
+        self.max_hole_ranges = max;
+        self
+    }
+
+    /// Sets [`ServeOptions::min_installed_zero_run`].
+    pub fn min_installed_zero_run(mut self, bytes: u64) -> ServeOptions {
+        self.min_installed_zero_run = bytes;
+        self
     }
 }
 
@@ -96,10 +180,28 @@ pub enum PagerError {
 pub struct PagerStats {
     /// `lazy`, `record` or `prefetch`.
     pub mode: String,
+    /// What happens to holes of the memory file ([`Holes`]): `kernel` or `served`.
+    pub holes: String,
+    /// Hole ranges unregistered from the userfaultfd at start ([`Holes::Kernel`]).
+    pub hole_ranges_unregistered: u64,
+    /// Bytes in those ranges.
+    pub hole_bytes_unregistered: u64,
+    /// Hole ranges left registered, whose faults are served: all of them with
+    /// [`Holes::Served`]; with [`Holes::Kernel`], those beyond
+    /// [`ServeOptions::max_hole_ranges`] and those the kernel refused to unregister.
+    /// (Pages of a prefetched working set are not counted: they are installed.)
+    pub hole_ranges_served: u64,
+    /// `UFFDIO_UNREGISTER` calls that failed (their ranges are served; a warning says
+    /// why).
+    pub hole_unregister_errors: u64,
+    /// Time to unregister the holes.
+    pub unregister_ns: u64,
     /// Faults served with a page read from the memory file.
     pub lazy_faults_file: u64,
-    /// Faults served with a zero page, without any read: holes of the memory file and
-    /// ranges the owner dropped with `MADV_DONTNEED`/`MADV_REMOVE`.
+    /// Faults served with a zero page, without any read: holes of the memory file that
+    /// are registered ([`PagerStats::hole_ranges_served`]) and ranges the owner dropped
+    /// with `MADV_DONTNEED`/`MADV_REMOVE`. Touches of unregistered holes are not faults
+    /// of the server and are not counted anywhere.
     pub lazy_faults_zero: u64,
     /// Faults on pages that were already present when served (`EEXIST`: served by an
     /// earlier fault or the install); the waiting threads are woken.
@@ -108,8 +210,12 @@ pub struct PagerStats {
     pub remove_events: u64,
     /// Pages of the WS file installed with `UFFDIO_COPY`.
     pub prefetched_pages: u64,
-    /// Zero pages of the WS file installed without contents.
+    /// Zero pages of the WS file installed without contents (as copied zeros).
     pub prefetched_zero_pages: u64,
+    /// Zero pages of the WS file not installed because they lie in holes unregistered
+    /// at start ([`Holes::Kernel`]: runs shorter than
+    /// [`ServeOptions::min_installed_zero_run`]): the kernel fills them on first touch.
+    pub ws_zero_pages_unregistered: u64,
     /// `UFFDIO_COPY`/`UFFDIO_ZEROPAGE` ioctls of the install.
     pub install_ioctls: u64,
     /// Bytes read from the WS file.
@@ -139,12 +245,18 @@ pub struct PagerStats {
 
 #[derive(Default)]
 struct Counters {
+    hole_ranges_unregistered: AtomicU64,
+    hole_bytes_unregistered: AtomicU64,
+    hole_ranges_served: AtomicU64,
+    hole_unregister_errors: AtomicU64,
+    unregister_ns: AtomicU64,
     lazy_faults_file: AtomicU64,
     lazy_faults_zero: AtomicU64,
     faults_already_present: AtomicU64,
     remove_events: AtomicU64,
     prefetched_pages: AtomicU64,
     prefetched_zero_pages: AtomicU64,
+    ws_zero_pages_unregistered: AtomicU64,
     install_ioctls: AtomicU64,
     bytes_read_fetch: AtomicU64,
     bytes_read_lazy: AtomicU64,
@@ -163,6 +275,7 @@ struct Info {
 
 struct Shared {
     mode: &'static str,
+    holes: Holes,
     counters: Counters,
     recorded: Mutex<Vec<u64>>,
     info: Mutex<Info>,
@@ -215,7 +328,9 @@ impl std::fmt::Debug for PageServer {
 
 impl PageServer {
     /// Starts serving `regions` of the memory registered with `uffd` (MISSING mode; the
-    /// caller or the process that sent the descriptor registered them) from `memory`.
+    /// caller or the process that sent the descriptor registered them) from `memory`,
+    /// with the default [`ServeOptions`]: the holes of the memory file are unregistered
+    /// first ([`Holes::Kernel`]).
     ///
     /// In [`Mode::Prefetch`] the WS file is fetched and installed before this returns,
     /// so the caller can run the guest next. The fault loop runs on its own thread
@@ -226,6 +341,17 @@ impl PageServer {
         regions: Vec<Region>,
         memory: MemoryFile,
         mode: Mode,
+    ) -> Result<PageServer, PagerError> {
+        Self::start_with(uffd, regions, memory, mode, ServeOptions::default())
+    }
+
+    /// [`PageServer::start`] with `options`.
+    pub fn start_with(
+        uffd: Uffd,
+        regions: Vec<Region>,
+        memory: MemoryFile,
+        mode: Mode,
+        options: ServeOptions,
     ) -> Result<PageServer, PagerError> {
         let regions = Regions::new(regions, memory.len())?;
         let page_size = regions.page_size();
@@ -246,6 +372,7 @@ impl PageServer {
         let memory = Arc::new(memory);
         let shared = Arc::new(Shared {
             mode: mode.name(),
+            holes: options.holes,
             counters: Counters::default(),
             recorded: Mutex::new(Vec::new()),
             info: Mutex::new(Info::default()),
@@ -266,6 +393,8 @@ impl PageServer {
             page_size,
             record: (mode == Mode::Record).then(HashSet::new),
             removed: RangeSet::default(),
+            options,
+            unregistered: RangeSet::default(),
             pending: VecDeque::new(),
             events: Vec::new(),
             page_buf: AlignedBuf::zeroed(page_size as usize).map_err(PagerError::Spawn)?,
@@ -308,12 +437,19 @@ impl PageServer {
         let info = lock(&self.shared.info);
         PagerStats {
             mode: self.shared.mode.to_string(),
+            holes: self.shared.holes.name().to_string(),
+            hole_ranges_unregistered: get(&c.hole_ranges_unregistered),
+            hole_bytes_unregistered: get(&c.hole_bytes_unregistered),
+            hole_ranges_served: get(&c.hole_ranges_served),
+            hole_unregister_errors: get(&c.hole_unregister_errors),
+            unregister_ns: get(&c.unregister_ns),
             lazy_faults_file: get(&c.lazy_faults_file),
             lazy_faults_zero: get(&c.lazy_faults_zero),
             faults_already_present: get(&c.faults_already_present),
             remove_events: get(&c.remove_events),
             prefetched_pages: get(&c.prefetched_pages),
             prefetched_zero_pages: get(&c.prefetched_zero_pages),
+            ws_zero_pages_unregistered: get(&c.ws_zero_pages_unregistered),
             install_ioctls: get(&c.install_ioctls),
             bytes_read_fetch: get(&c.bytes_read_fetch),
             bytes_read_lazy: get(&c.bytes_read_lazy),
@@ -447,6 +583,9 @@ struct FaultLoop {
     /// Pages recorded so far (record mode).
     record: Option<HashSet<u64>>,
     removed: RangeSet,
+    options: ServeOptions,
+    /// Hole ranges unregistered at start: no fault can come from them any more.
+    unregistered: RangeSet,
     /// Faults read while doing something else, served next.
     pending: VecDeque<u64>,
     events: Vec<Event>,
@@ -461,7 +600,10 @@ impl FaultLoop {
     fn run(mut self, mode: Mode, ready: mpsc::SyncSender<Result<(), StopReason>>) {
         let prepared = match &mode {
             Mode::Prefetch { ws } => self.prefetch(ws),
-            Mode::Lazy | Mode::Record => Ok(None),
+            Mode::Lazy | Mode::Record => {
+                self.unregister_holes(&[]);
+                Ok(None)
+            }
         };
         let reason = match prepared {
             Ok(ws) => {
@@ -485,8 +627,67 @@ impl FaultLoop {
         // Dropping `self` closes the userfaultfd.
     }
 
+    /// Unregisters the holes of the memory file in the regions ([`Holes::Kernel`]),
+    /// except the pages at `keep` (sorted host addresses: the working set to install).
+    ///
+    /// `UFFDIO_UNREGISTER` wakes the faults pending in the range: they are retried as
+    /// plain anonymous faults, and their messages leave the queue. It is done before
+    /// any event is read, so no fault read later can lie in an unregistered range. A
+    /// range the kernel refuses (e.g. `ENOMEM` past `vm.max_map_count`) stays
+    /// registered and is served; the kernel may have unregistered a part of it, which
+    /// is harmless: no fault comes from that part.
+    fn unregister_holes(&mut self, keep: &[u64]) {
+        let t = Instant::now();
+        let ps = self.page_size;
+        let holes = self.regions.hole_ranges(self.memory.data_extents());
+        let mut ranges = region::without_pages(&holes, keep, ps);
+        let c = &self.shared.counters;
+        if self.options.holes == Holes::Served {
+            add(&c.hole_ranges_served, ranges.len() as u64);
+            return;
+        }
+        if ranges.len() > self.options.max_hole_ranges {
+            // The largest ones, unregistered in address order.
+            ranges.sort_unstable_by_key(|&(s, e)| (std::cmp::Reverse(e - s), s));
+            let over = ranges.split_off(self.options.max_hole_ranges);
+            add(&c.hole_ranges_served, over.len() as u64);
+            ranges.sort_unstable();
+        }
+        let mut first_error = None;
+        for &(start, end) in &ranges {
+            match self.uffd.unregister(start, end - start) {
+                Ok(()) => {
+                    self.unregistered.insert(start, end);
+                    add(&c.hole_ranges_unregistered, 1);
+                    add(&c.hole_bytes_unregistered, end - start);
+                }
+                Err(e) => {
+                    add(&c.hole_ranges_served, 1);
+                    add(&c.hole_unregister_errors, 1);
+                    first_error.get_or_insert((start, end, e));
+                }
+            }
+        }
+        add(&c.unregister_ns, t.elapsed().as_nanos() as u64);
+        // One warning per server. An owner that has exited refuses everything
+        // (`ENOMEM`); the fault loop then stops by itself.
+        if let Some((start, end, e)) = first_error
+            && self
+                .uffd
+                .owner_alive(self.regions.as_slice()[0].host_addr, ps)
+        {
+            tracing::warn!(
+                "UFFDIO_UNREGISTER refused {} of {} hole ranges of the guest memory (the \
+                 first: {start:#x}..{end:#x}: {e}); they stay registered and are served",
+                c.hole_unregister_errors.load(Ordering::Relaxed),
+                ranges.len()
+            );
+        }
+    }
+
     /// Fetches and installs the WS file; returns it so that its buffer is freed after
-    /// the caller is released.
+    /// the caller is released. The holes are unregistered in between, except the
+    /// working set's pages.
     fn prefetch(&mut self, path: &Path) -> Result<Option<WorkingSet>, Stop> {
         let ws = match WorkingSet::load(path, &self.memory, self.page_size)
             .and_then(|ws| self.check_fits(ws))
@@ -496,9 +697,12 @@ impl FaultLoop {
                 let reason = format!("{}: {}", path.display(), error_chain(&e));
                 tracing::warn!("working set refused, serving lazily: {reason}");
                 lock(&self.shared.info).fallback_reason = Some(reason);
+                self.unregister_holes(&[]);
                 return Ok(None);
             }
         };
+        let keep = self.pages_to_install(&ws);
+        self.unregister_holes(&keep);
         let c = &self.shared.counters;
         let f = ws.fetch_info();
         add(&c.bytes_read_fetch, f.bytes);
@@ -514,6 +718,42 @@ impl FaultLoop {
         result.map(|()| Some(ws))
     }
 
+    /// The host addresses (sorted) of the set's pages that must stay registered for the
+    /// install: the data pages, and the zero pages in runs of at least
+    /// [`ServeOptions::min_installed_zero_run`] bytes. A zero page in a shorter run
+    /// that is a hole is unregistered with its hole and left to the kernel: in a guest,
+    /// copying zeros into it and splitting the hole around it costs more than the
+    /// kernel's zero-fill on first touch, while long runs installed as copied zeros
+    /// cost 2-3x less than that (docs/pager.md).
+    fn pages_to_install(&self, ws: &WorkingSet) -> Vec<u64> {
+        let ps = self.page_size;
+        let host = |offset| self.regions.host_addr_of(offset).unwrap_or_default();
+        let mut keep: Vec<u64> = ws
+            .pages()
+            .filter(|p| !p.zero)
+            .map(|p| host(p.offset))
+            .collect();
+        let mut zeros: Vec<u64> = ws
+            .pages()
+            .filter(|p| p.zero)
+            .map(|p| host(p.offset))
+            .collect();
+        zeros.sort_unstable();
+        let mut i = 0;
+        while i < zeros.len() {
+            let mut n = 1;
+            while i + n < zeros.len() && zeros[i + n] == zeros[i] + n as u64 * ps {
+                n += 1;
+            }
+            if n as u64 * ps >= self.options.min_installed_zero_run {
+                keep.extend_from_slice(&zeros[i..i + n]);
+            }
+            i += n;
+        }
+        keep.sort_unstable();
+        keep
+    }
+
     fn check_fits(&self, ws: WorkingSet) -> Result<WorkingSet, WsError> {
         for p in ws.pages() {
             if self.regions.host_addr_of(p.offset).is_none() {
@@ -524,8 +764,9 @@ impl FaultLoop {
     }
 
     /// Installs the working set: data pages in table order, one `UFFDIO_COPY` per run of
-    /// entries that are contiguous both in the file and in memory; zero pages sorted and
-    /// merged, one `UFFDIO_ZEROPAGE` per run.
+    /// entries that are contiguous both in the file and in memory; zero pages (but those
+    /// in unregistered holes) sorted and merged, each run filled by
+    /// [`FaultLoop::install_zeros`].
     fn install(&mut self, ws: &WorkingSet) -> Result<(), Stop> {
         let ps = self.page_size;
         let data = ws.data();
@@ -560,6 +801,13 @@ impl FaultLoop {
                 n,
             )?;
         }
+        // Zero pages unregistered with their hole are the kernel's to fill.
+        let before = zeros.len();
+        zeros.retain(|&h| !self.unregistered.contains(h));
+        add(
+            &self.shared.counters.ws_zero_pages_unregistered,
+            (before - zeros.len()) as u64,
+        );
         zeros.sort_unstable();
         let mut i = 0;
         while i < zeros.len() {
@@ -790,6 +1038,13 @@ impl FaultLoop {
                 "fault at {addr:#x} is outside every region"
             )));
         };
+        if self.unregistered.contains(page) {
+            // A fault read before its range was unregistered: the unregister woke it,
+            // and it is now the kernel's to fill. (The holes are unregistered before
+            // any event is read, so this is not expected.)
+            tracing::debug!("fault at {addr:#x} in an unregistered hole: left to the kernel");
+            return Ok(());
+        }
         let offset = region.file_offset + (page - region.host_addr);
         let shared = self.shared.clone();
         let c = &shared.counters;

@@ -209,7 +209,8 @@ pub enum WsWriteError {
 pub struct WsPage {
     /// The page's offset in the memory file.
     pub offset: u64,
-    /// The page is all zeros: no contents stored, installed with `UFFDIO_ZEROPAGE`.
+    /// The page is all zeros: no contents stored; the install copies zeros into it (or
+    /// leaves it to the kernel when it lies in a hole the server unregistered).
     pub zero: bool,
 }
 

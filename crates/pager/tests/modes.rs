@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use reap_pager::ws::WorkingSet;
-use reap_pager::{MemoryFile, Mode, PageServer, Region, Uffd};
+use reap_pager::{Holes, MemoryFile, Mode, PageServer, Region, ServeOptions, Uffd};
 
 const PAGES: u64 = 256;
 
@@ -16,6 +16,17 @@ fn is_hole(i: u64) -> bool {
 
 fn count_holes(pages: &[u64]) -> u64 {
     pages.iter().filter(|&&i| is_hole(i)).count() as u64
+}
+
+/// Runs of consecutive hole pages among `0..PAGES`.
+fn hole_runs() -> u64 {
+    (0..PAGES)
+        .filter(|&i| is_hole(i) && (i == 0 || !is_hole(i - 1)))
+        .count() as u64
+}
+
+fn served() -> ServeOptions {
+    ServeOptions::default().holes(Holes::Served)
 }
 
 #[test]
@@ -30,24 +41,30 @@ fn lazy_serves_every_page_from_the_memory_file_in_any_order() {
     let s = server.stop();
     let holes = count_holes(&order);
     assert_eq!(s.lazy_faults_file, PAGES - holes);
-    assert_eq!(s.lazy_faults_zero, holes);
+    // The holes were unregistered: the kernel filled them, the server saw none.
+    assert_eq!(s.lazy_faults_zero, 0);
+    assert_eq!(s.hole_ranges_unregistered, hole_runs());
+    assert_eq!(s.hole_bytes_unregistered, holes * PS);
+    assert_eq!((s.hole_ranges_served, s.hole_unregister_errors), (0, 0));
     assert_eq!(s.bytes_read_lazy, (PAGES - holes) * PS);
     assert_eq!(s.prefetched_pages, 0);
     assert_eq!(s.stopped, Some(reap_pager::StopReason::Requested));
 }
 
 #[test]
-fn holes_come_back_as_zeros_without_any_read() {
+fn served_holes_come_back_as_zeros_without_any_read() {
     // A mostly empty memory file: data only in the first and last page.
     let mem = memory_file("holes", PAGES, |i| i != 0 && i != PAGES - 1);
     let (uffd, m, regions) = registered(PAGES);
     let memory = MemoryFile::open(mem.path()).unwrap();
     assert_eq!(memory.data_bytes(), 2 * PS);
-    let server = PageServer::start(uffd, regions, memory, Mode::Lazy).unwrap();
+    let server = PageServer::start_with(uffd, regions, memory, Mode::Lazy, served()).unwrap();
     let order: Vec<u64> = (1..PAGES - 1).rev().collect();
     let got = touch(&m, &order);
     assert!(got.iter().all(|p| p.iter().all(|&b| b == 0)));
     let s = server.stats();
+    assert_eq!(s.holes, "served");
+    assert_eq!((s.hole_ranges_served, s.hole_ranges_unregistered), (1, 0));
     assert_eq!(s.lazy_faults_zero, PAGES - 2);
     assert_eq!(s.lazy_faults_file, 0);
     assert_eq!(
@@ -65,7 +82,8 @@ fn record_writes_a_ws_whose_order_matches_the_touches() {
     let mem = memory_file("record", PAGES, is_hole);
     let ws_path = TempPath::new("record.ws");
     let (uffd, m, regions) = registered(PAGES);
-    let server = start(uffd, regions, &mem, Mode::Record);
+    // Holes served, so that they are recorded too (as zero pages).
+    let server = start_with(uffd, regions, &mem, Mode::Record, served());
     // Includes holes, and page 5 twice (recorded once).
     let order = [5, 200, 3, 101, 4, 250, 7, 5, 0, 120, 64];
     touch(&m, &order);
@@ -112,11 +130,12 @@ fn recorded_ws_holds_the_snapshot_contents_not_the_guests_later_writes() {
     server.stop();
 }
 
-/// Records `order` into a WS file and returns it.
+/// Records `order` into a WS file and returns it. The holes are served during the
+/// recording, so that the touched ones are in the set as zero pages.
 fn record(mem: &TempPath, order: &[u64]) -> TempPath {
     let ws_path = TempPath::new("ws");
     let (uffd, m, regions) = registered(PAGES);
-    let server = start(uffd, regions, mem, Mode::Record);
+    let server = start_with(uffd, regions, mem, Mode::Record, served());
     touch(&m, order);
     server.write_ws(ws_path.path()).unwrap();
     server.stop();
@@ -124,11 +143,15 @@ fn record(mem: &TempPath, order: &[u64]) -> TempPath {
 }
 
 fn prefetch(mem: &TempPath, ws: &TempPath) -> (PageServer, Mapping) {
+    prefetch_with(mem, ws, ServeOptions::default())
+}
+
+fn prefetch_with(mem: &TempPath, ws: &TempPath, options: ServeOptions) -> (PageServer, Mapping) {
     let (uffd, m, regions) = registered(PAGES);
     let mode = Mode::Prefetch {
         ws: ws.path().to_path_buf(),
     };
-    (start(uffd, regions, mem, mode), m)
+    (start_with(uffd, regions, mem, mode, options), m)
 }
 
 fn scattered(seed: u64, n: usize) -> Vec<u64> {
@@ -146,8 +169,15 @@ fn prefetch_of_the_recorded_touches_serves_no_lazy_fault() {
     let (server, m) = prefetch(&mem, &ws);
     let installed = server.stats();
     let holes = count_holes(&order);
+    assert!(holes > 0);
     assert_eq!(installed.prefetched_pages, order.len() as u64 - holes);
-    assert_eq!(installed.prefetched_zero_pages, holes);
+    // The set's zero pages are holes: installed (runs of 8 pages or more), or
+    // unregistered with their hole and left to the kernel (shorter runs).
+    assert_eq!(
+        installed.prefetched_zero_pages + installed.ws_zero_pages_unregistered,
+        holes
+    );
+    assert!(installed.hole_ranges_unregistered > 0);
     assert!(!installed.prefetch_fell_back);
     assert_eq!(
         installed.bytes_read_fetch,
@@ -155,6 +185,12 @@ fn prefetch_of_the_recorded_touches_serves_no_lazy_fault() {
     );
     let got = touch(&m, &order);
     assert_pages_match_file(mem.path(), &order, &got);
+    // The zero pages are writable.
+    let zeros: Vec<u64> = order.iter().copied().filter(|&i| is_hole(i)).collect();
+    let written = write_touch(&m, &zeros);
+    for (&i, page) in zeros.iter().zip(&written) {
+        assert!(is_marked_zero_page(page, i), "page {i}");
+    }
     let s = server.stop();
     assert_eq!(s.lazy_faults_file + s.lazy_faults_zero, 0);
     assert_eq!(s.bytes_read_lazy, 0);
@@ -173,12 +209,17 @@ fn prefetch_then_other_touches_faults_exactly_the_new_pages() {
         .collect();
     order.extend(&new);
     Rng(3).shuffle(&mut order);
-    let (server, m) = prefetch(&mem, &ws);
-    let got = touch(&m, &order);
-    assert_pages_match_file(mem.path(), &order, &got);
-    let s = server.stop();
-    assert_eq!(s.lazy_faults_file, new.len() as u64 - count_holes(&new));
-    assert_eq!(s.lazy_faults_zero, count_holes(&new));
+    let new_holes = count_holes(&new);
+    assert!(new_holes > 0);
+    for (options, zero_faults) in [(ServeOptions::default(), 0), (served(), new_holes)] {
+        let (server, m) = prefetch_with(&mem, &ws, options);
+        let got = touch(&m, &order);
+        assert_pages_match_file(mem.path(), &order, &got);
+        let s = server.stop();
+        assert_eq!(s.lazy_faults_file, new.len() as u64 - new_holes);
+        // Holes outside the set: filled by the kernel, or served as zero pages.
+        assert_eq!(s.lazy_faults_zero, zero_faults, "holes {}", s.holes);
+    }
 }
 
 #[test]
@@ -223,7 +264,8 @@ fn regions_map_file_offsets_that_are_not_in_address_order() {
     let got_b = touch(&b, &[63, 0, 3]);
     assert_pages_match_file(mem.path(), &[64, 77, 127], &got_a);
     assert_pages_match_file(mem.path(), &[63, 0, 3], &got_b);
-    let expected: Vec<u64> = [64, 77, 127, 63, 0, 3].iter().map(|i| i * PS).collect();
+    // File pages 63 and 3 are holes, left to the kernel: not recorded.
+    let expected: Vec<u64> = [64, 77, 127, 0].iter().map(|i| i * PS).collect();
     assert_eq!(server.recorded_offsets(), expected);
     server.stop();
 }
@@ -277,8 +319,10 @@ fn many_threads_faulting_the_same_pages_all_see_the_file_contents() {
         assert_pages_match_file(mem.path(), &o, &got);
     }
     let s = server.stop();
-    // Each page is filled once; a fault that finds its page already there is only woken.
-    assert_eq!(s.lazy_faults_file + s.lazy_faults_zero, PAGES);
+    // Each data page is filled once; a fault that finds its page already there is only
+    // woken. The holes are the kernel's.
+    assert_eq!(s.lazy_faults_file, PAGES - count_holes(&order));
+    assert_eq!(s.lazy_faults_zero, 0);
 }
 
 #[test]
@@ -290,6 +334,7 @@ fn stats_serialize_to_json() {
     let s = server.stop();
     let v: serde_json::Value = serde_json::to_value(&s).unwrap();
     assert_eq!(v["mode"], "lazy");
+    assert_eq!(v["holes"], "kernel");
     assert_eq!(v["lazy_faults_file"], 2);
     assert_eq!(v["stopped"]["reason"], "requested");
 }

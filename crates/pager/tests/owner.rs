@@ -12,10 +12,14 @@ use std::time::{Duration, Instant};
 
 const PAGES: u64 = 16;
 const TOUCHED: u64 = 3;
+/// The page the owner writes in [`received_uffd_holes_are_unregistered_in_the_owner`].
+const HOLE: u64 = 10;
+const HOLE_MARK: u64 = 0x5eed_0123;
 
 /// The forked owner. Only raw system calls here: the parent is multi-threaded, so the
-/// child must not allocate or take locks.
-fn owner_child(sock: RawFd, blocking_uffd: bool) -> ! {
+/// child must not allocate or take locks. With `write_hole`, it also writes a word
+/// into page [`HOLE`] and reports it and the next word as read back.
+fn owner_child(sock: RawFd, blocking_uffd: bool, write_hole: bool) -> ! {
     // SAFETY: raw system calls on descriptors and memory of this process only.
     unsafe {
         let flags = if blocking_uffd {
@@ -62,8 +66,18 @@ fn owner_child(sock: RawFd, blocking_uffd: bool) -> ! {
         if libc::read(sock, (&mut go as *mut u8).cast(), 1) != 1 {
             libc::_exit(13);
         }
-        let v = std::ptr::read_volatile((addr + TOUCHED * PS) as *const u64);
-        libc::write(sock, (&v as *const u64).cast(), 8);
+        let mut v = [
+            std::ptr::read_volatile((addr + TOUCHED * PS) as *const u64),
+            0,
+            0,
+        ];
+        if write_hole {
+            let hole = (addr + HOLE * PS) as *mut u64;
+            std::ptr::write_volatile(hole, HOLE_MARK);
+            v[1] = std::ptr::read_volatile(hole);
+            v[2] = std::ptr::read_volatile(hole.add(1));
+        }
+        libc::write(sock, v.as_ptr().cast(), 24);
         libc::_exit(0);
     }
 }
@@ -123,8 +137,11 @@ fn recv_fd(sock: RawFd) -> (OwnedFd, u64) {
     }
 }
 
-fn run_owner_exits(blocking_uffd: bool, watch_pid: bool) {
-    let mem = memory_file("owner", PAGES, |_| false);
+/// A forked child owns the memory and sends its userfaultfd; we serve it. Returns the
+/// stats once the child has exited. With `holes`, the memory file's pages from
+/// [`HOLE`] on are holes and the child writes one of them.
+fn run_owner_exits(blocking_uffd: bool, watch_pid: bool, holes: bool) -> reap_pager::PagerStats {
+    let mem = memory_file("owner", PAGES, |i| holes && i >= HOLE);
     let mut sv = [0i32; 2];
     // SAFETY: socketpair writes two descriptors into `sv`.
     let rc = unsafe {
@@ -140,7 +157,7 @@ fn run_owner_exits(blocking_uffd: bool, watch_pid: bool) {
     let pid = unsafe { libc::fork() };
     assert!(pid >= 0, "fork");
     if pid == 0 {
-        owner_child(sv[1], blocking_uffd);
+        owner_child(sv[1], blocking_uffd, holes);
     }
     // SAFETY: the parent's copy of the child's end is not used.
     unsafe { libc::close(sv[1]) };
@@ -167,14 +184,27 @@ fn run_owner_exits(blocking_uffd: bool, watch_pid: bool) {
     )
     .unwrap();
 
+    // The holes were unregistered in the child's address space, through the
+    // descriptor it sent.
+    let registered = uffd_registered(Some(pid), addr, addr + PAGES * PS);
+    if holes {
+        assert_eq!(registered, vec![(addr, addr + HOLE * PS)]);
+    } else {
+        assert_eq!(registered, vec![(addr, addr + PAGES * PS)]);
+    }
+
     // The child touches a page of its own memory; we serve it from the file.
-    let mut v = 0u64;
-    // SAFETY: 1-byte write and 8-byte read on our socket, from/to live stack buffers.
+    let mut v = [0u64; 3];
+    // SAFETY: 1-byte write and 24-byte read on our socket, from/to live stack buffers.
     unsafe {
         assert_eq!(libc::write(sock_fd, [1u8].as_ptr().cast(), 1), 1);
-        assert_eq!(libc::read(sock_fd, (&mut v as *mut u64).cast(), 8), 8);
+        assert_eq!(libc::read(sock_fd, v.as_mut_ptr().cast(), 24), 24);
     }
-    assert_eq!(v.to_le_bytes(), file_page(mem.path(), TOUCHED)[..8]);
+    assert_eq!(v[0].to_le_bytes(), file_page(mem.path(), TOUCHED)[..8]);
+    if holes {
+        // The hole was the kernel's to fill: a zero page, writable.
+        assert_eq!((v[1], v[2]), (HOLE_MARK, 0));
+    }
     let mut status = 0;
     // SAFETY: waits for our own child.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
@@ -199,19 +229,28 @@ fn run_owner_exits(blocking_uffd: bool, watch_pid: bool) {
     let s = server.stop();
     assert_eq!(s.lazy_faults_file, 1);
     assert_eq!(s.stopped, Some(StopReason::OwnerExited));
+    s
 }
 
 #[test]
 fn owner_exit_stops_the_fault_loop() {
-    run_owner_exits(false, false);
+    run_owner_exits(false, false, false);
 }
 
 #[test]
 fn owner_exit_stops_the_fault_loop_through_its_pidfd() {
-    run_owner_exits(false, true);
+    run_owner_exits(false, true, false);
 }
 
 #[test]
 fn received_blocking_uffd_is_made_nonblocking_and_served() {
-    run_owner_exits(true, false);
+    run_owner_exits(true, false, false);
+}
+
+#[test]
+fn received_uffd_holes_are_unregistered_in_the_owner() {
+    let s = run_owner_exits(false, true, true);
+    assert_eq!(s.hole_ranges_unregistered, 1);
+    assert_eq!(s.hole_bytes_unregistered, (PAGES - HOLE) * PS);
+    assert_eq!(s.lazy_faults_zero, 0);
 }

@@ -95,3 +95,32 @@ fn dontneed_after_prefetch_reads_back_as_zeros() {
         (0, 2, 1)
     );
 }
+
+#[test]
+fn dontneed_across_holes_and_data_reads_back_as_zeros() {
+    // Pages 8..24 are holes (unregistered); the rest is data.
+    let mem = memory_file("dontneed-holes", PAGES, |i| (8..24).contains(&i));
+    let (uffd, m, regions) = registered(PAGES);
+    let server = start(uffd, regions, &mem, Mode::Lazy);
+    assert_eq!(server.stats().hole_ranges_unregistered, 1);
+    let all: Vec<u64> = (0..32).collect();
+    touch(&m, &all);
+    let holes: Vec<u64> = (8..24).collect();
+    write_touch(&m, &holes);
+    // One madvise over data, the holes (written by now) and data again.
+    dontneed(&m, 4, 24);
+    let again = touch(&m, &all);
+    for (i, page) in all.iter().zip(&again) {
+        if (4..28).contains(i) {
+            assert!(page.iter().all(|&b| b == 0), "page {i} must read as zeros");
+        } else {
+            assert!(*page == file_page(mem.path(), *i), "page {i} was kept");
+        }
+    }
+    let s = server.stop();
+    // Events come from the registered parts only; the dropped data pages touched again
+    // are zero pages, the dropped holes the kernel's again.
+    assert!(s.remove_events >= 1);
+    assert_eq!(s.lazy_faults_file, 16);
+    assert_eq!(s.lazy_faults_zero, 8);
+}

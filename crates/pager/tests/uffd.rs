@@ -101,6 +101,22 @@ fn owner_alive_is_true_for_our_own_memory() {
 }
 
 #[test]
+fn owner_alive_is_true_on_an_unregistered_part_of_our_memory() {
+    // The page server probes the first page of its first region, which may be a hole
+    // it unregistered.
+    let u = Uffd::new().unwrap();
+    let m = Mapping::new(2 * PS);
+    u.register(m.addr, m.len).unwrap();
+    u.unregister(m.addr, PS).unwrap();
+    assert!(u.owner_alive(m.addr, PS));
+    // Filling an unregistered page is refused.
+    assert_eq!(
+        u.copy(m.addr, &page_contents(0), false).unwrap_err().errno,
+        Errno::ENOENT
+    );
+}
+
+#[test]
 fn from_fd_refuses_a_descriptor_that_is_not_a_userfaultfd() {
     let f = std::fs::File::open("/dev/null").unwrap();
     let r = Uffd::from_fd(OwnedFd::from(f));

@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use reap_pager::{MemoryFile, Mode, PAGE_4K, PageServer, Region, Uffd};
+use reap_pager::{MemoryFile, Mode, PAGE_4K, PageServer, Region, ServeOptions, Uffd};
 
 pub const PS: u64 = PAGE_4K;
 
@@ -131,6 +131,86 @@ pub fn read_page(base: u64, i: u64) -> Vec<u8> {
     out
 }
 
+/// Writes `value` into the first word of page `i` of the mapping (faulting it in), then
+/// reads the whole page back.
+pub fn write_page(base: u64, i: u64, value: u64) -> Vec<u8> {
+    // SAFETY: the word is inside a live mapping of the test; a missing page blocks until
+    // the page server fills it (or the kernel, for unregistered memory).
+    unsafe { std::ptr::write_volatile((base + i * PS) as *mut u64, value) };
+    read_page(base, i)
+}
+
+/// Writes a marker into each page of `order` from another thread (see [`write_page`];
+/// the marker of page `i` is [`marker`]`(i)`), and returns each page's contents as read
+/// back then.
+pub fn write_touch(m: &Mapping, order: &[u64]) -> Vec<Vec<u8>> {
+    let base = m.addr;
+    let order = order.to_vec();
+    std::thread::spawn(move || {
+        order
+            .iter()
+            .map(|&i| write_page(base, i, marker(i)))
+            .collect()
+    })
+    .join()
+    .unwrap()
+}
+
+/// The word [`write_touch`] writes into page `i`.
+pub fn marker(i: u64) -> u64 {
+    0x5eed_0000_0000_0000 | i
+}
+
+/// Whether `page` is a zero page with `marker(i)` written into its first word.
+pub fn is_marked_zero_page(page: &[u8], i: u64) -> bool {
+    page[..8] == marker(i).to_le_bytes() && page[8..].iter().all(|&b| b == 0)
+}
+
+/// The parts of `[start, end)` of process `pid`'s address space (this process if
+/// `None`) that are registered with a userfaultfd in MISSING mode (`um` in the
+/// `VmFlags` of `/proc/PID/smaps`), merged, in address order.
+pub fn uffd_registered(pid: Option<i32>, start: u64, end: u64) -> Vec<(u64, u64)> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/smaps"),
+        None => "/proc/self/smaps".to_string(),
+    };
+    let smaps = std::fs::read_to_string(path).unwrap();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut vma = None;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+        {
+            vma = Some((a, b));
+        } else if let Some(flags) = line.strip_prefix("VmFlags:")
+            && let Some((a, b)) = vma.take()
+            && flags.split_whitespace().any(|f| f == "um")
+        {
+            let (a, b) = (a.max(start), b.min(end));
+            if a >= b {
+                continue;
+            }
+            match out.last_mut() {
+                Some(last) if last.1 == a => last.1 = b,
+                _ => out.push((a, b)),
+            }
+        }
+    }
+    out
+}
+
+/// Faults queued on `uffd` that no reader has taken yet (`pending` in its fdinfo).
+pub fn pending_faults(uffd: &Uffd) -> u64 {
+    let fd = std::os::fd::AsRawFd::as_raw_fd(uffd);
+    std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("pending:"))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
 /// Touches `order` (page indexes) from another thread, one after the other, and returns
 /// each page's contents as read then.
 pub fn touch(m: &Mapping, order: &[u64]) -> Vec<Vec<u8>> {
@@ -175,4 +255,25 @@ impl Rng {
 /// at `mem`.
 pub fn start(uffd: Uffd, regions: Vec<Region>, mem: &TempPath, mode: Mode) -> PageServer {
     PageServer::start(uffd, regions, MemoryFile::open(mem.path()).unwrap(), mode).unwrap()
+}
+
+/// [`start`] with `options`.
+pub fn start_with(
+    uffd: Uffd,
+    regions: Vec<Region>,
+    mem: &TempPath,
+    mode: Mode,
+    options: ServeOptions,
+) -> PageServer {
+    let memory = MemoryFile::open(mem.path()).unwrap();
+    PageServer::start_with(uffd, regions, memory, mode, options).unwrap()
+}
+
+/// How many pages of `order` are holes of the memory file at `mem`.
+pub fn holes_among(mem: &Path, order: &[u64]) -> u64 {
+    let memory = MemoryFile::open(mem).unwrap();
+    order
+        .iter()
+        .filter(|&&i| memory.is_hole(i * PS, PS))
+        .count() as u64
 }
