@@ -13,6 +13,8 @@
 //! - [`signals`]: `SIGUSR1`, `SIGINT`, `SIGTERM` through a signalfd.
 //! - [`server`]: the socket, the connection states and the serving loop.
 
+#![warn(missing_docs)]
+
 pub mod handshake;
 pub mod peer;
 pub mod server;
