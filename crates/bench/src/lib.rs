@@ -121,6 +121,15 @@ pub struct BenchArgs {
     /// Limit in seconds on each function's init and on each invocation.
     #[arg(long, value_name = "SECS", default_value_t = 120.0)]
     pub timeout: f64,
+    /// Have the page server serve the memory file's holes (zero pages) in the lazy and
+    /// reap cold starts, instead of leaving them to the kernel: the behaviour without
+    /// that technique.
+    #[arg(long)]
+    pub served_holes: bool,
+    /// Skip the input-sensitivity cold starts (working set recorded with a function's
+    /// first sample request, cold starts with its second).
+    #[arg(long)]
+    pub no_input_sensitivity: bool,
 }
 
 /// Why `reap bench` failed.
@@ -266,10 +275,12 @@ impl BenchPlan {
             if !binary.is_file() {
                 return Err(BenchError::MissingBinary { path: binary });
             }
+            let mut requests = sample_requests(functions_dir.as_deref(), name)?.into_iter();
             Ok(FunctionSpec {
                 name: name.to_owned(),
                 binary,
-                request: first_request(functions_dir.as_deref(), name)?,
+                request: requests.next().unwrap_or_else(|| "{}".into()),
+                second_request: requests.next(),
             })
         };
         let functions = names.iter().map(|n| spec(n)).collect::<Result<_, _>>()?;
@@ -298,6 +309,12 @@ impl BenchPlan {
                 iterations,
                 warmup: args.warmup,
                 limit,
+                holes: if args.served_holes {
+                    reap_pager::Holes::Served
+                } else {
+                    reap_pager::Holes::Kernel
+                },
+                input_sensitivity: !args.no_input_sensitivity,
             },
             sweep,
             disk_mib: args.disk_mib,
@@ -308,20 +325,20 @@ impl BenchPlan {
     }
 }
 
-/// The first non-empty line of `DIR/NAME/requests.jsonl`, or `{}` if there is none.
-fn first_request(functions_dir: Option<&Path>, name: &str) -> Result<String, BenchError> {
+/// The non-empty lines of `DIR/NAME/requests.jsonl` (none if there is no such file).
+fn sample_requests(functions_dir: Option<&Path>, name: &str) -> Result<Vec<String>, BenchError> {
     let Some(dir) = functions_dir else {
-        return Ok("{}".into());
+        return Ok(Vec::new());
     };
     let path = dir.join(name).join("requests.jsonl");
     match std::fs::read_to_string(&path) {
         Ok(text) => Ok(text
             .lines()
             .map(str::trim)
-            .find(|l| !l.is_empty())
-            .unwrap_or("{}")
-            .to_owned()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok("{}".into()),
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(source) => Err(BenchError::Io(PathIoError {
             path,
             what: "cannot read the sample requests",
@@ -354,7 +371,11 @@ pub fn run(plan: &BenchPlan, show_progress: bool) -> Result<Outputs, BenchError>
     let snapshots = plan.out.join("snapshots");
 
     let p = &plan.params;
-    let steps = plan.functions.len() as u64 * run::function_steps(p)
+    let steps = plan
+        .functions
+        .iter()
+        .map(|f| run::function_steps(f, p))
+        .sum::<u64>()
         + u64::from(plan.disk_mib > 0)
         + plan
             .sweep
@@ -432,6 +453,7 @@ pub fn run(plan: &BenchPlan, show_progress: bool) -> Result<Outputs, BenchError>
             .map(|(_, l)| l.clone())
             .unwrap_or_default(),
         disk_probe_mib: plan.disk_mib,
+        holes: p.holes,
     };
     let report = Report::new(
         environment,

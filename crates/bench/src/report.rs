@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::disk::DiskResult;
 use super::run::{ColdSample, FunctionRun, SweepBatch, WarmSample};
 use super::stats::{self, Summary};
+use reap_pager::Holes;
 use reap_vmm::instance::MemoryMode;
 
 /// Version of the JSON layout below.
@@ -143,6 +144,10 @@ pub struct RunConfig {
     pub sweep_levels: Vec<usize>,
     /// Size of the disk probe file in MiB (0: no disk measurement).
     pub disk_probe_mib: u64,
+    /// What the page server did with the memory file's holes in the lazy and reap
+    /// cold starts (`kernel` unless `--served-holes`).
+    #[serde(default)]
+    pub holes: Holes,
 }
 
 /// Medians of one mode's cold starts (times in ms).
@@ -532,6 +537,13 @@ impl Report {
             t,
         ));
 
+        if let Some(t) = self.input_sensitivity_table() {
+            out.push((
+                "Input sensitivity: working set recorded with the first sample request, cold starts with the second; ms: median (p90); lazily served faults (median); \"holes served\": the page server serves the memory file's holes (WS recorded that way too)".into(),
+                t,
+            ));
+        }
+
         if let Some(sweep) = &self.sweep {
             let mut t = Table::new(&["concurrent", "file ms", "reap ms", "file/reap"]);
             for l in &sweep.levels {
@@ -551,6 +563,53 @@ impl Report {
             ));
         }
         out
+    }
+
+    /// The input-sensitivity table, if any function has those cold starts.
+    fn input_sensitivity_table(&self) -> Option<Table> {
+        let mut t = Table::new(&[
+            "function",
+            "file ms",
+            "reap ms",
+            "reap, holes served ms",
+            "reap/file",
+            "WS pages",
+            "faults reap",
+            "faults holes served (zero)",
+        ]);
+        let mut rows = 0;
+        for f in &self.functions {
+            let Some(inp) = &f.run.input_sensitivity else {
+                continue;
+            };
+            let lat = |v: &[ColdSample]| {
+                Summary::of_us_as_ms(&v.iter().map(|s| s.latency_us).collect::<Vec<_>>())
+            };
+            let med = |v: &[ColdSample], get: fn(&ColdSample) -> u64| {
+                stats::median(&v.iter().map(|s| get(s) as f64).collect::<Vec<_>>()).unwrap_or(0.0)
+            };
+            let (Some(file), Some(reap), Some(served)) =
+                (lat(&inp.file), lat(&inp.reap), lat(&inp.reap_served_holes))
+            else {
+                continue;
+            };
+            rows += 1;
+            t.row(vec![
+                f.run.name.clone(),
+                med_p90(&file),
+                med_p90(&reap),
+                med_p90(&served),
+                format!("{:.2}", reap.median / file.median),
+                format!("{:.0}", med(&inp.reap, |s| s.prefetched_pages)),
+                format!("{:.0}", med(&inp.reap, |s| s.lazy_faults)),
+                format!(
+                    "{:.0} ({:.0})",
+                    med(&inp.reap_served_holes, |s| s.lazy_faults),
+                    med(&inp.reap_served_holes, |s| s.lazy_faults_zero)
+                ),
+            ]);
+        }
+        (rows > 0).then_some(t)
     }
 
     /// Summary lines under the tables.
@@ -990,6 +1049,7 @@ fn csv_field(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::run::InputSensitivity;
     use crate::run::WsInfo;
 
     fn cold(mode: MemoryMode, latency_us: u64, lazy_faults: u64) -> ColdSample {
@@ -1032,6 +1092,18 @@ mod tests {
                 pct_guest_memory: 40.0 * 4096.0 * 100.0 / (256u64 << 20) as f64,
             },
             recording: cold(MemoryMode::Reap, 30_000, 40),
+            input_sensitivity: Some(InputSensitivity {
+                request: "{}".into(),
+                file: (0..3)
+                    .map(|i| cold(MemoryMode::File, file_us + i, 0))
+                    .collect(),
+                reap: (0..3)
+                    .map(|i| cold(MemoryMode::Reap, reap_us + i, 3))
+                    .collect(),
+                reap_served_holes: (0..3)
+                    .map(|i| cold(MemoryMode::Reap, reap_us * 3 + i, 50))
+                    .collect(),
+            }),
             cold: cold_samples,
             warm: (0..3)
                 .map(|i| WarmSample {
@@ -1075,6 +1147,7 @@ mod tests {
             sweep_function: Some("a".into()),
             sweep_levels: vec![1, 2],
             disk_probe_mib: 256,
+            holes: Holes::Kernel,
         };
         let batches = [1usize, 2]
             .into_iter()

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::BenchError;
 use super::progress::Progress;
+use reap_pager::{Holes, ServeOptions};
 use reap_vmm::instance::{Deployed, Instance, InstanceError, MemoryMode};
 use reap_vmm::microvm::MicroVmConfig;
 use reap_vmm::snapshot::SnapshotDir;
@@ -25,8 +26,11 @@ pub struct FunctionSpec {
     pub name: String,
     /// Path of the function's binary.
     pub binary: PathBuf,
-    /// The request every invocation sends (one line).
+    /// The request every invocation sends (one line): the first sample request.
     pub request: String,
+    /// The second sample request, if the function has one: the input-sensitivity
+    /// cold starts send it to a snapshot whose working set was recorded with the first.
+    pub second_request: Option<String>,
 }
 
 /// What a function run needs besides the function.
@@ -40,6 +44,18 @@ pub struct RunParams {
     pub warmup: usize,
     /// Limit on the function's init and on each invocation.
     pub limit: Duration,
+    /// What the page server does with the memory file's holes in the lazy and reap
+    /// cold starts (`--served-holes`: [`Holes::Served`], to measure the technique).
+    pub holes: Holes,
+    /// Run the input-sensitivity cold starts (functions with a second sample request).
+    pub input_sensitivity: bool,
+}
+
+impl RunParams {
+    /// The page server's options for the measured cold starts.
+    pub fn serve_options(&self) -> ServeOptions {
+        ServeOptions::default().holes(self.holes)
+    }
 }
 
 /// One cold start: restore plus the first invocation.
@@ -130,6 +146,30 @@ pub struct FunctionRun {
     /// Measured warm invocations on the booted instance, in the order they ran (after
     /// one unmeasured invocation).
     pub warm: Vec<WarmSample>,
+    /// Cold starts with the second sample request against the working set recorded
+    /// with the first (`None` without a second request or with
+    /// `--no-input-sensitivity`).
+    #[serde(default)]
+    pub input_sensitivity: Option<InputSensitivity>,
+}
+
+/// The paper's input-sensitivity experiment: the working set is recorded with the
+/// function's first sample request, the cold starts send its second, so they may touch
+/// memory the working set does not hold. Interleaved rounds of file, reap (holes left
+/// to the kernel) and reap with the holes served by the page server (a copy of the
+/// snapshot whose working set was recorded that way: the behaviour without the
+/// technique).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputSensitivity {
+    /// The request the cold starts send.
+    pub request: String,
+    /// `file` cold starts.
+    pub file: Vec<ColdSample>,
+    /// `reap` cold starts, holes left to the kernel.
+    pub reap: Vec<ColdSample>,
+    /// `reap` cold starts with every hole served by the page server (its working set
+    /// recorded that way too).
+    pub reap_served_holes: Vec<ColdSample>,
 }
 
 /// One level of the concurrency sweep: `concurrency` cold starts at once, repeated.
@@ -210,10 +250,11 @@ pub fn cold_start(
     mode: MemoryMode,
     request: &[u8],
     limit: Duration,
+    options: ServeOptions,
 ) -> Result<(ColdSample, Vec<u8>, Instance), InstanceError> {
     let (minor0, major0) = thread_faults();
     let started = Instant::now();
-    let mut instance = Instance::restore(dir, mode, Box::new(std::io::sink()))?;
+    let mut instance = Instance::restore_with(dir, mode, Box::new(std::io::sink()), options)?;
     let (response, invocation) = instance.invoke(request, Some(limit))?;
     let latency = started.elapsed();
     let (minor1, major1) = thread_faults();
@@ -297,8 +338,14 @@ pub fn function(
     // The recording cold start (reap mode, no WS file yet).
     progress.set_message(format!("{name}: recording cold start"));
     evict(&dir)?;
-    let (recording, expected, _) = cold_start(&dir, MemoryMode::Reap, request, params.limit)
-        .map_err(function_err(name, "recording cold start failed"))?;
+    let (recording, expected, _) = cold_start(
+        &dir,
+        MemoryMode::Reap,
+        request,
+        params.limit,
+        params.serve_options(),
+    )
+    .map_err(function_err(name, "recording cold start failed"))?;
     let ws = ws_info(&dir, memory_len)?;
     progress.inc();
 
@@ -318,8 +365,9 @@ pub fn function(
                 }
             ));
             evict(&dir)?;
-            let (sample, response, instance) = cold_start(&dir, mode, request, params.limit)
-                .map_err(function_err(name, "cold start failed"))?;
+            let (sample, response, instance) =
+                cold_start(&dir, mode, request, params.limit, params.serve_options())
+                    .map_err(function_err(name, "cold start failed"))?;
             drop(instance);
             if response != expected {
                 return Err(BenchError::WrongAnswer {
@@ -336,6 +384,11 @@ pub fn function(
         }
     }
 
+    let input_sensitivity = match (&spec.second_request, params.input_sensitivity) {
+        (Some(second), true) => Some(input_sensitivity(spec, &dir, second, params, progress)?),
+        _ => None,
+    };
+
     Ok(FunctionRun {
         name: name.to_owned(),
         request: spec.request.clone(),
@@ -347,13 +400,124 @@ pub fn function(
         recording,
         cold,
         warm,
+        input_sensitivity,
     })
 }
 
+/// Rounds of the input-sensitivity experiment: unmeasured ones first, as in the main
+/// rounds; at most [`INPUT_ROUNDS`] measured ones.
+pub const INPUT_ROUNDS: usize = 5;
+
+fn input_rounds(params: &RunParams) -> usize {
+    params.warmup + params.iterations.min(INPUT_ROUNDS)
+}
+
+/// The input-sensitivity cold starts of `spec` from `dir`, whose working set was
+/// recorded with the first request (see [`InputSensitivity`]).
+fn input_sensitivity(
+    spec: &FunctionSpec,
+    dir: &SnapshotDir,
+    request: &str,
+    params: &RunParams,
+    progress: &Progress,
+) -> Result<InputSensitivity, BenchError> {
+    let name = spec.name.as_str();
+    // A second snapshot directory with the same state and memory (hard links), whose
+    // working set is recorded with the holes served, as without the technique.
+    let served_path = PathBuf::from(format!("{}-served-holes", dir.dir.display()));
+    let served = SnapshotDir::new(&served_path);
+    let _ = std::fs::remove_dir_all(&served_path);
+    std::fs::create_dir_all(&served_path)
+        .map_err(PathIoError::on(&served_path, "cannot create"))?;
+    for file in [dir.state(), dir.memory()] {
+        let link = served_path.join(file.file_name().unwrap_or_default());
+        std::fs::hard_link(&file, &link).map_err(PathIoError::on(&link, "cannot link"))?;
+    }
+    let result = (|| {
+        let served_options = ServeOptions::default().holes(Holes::Served);
+        progress.set_message(format!(
+            "{name}: input sensitivity, recording (holes served)"
+        ));
+        evict(&served)?;
+        cold_start(
+            &served,
+            MemoryMode::Reap,
+            spec.request.as_bytes(),
+            params.limit,
+            served_options.clone(),
+        )
+        .map_err(function_err(
+            name,
+            "recording cold start (holes served) failed",
+        ))?;
+        progress.inc();
+        let mut out = InputSensitivity {
+            request: request.to_owned(),
+            file: Vec::new(),
+            reap: Vec::new(),
+            reap_served_holes: Vec::new(),
+        };
+        let mut expected: Option<Vec<u8>> = None;
+        let rounds = input_rounds(params);
+        for round in 0..rounds {
+            for variant in 0..3usize {
+                let variant = (variant + round) % 3;
+                let (d, mode, options, label) = match variant {
+                    0 => (dir, MemoryMode::File, params.serve_options(), "file"),
+                    1 => (dir, MemoryMode::Reap, ServeOptions::default(), "reap"),
+                    _ => (
+                        &served,
+                        MemoryMode::Reap,
+                        served_options.clone(),
+                        "reap, holes served",
+                    ),
+                };
+                progress.set_message(format!(
+                    "{name}: input sensitivity, {label} cold start {}/{rounds}",
+                    round + 1
+                ));
+                evict(d)?;
+                let (sample, response, instance) =
+                    cold_start(d, mode, request.as_bytes(), params.limit, options)
+                        .map_err(function_err(name, "input-sensitivity cold start failed"))?;
+                drop(instance);
+                match &expected {
+                    None => expected = Some(response),
+                    Some(e) if *e != response => {
+                        return Err(BenchError::WrongAnswer {
+                            function: name.to_owned(),
+                            mode: mode.name(),
+                            expected: String::from_utf8_lossy(e).trim_end().to_owned(),
+                            got: String::from_utf8_lossy(&response).trim_end().to_owned(),
+                        });
+                    }
+                    Some(_) => {}
+                }
+                if round >= params.warmup {
+                    match variant {
+                        0 => out.file.push(sample),
+                        1 => out.reap.push(sample),
+                        _ => out.reap_served_holes.push(sample),
+                    }
+                }
+                progress.inc();
+            }
+        }
+        Ok(out)
+    })();
+    let _ = std::fs::remove_dir_all(&served_path);
+    result
+}
+
 /// Progress steps of [`function`].
-pub fn function_steps(params: &RunParams) -> u64 {
+pub fn function_steps(spec: &FunctionSpec, params: &RunParams) -> u64 {
     let rounds = (params.warmup + params.iterations) as u64;
-    1 + (params.iterations as u64 + 1) + 1 + rounds * MODES.len() as u64
+    let input = if spec.second_request.is_some() && params.input_sensitivity {
+        1 + 3 * input_rounds(params) as u64
+    } else {
+        0
+    };
+    1 + (params.iterations as u64 + 1) + 1 + rounds * MODES.len() as u64 + input
 }
 
 fn ws_info(dir: &SnapshotDir, memory_len: u64) -> Result<WsInfo, BenchError> {
@@ -429,8 +593,14 @@ pub fn sweep(
     }
     drop(warm_instance);
     evict(&dir)?;
-    let (_, expected, _) = cold_start(&dir, MemoryMode::Reap, request, params.limit)
-        .map_err(function_err(name, "recording cold start failed"))?;
+    let (_, expected, _) = cold_start(
+        &dir,
+        MemoryMode::Reap,
+        request,
+        params.limit,
+        params.serve_options(),
+    )
+    .map_err(function_err(name, "recording cold start failed"))?;
     progress.inc();
 
     let mut batches = Vec::new();
@@ -449,7 +619,7 @@ pub fn sweep(
                     repetitions
                 ));
                 evict(&dir)?;
-                let samples = concurrent_cold_starts(&dir, mode, request, k, params.limit)
+                let samples = concurrent_cold_starts(&dir, mode, request, k, params)
                     .map_err(function_err(name, "concurrent cold start failed"))?;
                 for (_, response) in &samples {
                     if *response != expected {
@@ -484,7 +654,7 @@ fn concurrent_cold_starts(
     mode: MemoryMode,
     request: &[u8],
     k: usize,
-    limit: Duration,
+    params: &RunParams,
 ) -> Result<Vec<(ColdSample, Vec<u8>)>, InstanceError> {
     let start = Barrier::new(k);
     let done = Barrier::new(k);
@@ -493,7 +663,8 @@ fn concurrent_cold_starts(
             .map(|_| {
                 s.spawn(|| {
                     start.wait();
-                    let result = cold_start(dir, mode, request, limit);
+                    let result =
+                        cold_start(dir, mode, request, params.limit, params.serve_options());
                     // Every thread reaches this barrier, failed or not.
                     done.wait();
                     result.map(|(sample, response, instance)| {

@@ -59,7 +59,8 @@ impl Mode {
 
 /// What happens to guest memory that is a hole of the memory file (pages never written
 /// before the snapshot).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Holes {
     /// [`PageServer::start`] unregisters the holes from the userfaultfd (in whole pages
     /// of the regions' page size, at most [`ServeOptions::max_hole_ranges`] ranges): they
@@ -76,7 +77,8 @@ pub enum Holes {
 }
 
 impl Holes {
-    fn name(self) -> &'static str {
+    /// `kernel` or `served`.
+    pub fn name(self) -> &'static str {
         match self {
             Holes::Kernel => "kernel",
             Holes::Served => "served",

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reap_pager::{PageServer, PagerStats};
+use reap_pager::{PageServer, PagerStats, ServeOptions};
 use serde::Serialize;
 
 use crate::guest_os::Sink;
@@ -225,13 +225,24 @@ impl Instance {
         mode: MemoryMode,
         stderr: Sink,
     ) -> Result<Self, InstanceError> {
+        Self::restore_with(dir, mode, stderr, ServeOptions::default())
+    }
+
+    /// [`Instance::restore`] with the page server's `options` (ignored in
+    /// [`MemoryMode::File`]), e.g. to measure the memory file's holes served by it.
+    pub fn restore_with(
+        dir: &SnapshotDir,
+        mode: MemoryMode,
+        stderr: Sink,
+        options: ServeOptions,
+    ) -> Result<Self, InstanceError> {
         let started = Instant::now();
         let state = dir.read_state()?;
         let memory_file = dir.open_memory(&state)?;
         let (memory, pager, record_ws) = match dir.ws_policy(mode) {
             None => (persist::from_file(&memory_file)?, None, None),
             Some(policy) => {
-                let paged = persist::from_page_server(memory_file, &policy)?;
+                let paged = persist::from_page_server(memory_file, &policy, options)?;
                 (paged.memory, Some(paged.server), paged.resolved.record_into)
             }
         };

@@ -3,7 +3,7 @@
 
 use reap_pager::region::{PAGE_4K, Region};
 use reap_pager::uffd::{Uffd, UffdError};
-use reap_pager::{MemoryFile, PageServer, PagerError, Resolved, WsPolicy};
+use reap_pager::{MemoryFile, PageServer, PagerError, Resolved, ServeOptions, WsPolicy};
 
 use crate::vstate::memory::{GuestMemory, MemoryError};
 
@@ -52,11 +52,13 @@ pub struct PagedMemory {
 }
 
 /// Anonymous guest memory the size of `memory`, registered with a new userfaultfd and
-/// served from `memory` by a page server in the mode `policy` resolves to now (in
-/// prefetch mode the working set is installed before this returns).
+/// served from `memory` by a page server in the mode `policy` resolves to now, with
+/// `options` (in prefetch mode the working set is installed before this returns; by
+/// default the memory file's holes are left to the kernel).
 pub fn from_page_server(
     memory: MemoryFile,
     policy: &WsPolicy,
+    options: ServeOptions,
 ) -> Result<PagedMemory, PagedMemoryError> {
     let size = memory.len();
     let guest = GuestMemory::anonymous(size).map_err(PagedMemoryError::Map)?;
@@ -70,7 +72,7 @@ pub fn from_page_server(
         page_size: PAGE_4K,
     };
     let resolved = policy.resolve();
-    let server = PageServer::start(uffd, vec![region], memory, resolved.mode.clone())
+    let server = PageServer::start_with(uffd, vec![region], memory, resolved.mode.clone(), options)
         .map_err(PagedMemoryError::Pager)?;
     Ok(PagedMemory {
         memory: guest,
