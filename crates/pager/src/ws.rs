@@ -1047,3 +1047,432 @@ mod tests {
         assert!(matches!(r, Err(WsError::Truncated { .. })), "{r:?}");
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Property tests of the reader, which takes untrusted bytes: arbitrary bytes and
+    //! damaged copies of real images are refused, or accepted only when every rule of
+    //! `docs/ws-format.md` holds; never a panic. Valid sets round-trip.
+
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+    use proptest::test_runner::{Config, TestRunner};
+    use std::os::unix::fs::FileExt;
+
+    /// Pages in the test memory files.
+    const PAGES: u64 = 64;
+
+    fn config(cases: u32) -> Config {
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    /// A sparse memory file of `pages` pages of `page_size` bytes: every fifth page
+    /// (from page 2) is a hole, every seventh (from page 3) is data that is all zero,
+    /// the others start with 4 KiB of the byte `page + 1` (the rest of a 2 MiB page is
+    /// a hole).
+    struct Memory {
+        mem: MemoryFile,
+        path: PathBuf,
+        page_size: u64,
+    }
+
+    impl Drop for Memory {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn memory(name: &str, page_size: u64, pages: u64) -> Memory {
+        let path =
+            std::env::temp_dir().join(format!("reap-pager-ws-prop-{}-{name}", std::process::id()));
+        let f = File::create(&path).unwrap();
+        f.set_len(pages * page_size).unwrap();
+        for i in 0..pages {
+            let byte = match (i % 5, i % 7) {
+                (2, _) => continue,
+                (_, 3) => 0,
+                _ => i as u8 + 1,
+            };
+            f.write_all_at(&[byte; 4096], i * page_size).unwrap();
+        }
+        Memory {
+            mem: MemoryFile::open(&path).unwrap(),
+            path,
+            page_size,
+        }
+    }
+
+    fn aligned(b: &[u8]) -> AlignedBuf {
+        let mut a = AlignedBuf::zeroed(b.len()).unwrap();
+        a.copy_from_slice(b);
+        a
+    }
+
+    fn entry(image: &[u8], i: u64) -> u64 {
+        le64(image, (HEADER_LEN + 8 * i) as usize)
+    }
+
+    /// Checks an accepted image against the format's rules, independently of the
+    /// reader's code, and reads it through `WorkingSet` as a restore would.
+    fn assert_consistent(image: &[u8], h: &WsHeader, m: &Memory) {
+        let ps = m.page_size;
+        assert_eq!(&image[..8], &MAGIC);
+        assert_eq!(h.page_size, ps);
+        assert_eq!(h.file_len, image.len() as u64);
+        assert_eq!(h.file_len % ALIGN, 0);
+        assert_eq!(
+            (h.memory_len, h.memory_fingerprint),
+            (m.mem.len(), m.mem.fingerprint())
+        );
+        assert_eq!(h.checksum, checksum(image));
+        assert!(h.page_count <= m.mem.len() / ps);
+        assert_eq!(h.entries_offset, HEADER_LEN);
+        assert_eq!(
+            h.data_offset,
+            (HEADER_LEN + 8 * h.page_count).next_multiple_of(ALIGN)
+        );
+        assert_eq!(h.file_len, h.data_offset + h.data_pages * ps);
+        let mut seen = std::collections::HashSet::new();
+        let mut data = 0;
+        for i in 0..h.page_count {
+            let e = entry(image, i);
+            let offset = e & !ZERO_FLAG;
+            assert_eq!(offset % ps, 0, "entry {i}: {e:#x}");
+            assert!(offset + ps <= m.mem.len(), "entry {i}: {e:#x}");
+            assert!(seen.insert(offset), "entry {i}: {e:#x} twice");
+            data += u64::from(e & ZERO_FLAG == 0);
+        }
+        assert_eq!(data, h.data_pages);
+        let ws = WorkingSet {
+            header: *h,
+            image: aligned(image),
+            fetch: FetchInfo::default(),
+        };
+        assert_eq!(ws.len() as u64, h.page_count);
+        assert_eq!(ws.pages().filter(|p| !p.zero).count() as u64, h.data_pages);
+        assert_eq!(ws.data().len() as u64, h.data_pages * ps);
+    }
+
+    /// The reference result of `build_image`: the first occurrence of each page, zero
+    /// when the memory file reads as zeros there, with the contents of the others.
+    fn expected(m: &Memory, offsets: &[u64]) -> (Vec<WsPage>, Vec<u8>) {
+        let mut seen = std::collections::HashSet::new();
+        let (mut pages, mut contents) = (Vec::new(), Vec::new());
+        let mut page = vec![0u8; m.page_size as usize];
+        for &offset in offsets {
+            if !seen.insert(offset) {
+                continue;
+            }
+            m.mem.read_at(offset, &mut page).unwrap();
+            let zero = page.iter().all(|&b| b == 0);
+            pages.push(WsPage { offset, zero });
+            if !zero {
+                contents.extend_from_slice(&page);
+            }
+        }
+        (pages, contents)
+    }
+
+    fn round_trip(m: &Memory, max_len: usize, cases: u32) {
+        let pages = m.mem.len() / m.page_size;
+        let ps = m.page_size;
+        let offsets = prop::collection::vec((0..pages).prop_map(move |p| p * ps), 0..max_len);
+        TestRunner::new(config(cases))
+            .run(&offsets, |offsets| {
+                let (image, summary) = build_image(ps, &offsets, &m.mem).unwrap();
+                let h = validate(&image, &m.mem, ps).unwrap();
+                assert_consistent(&image, &h, m);
+                let (pages, contents) = expected(m, &offsets);
+                let ws = WorkingSet {
+                    header: h,
+                    image: aligned(&image),
+                    fetch: FetchInfo::default(),
+                };
+                prop_assert_eq!(ws.pages().collect::<Vec<_>>(), pages);
+                prop_assert!(ws.data() == &contents[..]);
+                prop_assert_eq!(
+                    (summary.pages, summary.data_pages, summary.file_len),
+                    (h.page_count, h.data_pages, image.len() as u64)
+                );
+                prop_assert_eq!(summary.zero_pages, h.page_count - h.data_pages);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn built_images_of_4k_pages_round_trip() {
+        let m = memory("rt4k", crate::PAGE_4K, PAGES);
+        round_trip(&m, 2 * PAGES as usize, 512);
+    }
+
+    #[test]
+    fn built_images_of_2m_pages_round_trip() {
+        let m = memory("rt2m", crate::PAGE_2M, 6);
+        round_trip(&m, 10, 24);
+    }
+
+    /// Numbers that sit on the reader's boundaries, and any number.
+    fn number() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            prop::sample::select(vec![
+                0,
+                1,
+                8,
+                HEADER_LEN,
+                ALIGN - 1,
+                ALIGN,
+                ALIGN + 1,
+                crate::PAGE_2M,
+                PAGES,
+                PAGES * ALIGN,
+                MAX_PAGES,
+                MAX_PAGES + 1,
+                1 << 32,
+                1 << 60,
+                u64::MAX / 8,
+                u64::MAX - ALIGN + 1,
+                u64::MAX,
+            ]),
+            (0..PAGES + 2).prop_map(|p| p * ALIGN),
+            (0..PAGES + 2).prop_map(|p| (p * ALIGN) | ZERO_FLAG),
+            0..(PAGES + 2) * ALIGN,
+            any::<u64>(),
+        ]
+    }
+
+    /// One change to an image.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        /// XOR a byte with a non-zero mask.
+        Flip(Index, u8),
+        /// Cut the image.
+        Truncate(Index),
+        /// Append bytes.
+        Extend(Vec<u8>),
+        /// Append whole zero blocks (the length stays aligned).
+        ExtendBlocks(u8),
+        /// Overwrite one of the header's u64 fields (offsets 16 to 72).
+        Field(Index, u64),
+        /// Overwrite an offset-table entry.
+        Entry(Index, u64),
+        /// Swap two offset-table entries.
+        Swap(Index, Index),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            (any::<Index>(), 1..=255u8).prop_map(|(i, m)| Edit::Flip(i, m)),
+            any::<Index>().prop_map(Edit::Truncate),
+            prop::collection::vec(any::<u8>(), 1..64).prop_map(Edit::Extend),
+            (1..3u8).prop_map(Edit::ExtendBlocks),
+            (any::<Index>(), number()).prop_map(|(i, v)| Edit::Field(i, v)),
+            (any::<Index>(), number()).prop_map(|(i, v)| Edit::Entry(i, v)),
+            (any::<Index>(), any::<Index>()).prop_map(|(a, b)| Edit::Swap(a, b)),
+        ]
+    }
+
+    fn apply(image: &mut Vec<u8>, edit: &Edit) {
+        let table = |image: &Vec<u8>| {
+            if image.len() < HEADER_LEN as usize + 8 {
+                0
+            } else {
+                let n = le64(image, 24).min((image.len() as u64 - HEADER_LEN) / 8);
+                n as usize
+            }
+        };
+        let put = |image: &mut Vec<u8>, at: usize, v: u64| {
+            if at + 8 <= image.len() {
+                image[at..at + 8].copy_from_slice(&v.to_le_bytes());
+            }
+        };
+        match edit {
+            Edit::Flip(i, mask) if !image.is_empty() => {
+                let at = i.index(image.len());
+                image[at] ^= mask;
+            }
+            Edit::Truncate(i) => image.truncate(i.index(image.len() + 1)),
+            Edit::Extend(b) => image.extend_from_slice(b),
+            Edit::ExtendBlocks(n) => image.resize(image.len() + *n as usize * ALIGN as usize, 0),
+            Edit::Field(i, v) => put(image, 16 + 8 * i.index(8), *v),
+            Edit::Entry(i, v) if table(image) > 0 => {
+                let at = HEADER_LEN as usize + 8 * i.index(table(image));
+                put(image, at, *v);
+            }
+            Edit::Swap(a, b) if table(image) > 0 => {
+                let n = table(image);
+                let (a, b) = (
+                    HEADER_LEN as usize + 8 * a.index(n),
+                    HEADER_LEN as usize + 8 * b.index(n),
+                );
+                let (x, y) = (le64(image, a), le64(image, b));
+                put(image, a, y);
+                put(image, b, x);
+            }
+            _ => {}
+        }
+    }
+
+    /// Rewrites the checksum, so that the checks after it are reached.
+    fn reseal(image: &mut [u8]) {
+        if image.len() >= CHECKSUM_AT + 4 {
+            let crc = checksum(image);
+            image[CHECKSUM_AT..CHECKSUM_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+
+    fn page_lists() -> impl Strategy<Value = Vec<u64>> {
+        prop::collection::vec((0..PAGES).prop_map(|p| p * ALIGN), 0..2 * PAGES as usize)
+    }
+
+    #[test]
+    fn damaged_images_are_refused_or_consistent() {
+        let m = memory("damaged", crate::PAGE_4K, PAGES);
+        let cases = (
+            page_lists(),
+            prop::collection::vec(edit(), 1..5),
+            any::<bool>(),
+        );
+        TestRunner::new(config(4096))
+            .run(&cases, |(offsets, edits, resealed)| {
+                let (image, _) = build_image(ALIGN, &offsets, &m.mem).unwrap();
+                let mut damaged = image.clone();
+                for e in &edits {
+                    apply(&mut damaged, e);
+                }
+                if resealed {
+                    reseal(&mut damaged);
+                }
+                match validate(&damaged, &m.mem, ALIGN) {
+                    Ok(h) => {
+                        // Without a new checksum, only an unchanged image passes.
+                        prop_assert!(resealed || damaged == image, "accepted: {:?}", h);
+                        assert_consistent(&damaged, &h, &m);
+                    }
+                    Err(e) => {
+                        prop_assert!(damaged != image, "valid image refused: {}", e);
+                    }
+                }
+                // The header parser alone, told any file length.
+                let _ = WsHeader::parse(&damaged, image.len() as u64);
+                let _ = validate(&damaged, &m.mem, crate::PAGE_2M);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn arbitrary_bytes_are_refused() {
+        let m = memory("arbitrary", crate::PAGE_4K, PAGES);
+        // Bytes after a valid start (magic, version, header length), or from scratch.
+        let start = [&MAGIC[..], &VERSION.to_le_bytes(), &128u32.to_le_bytes()].concat();
+        let bytes = (
+            any::<bool>(),
+            prop::collection::vec(any::<u8>(), 0..2 * ALIGN as usize),
+            any::<u64>(),
+        );
+        TestRunner::new(config(4096))
+            .run(&bytes, |(with_start, mut b, file_len)| {
+                if with_start {
+                    let n = start.len().min(b.len());
+                    b[..n].copy_from_slice(&start[..n]);
+                }
+                let _ = WsHeader::parse(&b, file_len);
+                if let Ok(h) = WsHeader::parse(&b, b.len() as u64) {
+                    prop_assert_eq!(h.file_len, b.len() as u64);
+                }
+                if let Ok(h) = validate(&b, &m.mem, ALIGN) {
+                    assert_consistent(&b, &h, &m);
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn absurd_counts_are_refused_by_the_header_alone() {
+        // A header claiming up to 2^64 pages, with every derived field made consistent
+        // with that claim, on a short buffer: refused from the 128 header bytes.
+        let m = memory("absurd", crate::PAGE_4K, PAGES);
+        let (image, _) = build_image(ALIGN, &[ALIGN, 2 * ALIGN], &m.mem).unwrap();
+        let counts = (MAX_PAGES + 1.., any::<u64>(), any::<bool>());
+        TestRunner::new(config(1024))
+            .run(&counts, |(count, data, consistent)| {
+                let mut b = image.clone();
+                b[24..32].copy_from_slice(&count.to_le_bytes());
+                b[32..40].copy_from_slice(&data.to_le_bytes());
+                if consistent && let Some(d) = data_offset_for(count) {
+                    b[48..56].copy_from_slice(&d.to_le_bytes());
+                    let len = data.wrapping_mul(ALIGN).wrapping_add(d);
+                    b[56..64].copy_from_slice(&len.to_le_bytes());
+                }
+                reseal(&mut b);
+                let claimed = le64(&b, 56);
+                let r = WsHeader::parse(&b, claimed);
+                prop_assert!(matches!(r, Err(WsError::TooLarge { .. })), "{:?}", r);
+                prop_assert!(validate(&b, &m.mem, ALIGN).is_err());
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn files_of_any_length_are_refused_or_consistent_when_loaded() {
+        // Through the file: lengths that are not block multiples, larger than any set
+        // for this memory file (sparse, up to 2^44 bytes), or damaged contents. A
+        // length past the cap must be refused from the header, without reading or
+        // allocating the file.
+        let m = memory("load", crate::PAGE_4K, PAGES);
+        let ws_path = m.path.with_extension("ws");
+        let cases = (
+            page_lists(),
+            prop::collection::vec(edit(), 0..3),
+            any::<bool>(),
+            prop_oneof![Just(None), (0..44u32, any::<u64>()).prop_map(Some)],
+        );
+        TestRunner::new(config(64))
+            .run(&cases, |(offsets, edits, resealed, grow)| {
+                let (image, _) = build_image(ALIGN, &offsets, &m.mem).unwrap();
+                let mut damaged = image.clone();
+                for e in &edits {
+                    apply(&mut damaged, e);
+                }
+                if resealed {
+                    reseal(&mut damaged);
+                }
+                std::fs::write(&ws_path, &damaged).unwrap();
+                let mut len = damaged.len() as u64;
+                if let Some((bits, extra)) = grow {
+                    len += extra % (1u64 << bits) + 1;
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&ws_path)
+                        .unwrap()
+                        .set_len(len)
+                        .unwrap();
+                }
+                let started = Instant::now();
+                match WorkingSet::load(&ws_path, &m.mem, ALIGN) {
+                    Ok(ws) => {
+                        prop_assert_eq!(ws.fetch_info().bytes, len);
+                        prop_assert_eq!(len, damaged.len() as u64);
+                        assert_consistent(&damaged, ws.header(), &m);
+                    }
+                    Err(e) => prop_assert!(
+                        damaged != image || grow.is_some(),
+                        "valid file refused: {}",
+                        e
+                    ),
+                }
+                prop_assert!(started.elapsed() < std::time::Duration::from_secs(2));
+                Ok(())
+            })
+            .unwrap();
+        let _ = std::fs::remove_file(&ws_path);
+    }
+}

@@ -517,3 +517,463 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Property tests of the handshake parser, which reads whatever a client of the
+    //! socket sends: messages of every shape round-trip; arbitrary bytes and damaged
+    //! messages (as bytes and as JSON values) are refused, or accepted only as regions
+    //! that are aligned, inside the memory file and disjoint; never a panic.
+
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+    use proptest::test_runner::{Config, TestRunner};
+    use serde_json::Value;
+
+    fn config(cases: u32) -> Config {
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    /// A valid message: its regions, the memory file's length, and how it is written.
+    #[derive(Debug, Clone)]
+    struct Message {
+        regions: Vec<Region>,
+        file_len: u64,
+        format: MessageFormat,
+        /// `page_size_kib` beside `page_size` (newer releases send both).
+        both: bool,
+        /// Unknown fields added to each region.
+        unknown: bool,
+        /// Spaces and newlines between tokens.
+        spaced: bool,
+        /// Rotation of each region's field order.
+        order: Vec<Index>,
+    }
+
+    fn message() -> impl Strategy<Value = Message> {
+        let page = prop_oneof![Just(PAGE_4K), Just(PAGE_2M)];
+        // Per region: length and gaps (in pages) before it in the file and in memory.
+        let sizes = prop::collection::vec((1..16u64, 0..3u64, 0..3u64), 1..8);
+        (page, sizes, any::<u64>(), 0..3u64, 0..3u8)
+            .prop_flat_map(|(ps, sizes, host_seed, spare, shape)| {
+                let n = sizes.len();
+                let host_order: Vec<usize> = (0..n).collect();
+                (
+                    Just((ps, sizes, host_seed, spare, shape)),
+                    Just(host_order).prop_shuffle(),
+                    any::<(bool, bool, bool)>(),
+                    prop::collection::vec(any::<Index>(), n),
+                )
+            })
+            .prop_map(
+                |(
+                    (ps, sizes, host_seed, spare, shape),
+                    host_order,
+                    (both, unknown, spaced),
+                    order,
+                )| {
+                    let n = sizes.len();
+                    // File offsets in message order, host addresses in a shuffled order.
+                    let mut file = 0;
+                    let mut offsets = Vec::with_capacity(n);
+                    for &(len, gap, _) in &sizes {
+                        file += gap * ps;
+                        offsets.push(file);
+                        file += len * ps;
+                    }
+                    let mut host = vec![0; n];
+                    let mut addr = (host_seed % (1 << 46)) / PAGE_2M * PAGE_2M;
+                    for &i in &host_order {
+                        addr += sizes[i].2 * ps;
+                        host[i] = addr;
+                        addr += sizes[i].0 * ps;
+                    }
+                    let regions = (0..n)
+                        .map(|i| Region {
+                            host_addr: host[i],
+                            len: sizes[i].0 * ps,
+                            file_offset: offsets[i],
+                            page_size: ps,
+                        })
+                        .collect();
+                    let format = match (shape, ps) {
+                        (0, PAGE_4K) => MessageFormat::NoPageSize,
+                        (0 | 1, _) => MessageFormat::PageSizeKib,
+                        _ => MessageFormat::PageSize,
+                    };
+                    Message {
+                        regions,
+                        file_len: file + spare * ps,
+                        format,
+                        both,
+                        unknown,
+                        spaced,
+                        order,
+                    }
+                },
+            )
+    }
+
+    /// Writes `m` as the Firecracker release of its shape would.
+    fn encode(m: &Message) -> String {
+        let sp = if m.spaced { " \n" } else { "" };
+        let objects: Vec<String> = m
+            .regions
+            .iter()
+            .zip(&m.order)
+            .map(|(r, turn)| {
+                let mut fields = vec![
+                    format!("\"base_host_virt_addr\":{sp}{}", r.host_addr),
+                    format!("\"size\":{sp}{}", r.len),
+                    format!("\"offset\":{sp}{}", r.file_offset),
+                ];
+                match m.format {
+                    MessageFormat::NoPageSize => {}
+                    MessageFormat::PageSizeKib => {
+                        fields.push(format!("\"page_size_kib\":{}", r.page_size))
+                    }
+                    MessageFormat::PageSize => {
+                        fields.push(format!("\"page_size\":{}", r.page_size));
+                        if m.both {
+                            fields.push(format!("\"page_size_kib\":{}", r.page_size));
+                        }
+                    }
+                }
+                if m.unknown {
+                    fields.push(format!("\"guest_phys_addr\":{sp}{{\"x\":[1,null,\"y\"]}}"));
+                }
+                let k = turn.index(fields.len());
+                fields.rotate_left(k);
+                format!("{{{sp}{}{sp}}}", fields.join(&format!(",{sp}")))
+            })
+            .collect();
+        format!("{sp}[{}]{sp}", objects.join(&format!(",{sp}")))
+    }
+
+    /// Checks accepted regions against the rules, independently of the parser.
+    fn assert_sound(h: &Handshake, file_len: u64) -> Result<(), TestCaseError> {
+        prop_assert!(!h.regions.is_empty() && h.regions.len() <= MAX_REGIONS);
+        let ps = h.page_size();
+        prop_assert!(ps == PAGE_4K || ps == PAGE_2M);
+        for r in &h.regions {
+            prop_assert_eq!(r.page_size, ps);
+            prop_assert!(r.len > 0);
+            prop_assert!(r.host_addr % ps == 0 && r.len % ps == 0 && r.file_offset % ps == 0);
+            prop_assert!(r.host_addr.checked_add(r.len).is_some());
+            prop_assert!(
+                r.file_offset
+                    .checked_add(r.len)
+                    .is_some_and(|e| e <= file_len)
+            );
+            prop_assert!(r.validate().is_ok());
+        }
+        for (i, a) in h.regions.iter().enumerate() {
+            for b in &h.regions[i + 1..] {
+                let apart = |x: u64, y: u64| x + a.len <= y || y + b.len <= x;
+                prop_assert!(apart(a.host_addr, b.host_addr), "{:?} {:?}", a, b);
+                prop_assert!(apart(a.file_offset, b.file_offset), "{:?} {:?}", a, b);
+            }
+        }
+        prop_assert!(h.total_len() <= file_len);
+        Ok(())
+    }
+
+    #[test]
+    fn messages_of_every_shape_round_trip() {
+        TestRunner::new(config(2048))
+            .run(&message(), |m| {
+                let bytes = encode(&m);
+                let h = parse(bytes.as_bytes(), m.file_len)
+                    .map_err(|e| TestCaseError::fail(format!("{e}: {bytes}")))?;
+                prop_assert_eq!(&h.regions, &m.regions);
+                prop_assert_eq!(h.format, m.format);
+                assert_sound(&h, m.file_len)?;
+                prop_assert!(!is_incomplete(bytes.as_bytes()));
+                // One page less of memory file: the last file page is needed, unless
+                // spare pages follow it.
+                let needed = m
+                    .regions
+                    .iter()
+                    .map(|r| r.file_offset + r.len)
+                    .max()
+                    .unwrap();
+                let short = parse(bytes.as_bytes(), needed - 1);
+                prop_assert!(
+                    matches!(short, Err(HandshakeError::BeyondFile { .. })),
+                    "{:?}",
+                    short
+                );
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn every_cut_of_a_message_is_incomplete_and_refused() {
+        let cases = (message(), any::<Index>());
+        TestRunner::new(config(2048))
+            .run(&cases, |(m, at)| {
+                let bytes = encode(&m);
+                // Anywhere before the closing bracket.
+                let end = bytes.trim_end().len();
+                let cut = &bytes.as_bytes()[..at.index(end)];
+                prop_assert!(is_incomplete(cut));
+                prop_assert!(matches!(
+                    parse(cut, m.file_len),
+                    Err(HandshakeError::Json(_))
+                ));
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// Numbers on the checks' boundaries, and any number.
+    fn number() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            prop::sample::select(vec![
+                0,
+                1,
+                4,
+                1024,
+                PAGE_4K - 1,
+                PAGE_4K,
+                PAGE_4K + 1,
+                PAGE_2M,
+                2 * PAGE_2M,
+                1 << 32,
+                1 << 46,
+                1 << 60,
+                u64::MAX - PAGE_4K + 1,
+                u64::MAX - PAGE_2M + 1,
+                u64::MAX,
+            ]),
+            (0..64u64).prop_map(|p| p * PAGE_4K),
+            any::<u64>(),
+        ]
+    }
+
+    /// A change to one member of one region object, or to the array.
+    #[derive(Debug, Clone)]
+    enum Change {
+        /// Another number.
+        Number(u64),
+        /// A negative number, a fraction, a number too large for a u64.
+        Signed(i64),
+        Float(f64),
+        Huge,
+        /// Another type.
+        Text(String),
+        Null,
+        /// The member is removed.
+        Remove,
+        /// `page_size` or `page_size_kib` is added with this value.
+        PageSize(bool, u64),
+        /// The region is listed again, or removed.
+        Repeat,
+        Drop,
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            6 => number().prop_map(Change::Number),
+            1 => any::<i64>().prop_map(Change::Signed),
+            1 => any::<f64>().prop_map(Change::Float),
+            1 => Just(Change::Huge),
+            1 => ".{0,6}".prop_map(Change::Text),
+            1 => Just(Change::Null),
+            1 => Just(Change::Remove),
+            2 => (any::<bool>(), number()).prop_map(|(k, v)| Change::PageSize(k, v)),
+            1 => Just(Change::Repeat),
+            1 => Just(Change::Drop),
+        ]
+    }
+
+    /// Applies `change` to member `member` of region `region` of the message `v`.
+    fn apply(v: &mut Value, region: Index, member: Index, change: &Change) {
+        let Some(regions) = v.as_array_mut() else {
+            return;
+        };
+        if regions.is_empty() {
+            return;
+        }
+        let at = region.index(regions.len());
+        match change {
+            Change::Repeat => {
+                let r = regions[at].clone();
+                regions.insert(at, r);
+                return;
+            }
+            Change::Drop => {
+                regions.remove(at);
+                return;
+            }
+            _ => {}
+        }
+        let Some(obj) = regions[at].as_object_mut() else {
+            return;
+        };
+        if let Change::PageSize(kib, n) = change {
+            let key = if *kib { "page_size_kib" } else { "page_size" };
+            obj.insert(key.into(), Value::from(*n));
+            return;
+        }
+        if obj.is_empty() {
+            return;
+        }
+        let key = obj
+            .keys()
+            .nth(member.index(obj.len()))
+            .cloned()
+            .unwrap_or_default();
+        let new = match change {
+            Change::Number(n) => Value::from(*n),
+            Change::Signed(n) => Value::from(*n),
+            Change::Float(f) => Value::from(*f),
+            Change::Huge => serde_json::from_str("18446744073709551616").unwrap_or_default(),
+            Change::Text(s) => Value::from(s.clone()),
+            Change::Null => Value::Null,
+            Change::Remove => {
+                obj.remove(&key);
+                return;
+            }
+            Change::PageSize(..) | Change::Repeat | Change::Drop => return,
+        };
+        obj.insert(key, new);
+    }
+
+    #[test]
+    fn changed_messages_are_refused_or_sound() {
+        let changes = prop::collection::vec((any::<Index>(), any::<Index>(), change()), 1..4);
+        let cases = (message(), changes, prop::option::of(number()));
+        TestRunner::new(config(4096))
+            .run(&cases, |(m, changes, file_len)| {
+                let mut v: Value = serde_json::from_str(&encode(&m)).unwrap();
+                for (region, member, c) in &changes {
+                    apply(&mut v, *region, *member, c);
+                }
+                let bytes = v.to_string();
+                let file_len = file_len.unwrap_or(m.file_len);
+                if let Ok(h) = parse(bytes.as_bytes(), file_len) {
+                    assert_sound(&h, file_len)?;
+                }
+                let _ = is_incomplete(bytes.as_bytes());
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// One change to the bytes of a message.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        /// XOR a byte with a non-zero mask.
+        Flip(Index, u8),
+        /// Insert bytes.
+        Insert(Index, Vec<u8>),
+        /// Remove up to 16 bytes.
+        Delete(Index, u8),
+        /// Cut the message.
+        Truncate(Index),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        let token = prop_oneof![
+            prop::collection::vec(any::<u8>(), 1..8),
+            prop::sample::select(vec![
+                b"[".to_vec(),
+                b"]".to_vec(),
+                b"{".to_vec(),
+                b"}".to_vec(),
+                b",".to_vec(),
+                b":".to_vec(),
+                b"\"".to_vec(),
+                b"-".to_vec(),
+                b"9".to_vec(),
+                b"e9".to_vec(),
+                b".5".to_vec(),
+                b"null".to_vec(),
+                b"\\u0000".to_vec(),
+                b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[".to_vec(),
+            ]),
+        ];
+        prop_oneof![
+            (any::<Index>(), 1..=255u8).prop_map(|(i, m)| Edit::Flip(i, m)),
+            (any::<Index>(), token).prop_map(|(i, b)| Edit::Insert(i, b)),
+            (any::<Index>(), 1..16u8).prop_map(|(i, n)| Edit::Delete(i, n)),
+            any::<Index>().prop_map(Edit::Truncate),
+        ]
+    }
+
+    fn edit_bytes(b: &mut Vec<u8>, edit: &Edit) {
+        match edit {
+            Edit::Flip(i, mask) if !b.is_empty() => {
+                let at = i.index(b.len());
+                b[at] ^= mask;
+            }
+            Edit::Insert(i, bytes) => {
+                let at = i.index(b.len() + 1);
+                b.splice(at..at, bytes.iter().copied());
+            }
+            Edit::Delete(i, n) if !b.is_empty() => {
+                let at = i.index(b.len());
+                let end = (at + usize::from(*n)).min(b.len());
+                b.drain(at..end);
+            }
+            Edit::Truncate(i) => b.truncate(i.index(b.len() + 1)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn damaged_messages_are_refused_or_sound() {
+        let cases = (message(), prop::collection::vec(edit(), 1..5));
+        TestRunner::new(config(4096))
+            .run(&cases, |(m, edits)| {
+                let mut bytes = encode(&m).into_bytes();
+                for e in &edits {
+                    edit_bytes(&mut bytes, e);
+                }
+                if let Ok(h) = parse(&bytes, m.file_len) {
+                    assert_sound(&h, m.file_len)?;
+                }
+                let _ = is_incomplete(&bytes);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn arbitrary_bytes_are_refused() {
+        let bytes = prop_oneof![
+            prop::collection::vec(any::<u8>(), 0..512),
+            "[\\[\\]{}\":,0-9a-z .eE+-]{0,256}".prop_map(String::into_bytes),
+        ];
+        TestRunner::new(config(8192))
+            .run(&(bytes, number()), |(bytes, file_len)| {
+                if let Ok(h) = parse(&bytes, file_len) {
+                    assert_sound(&h, file_len)?;
+                }
+                let _ = is_incomplete(&bytes);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn messages_over_the_cap_are_refused_before_parsing() {
+        // Whatever follows, a message longer than the cap is refused by its length.
+        let cases = (message(), 1..4096usize, any::<u8>());
+        TestRunner::new(config(64))
+            .run(&cases, |(m, extra, fill)| {
+                let mut bytes = encode(&m).into_bytes();
+                bytes.resize(MAX_MESSAGE + extra, fill);
+                prop_assert_eq!(parse(&bytes, m.file_len), Err(HandshakeError::TooLong));
+                Ok(())
+            })
+            .unwrap();
+    }
+}

@@ -358,3 +358,516 @@ mod tests {
         assert!(aux[&AT_RANDOM] + 16 <= top);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    //! Property tests of the loader, which reads an untrusted executable: arbitrary
+    //! bytes and damaged copies of small static executables built here are refused or
+    //! loaded inside guest memory, never a panic, and parsing them never allocates much
+    //! more than the file's size. Valid executables load exactly.
+
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+    use proptest::test_runner::{Config, TestRunner};
+
+    /// Records the heap use of the test thread that asks for it, so that a parser
+    /// trusting a count in its input (and allocating for it) is caught even when the
+    /// system would grant the memory. It is this test binary's global allocator (a
+    /// binary has one); other threads and tests only pass through it.
+    mod probe {
+        use std::alloc::{GlobalAlloc, Layout, System};
+        use std::cell::Cell;
+
+        thread_local! {
+            static ON: Cell<bool> = const { Cell::new(false) };
+            static LIVE: Cell<isize> = const { Cell::new(0) };
+            static PEAK: Cell<isize> = const { Cell::new(0) };
+        }
+
+        fn note(delta: isize) {
+            let _ = ON.try_with(|on| {
+                if on.get() {
+                    let _ = LIVE.try_with(|live| {
+                        live.set(live.get() + delta);
+                        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(live.get())));
+                    });
+                }
+            });
+        }
+
+        struct Probe;
+
+        // SAFETY: every call goes to the system allocator unchanged; the probe only
+        // counts sizes in thread-locals that need no allocation.
+        unsafe impl GlobalAlloc for Probe {
+            unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+                note(layout.size() as isize);
+                // SAFETY: the caller's contract, passed on.
+                unsafe { System.alloc(layout) }
+            }
+
+            unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+                note(layout.size() as isize);
+                // SAFETY: the caller's contract, passed on.
+                unsafe { System.alloc_zeroed(layout) }
+            }
+
+            unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+                note(-(layout.size() as isize));
+                // SAFETY: the caller's contract, passed on.
+                unsafe { System.dealloc(ptr, layout) }
+            }
+
+            unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+                note(new_size as isize - layout.size() as isize);
+                // SAFETY: the caller's contract, passed on.
+                unsafe { System.realloc(ptr, layout, new_size) }
+            }
+        }
+
+        #[global_allocator]
+        static PROBE: Probe = Probe;
+
+        /// Runs `f` and returns its result with the most heap bytes it held at once.
+        pub fn peak_heap<T>(f: impl FnOnce() -> T) -> (T, usize) {
+            LIVE.set(0);
+            PEAK.set(0);
+            ON.set(true);
+            let r = f();
+            ON.set(false);
+            (r, PEAK.get().max(0) as usize)
+        }
+    }
+
+    fn config(cases: u32) -> Config {
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    /// Guest memory of the smallest size: programs fit in 2 MiB..8 MiB.
+    const MEM: u64 = 16 << 20;
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    const SHDR: usize = 64;
+    const PT_DYNAMIC: u32 = 2;
+    const PT_INTERP: u32 = 3;
+    const INTERP: &[u8] = b"/lib/ld-musl-x86_64.so.1\0";
+    const PT_GNU_STACK: u32 = 0x6474_e551;
+
+    /// What a test executable holds.
+    #[derive(Debug, Clone)]
+    struct Program {
+        /// A static PIE (ET_DYN, loaded at `PIE_LOAD_BASE`) or ET_EXEC at 4 MiB.
+        pie: bool,
+        /// Each segment: its file bytes, the pages of .bss after them, and the free
+        /// pages before it.
+        segments: Vec<(Vec<u8>, u8, u8)>,
+        /// Where in the first segment's bytes the entry point is.
+        entry: Index,
+        /// With a PT_PHDR header.
+        phdr: bool,
+        /// With a dynamic section and relocations (as a static PIE has), inside the
+        /// last segment.
+        dynamic: bool,
+        /// With section headers, a symbol table and string tables.
+        sections: bool,
+        /// With a PT_INTERP header: a dynamically linked executable, refused.
+        interp: bool,
+    }
+
+    fn program() -> impl Strategy<Value = Program> {
+        (
+            any::<bool>(),
+            prop::collection::vec(
+                (prop::collection::vec(any::<u8>(), 1..600), 0..3u8, 0..3u8),
+                1..4,
+            ),
+            any::<Index>(),
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            prop::bool::weighted(0.2),
+        )
+            .prop_map(
+                |(pie, segments, entry, phdr, dynamic, sections, interp)| Program {
+                    pie,
+                    segments,
+                    entry,
+                    phdr,
+                    dynamic,
+                    sections,
+                    interp,
+                },
+            )
+    }
+
+    /// A built executable: its bytes, where each header field is (offset, width), and
+    /// what loading it must give.
+    struct Built {
+        image: Vec<u8>,
+        fields: Vec<(usize, usize)>,
+        /// (guest address, file offset, file size, memory size) of each PT_LOAD.
+        loads: Vec<(u64, usize, usize, u64)>,
+        expected: LoadedProgram,
+    }
+
+    fn put(image: &mut [u8], fields: &mut Vec<(usize, usize)>, at: usize, width: usize, v: u64) {
+        image[at..at + width].copy_from_slice(&v.to_le_bytes()[..width]);
+        fields.push((at, width));
+    }
+
+    fn build(p: &Program) -> Built {
+        let base = if p.pie { PIE_LOAD_BASE } else { 0 };
+        let first_vaddr = if p.pie { 0 } else { 0x40_0000 };
+        let phnum = usize::from(p.phdr)
+            + p.segments.len()
+            + usize::from(p.dynamic)
+            + usize::from(p.interp)
+            + 1;
+        let headers = EHDR + PHDR * phnum;
+        // Dynamic entries and two relocations, appended to the last segment.
+        let dyn_len = 5 * 16 + 2 * 24;
+
+        // Place the segments: the first at file offset 0 (with the headers), the others
+        // 16-byte aligned, each at a guest address with the same page offset.
+        let mut image = vec![0u8; headers];
+        let mut loads = Vec::new();
+        let mut next_page = first_vaddr;
+        for (i, (data, bss, gap)) in p.segments.iter().enumerate() {
+            let offset = if i == 0 {
+                0
+            } else {
+                let offset = image.len().next_multiple_of(16);
+                image.resize(offset, 0);
+                offset
+            };
+            image.extend_from_slice(data);
+            if p.dynamic && i == p.segments.len() - 1 {
+                image.resize(image.len().next_multiple_of(8) + dyn_len, 0);
+            }
+            let filesz = image.len() - offset;
+            let vaddr = next_page + u64::from(*gap) * PAGE_SIZE + (offset as u64 % PAGE_SIZE);
+            let memsz = filesz as u64 + u64::from(*bss) * PAGE_SIZE;
+            next_page = page_align_up(vaddr + memsz).unwrap();
+            loads.push((vaddr, offset, filesz, memsz));
+        }
+        // Guest address of the first segment, which holds the headers.
+        let v0 = loads[0].0;
+        let mut fields = Vec::new();
+        let f = &mut fields;
+
+        // Dynamic section: DT_FLAGS_1 = DF_1_PIE, DT_RELA, DT_RELASZ, DT_RELAENT, DT_NULL,
+        // then two R_X86_64_RELATIVE relocations of words in the first segment.
+        let mut dynamic = None;
+        if p.dynamic {
+            let &(vaddr, offset, filesz, _) = loads.last().unwrap();
+            let at = offset + filesz - dyn_len;
+            let dyn_vaddr = vaddr + (at - offset) as u64;
+            let rela_vaddr = dyn_vaddr + 5 * 16;
+            let entries = [
+                (0x6fff_fffb, 0x0800_0000),
+                (7, rela_vaddr),
+                (8, 2 * 24),
+                (9, 24),
+                (0, 0),
+            ];
+            for (k, (tag, val)) in entries.into_iter().enumerate() {
+                put(&mut image, f, at + 16 * k, 8, tag);
+                put(&mut image, f, at + 16 * k + 8, 8, val);
+            }
+            for k in 0..2 {
+                let r = at + 5 * 16 + 24 * k;
+                put(&mut image, f, r, 8, v0 + 8 * k as u64);
+                put(&mut image, f, r + 8, 8, 8);
+                put(&mut image, f, r + 16, 8, 0x1000);
+            }
+            dynamic = Some((at, dyn_vaddr));
+        }
+
+        let interp_at = image.len();
+        if p.interp {
+            image.extend_from_slice(INTERP);
+        }
+
+        // Sections: null, .text, .shstrtab, .symtab (two symbols), .strtab.
+        let mut shoff = 0;
+        if p.sections {
+            let shstrtab = b"\0.text\0.shstrtab\0.symtab\0.strtab\0";
+            let strtab = b"\0_start\0main\0";
+            let shstr_at = image.len();
+            image.extend_from_slice(shstrtab);
+            let str_at = image.len();
+            image.extend_from_slice(strtab);
+            image.resize(image.len().next_multiple_of(8), 0);
+            let sym_at = image.len();
+            image.resize(sym_at + 3 * 24, 0);
+            for (k, name) in [(1usize, 1u64), (2, 8)] {
+                let s = sym_at + 24 * k;
+                put(&mut image, f, s, 4, name);
+                put(&mut image, f, s + 4, 1, 0x12);
+                put(&mut image, f, s + 6, 2, 1);
+                put(&mut image, f, s + 8, 8, v0 + headers as u64);
+                put(&mut image, f, s + 16, 8, 16);
+            }
+            shoff = image.len().next_multiple_of(8);
+            image.resize(shoff + 5 * SHDR, 0);
+            let (text_vaddr, _, text_size, _) = loads[0];
+            // (name, type, addr, offset, size, link, entsize)
+            let sections = [
+                (0, 0, 0, 0, 0, 0, 0),
+                (1, 1, text_vaddr, 0, text_size, 0, 0),
+                (7, 3, 0, shstr_at, shstrtab.len(), 0, 0),
+                (17, 2, 0, sym_at, 3 * 24, 4, 24),
+                (25, 3, 0, str_at, strtab.len(), 0, 0),
+            ];
+            for (k, (name, ty, addr, offset, size, link, entsize)) in
+                sections.into_iter().enumerate()
+            {
+                let s = shoff + SHDR * k;
+                put(&mut image, f, s, 4, name);
+                put(&mut image, f, s + 4, 4, ty);
+                put(&mut image, f, s + 16, 8, addr);
+                put(&mut image, f, s + 24, 8, offset as u64);
+                put(&mut image, f, s + 32, 8, size as u64);
+                put(&mut image, f, s + 40, 4, link);
+                put(&mut image, f, s + 56, 8, entsize);
+            }
+        }
+
+        // The ELF header.
+        let entry = v0 + (headers + p.entry.index(p.segments[0].0.len())) as u64;
+        image[..4].copy_from_slice(b"\x7fELF");
+        image[4..7].copy_from_slice(&[2, 1, 1]);
+        put(
+            &mut image,
+            f,
+            16,
+            2,
+            u64::from(if p.pie { ET_DYN } else { ET_EXEC }),
+        );
+        put(&mut image, f, 18, 2, u64::from(EM_X86_64));
+        put(&mut image, f, 20, 4, 1);
+        put(&mut image, f, 24, 8, entry);
+        put(&mut image, f, 32, 8, EHDR as u64);
+        put(&mut image, f, 40, 8, shoff as u64);
+        put(&mut image, f, 52, 2, EHDR as u64);
+        put(&mut image, f, 54, 2, PHDR as u64);
+        put(&mut image, f, 56, 2, phnum as u64);
+        put(&mut image, f, 58, 2, SHDR as u64);
+        put(&mut image, f, 60, 2, if p.sections { 5 } else { 0 });
+        put(&mut image, f, 62, 2, if p.sections { 2 } else { 0 });
+
+        // The program headers: PT_PHDR, PT_INTERP, the loads, PT_DYNAMIC, PT_GNU_STACK.
+        let mut headers_list = Vec::new();
+        let phdr_vaddr = v0 + EHDR as u64;
+        if p.phdr {
+            let size = (PHDR * phnum) as u64;
+            headers_list.push((PT_PHDR, EHDR as u64, phdr_vaddr, size, size));
+        }
+        if p.interp {
+            let len = INTERP.len() as u64;
+            headers_list.push((PT_INTERP, interp_at as u64, 0, len, len));
+        }
+        for &(vaddr, offset, filesz, memsz) in &loads {
+            headers_list.push((PT_LOAD, offset as u64, vaddr, filesz as u64, memsz));
+        }
+        if let Some((at, vaddr)) = dynamic {
+            headers_list.push((PT_DYNAMIC, at as u64, vaddr, 5 * 16, 5 * 16));
+        }
+        headers_list.push((PT_GNU_STACK, 0, 0, 0, 0));
+        for (k, (ty, offset, vaddr, filesz, memsz)) in headers_list.into_iter().enumerate() {
+            let h = EHDR + PHDR * k;
+            put(&mut image, f, h, 4, u64::from(ty));
+            put(&mut image, f, h + 4, 4, 5);
+            put(&mut image, f, h + 8, 8, offset);
+            put(&mut image, f, h + 16, 8, vaddr);
+            put(&mut image, f, h + 32, 8, filesz);
+            put(&mut image, f, h + 40, 8, memsz);
+            put(&mut image, f, h + 48, 8, PAGE_SIZE);
+        }
+
+        let end = loads.iter().map(|l| base + l.0 + l.3).max().unwrap();
+        let loads = loads
+            .into_iter()
+            .map(|(vaddr, offset, filesz, memsz)| (base + vaddr, offset, filesz, memsz))
+            .collect();
+        Built {
+            image,
+            fields,
+            loads,
+            expected: LoadedProgram {
+                entry: base + entry,
+                phdr: base + phdr_vaddr,
+                phent: PHDR as u64,
+                phnum: phnum as u64,
+                end: page_align_up(end).unwrap(),
+            },
+        }
+    }
+
+    /// Loads `image`, checking that parsing it held at most a few times its size on
+    /// the heap, and that whatever was accepted lies in the usable guest memory.
+    fn load_bounded(
+        image: &[u8],
+        mem: &GuestMemory,
+    ) -> Result<Result<LoadedProgram, LoadError>, TestCaseError> {
+        let (r, peak) = probe::peak_heap(|| load_elf(image, mem));
+        prop_assert!(
+            peak <= 16 * image.len() + (64 << 10),
+            "{} heap bytes to load {} bytes ({:?})",
+            peak,
+            image.len(),
+            r
+        );
+        if let Ok(p) = &r {
+            prop_assert!(p.end.is_multiple_of(PAGE_SIZE));
+            prop_assert!(
+                SYSTEM_AREA_END < p.end && p.end <= page_align_up(load_limit(MEM)).unwrap()
+            );
+            prop_assert_ne!(p.entry, 0);
+        }
+        Ok(r)
+    }
+
+    #[test]
+    fn built_executables_load_exactly() {
+        TestRunner::new(config(256))
+            .run(&program(), |p| {
+                let b = build(&p);
+                let mem = GuestMemory::anonymous(MEM).unwrap();
+                let loaded = load_bounded(&b.image, &mem)?;
+                if p.interp {
+                    let interp = std::str::from_utf8(&INTERP[..INTERP.len() - 1]).unwrap();
+                    prop_assert!(
+                        matches!(&loaded, Err(LoadError::Dynamic(i)) if i == interp),
+                        "{:?}",
+                        loaded
+                    );
+                    return Ok(());
+                }
+                prop_assert_eq!(loaded.as_ref().ok(), Some(&b.expected), "{:?}", loaded);
+                for &(addr, offset, filesz, memsz) in &b.loads {
+                    let mut got = vec![0u8; memsz as usize];
+                    mem.read(addr, &mut got).unwrap();
+                    prop_assert!(got[..filesz] == b.image[offset..offset + filesz]);
+                    prop_assert!(got[filesz..].iter().all(|&x| x == 0), ".bss not zero");
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    /// Numbers on the parsers' boundaries, and any number.
+    fn number() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            prop::sample::select(vec![
+                0,
+                1,
+                2,
+                3,
+                7,
+                24,
+                56,
+                64,
+                0xff,
+                0xffff,
+                0x1_0000,
+                PAGE_SIZE,
+                SYSTEM_AREA_END,
+                0x40_0000,
+                MEM,
+                1 << 31,
+                1 << 32,
+                u64::from(u32::MAX),
+                1 << 60,
+                u64::MAX / 56,
+                u64::MAX - PAGE_SIZE + 1,
+                u64::MAX,
+            ]),
+            0..0x2000u64,
+            any::<u64>(),
+        ]
+    }
+
+    /// One change to an executable.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        /// XOR a byte with a non-zero mask.
+        Flip(Index, u8),
+        /// Cut the file.
+        Truncate(Index),
+        /// Append bytes.
+        Extend(Vec<u8>),
+        /// Overwrite a header field (ELF, program, section header, dynamic entry,
+        /// relocation, symbol) with a number, cut to the field's width.
+        Field(Index, u64),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            2 => (any::<Index>(), 1..=255u8).prop_map(|(i, m)| Edit::Flip(i, m)),
+            1 => any::<Index>().prop_map(Edit::Truncate),
+            1 => prop::collection::vec(any::<u8>(), 1..64).prop_map(Edit::Extend),
+            6 => (any::<Index>(), number()).prop_map(|(i, v)| Edit::Field(i, v)),
+        ]
+    }
+
+    fn apply(b: &Built, image: &mut Vec<u8>, edit: &Edit) {
+        match edit {
+            Edit::Flip(i, mask) if !image.is_empty() => {
+                let at = i.index(image.len());
+                image[at] ^= mask;
+            }
+            Edit::Truncate(i) => image.truncate(i.index(image.len() + 1)),
+            Edit::Extend(bytes) => image.extend_from_slice(bytes),
+            Edit::Field(i, v) => {
+                let (at, width) = b.fields[i.index(b.fields.len())];
+                if at + width <= image.len() {
+                    image[at..at + width].copy_from_slice(&v.to_le_bytes()[..width]);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn damaged_executables_are_refused_or_loaded_inside_memory() {
+        let mem = GuestMemory::anonymous(MEM).unwrap();
+        let cases = (program(), prop::collection::vec(edit(), 1..5));
+        TestRunner::new(config(16384))
+            .run(&cases, |(p, edits)| {
+                let b = build(&p);
+                let mut image = b.image.clone();
+                for e in &edits {
+                    apply(&b, &mut image, e);
+                }
+                let _ = load_bounded(&image, &mem)?;
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn arbitrary_bytes_are_refused() {
+        // After a valid ELF64 x86-64 identification and header start, or from scratch.
+        let mem = GuestMemory::anonymous(MEM).unwrap();
+        let mut start = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0".to_vec();
+        start.extend_from_slice(&ET_EXEC.to_le_bytes());
+        start.extend_from_slice(&EM_X86_64.to_le_bytes());
+        let cases = (any::<bool>(), prop::collection::vec(any::<u8>(), 0..1024));
+        TestRunner::new(config(8192))
+            .run(&cases, |(with_start, mut image)| {
+                if with_start {
+                    let n = start.len().min(image.len());
+                    image[..n].copy_from_slice(&start[..n]);
+                }
+                let _ = load_bounded(&image, &mem)?;
+                Ok(())
+            })
+            .unwrap();
+    }
+}

@@ -53,6 +53,43 @@ impl AddressSpace {
         }
     }
 
+    /// Size of the guest memory this address space lies in.
+    pub fn mem_size(&self) -> u64 {
+        self.mem_size
+    }
+
+    /// Checks what the methods rely on, for an address space read from a snapshot:
+    /// guest memory holds the system area and the stack; the heap starts on a page
+    /// above the system area and its break lies in guest memory; the mappings are
+    /// page aligned, not empty, disjoint, and in guest memory above the system area.
+    /// (Fixed mappings may cover the program, the heap or the stack.)
+    pub fn check(&self) -> Result<(), &'static str> {
+        if !self.mem_size.is_multiple_of(PAGE_SIZE) || self.mem_size < SYSTEM_AREA_END + STACK_SIZE
+        {
+            return Err("guest memory cannot hold the system area and the stack");
+        }
+        if !self.brk_start.is_multiple_of(PAGE_SIZE)
+            || self.brk_start < SYSTEM_AREA_END
+            || self.brk < self.brk_start
+            || self.brk > self.mem_size
+        {
+            return Err("the heap lies outside guest memory");
+        }
+        let mut free_from = SYSTEM_AREA_END;
+        for (&start, &end) in &self.mappings {
+            if !start.is_multiple_of(PAGE_SIZE)
+                || !end.is_multiple_of(PAGE_SIZE)
+                || start < free_from
+                || end <= start
+                || end > self.mem_size
+            {
+                return Err("a mapping is misaligned, empty, overlapping or outside guest memory");
+            }
+            free_from = end;
+        }
+        Ok(())
+    }
+
     /// Top of the area mappings may use: the stack is above it.
     fn mmap_top(&self) -> u64 {
         self.mem_size - STACK_SIZE

@@ -22,6 +22,7 @@ use reap_pager::{MemoryMode, WsPolicy};
 use serde::{Deserialize, Serialize};
 
 use self::state::StateFormatError;
+use crate::arch::layout;
 use crate::microvm::{MicroVm, VmError, VmState};
 
 pub const STATE_FILE: &str = "state";
@@ -47,6 +48,8 @@ pub enum SnapshotError {
     },
     #[error("{}: memory file does not belong to this state (its contents differ)", path.display())]
     MemoryMismatch { path: PathBuf },
+    #[error("{}: inconsistent snapshot state: {what}", path.display())]
+    Inconsistent { path: PathBuf, what: &'static str },
     #[error("cannot save the microVM")]
     Vm(#[from] VmError),
 }
@@ -66,6 +69,27 @@ pub struct SnapshotState {
     /// Bytes of the memory file that hold data (not holes).
     pub memory_data_bytes: u64,
     pub vm: VmState,
+}
+
+impl SnapshotState {
+    /// Checks what a restore relies on beyond the format: the memory sizes agree and
+    /// are a size the VMM builds, and the guest's address space is consistent. The
+    /// checksum only catches damage; a state file made by hand passes it.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let size = self.vm.mem_size;
+        if !(layout::MIN_MEM_SIZE..=layout::MAX_MEM_SIZE).contains(&size)
+            || !size.is_multiple_of(layout::LARGE_PAGE_SIZE)
+        {
+            return Err("guest memory size out of range");
+        }
+        if self.memory_len != size || self.vm.os.mm.mem_size() != size {
+            return Err("memory sizes disagree");
+        }
+        if self.memory_data_bytes > self.memory_len {
+            return Err("more data bytes than memory");
+        }
+        self.vm.os.mm.check()
+    }
 }
 
 /// The files of a snapshot directory.
@@ -137,7 +161,15 @@ impl SnapshotDir {
             });
         }
         let bytes = fs::read(&path).map_err(io_err("cannot read the snapshot state"))?;
-        state::decode(&bytes).map_err(|source| SnapshotError::Format { path, source })
+        let state: SnapshotState =
+            state::decode(&bytes).map_err(|source| SnapshotError::Format {
+                path: path.clone(),
+                source,
+            })?;
+        state
+            .check()
+            .map_err(|what| SnapshotError::Inconsistent { path, what })?;
+        Ok(state)
     }
 
     /// Opens the memory file and checks it against `state`.
@@ -291,4 +323,413 @@ fn memory_tag(memory: &MemoryFile) -> io::Result<u32> {
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod proptests {
+    //! Property tests of reading a snapshot's state: a state file whose JSON payload was
+    //! changed (and resealed, as a crafted file would be), or a damaged or resized file,
+    //! is refused, or gives a state that a restore can use without panicking.
+
+    use super::*;
+    use crate::arch::VcpuState;
+    use crate::arch::layout::PAGE_SIZE;
+    use crate::guest_os::mm::AddressSpace;
+    use crate::guest_os::{Counters, GuestOsState};
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+    use proptest::test_runner::{Config, TestRunner};
+    use serde_json::Value;
+    use std::time::{Duration, Instant};
+
+    const MEM: u64 = 64 << 20;
+
+    fn config(cases: u32) -> Config {
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    struct Dir(SnapshotDir);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0.dir);
+        }
+    }
+
+    fn dir(name: &str) -> Dir {
+        let d =
+            std::env::temp_dir().join(format!("reap-snapshot-prop-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        Dir(SnapshotDir::new(d))
+    }
+
+    /// A state as a snapshot of a program with a heap and three mappings has it.
+    fn state() -> SnapshotState {
+        let mut mm = AddressSpace::new(MEM, 0x60_0000);
+        mm.brk(0x60_0000 + 20_000);
+        mm.mmap(0, 5 * PAGE_SIZE, false, false).unwrap();
+        mm.mmap(0, 3 * PAGE_SIZE, false, false).unwrap();
+        mm.mmap(0x100_0000, PAGE_SIZE, true, false).unwrap();
+        let vcpu = VcpuState {
+            cpuid: vec![Default::default(); 3],
+            regs: Default::default(),
+            sregs: Default::default(),
+            xcrs: Default::default(),
+            xsave: Default::default(),
+            msrs: vec![Default::default(); 4],
+        };
+        SnapshotState {
+            created_unix: 1_700_000_000,
+            memory_len: MEM,
+            memory_tag: 0x1234_5678,
+            memory_data_bytes: 3 << 20,
+            vm: VmState {
+                mem_size: MEM,
+                vcpu,
+                os: GuestOsState {
+                    mm,
+                    fs_base: 0x7f_0000,
+                    gs_base: 0,
+                    counters: Counters::default(),
+                },
+            },
+        }
+    }
+
+    /// Where a change goes: a member of an object, by its path from the root.
+    type Path = Vec<Step>;
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Key(String),
+        At(usize),
+    }
+
+    /// Every object member and array element, except inside arrays of numbers (the
+    /// byte arrays of the KVM structures), which count as one value.
+    fn slots(v: &Value, path: &mut Path, out: &mut Vec<Path>) {
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    path.push(Step::Key(k.clone()));
+                    out.push(path.clone());
+                    slots(x, path, out);
+                    path.pop();
+                }
+            }
+            Value::Array(a) if !a.iter().all(Value::is_number) => {
+                for (i, x) in a.iter().enumerate() {
+                    path.push(Step::At(i));
+                    out.push(path.clone());
+                    slots(x, path, out);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn get<'a>(v: &'a mut Value, path: &[Step]) -> Option<&'a mut Value> {
+        path.iter().try_fold(v, |v, s| match s {
+            Step::Key(k) => v.get_mut(k.as_str()),
+            Step::At(i) => v.get_mut(*i),
+        })
+    }
+
+    /// A change to one value of the payload.
+    #[derive(Debug, Clone)]
+    enum Change {
+        /// Another number (in an array of numbers: one element).
+        Number(u64, Index),
+        /// A negative or fractional number.
+        Signed(i64),
+        Float(f64),
+        /// Another type.
+        Text(String),
+        Null,
+        Bool(bool),
+        /// The member is removed.
+        Remove,
+        /// A member's name becomes this number (a mapping's start address).
+        Rename(u64),
+        /// An unknown member is added beside it.
+        Unknown,
+        /// An array grows by copies of its first element, or is cut.
+        Grow(u16),
+        Cut(Index),
+    }
+
+    /// Numbers on the restore's boundaries, and any number.
+    fn number() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            prop::sample::select(vec![
+                0,
+                1,
+                PAGE_SIZE - 1,
+                PAGE_SIZE,
+                2 << 20,
+                0x60_0000,
+                MEM - (8 << 20),
+                MEM - PAGE_SIZE,
+                MEM,
+                MEM + PAGE_SIZE,
+                4 << 30,
+                1 << 40,
+                1 << 60,
+                u64::MAX - PAGE_SIZE + 1,
+                u64::MAX,
+            ]),
+            (0..MEM / PAGE_SIZE + 2).prop_map(|p| p * PAGE_SIZE),
+            0..MEM + (1 << 20),
+            any::<u64>(),
+        ]
+    }
+
+    fn change() -> impl Strategy<Value = Change> {
+        prop_oneof![
+            6 => (number(), any::<Index>()).prop_map(|(n, i)| Change::Number(n, i)),
+            1 => any::<i64>().prop_map(Change::Signed),
+            1 => any::<f64>().prop_map(Change::Float),
+            1 => ".{0,8}".prop_map(Change::Text),
+            1 => Just(Change::Null),
+            1 => any::<bool>().prop_map(Change::Bool),
+            1 => Just(Change::Remove),
+            2 => number().prop_map(Change::Rename),
+            1 => Just(Change::Unknown),
+            1 => (1..2000u16).prop_map(Change::Grow),
+            1 => any::<Index>().prop_map(Change::Cut),
+        ]
+    }
+
+    fn apply(root: &mut Value, path: &[Step], change: &Change) {
+        let Some((last, parent)) = path.split_last() else {
+            return;
+        };
+        let Some(parent) = get(root, parent) else {
+            return;
+        };
+        if let (Value::Object(m), Step::Key(k)) = (&mut *parent, last) {
+            match change {
+                Change::Remove => {
+                    m.remove(k);
+                    return;
+                }
+                Change::Rename(n) => {
+                    if let Some(v) = m.remove(k) {
+                        m.insert(n.to_string(), v);
+                    }
+                    return;
+                }
+                Change::Unknown => {
+                    m.insert("unknown".into(), Value::from(1));
+                    return;
+                }
+                _ => {}
+            }
+        }
+        let Some(v) = get(parent, std::slice::from_ref(last)) else {
+            return;
+        };
+        match change {
+            Change::Number(n, i) => match v {
+                Value::Array(a) if !a.is_empty() => {
+                    let at = i.index(a.len());
+                    a[at] = Value::from(*n);
+                }
+                _ => *v = Value::from(*n),
+            },
+            Change::Signed(n) => *v = Value::from(*n),
+            Change::Float(f) => *v = Value::from(*f),
+            Change::Text(s) => *v = Value::from(s.clone()),
+            Change::Null => *v = Value::Null,
+            Change::Bool(b) => *v = Value::from(*b),
+            Change::Grow(n) => {
+                if let Value::Array(a) = v
+                    && let Some(first) = a.first().cloned()
+                {
+                    a.extend(std::iter::repeat_n(first, usize::from(*n)));
+                }
+            }
+            Change::Cut(i) => {
+                if let Value::Array(a) = v {
+                    let len = i.index(a.len() + 1);
+                    a.truncate(len);
+                }
+            }
+            Change::Remove | Change::Rename(_) | Change::Unknown => {}
+        }
+    }
+
+    /// One memory call of the guest, with the arguments it chose.
+    #[derive(Debug, Clone)]
+    enum Call {
+        Brk(u64),
+        Mmap(u64, u64, bool, bool),
+        Munmap(u64, u64),
+        Mremap(u64, u64, u64, bool, Option<u64>),
+    }
+
+    fn call() -> impl Strategy<Value = Call> {
+        prop_oneof![
+            number().prop_map(Call::Brk),
+            (number(), number(), any::<bool>(), any::<bool>())
+                .prop_map(|(a, l, f, n)| Call::Mmap(a, l, f, n)),
+            (number(), number()).prop_map(|(a, l)| Call::Munmap(a, l)),
+            (
+                number(),
+                number(),
+                number(),
+                any::<bool>(),
+                prop::option::of(number())
+            )
+                .prop_map(|(o, ol, nl, m, t)| Call::Mremap(o, ol, nl, m, t)),
+        ]
+    }
+
+    /// Uses a restored state the way a restore and its guest do: the memory sizes
+    /// must agree, every range the address space asks the VMM to zero or copy must be
+    /// what `GuestMemory` accepts (page aligned, inside guest memory), and the address
+    /// space stays one that `check` accepts.
+    fn use_state(state: &SnapshotState, calls: &[Call]) -> Result<(), TestCaseError> {
+        let size = state.vm.mem_size;
+        prop_assert_eq!(state.memory_len, size);
+        let mut mm = state.vm.os.mm.clone();
+        let _ = mm.mapped_bytes();
+        let _ = mm.brk_range();
+        let in_memory = |s: u64, e: u64| {
+            s.is_multiple_of(PAGE_SIZE) && e.is_multiple_of(PAGE_SIZE) && s <= e && e <= size
+        };
+        for c in calls {
+            let discards = match *c {
+                Call::Brk(r) => mm.brk(r).1,
+                Call::Mmap(a, l, f, n) => mm.mmap(a, l, f, n).map(|r| r.1).unwrap_or_default(),
+                Call::Munmap(a, l) => mm.munmap(a, l).unwrap_or_default(),
+                Call::Mremap(o, ol, nl, m, t) => match mm.mremap(o, ol, nl, m, t) {
+                    Ok((_, copy, discards)) => {
+                        if let Some((from, to, len)) = copy {
+                            prop_assert!(from.checked_add(len).is_some_and(|e| e <= size));
+                            prop_assert!(to.checked_add(len).is_some_and(|e| e <= size));
+                        }
+                        discards
+                    }
+                    Err(_) => Vec::new(),
+                },
+            };
+            for (s, e) in discards {
+                prop_assert!(in_memory(s, e), "{:?} asks to zero {:#x}..{:#x}", c, s, e);
+            }
+            let _ = mm.mapped_bytes();
+            // What the guest can reach, a later snapshot saves: it must pass the check.
+            prop_assert_eq!(mm.check(), Ok(()), "after {:?}", c);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn changed_payloads_are_refused_or_usable() {
+        let d = dir("payload");
+        let base = serde_json::to_value(state()).unwrap();
+        let mut all = Vec::new();
+        slots(&base, &mut Vec::new(), &mut all);
+        // Half the changes go to the sizes and the address space, which the format
+        // cannot check.
+        let sizes: Vec<Path> = all
+            .iter()
+            .filter(|p| {
+                let names: Vec<&str> = p
+                    .iter()
+                    .filter_map(|s| match s {
+                        Step::Key(k) => Some(k.as_str()),
+                        Step::At(_) => None,
+                    })
+                    .collect();
+                names.starts_with(&["vm", "os", "mm"])
+                    || names == ["vm", "mem_size"]
+                    || names.first().is_some_and(|n| n.starts_with("memory_"))
+            })
+            .cloned()
+            .collect();
+        let cases = (
+            prop::collection::vec((any::<bool>(), any::<Index>(), change()), 1..4),
+            prop::collection::vec(call(), 0..12),
+        );
+        TestRunner::new(config(1024))
+            .run(&cases, |(changes, calls)| {
+                let mut value = base.clone();
+                for (focus, at, c) in &changes {
+                    let from = if *focus { &sizes } else { &all };
+                    apply(&mut value, &from[at.index(from.len())], c);
+                }
+                let bytes = state::encode(&value).unwrap();
+                fs::write(d.0.state(), &bytes).unwrap();
+                if let Ok(s) = d.0.read_state() {
+                    use_state(&s, &calls)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn the_real_state_is_read_back_and_usable() {
+        let d = dir("real");
+        let bytes = state::encode(&state()).unwrap();
+        fs::write(d.0.state(), &bytes).unwrap();
+        let s = d.0.read_state().unwrap();
+        assert_eq!(
+            serde_json::to_value(&s).unwrap(),
+            serde_json::to_value(state()).unwrap()
+        );
+        TestRunner::new(config(256))
+            .run(&prop::collection::vec(call(), 0..24), |calls| {
+                use_state(&s, &calls)
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn damaged_or_resized_state_files_are_refused_without_reading_them_whole() {
+        // Any change to the bytes of a real state file, or a length past the cap (a
+        // sparse file of up to 2^44 bytes): refused, from the header or the length.
+        let d = dir("file");
+        let good = state::encode(&state()).unwrap();
+        let cases = (
+            prop::option::of((any::<Index>(), 1..=255u8)),
+            prop::option::of(any::<Index>()),
+            prop::option::of((0..44u32, any::<u64>())),
+        );
+        TestRunner::new(config(64))
+            .run(&cases, |(flip, cut, grow)| {
+                let mut bytes = good.clone();
+                if let Some((at, mask)) = flip {
+                    let at = at.index(bytes.len());
+                    bytes[at] ^= mask;
+                }
+                if let Some(cut) = cut {
+                    bytes.truncate(cut.index(bytes.len() + 1));
+                }
+                fs::write(d.0.state(), &bytes).unwrap();
+                let mut len = bytes.len() as u64;
+                if let Some((bits, extra)) = grow {
+                    len += extra % (1 << bits) + 1;
+                    File::options()
+                        .write(true)
+                        .open(d.0.state())
+                        .unwrap()
+                        .set_len(len)
+                        .unwrap();
+                }
+                let started = Instant::now();
+                let r = d.0.read_state();
+                prop_assert!(started.elapsed() < Duration::from_secs(2));
+                prop_assert_eq!(r.is_ok(), bytes == good && grow.is_none(), "{:?}", r.err());
+                Ok(())
+            })
+            .unwrap();
+    }
 }

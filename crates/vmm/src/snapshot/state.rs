@@ -23,6 +23,8 @@ pub enum StateFormatError {
         "state file format version {found} is not supported (this build reads version {VERSION})"
     )]
     Version { found: u32 },
+    #[error("state file header is invalid: {0}")]
+    BadHeader(&'static str),
     #[error("state file is truncated ({len} bytes, {expected} expected)")]
     Truncated { len: u64, expected: u64 },
     #[error("state file payload of {0} bytes exceeds the {MAX_PAYLOAD}-byte cap")]
@@ -69,6 +71,12 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateFormatError> 
     let version = u32_at(8);
     if version != VERSION {
         return Err(StateFormatError::Version { found: version });
+    }
+    if u32_at(12) != 0 {
+        return Err(StateFormatError::BadHeader("unknown flags"));
+    }
+    if u32_at(28) != 0 {
+        return Err(StateFormatError::BadHeader("reserved bytes are not zero"));
     }
     let payload_len = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
     if payload_len > MAX_PAYLOAD {
@@ -155,11 +163,230 @@ mod tests {
             decode::<Sample>(&trailing).unwrap_err(),
             StateFormatError::Trailing
         );
+        // The flags and reserved bytes are not covered by the checksum.
+        for at in [12, 15, 28, 31] {
+            let mut header = good.clone();
+            header[at] = 1;
+            assert!(matches!(
+                decode::<Sample>(&header),
+                Err(StateFormatError::BadHeader(_))
+            ));
+        }
         // A valid file whose payload is not the expected structure.
         let other = encode(&vec![1, 2, 3]).unwrap();
         assert!(matches!(
             decode::<Sample>(&other),
             Err(StateFormatError::Payload(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    //! Property tests of the state-file decoder, which reads untrusted bytes: arbitrary
+    //! bytes and damaged copies of real files are refused, never a panic; a file is
+    //! only accepted when its header, length and checksum hold. Values round-trip.
+
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+    use proptest::test_runner::{Config, TestRunner};
+
+    fn config(cases: u32) -> Config {
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Sample {
+        name: String,
+        values: Vec<u64>,
+        pairs: Vec<(i64, Option<String>)>,
+        flag: bool,
+    }
+
+    fn sample() -> impl Strategy<Value = Sample> {
+        (
+            ".{0,24}",
+            prop::collection::vec(any::<u64>(), 0..32),
+            prop::collection::vec((any::<i64>(), prop::option::of(".{0,8}")), 0..8),
+            any::<bool>(),
+        )
+            .prop_map(|(name, values, pairs, flag)| Sample {
+                name,
+                values,
+                pairs,
+                flag,
+            })
+    }
+
+    /// Numbers on the decoder's boundaries, and any number.
+    fn number() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            prop::sample::select(vec![
+                0,
+                1,
+                HEADER_LEN as u64,
+                MAX_PAYLOAD - 1,
+                MAX_PAYLOAD,
+                MAX_PAYLOAD + 1,
+                1 << 32,
+                1 << 60,
+                u64::MAX - HEADER_LEN as u64,
+                u64::MAX,
+            ]),
+            0..4096u64,
+            any::<u64>(),
+        ]
+    }
+
+    /// One change to a file.
+    #[derive(Debug, Clone)]
+    enum Edit {
+        /// XOR a byte with a non-zero mask.
+        Flip(Index, u8),
+        /// Cut the file.
+        Truncate(Index),
+        /// Append bytes.
+        Extend(Vec<u8>),
+        /// Overwrite the payload length.
+        Length(u64),
+        /// Overwrite one of the 4-byte header fields (version, flags, CRC, reserved).
+        Field(Index, u32),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            (any::<Index>(), 1..=255u8).prop_map(|(i, m)| Edit::Flip(i, m)),
+            any::<Index>().prop_map(Edit::Truncate),
+            prop::collection::vec(any::<u8>(), 1..16).prop_map(Edit::Extend),
+            number().prop_map(Edit::Length),
+            (any::<Index>(), any::<u32>()).prop_map(|(i, v)| Edit::Field(i, v)),
+        ]
+    }
+
+    fn apply(file: &mut Vec<u8>, edit: &Edit) {
+        match edit {
+            Edit::Flip(i, mask) if !file.is_empty() => {
+                let at = i.index(file.len());
+                file[at] ^= mask;
+            }
+            Edit::Truncate(i) => file.truncate(i.index(file.len() + 1)),
+            Edit::Extend(b) => file.extend_from_slice(b),
+            Edit::Length(v) if file.len() >= 24 => file[16..24].copy_from_slice(&v.to_le_bytes()),
+            Edit::Field(i, v) => {
+                let at = [8, 12, 24, 28][i.index(4)];
+                if file.len() >= at + 4 {
+                    file[at..at + 4].copy_from_slice(&v.to_le_bytes());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Rewrites the payload length and checksum after an edit, so that the checks
+    /// after them (and the JSON parser) are reached.
+    fn reseal(file: &mut [u8]) {
+        if file.len() >= HEADER_LEN {
+            let payload_len = (file.len() - HEADER_LEN) as u64;
+            file[16..24].copy_from_slice(&payload_len.to_le_bytes());
+            let crc = crc32fast::hash(&file[HEADER_LEN..]);
+            file[24..28].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+
+    #[test]
+    fn values_round_trip() {
+        TestRunner::new(config(1024))
+            .run(&sample(), |value| {
+                let file = encode(&value).unwrap();
+                prop_assert_eq!(
+                    file.len(),
+                    HEADER_LEN + serde_json::to_vec(&value).unwrap().len()
+                );
+                prop_assert_eq!(decode::<Sample>(&file).unwrap(), value);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn damaged_files_are_refused() {
+        let cases = (sample(), prop::collection::vec(edit(), 1..4), any::<bool>());
+        TestRunner::new(config(4096))
+            .run(&cases, |(value, edits, resealed)| {
+                let file = encode(&value).unwrap();
+                let mut damaged = file.clone();
+                for e in &edits {
+                    apply(&mut damaged, e);
+                }
+                if resealed {
+                    reseal(&mut damaged);
+                }
+                match decode::<Sample>(&damaged) {
+                    // Only the payload may have changed, into another valid value,
+                    // and only with a new checksum.
+                    Ok(decoded) => {
+                        prop_assert!(damaged == file || resealed, "accepted {:?}", decoded);
+                        prop_assert_eq!(&damaged[..16], &file[..16]);
+                        prop_assert_eq!(&damaged[28..32], &file[28..32]);
+                        prop_assert_eq!(
+                            decode::<Sample>(&encode(&decoded).unwrap()).unwrap(),
+                            decoded
+                        );
+                    }
+                    Err(e) => prop_assert!(damaged != file, "valid file refused: {}", e),
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn arbitrary_bytes_are_refused() {
+        // Bytes after a valid start (magic, version, flags), or from scratch; resealed
+        // or not, so that the JSON parser sees arbitrary payloads too.
+        let start = [&MAGIC[..], &VERSION.to_le_bytes(), &[0; 4]].concat();
+        let cases = (
+            any::<bool>(),
+            any::<bool>(),
+            prop::collection::vec(any::<u8>(), 0..256),
+        );
+        TestRunner::new(config(4096))
+            .run(&cases, |(with_start, resealed, mut b)| {
+                if with_start {
+                    let n = start.len().min(b.len());
+                    b[..n].copy_from_slice(&start[..n]);
+                }
+                if resealed {
+                    reseal(&mut b);
+                }
+                let _ = decode::<Sample>(&b);
+                let _ = decode::<serde_json::Value>(&b);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn payload_length_past_the_cap_is_refused_from_the_header() {
+        let cases = (sample(), MAX_PAYLOAD + 1.., any::<bool>());
+        TestRunner::new(config(1024))
+            .run(&cases, |(value, claimed, resealed)| {
+                let mut file = encode(&value).unwrap();
+                if resealed {
+                    reseal(&mut file);
+                }
+                file[16..24].copy_from_slice(&claimed.to_le_bytes());
+                prop_assert_eq!(
+                    decode::<Sample>(&file),
+                    Err(StateFormatError::TooLarge(claimed))
+                );
+                Ok(())
+            })
+            .unwrap();
     }
 }
