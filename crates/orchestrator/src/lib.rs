@@ -4,8 +4,11 @@
 
 pub mod api;
 pub mod client;
+mod failure;
 pub mod metrics;
 pub mod store;
+
+pub use self::failure::FailureKind;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -88,27 +91,19 @@ pub enum InvokeError {
 }
 
 impl InvokeError {
-    /// A short label for metrics and headers.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of failure this is: its metric label and HTTP status.
+    pub fn kind(&self) -> FailureKind {
         match self {
-            InvokeError::Store(StoreError::NotFound(_)) => "not_found",
-            InvokeError::Store(_) => "store",
-            InvokeError::BadRequest(_) => "bad_request",
-            InvokeError::Busy { .. } | InvokeError::ShuttingDown => "busy",
-            InvokeError::Function {
-                source: InstanceError::Vm(VmError::Guest(GuestFault::Timeout(_))),
-                ..
-            } => "timeout",
-            InvokeError::Function {
-                source: InstanceError::Vm(_),
-                ..
-            } => "crash",
-            InvokeError::Function {
-                source: InstanceError::Exited(_),
-                ..
-            } => "crash",
-            InvokeError::Function { .. } => "bad_response",
-            InvokeError::Runtime { .. } => "runtime",
+            InvokeError::Store(e) => e.kind(),
+            InvokeError::BadRequest(_) => FailureKind::BadRequest,
+            InvokeError::Busy { .. } | InvokeError::ShuttingDown => FailureKind::Busy,
+            InvokeError::Function { source, .. } => match source {
+                InstanceError::Vm(VmError::Guest(GuestFault::Timeout(_))) => FailureKind::Timeout,
+                InstanceError::Vm(_) | InstanceError::Exited(_) => FailureKind::Crash,
+                // No answer, several lines, too much, or gone before its ready point.
+                _ => FailureKind::BadResponse,
+            },
+            InvokeError::Runtime { .. } => FailureKind::Runtime,
         }
     }
 }
@@ -224,11 +219,12 @@ impl Orchestrator {
                 }
                 Err(source) => {
                     self.discard(name);
-                    self.count_error(name, "runtime");
-                    return Err(InvokeError::Runtime {
+                    let err = InvokeError::Runtime {
                         name: name.into(),
                         source,
-                    });
+                    };
+                    self.count_error(name, err.kind());
+                    return Err(err);
                 }
             },
         };
@@ -306,12 +302,12 @@ impl Orchestrator {
         }
     }
 
-    fn count_error(&self, name: &str, kind: &str) {
+    fn count_error(&self, name: &str, kind: FailureKind) {
         self.metrics
             .errors
             .get_or_create(&ErrorLabels {
                 function: name.into(),
-                kind: kind.into(),
+                kind: kind.label().into(),
             })
             .inc();
     }
@@ -558,6 +554,91 @@ mod tests {
             normalize_request(b""),
             Err(InvokeError::BadRequest(_))
         ));
+    }
+
+    fn function_error(source: InstanceError) -> InvokeError {
+        InvokeError::Function {
+            name: "f".into(),
+            source,
+        }
+    }
+
+    #[test]
+    fn invoke_errors_have_the_kinds_of_their_causes() {
+        let guest = |fault| function_error(InstanceError::Vm(VmError::Guest(fault)));
+        let cases = [
+            (
+                InvokeError::Store(StoreError::NotFound("f".into())),
+                FailureKind::NotFound,
+            ),
+            (
+                InvokeError::Store(StoreError::BadName("F".into())),
+                FailureKind::BadRequest,
+            ),
+            (
+                InvokeError::Store(StoreError::Damaged {
+                    name: "f".into(),
+                    why: "no manifest".into(),
+                }),
+                FailureKind::Store,
+            ),
+            (InvokeError::BadRequest("x".into()), FailureKind::BadRequest),
+            (
+                InvokeError::Busy {
+                    name: "f".into(),
+                    limit: 8,
+                },
+                FailureKind::Busy,
+            ),
+            (InvokeError::ShuttingDown, FailureKind::Busy),
+            (
+                guest(GuestFault::Timeout(Duration::from_secs(2))),
+                FailureKind::Timeout,
+            ),
+            (
+                guest(GuestFault::TripleFault { rip: 0x1000 }),
+                FailureKind::Crash,
+            ),
+            (function_error(InstanceError::Exited(3)), FailureKind::Crash),
+            (
+                function_error(InstanceError::ResponseLines(3)),
+                FailureKind::BadResponse,
+            ),
+            (
+                function_error(InstanceError::NoResponse),
+                FailureKind::BadResponse,
+            ),
+            (
+                function_error(InstanceError::ResponseTooLarge),
+                FailureKind::BadResponse,
+            ),
+            (
+                InvokeError::Runtime {
+                    name: "f".into(),
+                    source: InstanceError::NotReady,
+                },
+                FailureKind::Runtime,
+            ),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(err.kind(), kind, "{}", error_chain(&err));
+        }
+    }
+
+    #[test]
+    fn invoking_a_bad_name_is_a_bad_request() {
+        let root = std::env::temp_dir().join(format!("reap-orch-names-{}", std::process::id()));
+        let (store, _) = FunctionStore::open(&root).unwrap();
+        let o = Orchestrator::new(store, PoolConfig::default());
+        for name in ["../..", "Hello", &"x".repeat(65)] {
+            let err = o.invoke(name, b"{}", InvokeOptions::default()).unwrap_err();
+            assert_eq!(err.kind(), FailureKind::BadRequest, "{name}");
+        }
+        let err = o
+            .invoke("nothing", b"{}", InvokeOptions::default())
+            .unwrap_err();
+        assert_eq!(err.kind(), FailureKind::NotFound);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::FailureKind;
 use reap_vmm::guest_os::Sink;
 use reap_vmm::instance::{Instance, InstanceError};
 use reap_vmm::microvm::MicroVmConfig;
@@ -62,6 +63,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// What kind of failure this is: its HTTP status and label.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            StoreError::NotFound(_) => FailureKind::NotFound,
+            StoreError::BadName(_) | StoreError::BadEnv(_) | StoreError::Deploy(_) => {
+                FailureKind::BadRequest
+            }
+            StoreError::BinaryTooLarge(_) => FailureKind::TooLarge,
+            StoreError::Io { .. } | StoreError::Damaged { .. } => FailureKind::Store,
+        }
+    }
+
     fn io(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> StoreError {
         let path = path.to_path_buf();
         move |source| StoreError::Io { path, what, source }
@@ -441,6 +454,36 @@ mod tests {
         }
         for bad in ["", "-a", "_a", "A", "a/b", "..", "a b", &"x".repeat(65)] {
             assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn store_errors_have_their_kinds() {
+        let io = StoreError::Io {
+            path: "/x".into(),
+            what: "cannot read",
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        let cases = [
+            (StoreError::NotFound("f".into()), FailureKind::NotFound),
+            (StoreError::BadName("F".into()), FailureKind::BadRequest),
+            (StoreError::BadEnv("=1".into()), FailureKind::BadRequest),
+            (
+                StoreError::Deploy(InstanceError::ExitedBeforeReady(1)),
+                FailureKind::BadRequest,
+            ),
+            (StoreError::BinaryTooLarge(1 << 30), FailureKind::TooLarge),
+            (io, FailureKind::Store),
+            (
+                StoreError::Damaged {
+                    name: "f".into(),
+                    why: "manifest".into(),
+                },
+                FailureKind::Store,
+            ),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(err.kind(), kind, "{err}");
         }
     }
 
