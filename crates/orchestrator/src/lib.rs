@@ -2,6 +2,8 @@
 //! cold-starts new ones from snapshots (REAP by default: the first cold start records
 //! the working set, later ones prefetch it), and serves it all over HTTP.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod client;
 mod failure;
@@ -23,6 +25,8 @@ use self::store::{Deployed, FunctionStore, StoreError};
 use reap_vmm::instance::{ColdStart, Instance, InstanceError, Invocation, MemoryMode};
 use reap_vmm::microvm::{GuestFault, VmError};
 
+/// How many instances each function may have, how long they stay warm, and the
+/// time limits of an invocation.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// How long an idle instance stays warm.
@@ -50,6 +54,7 @@ impl Default for PoolConfig {
     }
 }
 
+/// How one invocation may start its instance.
 #[derive(Debug, Clone, Copy)]
 pub struct InvokeOptions {
     /// Start a new instance even if a warm one is idle.
@@ -67,25 +72,43 @@ impl Default for InvokeOptions {
     }
 }
 
+/// Why an invocation got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
+    /// The store could not give the function: an invalid or unknown name, a damaged or
+    /// unreadable version.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The request is not one JSON value.
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// The function's instances were all busy for the whole queue timeout.
     #[error("function {name:?} is at its limit of {limit} instances and none became free in time")]
-    Busy { name: String, limit: usize },
+    Busy {
+        /// The function.
+        name: String,
+        /// Its instance limit.
+        limit: usize,
+    },
+    /// The orchestrator is shutting down and takes no more invocations.
     #[error("the runtime is shutting down")]
     ShuttingDown,
+    /// The function crashed, timed out, exited or answered wrongly.
     #[error("function {name:?} failed")]
     Function {
+        /// The function.
         name: String,
+        /// What it did.
         #[source]
         source: InstanceError,
     },
+    /// The runtime could not restore or run an instance, through no fault of the
+    /// function.
     #[error("cannot run function {name:?}")]
     Runtime {
+        /// The function.
         name: String,
+        /// What failed.
         #[source]
         source: InstanceError,
     },
@@ -113,11 +136,14 @@ impl InvokeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Start {
+    /// On a new instance restored from the snapshot.
     Cold,
+    /// On an idle instance of an earlier invocation.
     Warm,
 }
 
 impl Start {
+    /// `cold` or `warm`, as in the `x-reap-start` header and the metrics.
     pub fn name(self) -> &'static str {
         match self {
             Start::Cold => "cold",
@@ -132,9 +158,11 @@ pub struct Answer {
     /// The function's response line, without its newline.
     #[serde(skip)]
     pub response: Vec<u8>,
+    /// Whether the invocation ran on a new or an idle instance.
     pub start: Start,
     /// The cold start's breakdown (cold starts only).
     pub cold_start: Option<ColdStart>,
+    /// The invocation inside the instance: its time and lazy faults.
     pub invocation: Invocation,
     /// Wall time of the whole invocation, cold start included.
     pub total_us: u64,

@@ -37,27 +37,43 @@ pub const MAX_BINARY_BYTES: u64 = 512 << 20;
 /// Largest manifest the store reads.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
+/// Why the store could not do something.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A file system operation failed.
     #[error("{}: {what}", path.display())]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// What the store was doing.
         what: &'static str,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// The name is not a valid function name.
     #[error(
         "invalid function name {0:?}: use 1-64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
     )]
     BadName(String),
+    /// No function of that name is in the store.
     #[error("no function named {0:?}")]
     NotFound(String),
+    /// The function's directory is there but its live version cannot be read.
     #[error("function {name:?} is damaged: {why}")]
-    Damaged { name: String, why: String },
+    Damaged {
+        /// The function.
+        name: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The binary is over [`MAX_BINARY_BYTES`].
     #[error("binary is {0} bytes, more than the {MAX_BINARY_BYTES}-byte limit")]
     BinaryTooLarge(u64),
+    /// An environment entry is not `KEY=VALUE`.
     #[error("invalid environment entry {0:?}: expected KEY=VALUE")]
     BadEnv(String),
+    /// The binary did not boot to its ready point or could not be snapshotted.
     #[error("the function did not deploy")]
     Deploy(#[source] InstanceError),
 }
@@ -84,14 +100,21 @@ impl StoreError {
 /// What the store knows of a deployed function version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The manifest's format version.
     pub format: u32,
+    /// The function's name.
     pub name: String,
     /// Version id (unique per deploy).
     pub version: String,
+    /// SHA-256 of the binary, in hex.
     pub binary_sha256: String,
+    /// Size of the binary.
     pub binary_bytes: u64,
+    /// Guest memory, in MiB.
     pub mem_mib: u64,
+    /// The function's environment, `KEY=VALUE` entries.
     pub env: Vec<String>,
+    /// When it was deployed, in seconds since the Unix epoch.
     pub created_unix: u64,
     /// Time from boot to the ready point at deploy, in milliseconds.
     pub init_ms: f64,
@@ -102,11 +125,14 @@ pub struct Manifest {
 /// A deployed function: its manifest and where its version lives.
 #[derive(Debug, Clone)]
 pub struct Deployed {
+    /// The version's manifest.
     pub manifest: Manifest,
+    /// The version's directory, `functions/NAME/versions/ID`.
     pub dir: PathBuf,
 }
 
 impl Deployed {
+    /// The version's snapshot directory.
     pub fn snapshot(&self) -> SnapshotDir {
         SnapshotDir::new(self.dir.join("snapshot"))
     }
@@ -116,6 +142,7 @@ impl Deployed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepairNote(pub String);
 
+/// The store at one root directory; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct FunctionStore {
     root: PathBuf,
@@ -183,6 +210,7 @@ impl FunctionStore {
         Ok((store, notes))
     }
 
+    /// The store's root directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
