@@ -2,10 +2,10 @@
 //!
 //! | method and path | does | errors |
 //! |---|---|---|
-//! | `POST /functions/{name}/invoke` | body: the request (JSON); answer: the function's response. Query: `cold=true`, `memory=file\|lazy\|reap`. Headers `x-reap-start: cold\|warm` and timings | 400 not JSON, 404 unknown, 413 too large, 502 crash or bad answer, 503 busy, 504 timeout |
+//! | `POST /functions/{name}/invoke` | body: the request (JSON); answer: the function's response. Query: `cold=true`, `memory=file\|lazy\|reap`. Headers `x-reap-start: cold\|warm` and timings | 400 not JSON or a bad name, 404 unknown, 413 too large, 502 crash or bad answer, 503 busy, 504 timeout |
 //! | `PUT /functions/{name}` | body: the binary; query `mem=MIB`; headers `x-reap-env: K=V` (repeatable). 201 with the manifest | 400 invalid binary or name, 413 too large |
 //! | `GET /functions` | the manifests | |
-//! | `DELETE /functions/{name}` | 204 | 404 |
+//! | `DELETE /functions/{name}` | 204 | 400 bad name, 404 |
 //! | `GET /metrics` | Prometheus text | |
 //! | `GET /healthz` | `ok` | |
 
@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::store::{MAX_BINARY_BYTES, StoreError};
-use super::{InvokeError, InvokeOptions, Orchestrator, Start, error_chain};
+use super::{FailureKind, InvokeError, InvokeOptions, Orchestrator, Start, error_chain};
 use reap_vmm::instance::MemoryMode;
 use reap_vmm::microvm::DEFAULT_MEM_MIB;
 
@@ -32,18 +32,26 @@ pub const MAX_REQUEST_BYTES: usize = 6 << 20;
 /// Limit on a function's initialization at deploy.
 const DEPLOY_INIT_LIMIT: Duration = Duration::from_secs(120);
 
-/// An error answered as `{"error": "...", "kind": "..."}`.
+/// An error answered as `{"error": "...", "kind": "..."}` with its kind's status.
 struct ApiError {
-    status: StatusCode,
-    kind: &'static str,
+    kind: FailureKind,
     message: String,
+}
+
+impl ApiError {
+    fn bad_request(message: impl Into<String>) -> Self {
+        ApiError {
+            kind: FailureKind::BadRequest,
+            message: message.into(),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (
-            self.status,
-            Json(json!({ "error": self.message, "kind": self.kind })),
+            self.kind.http_status(),
+            Json(json!({ "error": self.message, "kind": self.kind.label() })),
         )
             .into_response()
     }
@@ -51,18 +59,8 @@ impl IntoResponse for ApiError {
 
 impl From<InvokeError> for ApiError {
     fn from(e: InvokeError) -> Self {
-        let kind = e.kind();
-        let status = match kind {
-            "not_found" => StatusCode::NOT_FOUND,
-            "bad_request" => StatusCode::BAD_REQUEST,
-            "busy" => StatusCode::SERVICE_UNAVAILABLE,
-            "timeout" => StatusCode::GATEWAY_TIMEOUT,
-            "crash" | "bad_response" => StatusCode::BAD_GATEWAY,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
         ApiError {
-            status,
-            kind,
+            kind: e.kind(),
             message: error_chain(&e),
         }
     }
@@ -70,17 +68,8 @@ impl From<InvokeError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        let (status, kind) = match &e {
-            StoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            StoreError::BadName(_) | StoreError::BadEnv(_) | StoreError::Deploy(_) => {
-                (StatusCode::BAD_REQUEST, "bad_request")
-            }
-            StoreError::BinaryTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "store"),
-        };
         ApiError {
-            status,
-            kind,
+            kind: e.kind(),
             message: error_chain(&e),
         }
     }
@@ -88,14 +77,13 @@ impl From<StoreError> for ApiError {
 
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
-        let status = r.status();
-        let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
-            "too_large"
-        } else {
-            "bad_request"
+        let kind = match &r {
+            BytesRejection::FailedToBufferBody(FailedToBufferBody::LengthLimitError(_)) => {
+                FailureKind::TooLarge
+            }
+            _ => FailureKind::BadRequest,
         };
         ApiError {
-            status,
             kind,
             message: r.body_text(),
         }
@@ -104,8 +92,7 @@ impl From<BytesRejection> for ApiError {
 
 fn join_error(e: tokio::task::JoinError) -> ApiError {
     ApiError {
-        status: StatusCode::INTERNAL_SERVER_ERROR,
-        kind: "runtime",
+        kind: FailureKind::Runtime,
         message: format!("worker failed: {e}"),
     }
 }
@@ -136,11 +123,8 @@ struct InvokeQuery {
 }
 
 fn parse_mode(s: &str) -> Result<MemoryMode, ApiError> {
-    s.parse().map_err(|e: reap_pager::UnknownMode| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        kind: "bad_request",
-        message: e.to_string(),
-    })
+    s.parse()
+        .map_err(|e: reap_pager::UnknownMode| ApiError::bad_request(e.to_string()))
 }
 
 async fn invoke(
@@ -205,11 +189,7 @@ async fn deploy(
         .iter()
         .map(|v| v.to_str().map(str::to_owned))
         .collect::<Result<_, _>>()
-        .map_err(|_| ApiError {
-            status: StatusCode::BAD_REQUEST,
-            kind: "bad_request",
-            message: "x-reap-env must be text".into(),
-        })?;
+        .map_err(|_| ApiError::bad_request("x-reap-env must be text"))?;
     let mem = q.mem.unwrap_or(DEFAULT_MEM_MIB);
     let manifest = tokio::task::spawn_blocking(move || {
         let manifest = o.store.deploy(&name, &body, mem, env, DEPLOY_INIT_LIMIT)?;
@@ -271,4 +251,113 @@ pub async fn serve(
         .await;
     orchestrator.shutdown();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PoolConfig;
+    use crate::client;
+    use crate::store::FunctionStore;
+
+    /// `reap serve` over an empty store on 127.0.0.1: the requests here fail before
+    /// they need an instance, so no KVM is needed.
+    struct TestServer {
+        _runtime: tokio::runtime::Runtime,
+        base: String,
+        root: std::path::PathBuf,
+    }
+
+    impl TestServer {
+        fn start(tag: &str) -> TestServer {
+            let root = std::env::temp_dir().join(format!("reap-api-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            let (store, _) = FunctionStore::open(&root).unwrap();
+            let orchestrator = Orchestrator::new(store, PoolConfig::default());
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let listener = runtime
+                .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+                .unwrap();
+            let base = format!("http://{}", listener.local_addr().unwrap());
+            runtime.spawn(async move { axum::serve(listener, router(orchestrator)).await });
+            TestServer {
+                _runtime: runtime,
+                base,
+                root,
+            }
+        }
+
+        /// The status and the `kind` of the error body.
+        fn call(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+            let url = format!("{}{path}", self.base);
+            let reply = client::request(method, &url, body, Duration::from_secs(30))
+                .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+            let v: serde_json::Value = serde_json::from_slice(&reply.body).unwrap_or_default();
+            (
+                reply.status,
+                v["kind"].as_str().unwrap_or_default().to_owned(),
+            )
+        }
+    }
+
+    impl Drop for TestServer {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.root);
+        }
+    }
+
+    #[test]
+    fn invoking_a_bad_function_name_answers_400() {
+        let server = TestServer::start("names");
+        let long = "x".repeat(65);
+        for name in ["..%2F..", "Hello", long.as_str()] {
+            assert_eq!(
+                server.call("POST", &format!("/functions/{name}/invoke"), b"{}"),
+                (400, "bad_request".to_owned()),
+                "{name}"
+            );
+            assert_eq!(
+                server.call("DELETE", &format!("/functions/{name}"), b""),
+                (400, "bad_request".to_owned()),
+                "{name}"
+            );
+            assert_eq!(
+                server.call("PUT", &format!("/functions/{name}"), b"\x7fELF"),
+                (400, "bad_request".to_owned()),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn failures_before_an_instance_keep_their_statuses() {
+        let server = TestServer::start("statuses");
+        let bad = |status: u16| (status, "bad_request".to_owned());
+        assert_eq!(
+            server.call("POST", "/functions/nope/invoke", b"{}"),
+            (404, "not_found".to_owned())
+        );
+        assert_eq!(
+            server.call("DELETE", "/functions/nope", b""),
+            (404, "not_found".to_owned())
+        );
+        assert_eq!(
+            server.call("POST", "/functions/nope/invoke", b"{not json"),
+            bad(400)
+        );
+        assert_eq!(
+            server.call("POST", "/functions/nope/invoke?memory=disk", b"{}"),
+            bad(400)
+        );
+        let huge = vec![b' '; MAX_REQUEST_BYTES + 1];
+        assert_eq!(
+            server.call("POST", "/functions/nope/invoke", &huge),
+            (413, "too_large".to_owned())
+        );
+        assert_eq!(server.call("GET", "/healthz", b"").0, 200);
+    }
 }

@@ -11,18 +11,24 @@ use super::store::FunctionStore;
 /// What `reap serve` writes to the store's `server.json`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ServerInfo {
+    /// The server's process id.
     pub pid: u32,
+    /// Where it listens.
     pub listen: SocketAddr,
 }
 
 /// A reply of the server.
 pub struct Reply {
+    /// The HTTP status.
     pub status: u16,
+    /// The headers, names as received, values that are not text as "".
     pub headers: Vec<(String, String)>,
+    /// The body, at most 64 MiB.
     pub body: Vec<u8>,
 }
 
 impl Reply {
+    /// The value of header `name` (case-insensitive), the first if it repeats.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()

@@ -2,23 +2,31 @@
 //! cold-starts new ones from snapshots (REAP by default: the first cold start records
 //! the working set, later ones prefetch it), and serves it all over HTTP.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod client;
+mod failure;
 pub mod metrics;
+pub mod pool;
 pub mod store;
 
+pub use self::failure::FailureKind;
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use self::metrics::{ErrorLabels, FunctionLabels, Metrics, ModeLabels, StartLabels};
+use self::pool::{Pool, PoolError};
 use self::store::{Deployed, FunctionStore, StoreError};
 use reap_vmm::instance::{ColdStart, Instance, InstanceError, Invocation, MemoryMode};
 use reap_vmm::microvm::{GuestFault, VmError};
 
+/// How many instances each function may have, how long they stay warm, and the
+/// time limits of an invocation.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
     /// How long an idle instance stays warm.
@@ -46,6 +54,7 @@ impl Default for PoolConfig {
     }
 }
 
+/// How one invocation may start its instance.
 #[derive(Debug, Clone, Copy)]
 pub struct InvokeOptions {
     /// Start a new instance even if a warm one is idle.
@@ -63,52 +72,62 @@ impl Default for InvokeOptions {
     }
 }
 
+/// Why an invocation got no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum InvokeError {
+    /// The store could not give the function: an invalid or unknown name, a damaged or
+    /// unreadable version.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The request is not one JSON value.
     #[error("invalid request: {0}")]
     BadRequest(String),
+    /// The function's instances were all busy for the whole queue timeout.
     #[error("function {name:?} is at its limit of {limit} instances and none became free in time")]
-    Busy { name: String, limit: usize },
+    Busy {
+        /// The function.
+        name: String,
+        /// Its instance limit.
+        limit: usize,
+    },
+    /// The orchestrator is shutting down and takes no more invocations.
     #[error("the runtime is shutting down")]
     ShuttingDown,
+    /// The function crashed, timed out, exited or answered wrongly.
     #[error("function {name:?} failed")]
     Function {
+        /// The function.
         name: String,
+        /// What it did.
         #[source]
         source: InstanceError,
     },
+    /// The runtime could not restore or run an instance, through no fault of the
+    /// function.
     #[error("cannot run function {name:?}")]
     Runtime {
+        /// The function.
         name: String,
+        /// What failed.
         #[source]
         source: InstanceError,
     },
 }
 
 impl InvokeError {
-    /// A short label for metrics and headers.
-    pub fn kind(&self) -> &'static str {
+    /// What kind of failure this is: its metric label and HTTP status.
+    pub fn kind(&self) -> FailureKind {
         match self {
-            InvokeError::Store(StoreError::NotFound(_)) => "not_found",
-            InvokeError::Store(_) => "store",
-            InvokeError::BadRequest(_) => "bad_request",
-            InvokeError::Busy { .. } | InvokeError::ShuttingDown => "busy",
-            InvokeError::Function {
-                source: InstanceError::Vm(VmError::Guest(GuestFault::Timeout(_))),
-                ..
-            } => "timeout",
-            InvokeError::Function {
-                source: InstanceError::Vm(_),
-                ..
-            } => "crash",
-            InvokeError::Function {
-                source: InstanceError::Exited(_),
-                ..
-            } => "crash",
-            InvokeError::Function { .. } => "bad_response",
-            InvokeError::Runtime { .. } => "runtime",
+            InvokeError::Store(e) => e.kind(),
+            InvokeError::BadRequest(_) => FailureKind::BadRequest,
+            InvokeError::Busy { .. } | InvokeError::ShuttingDown => FailureKind::Busy,
+            InvokeError::Function { source, .. } => match source {
+                InstanceError::Vm(VmError::Guest(GuestFault::Timeout(_))) => FailureKind::Timeout,
+                InstanceError::Vm(_) | InstanceError::Exited(_) => FailureKind::Crash,
+                // No answer, several lines, too much, or gone before its ready point.
+                _ => FailureKind::BadResponse,
+            },
+            InvokeError::Runtime { .. } => FailureKind::Runtime,
         }
     }
 }
@@ -117,11 +136,14 @@ impl InvokeError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Start {
+    /// On a new instance restored from the snapshot.
     Cold,
+    /// On an idle instance of an earlier invocation.
     Warm,
 }
 
 impl Start {
+    /// `cold` or `warm`, as in the `x-reap-start` header and the metrics.
     pub fn name(self) -> &'static str {
         match self {
             Start::Cold => "cold",
@@ -136,9 +158,11 @@ pub struct Answer {
     /// The function's response line, without its newline.
     #[serde(skip)]
     pub response: Vec<u8>,
+    /// Whether the invocation ran on a new or an idle instance.
     pub start: Start,
     /// The cold start's breakdown (cold starts only).
     pub cold_start: Option<ColdStart>,
+    /// The invocation inside the instance: its time and lazy faults.
     pub invocation: Invocation,
     /// Wall time of the whole invocation, cold start included.
     pub total_us: u64,
@@ -146,51 +170,67 @@ pub struct Answer {
     pub rerecord: bool,
 }
 
-struct Idle {
-    instance: Instance,
-    since: Instant,
-}
-
-#[derive(Default)]
-struct FunctionPool {
-    version: String,
-    idle: Vec<Idle>,
-    /// Instances alive: idle ones plus those serving an invocation.
-    live: usize,
-}
-
+/// The orchestrator: the store, a pool of instances per function, and the metrics.
 pub struct Orchestrator {
+    /// Where the functions are deployed.
     pub store: FunctionStore,
+    /// The pool settings and time limits.
     pub config: PoolConfig,
+    /// What `GET /metrics` shows.
     pub metrics: Metrics,
-    pools: Mutex<HashMap<String, FunctionPool>>,
-    freed: Condvar,
-    shutting_down: AtomicBool,
+    pools: Mutex<Pools>,
 }
 
-/// What an invocation got from the pool.
-enum Lease {
-    Warm(Box<Instance>),
-    /// A slot for a new instance.
-    Cold,
+/// The pool of each function invoked so far.
+#[derive(Default)]
+struct Pools {
+    by_name: HashMap<String, Arc<Pool<Instance>>>,
+    shutting_down: bool,
 }
 
 impl Orchestrator {
+    /// An orchestrator over `store`, with a thread that expires idle instances while
+    /// it lives.
     pub fn new(store: FunctionStore, config: PoolConfig) -> Arc<Self> {
         let orchestrator = Arc::new(Self {
             store,
             config,
             metrics: Metrics::default(),
-            pools: Mutex::new(HashMap::new()),
-            freed: Condvar::new(),
-            shutting_down: AtomicBool::new(false),
+            pools: Mutex::new(Pools::default()),
         });
         spawn_reaper(Arc::downgrade(&orchestrator));
         orchestrator
     }
 
-    fn pools(&self) -> std::sync::MutexGuard<'_, HashMap<String, FunctionPool>> {
+    fn pools(&self) -> MutexGuard<'_, Pools> {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pool of `name`, created on first use; an error once shutting down.
+    fn pool(&self, name: &str) -> Result<Arc<Pool<Instance>>, InvokeError> {
+        let mut pools = self.pools();
+        if pools.shutting_down {
+            return Err(InvokeError::ShuttingDown);
+        }
+        if let Some(pool) = pools.by_name.get(name) {
+            return Ok(Arc::clone(pool));
+        }
+        let gauge = self
+            .metrics
+            .instances
+            .get_or_create(&FunctionLabels {
+                function: name.into(),
+            })
+            .clone();
+        let pool = Arc::new(
+            Pool::new(self.config.max_instances, self.config.keep_alive).on_live_change(
+                move |live| {
+                    gauge.set(live as i64);
+                },
+            ),
+        );
+        pools.by_name.insert(name.to_owned(), Arc::clone(&pool));
+        Ok(pool)
     }
 
     /// Invokes `name` with `request` (one JSON value): on an idle warm instance if
@@ -204,10 +244,25 @@ impl Orchestrator {
         let request = normalize_request(request)?;
         let deployed = self.store.get(name)?;
         let started = Instant::now();
-        let lease = self.acquire(name, &deployed.manifest.version, options.force_cold)?;
-        let (mut instance, start) = match lease {
-            Lease::Warm(instance) => (*instance, Start::Warm),
-            Lease::Cold => match Instance::restore(
+        let pool = self.pool(name)?;
+        let mut lease = pool
+            .acquire(
+                &deployed.manifest.version,
+                options.force_cold,
+                self.config.queue_timeout,
+            )
+            .map_err(|e| match e {
+                PoolError::Busy { limit } => InvokeError::Busy {
+                    name: name.into(),
+                    limit,
+                },
+                PoolError::ShutDown => InvokeError::ShuttingDown,
+            })?;
+        // Declared after the lease, so dropped before it (on a panic too): an instance
+        // is gone before its slot is handed on.
+        let (mut instance, start) = match lease.take_warm() {
+            Some(instance) => (instance, Start::Warm),
+            None => match Instance::restore(
                 &deployed.snapshot(),
                 options.memory,
                 self.store.log_sink(name),
@@ -223,12 +278,13 @@ impl Orchestrator {
                     (instance, Start::Cold)
                 }
                 Err(source) => {
-                    self.discard(name);
-                    self.count_error(name, "runtime");
-                    return Err(InvokeError::Runtime {
+                    drop(lease);
+                    let err = InvokeError::Runtime {
                         name: name.into(),
                         source,
-                    });
+                    };
+                    self.count_error(name, err.kind());
+                    return Err(err);
                 }
             },
         };
@@ -246,7 +302,7 @@ impl Orchestrator {
                     .cloned();
                 let rerecord =
                     self.check_working_set(name, &deployed, cold_start.as_ref(), &invocation);
-                self.release(name, &deployed.manifest.version, instance);
+                lease.release(instance);
                 let total = started.elapsed();
                 let labels = StartLabels {
                     function: name.into(),
@@ -282,7 +338,7 @@ impl Orchestrator {
             }
             Err(source) => {
                 drop(instance);
-                self.discard(name);
+                drop(lease);
                 let function_fault = source.is_function_fault();
                 let err = if function_fault {
                     InvokeError::Function {
@@ -306,98 +362,14 @@ impl Orchestrator {
         }
     }
 
-    fn count_error(&self, name: &str, kind: &str) {
+    fn count_error(&self, name: &str, kind: FailureKind) {
         self.metrics
             .errors
             .get_or_create(&ErrorLabels {
                 function: name.into(),
-                kind: kind.into(),
+                kind: kind.label().into(),
             })
             .inc();
-    }
-
-    /// Takes an idle instance of the live version, or a slot for a new one, waiting for
-    /// a slot while the function is at its instance limit.
-    fn acquire(&self, name: &str, version: &str, force_cold: bool) -> Result<Lease, InvokeError> {
-        let deadline = Instant::now() + self.config.queue_timeout;
-        let mut pools = self.pools();
-        loop {
-            if self.shutting_down.load(Ordering::SeqCst) {
-                return Err(InvokeError::ShuttingDown);
-            }
-            let pool = pools.entry(name.to_owned()).or_default();
-            let mut dropped = Vec::new();
-            if pool.version != version {
-                // A new version was deployed: the old instances go.
-                dropped = std::mem::take(&mut pool.idle);
-                pool.live -= dropped.len();
-                pool.version = version.to_owned();
-            }
-            if !force_cold && let Some(idle) = pool.idle.pop() {
-                self.set_instances_gauge(name, pool.live);
-                return Ok(Lease::Warm(Box::new(idle.instance)));
-            }
-            if pool.live < self.config.max_instances {
-                pool.live += 1;
-                self.set_instances_gauge(name, pool.live);
-                return Ok(Lease::Cold);
-            }
-            if force_cold && !pool.idle.is_empty() {
-                // Make room for the requested cold start by retiring an idle instance.
-                pool.idle.remove(0);
-                return Ok(Lease::Cold);
-            }
-            drop(dropped);
-            let now = Instant::now();
-            if now >= deadline {
-                return Err(InvokeError::Busy {
-                    name: name.into(),
-                    limit: self.config.max_instances,
-                });
-            }
-            pools = self
-                .freed
-                .wait_timeout(pools, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    /// Returns a healthy instance to the idle set (or drops it if its version is gone).
-    fn release(&self, name: &str, version: &str, instance: Instance) {
-        let mut pools = self.pools();
-        let pool = pools.entry(name.to_owned()).or_default();
-        if pool.version == version && !self.shutting_down.load(Ordering::SeqCst) {
-            pool.idle.push(Idle {
-                instance,
-                since: Instant::now(),
-            });
-        } else {
-            pool.live = pool.live.saturating_sub(1);
-            self.set_instances_gauge(name, pool.live);
-            drop(pools);
-            drop(instance);
-        }
-        self.freed.notify_one();
-    }
-
-    /// Gives up the slot of an instance that failed or never started.
-    fn discard(&self, name: &str) {
-        let mut pools = self.pools();
-        if let Some(pool) = pools.get_mut(name) {
-            pool.live = pool.live.saturating_sub(1);
-            self.set_instances_gauge(name, pool.live);
-        }
-        self.freed.notify_one();
-    }
-
-    fn set_instances_gauge(&self, name: &str, live: usize) {
-        self.metrics
-            .instances
-            .get_or_create(&FunctionLabels {
-                function: name.into(),
-            })
-            .set(live as i64);
     }
 
     /// After a prefetching cold start: drops the WS file when it was unusable or the
@@ -442,63 +414,42 @@ impl Orchestrator {
         true
     }
 
-    /// Tears down instances idle for longer than the keep-alive. Returns how many.
+    /// Tears down instances idle for the keep-alive or longer. Returns how many.
     pub fn expire_idle(&self) -> usize {
-        let now = Instant::now();
-        let mut expired = Vec::new();
-        {
-            let mut pools = self.pools();
-            for (name, pool) in pools.iter_mut() {
-                let before = pool.idle.len();
-                let (old, keep): (Vec<Idle>, Vec<Idle>) = std::mem::take(&mut pool.idle)
-                    .into_iter()
-                    .partition(|i| now.duration_since(i.since) >= self.config.keep_alive);
-                pool.idle = keep;
-                pool.live -= before - pool.idle.len();
-                if !old.is_empty() {
-                    self.set_instances_gauge(name, pool.live);
-                }
-                expired.extend(old);
-            }
-        }
-        let n = expired.len();
-        drop(expired);
-        if n > 0 {
-            self.freed.notify_all();
-        }
-        n
+        let pools: Vec<_> = self.pools().by_name.values().cloned().collect();
+        pools.iter().map(|p| p.expire_idle()).sum()
     }
 
-    /// Drops `name`'s idle instances (after it was removed or redeployed).
+    /// Drops `name`'s idle instances (after it was removed or redeployed); its busy
+    /// instances are dropped when their invocations end.
     pub fn forget(&self, name: &str) {
-        let idle = {
-            let mut pools = self.pools();
-            pools.get_mut(name).map(|p| {
-                let idle = std::mem::take(&mut p.idle);
-                p.live -= idle.len();
-                p.version.clear();
-                idle
-            })
-        };
-        drop(idle);
-        self.freed.notify_all();
+        let pool = self.pools().by_name.get(name).cloned();
+        if let Some(pool) = pool {
+            pool.retire();
+        }
     }
 
     /// Idle instances of `name` now.
     pub fn idle_instances(&self, name: &str) -> usize {
-        self.pools().get(name).map_or(0, |p| p.idle.len())
+        let pool = self.pools().by_name.get(name).cloned();
+        pool.map_or(0, |p| p.idle())
     }
 
-    /// Refuses new invocations and tears down the idle instances.
+    /// Refuses new invocations and tears down the idle instances; busy instances are
+    /// torn down when their invocations end.
     pub fn shutdown(&self) {
-        self.shutting_down.store(true, Ordering::SeqCst);
-        let all: Vec<Idle> = self
-            .pools()
-            .values_mut()
-            .flat_map(|p| std::mem::take(&mut p.idle))
-            .collect();
-        drop(all);
-        self.freed.notify_all();
+        let pools: Vec<_> = {
+            let mut pools = self.pools();
+            pools.shutting_down = true;
+            pools.by_name.values().cloned().collect()
+        };
+        for pool in pools {
+            pool.shut_down();
+        }
+    }
+
+    fn is_shutting_down(&self) -> bool {
+        self.pools().shutting_down
     }
 }
 
@@ -531,7 +482,7 @@ fn spawn_reaper(orchestrator: Weak<Orchestrator>) {
                 let Some(o) = orchestrator.upgrade() else {
                     return;
                 };
-                if o.shutting_down.load(Ordering::SeqCst) {
+                if o.is_shutting_down() {
                     return;
                 }
                 o.expire_idle();
@@ -561,6 +512,91 @@ mod tests {
             normalize_request(b""),
             Err(InvokeError::BadRequest(_))
         ));
+    }
+
+    fn function_error(source: InstanceError) -> InvokeError {
+        InvokeError::Function {
+            name: "f".into(),
+            source,
+        }
+    }
+
+    #[test]
+    fn invoke_errors_have_the_kinds_of_their_causes() {
+        let guest = |fault| function_error(InstanceError::Vm(VmError::Guest(fault)));
+        let cases = [
+            (
+                InvokeError::Store(StoreError::NotFound("f".into())),
+                FailureKind::NotFound,
+            ),
+            (
+                InvokeError::Store(StoreError::BadName("F".into())),
+                FailureKind::BadRequest,
+            ),
+            (
+                InvokeError::Store(StoreError::Damaged {
+                    name: "f".into(),
+                    why: "no manifest".into(),
+                }),
+                FailureKind::Store,
+            ),
+            (InvokeError::BadRequest("x".into()), FailureKind::BadRequest),
+            (
+                InvokeError::Busy {
+                    name: "f".into(),
+                    limit: 8,
+                },
+                FailureKind::Busy,
+            ),
+            (InvokeError::ShuttingDown, FailureKind::Busy),
+            (
+                guest(GuestFault::Timeout(Duration::from_secs(2))),
+                FailureKind::Timeout,
+            ),
+            (
+                guest(GuestFault::TripleFault { rip: 0x1000 }),
+                FailureKind::Crash,
+            ),
+            (function_error(InstanceError::Exited(3)), FailureKind::Crash),
+            (
+                function_error(InstanceError::ResponseLines(3)),
+                FailureKind::BadResponse,
+            ),
+            (
+                function_error(InstanceError::NoResponse),
+                FailureKind::BadResponse,
+            ),
+            (
+                function_error(InstanceError::ResponseTooLarge),
+                FailureKind::BadResponse,
+            ),
+            (
+                InvokeError::Runtime {
+                    name: "f".into(),
+                    source: InstanceError::NotReady,
+                },
+                FailureKind::Runtime,
+            ),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(err.kind(), kind, "{}", error_chain(&err));
+        }
+    }
+
+    #[test]
+    fn invoking_a_bad_name_is_a_bad_request() {
+        let root = std::env::temp_dir().join(format!("reap-orch-names-{}", std::process::id()));
+        let (store, _) = FunctionStore::open(&root).unwrap();
+        let o = Orchestrator::new(store, PoolConfig::default());
+        for name in ["../..", "Hello", &"x".repeat(65)] {
+            let err = o.invoke(name, b"{}", InvokeOptions::default()).unwrap_err();
+            assert_eq!(err.kind(), FailureKind::BadRequest, "{name}");
+        }
+        let err = o
+            .invoke("nothing", b"{}", InvokeOptions::default())
+            .unwrap_err();
+        assert_eq!(err.kind(), FailureKind::NotFound);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

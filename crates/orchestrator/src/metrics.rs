@@ -7,41 +7,60 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// Labels of the invocation counter and latency histogram.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StartLabels {
+    /// The function's name.
     pub function: String,
     /// `cold` or `warm`.
     pub start: String,
 }
 
+/// Labels of the cold start counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabels {
+    /// The function's name.
     pub function: String,
     /// `file`, `lazy` or `reap`.
     pub mode: String,
 }
 
+/// Labels of the error counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
+    /// The function's name.
     pub function: String,
-    /// What went wrong: `crash`, `timeout`, `bad_response`, `busy`, `runtime`.
+    /// What went wrong: a [`FailureKind`](crate::FailureKind) label (`crash`,
+    /// `timeout`, `bad_response` or `runtime`).
     pub kind: String,
 }
 
+/// Labels of the per-function metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FunctionLabels {
+    /// The function's name.
     pub function: String,
 }
 
+/// The orchestrator's metrics, registered under the `reap_` prefix.
 pub struct Metrics {
     registry: Registry,
+    /// `reap_invocations_total`: invocations answered.
     pub invocations: Family<StartLabels, Counter>,
+    /// `reap_invocation_errors_total`: invocations whose instance failed to start or
+    /// to answer.
     pub errors: Family<ErrorLabels, Counter>,
+    /// `reap_cold_starts_total`: instances restored from a snapshot.
     pub cold_starts: Family<ModeLabels, Counter>,
+    /// `reap_invocation_duration_seconds`: latency, cold start included.
     pub latency: Family<StartLabels, Histogram>,
+    /// `reap_lazy_faults_total`: page faults served lazily.
     pub lazy_faults: Family<FunctionLabels, Counter>,
+    /// `reap_working_set_bytes`: the last prefetched working set.
     pub ws_bytes: Family<FunctionLabels, Gauge>,
+    /// `reap_rerecords_total`: working sets dropped for re-recording.
     pub rerecords: Family<FunctionLabels, Counter>,
+    /// `reap_instances`: live instances, idle and busy.
     pub instances: Family<FunctionLabels, Gauge>,
 }
 

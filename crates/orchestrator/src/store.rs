@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::FailureKind;
 use reap_vmm::guest_os::Sink;
 use reap_vmm::instance::{Instance, InstanceError};
 use reap_vmm::microvm::MicroVmConfig;
@@ -36,32 +37,60 @@ pub const MAX_BINARY_BYTES: u64 = 512 << 20;
 /// Largest manifest the store reads.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
+/// Why the store could not do something.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A file system operation failed.
     #[error("{}: {what}", path.display())]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// What the store was doing.
         what: &'static str,
+        /// The error.
         #[source]
         source: io::Error,
     },
+    /// The name is not a valid function name.
     #[error(
         "invalid function name {0:?}: use 1-64 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
     )]
     BadName(String),
+    /// No function of that name is in the store.
     #[error("no function named {0:?}")]
     NotFound(String),
+    /// The function's directory is there but its live version cannot be read.
     #[error("function {name:?} is damaged: {why}")]
-    Damaged { name: String, why: String },
+    Damaged {
+        /// The function.
+        name: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The binary is over [`MAX_BINARY_BYTES`].
     #[error("binary is {0} bytes, more than the {MAX_BINARY_BYTES}-byte limit")]
     BinaryTooLarge(u64),
+    /// An environment entry is not `KEY=VALUE`.
     #[error("invalid environment entry {0:?}: expected KEY=VALUE")]
     BadEnv(String),
+    /// The binary did not boot to its ready point or could not be snapshotted.
     #[error("the function did not deploy")]
     Deploy(#[source] InstanceError),
 }
 
 impl StoreError {
+    /// What kind of failure this is: its HTTP status and label.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            StoreError::NotFound(_) => FailureKind::NotFound,
+            StoreError::BadName(_) | StoreError::BadEnv(_) | StoreError::Deploy(_) => {
+                FailureKind::BadRequest
+            }
+            StoreError::BinaryTooLarge(_) => FailureKind::TooLarge,
+            StoreError::Io { .. } | StoreError::Damaged { .. } => FailureKind::Store,
+        }
+    }
+
     fn io(path: &Path, what: &'static str) -> impl FnOnce(io::Error) -> StoreError {
         let path = path.to_path_buf();
         move |source| StoreError::Io { path, what, source }
@@ -71,14 +100,21 @@ impl StoreError {
 /// What the store knows of a deployed function version.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// The manifest's format version.
     pub format: u32,
+    /// The function's name.
     pub name: String,
     /// Version id (unique per deploy).
     pub version: String,
+    /// SHA-256 of the binary, in hex.
     pub binary_sha256: String,
+    /// Size of the binary.
     pub binary_bytes: u64,
+    /// Guest memory, in MiB.
     pub mem_mib: u64,
+    /// The function's environment, `KEY=VALUE` entries.
     pub env: Vec<String>,
+    /// When it was deployed, in seconds since the Unix epoch.
     pub created_unix: u64,
     /// Time from boot to the ready point at deploy, in milliseconds.
     pub init_ms: f64,
@@ -89,11 +125,14 @@ pub struct Manifest {
 /// A deployed function: its manifest and where its version lives.
 #[derive(Debug, Clone)]
 pub struct Deployed {
+    /// The version's manifest.
     pub manifest: Manifest,
+    /// The version's directory, `functions/NAME/versions/ID`.
     pub dir: PathBuf,
 }
 
 impl Deployed {
+    /// The version's snapshot directory.
     pub fn snapshot(&self) -> SnapshotDir {
         SnapshotDir::new(self.dir.join("snapshot"))
     }
@@ -103,6 +142,7 @@ impl Deployed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RepairNote(pub String);
 
+/// The store at one root directory; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct FunctionStore {
     root: PathBuf,
@@ -170,6 +210,7 @@ impl FunctionStore {
         Ok((store, notes))
     }
 
+    /// The store's root directory.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -444,6 +485,36 @@ mod tests {
         }
         for bad in ["", "-a", "_a", "A", "a/b", "..", "a b", &"x".repeat(65)] {
             assert!(check_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn store_errors_have_their_kinds() {
+        let io = StoreError::Io {
+            path: "/x".into(),
+            what: "cannot read",
+            source: io::Error::from(io::ErrorKind::PermissionDenied),
+        };
+        let cases = [
+            (StoreError::NotFound("f".into()), FailureKind::NotFound),
+            (StoreError::BadName("F".into()), FailureKind::BadRequest),
+            (StoreError::BadEnv("=1".into()), FailureKind::BadRequest),
+            (
+                StoreError::Deploy(InstanceError::ExitedBeforeReady(1)),
+                FailureKind::BadRequest,
+            ),
+            (StoreError::BinaryTooLarge(1 << 30), FailureKind::TooLarge),
+            (io, FailureKind::Store),
+            (
+                StoreError::Damaged {
+                    name: "f".into(),
+                    why: "manifest".into(),
+                },
+                FailureKind::Store,
+            ),
+        ];
+        for (err, kind) in cases {
+            assert_eq!(err.kind(), kind, "{err}");
         }
     }
 
