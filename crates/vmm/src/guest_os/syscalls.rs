@@ -44,6 +44,10 @@ const IO_CHUNK: u64 = 1 << 20;
 const PATH_MAX: u64 = 4096;
 /// Largest iovec count (UIO_MAXIOV).
 const IOV_MAX: u64 = 1024;
+/// The end of the user address space of x86-64 Linux with 4-level paging.
+const TASK_SIZE_MAX: u64 = (1 << 47) - PAGE_SIZE;
+/// Number of resource limits (RLIM_NLIMITS).
+const RLIM_NLIMITS: u32 = 16;
 const POLLIN: i16 = 0x1;
 const POLLOUT: i16 = 0x4;
 const POLLHUP: i16 = 0x10;
@@ -68,6 +72,7 @@ impl GuestOs {
             libc::SYS_write => self.write(mem, a0, a1, a2),
             libc::SYS_writev => self.writev(mem, a0, a1, a2),
             libc::SYS_readv => return self.readv(mem, a0, a1, a2),
+            libc::SYS_pread64 | libc::SYS_pwrite64 if (a3 as i64) < 0 => Err(Errno(libc::EINVAL)),
             libc::SYS_pread64 | libc::SYS_pwrite64 | libc::SYS_lseek => {
                 self.on_std_fd(a0, libc::ESPIPE)
             }
@@ -75,7 +80,7 @@ impl GuestOs {
             libc::SYS_mmap => self.mmap(mem, a0, a1, a3 as i32, a4 as i32),
             libc::SYS_munmap => self.munmap(mem, a0, a1),
             libc::SYS_mremap => self.mremap(mem, a0, a1, a2, a3, a4),
-            libc::SYS_mprotect => aligned(a0).map(|_| 0),
+            libc::SYS_mprotect => mprotect(mem, a0, a1, a2 as i32),
             libc::SYS_madvise => self.madvise(mem, a0, a1, a2 as i32),
             libc::SYS_mlock | libc::SYS_munlock | libc::SYS_mlockall | libc::SYS_munlockall => {
                 Ok(0)
@@ -89,10 +94,12 @@ impl GuestOs {
                     Err(Errno(libc::EINVAL))
                 }
             }
-            libc::SYS_prlimit64 => self.prlimit(mem, a0, a1 as u32, a3),
-            libc::SYS_getrlimit => self.prlimit(mem, 0, a0 as u32, a1),
-            libc::SYS_setrlimit => Ok(0),
-            libc::SYS_getrandom => self.getrandom(mem, a0, a1),
+            libc::SYS_prlimit64 => self.prlimit(mem, a0, a1 as u32, a2, a3),
+            libc::SYS_getrlimit => self.getrlimit(mem, a0 as u32, a1),
+            // NULL is no new limit to prlimit64 but a bad pointer to setrlimit.
+            libc::SYS_setrlimit if a1 == 0 => Err(Errno(libc::EFAULT)),
+            libc::SYS_setrlimit => self.prlimit(mem, 0, a0 as u32, a1, 0),
+            libc::SYS_getrandom => self.getrandom(mem, a0, a1, a2 as u32),
             libc::SYS_clock_gettime => self.clock_gettime(mem, a0 as i32, a1),
             libc::SYS_clock_getres => clock_id(a0).and_then(|_| {
                 if a1 != 0 {
@@ -127,15 +134,14 @@ impl GuestOs {
             libc::SYS_ioctl => self.on_std_fd(a0, libc::ENOTTY),
             libc::SYS_fcntl => self.fcntl(a0, a1 as i32),
             libc::SYS_poll => return self.poll(mem, a0, a1, a2 as i32 as i64),
-            libc::SYS_ppoll => return self.ppoll(mem, a0, a1, a2),
-            libc::SYS_sigaltstack => sigaltstack(mem, a1),
+            libc::SYS_ppoll => return self.ppoll(mem, a0, a1, a2, a3, a4),
+            libc::SYS_sigaltstack => sigaltstack(mem, a0, a1),
             libc::SYS_rt_sigaction => rt_sigaction(mem, a0, a1, a2, a3),
-            libc::SYS_rt_sigprocmask => rt_sigprocmask(mem, a2, a3),
-            libc::SYS_futex => return self.futex(mem, a0, a1 as i32, a2 as u32, a3),
-            libc::SYS_getrusage => mem
-                .write_user(a1, &[0u8; 144])
-                .map(|_| 0)
-                .map_err(Errno::from),
+            libc::SYS_rt_sigprocmask => rt_sigprocmask(mem, a0 as i32, a1, a2, a3),
+            libc::SYS_futex => {
+                return self.futex(mem, a0, a1 as i32, a2 as u32, a3, call.args[5] as u32);
+            }
+            libc::SYS_getrusage => getrusage(mem, a0 as i32, a1),
             libc::SYS_prctl => Err(Errno(libc::EINVAL)),
             libc::SYS_exit | libc::SYS_exit_group => return Outcome::Exit(a0 as i32 & 0xff),
             libc::SYS_kill | libc::SYS_tkill => return self.kill(a0 as i32, a1 as i32),
@@ -183,6 +189,9 @@ impl GuestOs {
 
     fn read(&mut self, mem: &GuestMemory, fd: u64, buf: u64, count: u64) -> Outcome {
         let r = match fd {
+            // Linux checks the whole buffer against the user address space first; the
+            // bytes actually copied are checked against user memory below.
+            0 if access_ok(buf, count).is_err() => Err(Errno(libc::EFAULT)),
             0 if count == 0 => Ok(0),
             0 if self.stdin.is_empty() && !self.stdin_eof => return Outcome::BlockOnStdin,
             0 => self.read_stdin(mem, buf, count),
@@ -205,21 +214,31 @@ impl GuestOs {
     }
 
     fn readv(&mut self, mem: &GuestMemory, fd: u64, iov: u64, count: u64) -> Outcome {
-        if fd == 0 && self.stdin.is_empty() && !self.stdin_eof {
-            return Outcome::BlockOnStdin;
-        }
-        let r = self.readv_now(mem, fd, iov, count);
+        // The descriptor and the iovecs are checked before the call blocks, and a
+        // zero total length returns at once, as on Linux.
+        let iovecs = match fd {
+            0 => read_iovecs(mem, iov, count),
+            _ => Err(Errno(libc::EBADF)),
+        };
+        let r = match iovecs {
+            Ok(v) if v.iter().all(|v| v.len == 0) => Ok(0),
+            Ok(_) if self.stdin.is_empty() && !self.stdin_eof => return Outcome::BlockOnStdin,
+            Ok(v) => self.readv_now(mem, &v),
+            Err(e) => Err(e),
+        };
         Outcome::Return(r.map_or_else(|Errno(e)| -i64::from(e), |v| v as i64))
     }
 
-    fn readv_now(&mut self, mem: &GuestMemory, fd: u64, iov: u64, count: u64) -> SysResult {
-        if fd != 0 {
-            return Err(Errno(libc::EBADF));
-        }
-        let iovecs = read_iovecs(mem, iov, count)?;
+    /// Fills the buffers in order from stdin. A buffer that is not user memory ends the
+    /// call: EFAULT if nothing was read yet, else the bytes read so far (as Linux).
+    fn readv_now(&mut self, mem: &GuestMemory, iovecs: &[Iovec]) -> SysResult {
         let mut total = 0;
         for v in iovecs {
-            let n = self.read_stdin(mem, v.base, v.len)?;
+            let n = match self.read_stdin(mem, v.base, v.len) {
+                Ok(n) => n,
+                Err(_) if total > 0 => break,
+                Err(e) => return Err(e),
+            };
             total += n;
             if n < v.len {
                 break;
@@ -232,6 +251,7 @@ impl GuestOs {
         if !(1..=2).contains(&fd) {
             return Err(Errno(libc::EBADF));
         }
+        access_ok(buf, count)?;
         if count == 0 {
             return Ok(0);
         }
@@ -251,7 +271,9 @@ impl GuestOs {
             return Err(Errno(libc::EBADF));
         }
         let iovecs = read_iovecs(mem, iov, count)?;
-        for v in &iovecs {
+        // Unlike Linux, nothing is written unless every buffer is user memory. An empty
+        // buffer is never read, so any base will do (as Linux).
+        for v in iovecs.iter().filter(|v| v.len > 0) {
             mem.check_user(v.base, v.len)?;
         }
         let mut total = 0u64;
@@ -321,6 +343,11 @@ impl GuestOs {
         if len == 0 {
             return Err(Errno(libc::EINVAL));
         }
+        // Exactly one of MAP_SHARED, MAP_PRIVATE and MAP_SHARED_VALIDATE.
+        const MAP_TYPE: i32 = 0xf;
+        if !(1..=3).contains(&(flags & MAP_TYPE)) {
+            return Err(Errno(libc::EINVAL));
+        }
         let fixed = flags & libc::MAP_FIXED != 0;
         let noreplace = flags & libc::MAP_FIXED_NOREPLACE != 0;
         let (at, discards) = self.mm.mmap(addr, len, fixed, noreplace)?;
@@ -385,8 +412,8 @@ impl GuestOs {
         const ARCH_SET_FS: u64 = 0x1002;
         const ARCH_GET_FS: u64 = 0x1003;
         const ARCH_GET_GS: u64 = 0x1004;
-        // Canonical lower-half addresses only.
-        let canonical = addr < (1 << 47);
+        // Addresses in the user address space only.
+        let canonical = addr < TASK_SIZE_MAX;
         match code {
             ARCH_SET_FS | ARCH_SET_GS if !canonical => Err(Errno(libc::EPERM)),
             ARCH_SET_FS => {
@@ -411,12 +438,44 @@ impl GuestOs {
         }
     }
 
-    fn prlimit(&mut self, mem: &GuestMemory, pid: u64, resource: u32, old: u64) -> SysResult {
+    /// `prlimit64(pid, resource, new, old)`; `setrlimit` is the same without `old`.
+    /// A new limit is read and checked, then ignored.
+    fn prlimit(
+        &mut self,
+        mem: &GuestMemory,
+        pid: u64,
+        resource: u32,
+        new: u64,
+        old: u64,
+    ) -> SysResult {
+        let new = if new != 0 {
+            Some(mem.read_user_obj::<Rlimit>(new)?)
+        } else {
+            None
+        };
         if pid != 0 && pid != 1 {
             return Err(Errno(libc::ESRCH));
         }
+        let limit = Self::rlimit(mem, resource)?;
+        if new.is_some_and(|n| n.cur > n.max) {
+            return Err(Errno(libc::EINVAL));
+        }
+        if old != 0 {
+            mem.write_user_obj(old, limit)?;
+        }
+        Ok(0)
+    }
+
+    /// `getrlimit(resource, old)`: `old` is not optional.
+    fn getrlimit(&mut self, mem: &GuestMemory, resource: u32, old: u64) -> SysResult {
+        mem.write_user_obj(old, Self::rlimit(mem, resource)?)?;
+        Ok(0)
+    }
+
+    /// The limits the guest sees.
+    fn rlimit(mem: &GuestMemory, resource: u32) -> Result<Rlimit, Errno> {
         let infinity = u64::MAX;
-        let limit = match resource {
+        Ok(match resource {
             libc::RLIMIT_STACK => Rlimit {
                 cur: crate::arch::layout::STACK_SIZE,
                 max: infinity,
@@ -427,20 +486,29 @@ impl GuestOs {
                 cur: mem.size(),
                 max: mem.size(),
             },
-            r if r < 16 => Rlimit {
+            r if r < RLIM_NLIMITS => Rlimit {
                 cur: infinity,
                 max: infinity,
             },
             _ => return Err(Errno(libc::EINVAL)),
-        };
-        if old != 0 {
-            mem.write_user_obj(old, limit)?;
-        }
-        Ok(0)
+        })
     }
 
-    fn getrandom(&mut self, mem: &GuestMemory, buf: u64, len: u64) -> SysResult {
+    fn getrandom(&mut self, mem: &GuestMemory, buf: u64, len: u64, flags: u32) -> SysResult {
+        const GRND_NONBLOCK: u32 = 1;
+        const GRND_RANDOM: u32 = 2;
+        const GRND_INSECURE: u32 = 4;
+        if flags & !(GRND_NONBLOCK | GRND_RANDOM | GRND_INSECURE) != 0
+            || flags & (GRND_RANDOM | GRND_INSECURE) == GRND_RANDOM | GRND_INSECURE
+        {
+            return Err(Errno(libc::EINVAL));
+        }
+        // Linux caps a request at INT_MAX bytes before checking it.
+        access_ok(buf, len.min(i32::MAX as u64))?;
         let n = len.min(IO_CHUNK);
+        if n == 0 {
+            return Ok(0);
+        }
         mem.check_user(buf, n)?;
         let mut bytes = vec![0u8; n as usize];
         fill_random(&mut bytes).map_err(|_| Errno(libc::EIO))?;
@@ -519,7 +587,7 @@ impl GuestOs {
         buf: u64,
         flags: i32,
     ) -> SysResult {
-        let path = mem.read_user_cstr(path, PATH_MAX)?;
+        let path = read_path(mem, path)?;
         if path.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
             return self.fstat(mem, dirfd as i32 as i64 as u64, buf);
         }
@@ -564,7 +632,15 @@ impl GuestOs {
         self.poll_common(mem, fds, nfds, timeout)
     }
 
-    fn ppoll(&mut self, mem: &GuestMemory, fds: u64, nfds: u64, tsp: u64) -> Outcome {
+    fn ppoll(
+        &mut self,
+        mem: &GuestMemory,
+        fds: u64,
+        nfds: u64,
+        tsp: u64,
+        sigmask: u64,
+        sigsetsize: u64,
+    ) -> Outcome {
         let timeout = if tsp == 0 {
             None
         } else {
@@ -577,6 +653,15 @@ impl GuestOs {
                 Err(_) => return Outcome::Return(-i64::from(libc::EFAULT)),
             }
         };
+        // The signal mask is read and checked, then ignored.
+        if sigmask != 0 {
+            if sigsetsize != 8 {
+                return Outcome::Return(-i64::from(libc::EINVAL));
+            }
+            if mem.read_user_obj::<u64>(sigmask).is_err() {
+                return Outcome::Return(-i64::from(libc::EFAULT));
+            }
+        }
         self.poll_common(mem, fds, nfds, timeout)
     }
 
@@ -624,48 +709,81 @@ impl GuestOs {
         Outcome::Return(ready as i64)
     }
 
-    fn futex(&mut self, mem: &GuestMemory, uaddr: u64, op: i32, val: u32, timeout: u64) -> Outcome {
+    /// `futex(uaddr, op, val, timeout, uaddr2, val3)`, in Linux's order of checks: the
+    /// timeout, the operation, the bitset, the address, the value.
+    fn futex(
+        &mut self,
+        mem: &GuestMemory,
+        uaddr: u64,
+        op: i32,
+        val: u32,
+        timeout: u64,
+        bitset: u32,
+    ) -> Outcome {
         const FUTEX_CMD_MASK: i32 = !(libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME);
-        let r = match op & FUTEX_CMD_MASK {
-            libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET => match mem.read_user_obj::<u32>(uaddr) {
-                Err(_) => Err(Errno(libc::EFAULT)),
-                Ok(current) if current != val => Err(Errno(libc::EAGAIN)),
-                Ok(_) if timeout == 0 => {
-                    return Outcome::Fatal(format!(
-                        "deadlock: futex wait on {uaddr:#x} with no other thread to wake it"
-                    ));
+        let cmd = op & FUTEX_CMD_MASK;
+        let wait = matches!(cmd, libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET);
+        let r = (|| {
+            // FUTEX_WAIT takes a relative timeout; FUTEX_WAIT_BITSET an absolute time
+            // on CLOCK_MONOTONIC (CLOCK_REALTIME with the flag).
+            let sleep = if wait && timeout != 0 {
+                let ts = mem.read_user_obj::<Timespec>(timeout)?;
+                let mut d = ts.to_duration().ok_or(Errno(libc::EINVAL))?;
+                if cmd == libc::FUTEX_WAIT_BITSET {
+                    let clock = if op & libc::FUTEX_CLOCK_REALTIME != 0 {
+                        libc::CLOCK_REALTIME
+                    } else {
+                        libc::CLOCK_MONOTONIC
+                    };
+                    let now = host_clock(clock)
+                        .ok()
+                        .and_then(Timespec::to_duration)
+                        .unwrap_or_default();
+                    d = d.saturating_sub(now);
                 }
-                Ok(_) => match mem
-                    .read_user_obj::<Timespec>(timeout)
-                    .map(Timespec::to_duration)
-                {
-                    Ok(Some(mut d)) => {
-                        // FUTEX_WAIT takes a relative timeout; FUTEX_WAIT_BITSET an
-                        // absolute time on CLOCK_MONOTONIC (CLOCK_REALTIME with the flag).
-                        if op & FUTEX_CMD_MASK == libc::FUTEX_WAIT_BITSET {
-                            let clock = if op & libc::FUTEX_CLOCK_REALTIME != 0 {
-                                libc::CLOCK_REALTIME
-                            } else {
-                                libc::CLOCK_MONOTONIC
-                            };
-                            let now = host_clock(clock)
-                                .ok()
-                                .and_then(Timespec::to_duration)
-                                .unwrap_or_default();
-                            d = d.saturating_sub(now);
-                        }
-                        // Nothing else can wake a single-threaded guest: the wait times out.
-                        self.sleep(d);
-                        Err(Errno(libc::ETIMEDOUT))
-                    }
-                    Ok(None) => Err(Errno(libc::EINVAL)),
-                    Err(_) => Err(Errno(libc::EFAULT)),
-                },
-            },
-            libc::FUTEX_WAKE | libc::FUTEX_WAKE_BITSET => Ok(0),
-            _ => Err(Errno(libc::ENOSYS)),
-        };
-        Outcome::Return(r.map_or_else(|Errno(e)| -i64::from(e), |v: u64| v as i64))
+                Some(d)
+            } else {
+                None
+            };
+            let bitset_op = matches!(cmd, libc::FUTEX_WAIT_BITSET | libc::FUTEX_WAKE_BITSET);
+            if !(wait || bitset_op || cmd == libc::FUTEX_WAKE)
+                || (op & libc::FUTEX_CLOCK_REALTIME != 0 && cmd != libc::FUTEX_WAIT_BITSET)
+            {
+                return Err(Errno(libc::ENOSYS));
+            }
+            if bitset_op && bitset == 0 {
+                return Err(Errno(libc::EINVAL));
+            }
+            if !uaddr.is_multiple_of(4) {
+                return Err(Errno(libc::EINVAL));
+            }
+            if !wait {
+                // Nothing waits: waking wakes no one. Linux looks at the memory only
+                // for a shared futex; a private one needs just a user address.
+                if op & libc::FUTEX_PRIVATE_FLAG != 0 {
+                    access_ok(uaddr, 4)?;
+                } else {
+                    mem.check_user(uaddr, 4)?;
+                }
+                return Ok(None);
+            }
+            if mem.read_user_obj::<u32>(uaddr)? != val {
+                return Err(Errno(libc::EAGAIN));
+            }
+            Ok(Some(sleep))
+        })();
+        match r {
+            Ok(None) => Outcome::Return(0),
+            Ok(Some(None)) => Outcome::Fatal(format!(
+                "deadlock: futex wait on {uaddr:#x} with no other thread to wake it"
+            )),
+            Ok(Some(Some(d))) => {
+                // Nothing else can wake a single-threaded guest: the wait times out.
+                self.sleep(d);
+                Outcome::Return(-i64::from(libc::ETIMEDOUT))
+            }
+            Err(Errno(e)) => Outcome::Return(-i64::from(e)),
+        }
     }
 
     fn kill(&mut self, pid: i32, sig: i32) -> Outcome {
@@ -684,12 +802,37 @@ impl GuestOs {
     }
 }
 
-fn aligned(addr: u64) -> SysResult {
-    if addr.is_multiple_of(PAGE_SIZE) {
-        Ok(0)
-    } else {
-        Err(Errno(libc::EINVAL))
+/// Linux's `access_ok`: `addr..addr+len` lies in the user address space. Linux checks
+/// only this before a call that may copy fewer than `len` bytes (a read into a buffer
+/// larger than the data); what is copied is then checked against user memory.
+fn access_ok(addr: u64, len: u64) -> Result<(), Errno> {
+    match addr.checked_add(len) {
+        Some(end) if end <= TASK_SIZE_MAX => Ok(()),
+        _ => Err(Errno(libc::EFAULT)),
     }
+}
+
+/// `mprotect(addr, len, prot)`: checked as Linux does, with no effect (there are no page
+/// protections). Memory outside user memory counts as unmapped (ENOMEM).
+fn mprotect(mem: &GuestMemory, addr: u64, len: u64, prot: i32) -> SysResult {
+    if !addr.is_multiple_of(PAGE_SIZE) {
+        return Err(Errno(libc::EINVAL));
+    }
+    if len == 0 {
+        return Ok(0);
+    }
+    let end = crate::arch::layout::page_align_up(len)
+        .and_then(|len| addr.checked_add(len))
+        .ok_or(Errno(libc::ENOMEM))?;
+    let grows = libc::PROT_GROWSDOWN | libc::PROT_GROWSUP;
+    const PROT_SEM: i32 = 0x8;
+    let known = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC | PROT_SEM | grows;
+    if prot & !known != 0 || prot & grows == grows {
+        return Err(Errno(libc::EINVAL));
+    }
+    mem.check_user(addr, end - addr)
+        .map_err(|_| Errno(libc::ENOMEM))?;
+    Ok(0)
 }
 
 fn read_iovecs(mem: &GuestMemory, iov: u64, count: u64) -> Result<Vec<Iovec>, Errno> {
@@ -702,6 +845,7 @@ fn read_iovecs(mem: &GuestMemory, iov: u64, count: u64) -> Result<Vec<Iovec>, Er
         if v.len > i64::MAX as u64 {
             return Err(Errno(libc::EINVAL));
         }
+        access_ok(v.base, v.len)?;
         out.push(v);
     }
     Ok(out)
@@ -792,11 +936,33 @@ fn getcwd(mem: &GuestMemory, buf: u64, size: u64) -> SysResult {
 
 /// The guest has no file system: any path it names does not exist.
 fn no_such_file(mem: &GuestMemory, path: u64) -> SysResult {
-    mem.read_user_cstr(path, PATH_MAX)?;
+    read_path(mem, path)?;
     Err(Errno(libc::ENOENT))
 }
 
-fn sigaltstack(mem: &GuestMemory, old: u64) -> SysResult {
+/// Reads a path: EFAULT if it is not user memory, ENAMETOOLONG if its first
+/// `PATH_MAX` bytes hold no NUL.
+fn read_path(mem: &GuestMemory, path: u64) -> Result<Vec<u8>, Errno> {
+    mem.read_user_cstr(path, PATH_MAX).map_err(|_| {
+        if mem.check_user(path, PATH_MAX).is_ok() {
+            Errno(libc::ENAMETOOLONG)
+        } else {
+            Errno(libc::EFAULT)
+        }
+    })
+}
+
+/// `sigaltstack(new, old)`: a new stack is read and checked, then ignored; the old one
+/// reads as disabled.
+fn sigaltstack(mem: &GuestMemory, new: u64, old: u64) -> SysResult {
+    if new != 0 {
+        let ss: SigStack = mem.read_user_obj(new)?;
+        const SS_AUTODISARM: i32 = 1 << 31;
+        let mode = ss.flags & !SS_AUTODISARM;
+        if mode != 0 && mode != libc::SS_DISABLE && mode != libc::SS_ONSTACK {
+            return Err(Errno(libc::EINVAL));
+        }
+    }
     if old != 0 {
         mem.write_user_obj(
             old,
@@ -809,15 +975,19 @@ fn sigaltstack(mem: &GuestMemory, old: u64) -> SysResult {
     Ok(0)
 }
 
+/// `rt_sigaction(sig, act, old, sigsetsize)`: a new action is read and dropped; the old
+/// one reads as `SIG_DFL`.
 fn rt_sigaction(mem: &GuestMemory, sig: u64, act: u64, old: u64, sigsetsize: u64) -> SysResult {
-    if sigsetsize != 8 || !(1..=64).contains(&sig) {
-        return Err(Errno(libc::EINVAL));
-    }
-    if act != 0 && (sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64) {
+    if sigsetsize != 8 {
         return Err(Errno(libc::EINVAL));
     }
     if act != 0 {
         mem.read_user_obj::<KernelSigaction>(act)?;
+    }
+    if !(1..=64).contains(&sig)
+        || (act != 0 && (sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64))
+    {
+        return Err(Errno(libc::EINVAL));
     }
     if old != 0 {
         mem.write_user_obj(old, KernelSigaction::default())?;
@@ -825,12 +995,36 @@ fn rt_sigaction(mem: &GuestMemory, sig: u64, act: u64, old: u64, sigsetsize: u64
     Ok(0)
 }
 
-fn rt_sigprocmask(mem: &GuestMemory, old: u64, sigsetsize: u64) -> SysResult {
+/// `rt_sigprocmask(how, set, old, sigsetsize)`: a new mask is read and checked, then
+/// ignored; the old one reads as empty.
+fn rt_sigprocmask(mem: &GuestMemory, how: i32, set: u64, old: u64, sigsetsize: u64) -> SysResult {
     if sigsetsize != 8 {
         return Err(Errno(libc::EINVAL));
+    }
+    if set != 0 {
+        mem.read_user_obj::<u64>(set)?;
+        if !matches!(how, libc::SIG_BLOCK | libc::SIG_UNBLOCK | libc::SIG_SETMASK) {
+            return Err(Errno(libc::EINVAL));
+        }
     }
     if old != 0 {
         mem.write_user_obj(old, 0u64)?;
     }
     Ok(0)
 }
+
+/// `getrusage(who, usage)`: all zero.
+fn getrusage(mem: &GuestMemory, who: i32, usage: u64) -> SysResult {
+    const RUSAGE_THREAD: i32 = 1;
+    if !matches!(
+        who,
+        libc::RUSAGE_SELF | libc::RUSAGE_CHILDREN | RUSAGE_THREAD
+    ) {
+        return Err(Errno(libc::EINVAL));
+    }
+    mem.write_user(usage, &[0u8; 144])?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests;
