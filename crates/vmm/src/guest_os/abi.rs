@@ -128,18 +128,20 @@ impl Utsname {
 }
 
 impl Timespec {
+    /// The timespec of a duration (seconds beyond `i64::MAX` saturate).
     pub fn from_duration(d: std::time::Duration) -> Self {
         Self {
-            sec: d.as_secs() as i64,
+            sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
             nsec: i64::from(d.subsec_nanos()),
         }
     }
 
     /// The duration, or `None` if negative or not normalized (EINVAL).
     pub fn to_duration(self) -> Option<std::time::Duration> {
-        if self.sec < 0 || !(0..1_000_000_000).contains(&self.nsec) {
-            return None;
-        }
-        Some(std::time::Duration::new(self.sec as u64, self.nsec as u32))
+        let sec = u64::try_from(self.sec).ok()?;
+        let nsec = u32::try_from(self.nsec)
+            .ok()
+            .filter(|&n| n < 1_000_000_000)?;
+        Some(std::time::Duration::new(sec, nsec))
     }
 }

@@ -5,6 +5,15 @@
 //! queue the VMM fills) and writes responses to stdout. When the guest reads stdin
 //! and nothing is pending, the call is left pending and the VMM is told: that is the
 //! "ready" point a snapshot is taken at, and where an invocation ends.
+//!
+//! Every number here comes from the guest: conversions between integer types are
+//! checked (`try_from`) or carry a comment saying why they cannot truncate or wrap.
+
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 pub mod abi;
 pub mod mm;

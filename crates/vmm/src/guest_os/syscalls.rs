@@ -38,6 +38,25 @@ impl From<MmError> for Errno {
 
 type SysResult = Result<u64, Errno>;
 
+/// What RAX gets: the value's 64 bits, or −errno. A value of 2⁶³ or more would read as
+/// an error to the guest; none is made (addresses lie in guest memory, counts are
+/// bounded), except `time`'s seconds, which go back as the signed value they were.
+fn ret(r: SysResult) -> i64 {
+    r.map_or_else(|Errno(e)| -i64::from(e), u64::cast_signed)
+}
+
+/// A C `unsigned int` argument: Linux's system-call wrappers take the low 32 bits of
+/// the register and ignore the rest.
+#[allow(clippy::cast_possible_truncation)] // the truncation is the system-call ABI
+fn uint(arg: u64) -> u32 {
+    arg as u32
+}
+
+/// A C `int` argument: the low 32 bits of the register, as for [`uint`].
+fn int(arg: u64) -> i32 {
+    uint(arg).cast_signed()
+}
+
 /// Largest single write the VMM copies out of the guest at once.
 const IO_CHUNK: u64 = 1 << 20;
 /// Largest path the VMM reads from the guest.
@@ -63,29 +82,34 @@ const QUIET_ENOSYS: [c_long; 4] = [
 
 impl GuestOs {
     /// Carries out one system call of the guest.
+    ///
+    /// Arguments are taken as Linux declares them: a C `int` or `unsigned int` is the
+    /// low 32 bits of its register ([`int`], [`uint`]), and so is the call's number.
     pub fn syscall(&mut self, mem: &GuestMemory, call: &Syscall) -> Outcome {
         self.counters.syscalls += 1;
-        let [a0, a1, a2, a3, a4, _] = call.args;
-        let n = call.nr as c_long;
+        let [a0, a1, a2, a3, a4, a5] = call.args;
+        let n = c_long::from(int(call.nr));
         let result: SysResult = match n {
-            libc::SYS_read => return self.read(mem, a0, a1, a2),
-            libc::SYS_write => self.write(mem, a0, a1, a2),
-            libc::SYS_writev => self.writev(mem, a0, a1, a2),
-            libc::SYS_readv => return self.readv(mem, a0, a1, a2),
-            libc::SYS_pread64 | libc::SYS_pwrite64 if (a3 as i64) < 0 => Err(Errno(libc::EINVAL)),
+            libc::SYS_read => return self.read(mem, uint(a0), a1, a2),
+            libc::SYS_write => self.write(mem, uint(a0), a1, a2),
+            libc::SYS_writev => self.writev(mem, uint(a0), a1, a2),
+            libc::SYS_readv => return self.readv(mem, uint(a0), a1, a2),
+            libc::SYS_pread64 | libc::SYS_pwrite64 if a3.cast_signed() < 0 => {
+                Err(Errno(libc::EINVAL))
+            }
             libc::SYS_pread64 | libc::SYS_pwrite64 | libc::SYS_lseek => {
-                self.on_std_fd(a0, libc::ESPIPE)
+                self.on_std_fd(uint(a0), libc::ESPIPE)
             }
             libc::SYS_brk => Ok(self.brk(mem, a0)),
-            libc::SYS_mmap => self.mmap(mem, a0, a1, a3 as i32, a4 as i32),
+            libc::SYS_mmap => self.mmap(mem, a0, a1, int(a3), int(a4)),
             libc::SYS_munmap => self.munmap(mem, a0, a1),
             libc::SYS_mremap => self.mremap(mem, a0, a1, a2, a3, a4),
-            libc::SYS_mprotect => mprotect(mem, a0, a1, a2 as i32),
-            libc::SYS_madvise => self.madvise(mem, a0, a1, a2 as i32),
+            libc::SYS_mprotect => mprotect(mem, a0, a1, a2),
+            libc::SYS_madvise => self.madvise(mem, a0, a1, int(a2)),
             libc::SYS_mlock | libc::SYS_munlock | libc::SYS_mlockall | libc::SYS_munlockall => {
                 Ok(0)
             }
-            libc::SYS_arch_prctl => self.arch_prctl(mem, a0, a1),
+            libc::SYS_arch_prctl => self.arch_prctl(mem, int(a0), a1),
             libc::SYS_set_tid_address => Ok(1),
             libc::SYS_set_robust_list => {
                 if a1 == 24 {
@@ -94,14 +118,14 @@ impl GuestOs {
                     Err(Errno(libc::EINVAL))
                 }
             }
-            libc::SYS_prlimit64 => self.prlimit(mem, a0, a1 as u32, a2, a3),
-            libc::SYS_getrlimit => self.getrlimit(mem, a0 as u32, a1),
+            libc::SYS_prlimit64 => self.prlimit(mem, int(a0), uint(a1), a2, a3),
+            libc::SYS_getrlimit => self.getrlimit(mem, uint(a0), a1),
             // NULL is no new limit to prlimit64 but a bad pointer to setrlimit.
             libc::SYS_setrlimit if a1 == 0 => Err(Errno(libc::EFAULT)),
-            libc::SYS_setrlimit => self.prlimit(mem, 0, a0 as u32, a1, 0),
-            libc::SYS_getrandom => self.getrandom(mem, a0, a1, a2 as u32),
-            libc::SYS_clock_gettime => self.clock_gettime(mem, a0 as i32, a1),
-            libc::SYS_clock_getres => clock_id(a0).and_then(|_| {
+            libc::SYS_setrlimit => self.prlimit(mem, 0, uint(a0), a1, 0),
+            libc::SYS_getrandom => self.getrandom(mem, a0, a1, uint(a2)),
+            libc::SYS_clock_gettime => self.clock_gettime(mem, int(a0), a1),
+            libc::SYS_clock_getres => clock_id(int(a0)).and_then(|_| {
                 if a1 != 0 {
                     mem.write_user_obj(a1, Timespec { sec: 0, nsec: 1 })?;
                 }
@@ -110,9 +134,9 @@ impl GuestOs {
             libc::SYS_gettimeofday => self.gettimeofday(mem, a0),
             libc::SYS_time => self.time(mem, a0),
             libc::SYS_nanosleep => self.nanosleep(mem, libc::CLOCK_MONOTONIC, 0, a0),
-            libc::SYS_clock_nanosleep => self.nanosleep(mem, a0 as i32, a1 as i32, a2),
+            libc::SYS_clock_nanosleep => self.nanosleep(mem, int(a0), int(a1), a2),
             libc::SYS_sched_yield => Ok(0),
-            libc::SYS_sched_getaffinity => sched_getaffinity(mem, a1, a2),
+            libc::SYS_sched_getaffinity => sched_getaffinity(mem, uint(a1), a2),
             libc::SYS_sched_setaffinity => Ok(0),
             libc::SYS_getpid | libc::SYS_gettid | libc::SYS_getpgrp | libc::SYS_getsid => Ok(1),
             libc::SYS_getppid => Ok(0),
@@ -128,24 +152,22 @@ impl GuestOs {
             | libc::SYS_openat
             | libc::SYS_faccessat
             | libc::SYS_faccessat2 => no_such_file(mem, a1),
-            libc::SYS_close => self.on_std_fd(a0, 0),
-            libc::SYS_fstat => self.fstat(mem, a0, a1),
-            libc::SYS_newfstatat => self.newfstatat(mem, a0, a1, a2, a3 as i32),
-            libc::SYS_ioctl => self.on_std_fd(a0, libc::ENOTTY),
-            libc::SYS_fcntl => self.fcntl(a0, a1 as i32),
-            libc::SYS_poll => return self.poll(mem, a0, a1, a2 as i32 as i64),
-            libc::SYS_ppoll => return self.ppoll(mem, a0, a1, a2, a3, a4),
+            libc::SYS_close => self.on_std_fd(uint(a0), 0),
+            libc::SYS_fstat => self.fstat(mem, uint(a0), a1),
+            libc::SYS_newfstatat => self.newfstatat(mem, int(a0), a1, a2, int(a3)),
+            libc::SYS_ioctl => self.on_std_fd(uint(a0), libc::ENOTTY),
+            libc::SYS_fcntl => self.fcntl(uint(a0), int(a1)),
+            libc::SYS_poll => return self.poll(mem, a0, uint(a1), int(a2)),
+            libc::SYS_ppoll => return self.ppoll(mem, a0, uint(a1), a2, a3, a4),
             libc::SYS_sigaltstack => sigaltstack(mem, a0, a1),
-            libc::SYS_rt_sigaction => rt_sigaction(mem, a0, a1, a2, a3),
-            libc::SYS_rt_sigprocmask => rt_sigprocmask(mem, a0 as i32, a1, a2, a3),
-            libc::SYS_futex => {
-                return self.futex(mem, a0, a1 as i32, a2 as u32, a3, call.args[5] as u32);
-            }
-            libc::SYS_getrusage => getrusage(mem, a0 as i32, a1),
+            libc::SYS_rt_sigaction => rt_sigaction(mem, int(a0), a1, a2, a3),
+            libc::SYS_rt_sigprocmask => rt_sigprocmask(mem, int(a0), a1, a2, a3),
+            libc::SYS_futex => return self.futex(mem, a0, int(a1), uint(a2), a3, uint(a5)),
+            libc::SYS_getrusage => getrusage(mem, int(a0), a1),
             libc::SYS_prctl => Err(Errno(libc::EINVAL)),
-            libc::SYS_exit | libc::SYS_exit_group => return Outcome::Exit(a0 as i32 & 0xff),
-            libc::SYS_kill | libc::SYS_tkill => return self.kill(a0 as i32, a1 as i32),
-            libc::SYS_tgkill => return self.kill(a1 as i32, a2 as i32),
+            libc::SYS_exit | libc::SYS_exit_group => return Outcome::Exit(int(a0) & 0xff),
+            libc::SYS_kill | libc::SYS_tkill => return self.kill(int(a0), int(a1)),
+            libc::SYS_tgkill => return self.kill(int(a1), int(a2)),
             libc::SYS_clone
             | libc::SYS_fork
             | libc::SYS_vfork
@@ -164,10 +186,7 @@ impl GuestOs {
                 Err(Errno(libc::ENOSYS))
             }
         };
-        let ret = match result {
-            Ok(v) => v as i64,
-            Err(Errno(e)) => -i64::from(e),
-        };
+        let ret = ret(result);
         tracing::trace!(nr = call.nr, args = ?call.args, ret, "syscall");
         Outcome::Return(ret)
     }
@@ -179,7 +198,7 @@ impl GuestOs {
     }
 
     /// Answers `ok` for the standard streams and EBADF for any other descriptor.
-    fn on_std_fd(&self, fd: u64, ok: i32) -> SysResult {
+    fn on_std_fd(&self, fd: u32, ok: i32) -> SysResult {
         match fd {
             0..=2 if ok == 0 => Ok(0),
             0..=2 => Err(Errno(ok)),
@@ -187,7 +206,7 @@ impl GuestOs {
         }
     }
 
-    fn read(&mut self, mem: &GuestMemory, fd: u64, buf: u64, count: u64) -> Outcome {
+    fn read(&mut self, mem: &GuestMemory, fd: u32, buf: u64, count: u64) -> Outcome {
         let r = match fd {
             // Linux checks the whole buffer against the user address space first; the
             // bytes actually copied are checked against user memory below.
@@ -197,7 +216,7 @@ impl GuestOs {
             0 => self.read_stdin(mem, buf, count),
             _ => Err(Errno(libc::EBADF)),
         };
-        Outcome::Return(r.map_or_else(|Errno(e)| -i64::from(e), |v| v as i64))
+        Outcome::Return(ret(r))
     }
 
     /// Moves up to `count` pending stdin bytes to guest memory at `buf`.
@@ -213,7 +232,7 @@ impl GuestOs {
         Ok(n)
     }
 
-    fn readv(&mut self, mem: &GuestMemory, fd: u64, iov: u64, count: u64) -> Outcome {
+    fn readv(&mut self, mem: &GuestMemory, fd: u32, iov: u64, count: u64) -> Outcome {
         // The descriptor and the iovecs are checked before the call blocks, and a
         // zero total length returns at once, as on Linux.
         let iovecs = match fd {
@@ -226,7 +245,7 @@ impl GuestOs {
             Ok(v) => self.readv_now(mem, &v),
             Err(e) => Err(e),
         };
-        Outcome::Return(r.map_or_else(|Errno(e)| -i64::from(e), |v| v as i64))
+        Outcome::Return(ret(r))
     }
 
     /// Fills the buffers in order from stdin. A buffer that is not user memory ends the
@@ -247,7 +266,7 @@ impl GuestOs {
         Ok(total)
     }
 
-    fn write(&mut self, mem: &GuestMemory, fd: u64, buf: u64, count: u64) -> SysResult {
+    fn write(&mut self, mem: &GuestMemory, fd: u32, buf: u64, count: u64) -> SysResult {
         if !(1..=2).contains(&fd) {
             return Err(Errno(libc::EBADF));
         }
@@ -266,7 +285,7 @@ impl GuestOs {
         Ok(count)
     }
 
-    fn writev(&mut self, mem: &GuestMemory, fd: u64, iov: u64, count: u64) -> SysResult {
+    fn writev(&mut self, mem: &GuestMemory, fd: u32, iov: u64, count: u64) -> SysResult {
         if !(1..=2).contains(&fd) {
             return Err(Errno(libc::EBADF));
         }
@@ -286,7 +305,7 @@ impl GuestOs {
     }
 
     /// Sends guest output to stdout (fd 1) or stderr (fd 2).
-    fn emit(&mut self, fd: u64, data: &[u8]) -> Result<(), Errno> {
+    fn emit(&mut self, fd: u32, data: &[u8]) -> Result<(), Errno> {
         let sink = if fd == 1 {
             &mut self.stdout
         } else {
@@ -407,11 +426,11 @@ impl GuestOs {
         Ok(0)
     }
 
-    fn arch_prctl(&mut self, mem: &GuestMemory, code: u64, addr: u64) -> SysResult {
-        const ARCH_SET_GS: u64 = 0x1001;
-        const ARCH_SET_FS: u64 = 0x1002;
-        const ARCH_GET_FS: u64 = 0x1003;
-        const ARCH_GET_GS: u64 = 0x1004;
+    fn arch_prctl(&mut self, mem: &GuestMemory, code: i32, addr: u64) -> SysResult {
+        const ARCH_SET_GS: i32 = 0x1001;
+        const ARCH_SET_FS: i32 = 0x1002;
+        const ARCH_GET_FS: i32 = 0x1003;
+        const ARCH_GET_GS: i32 = 0x1004;
         // Addresses in the user address space only.
         let canonical = addr < TASK_SIZE_MAX;
         match code {
@@ -443,7 +462,7 @@ impl GuestOs {
     fn prlimit(
         &mut self,
         mem: &GuestMemory,
-        pid: u64,
+        pid: i32,
         resource: u32,
         new: u64,
         old: u64,
@@ -517,7 +536,7 @@ impl GuestOs {
     }
 
     fn clock_gettime(&mut self, mem: &GuestMemory, clock: i32, tp: u64) -> SysResult {
-        let now = host_clock(clock_id(clock as u64)?)?;
+        let now = host_clock(clock_id(clock)?)?;
         mem.write_user_obj(tp, now)?;
         Ok(0)
     }
@@ -541,11 +560,12 @@ impl GuestOs {
         if tloc != 0 {
             mem.write_user_obj(tloc, now.sec)?;
         }
-        Ok(now.sec as u64)
+        // The seconds go to RAX as they are (a clock before 1970 reads as negative).
+        Ok(now.sec.cast_unsigned())
     }
 
     fn nanosleep(&mut self, mem: &GuestMemory, clock: i32, flags: i32, req: u64) -> SysResult {
-        let clock = clock_id(clock as u64)?;
+        let clock = clock_id(clock)?;
         let ts: Timespec = mem.read_user_obj(req)?;
         let mut d = ts.to_duration().ok_or(Errno(libc::EINVAL))?;
         if flags & libc::TIMER_ABSTIME != 0 {
@@ -565,7 +585,7 @@ impl GuestOs {
         std::thread::sleep(d);
     }
 
-    fn fstat(&mut self, mem: &GuestMemory, fd: u64, buf: u64) -> SysResult {
+    fn fstat(&mut self, mem: &GuestMemory, fd: u32, buf: u64) -> SysResult {
         if fd > 2 {
             return Err(Errno(libc::EBADF));
         }
@@ -582,29 +602,30 @@ impl GuestOs {
     fn newfstatat(
         &mut self,
         mem: &GuestMemory,
-        dirfd: u64,
+        dirfd: i32,
         path: u64,
         buf: u64,
         flags: i32,
     ) -> SysResult {
         let path = read_path(mem, path)?;
         if path.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
-            return self.fstat(mem, dirfd as i32 as i64 as u64, buf);
+            // A negative descriptor is no descriptor, as a large unsigned one.
+            return self.fstat(mem, dirfd.cast_unsigned(), buf);
         }
         Err(Errno(libc::ENOENT))
     }
 
-    fn fcntl(&mut self, fd: u64, cmd: i32) -> SysResult {
+    fn fcntl(&mut self, fd: u32, cmd: i32) -> SysResult {
         if fd > 2 {
             return Err(Errno(libc::EBADF));
         }
         match cmd {
             libc::F_GETFD | libc::F_SETFD | libc::F_SETFL => Ok(0),
             libc::F_GETFL => Ok(if fd == 0 {
-                libc::O_RDONLY
+                libc::O_RDONLY.cast_unsigned().into()
             } else {
-                libc::O_WRONLY
-            } as u64),
+                libc::O_WRONLY.cast_unsigned().into()
+            }),
             libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => Err(Errno(libc::EMFILE)),
             _ => Err(Errno(libc::EINVAL)),
         }
@@ -627,8 +648,9 @@ impl GuestOs {
         ready
     }
 
-    fn poll(&mut self, mem: &GuestMemory, fds: u64, nfds: u64, timeout_ms: i64) -> Outcome {
-        let timeout = (timeout_ms >= 0).then(|| Duration::from_millis(timeout_ms as u64));
+    fn poll(&mut self, mem: &GuestMemory, fds: u64, nfds: u32, timeout_ms: i32) -> Outcome {
+        // A negative timeout waits forever.
+        let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
         self.poll_common(mem, fds, nfds, timeout)
     }
 
@@ -636,7 +658,7 @@ impl GuestOs {
         &mut self,
         mem: &GuestMemory,
         fds: u64,
-        nfds: u64,
+        nfds: u32,
         tsp: u64,
         sigmask: u64,
         sigsetsize: u64,
@@ -669,21 +691,24 @@ impl GuestOs {
         &mut self,
         mem: &GuestMemory,
         fds: u64,
-        nfds: u64,
+        nfds: u32,
         timeout: Option<Duration>,
     ) -> Outcome {
         let r = (|| {
-            if nfds > IOV_MAX {
+            if u64::from(nfds) > IOV_MAX {
                 return Err(Errno(libc::EINVAL));
             }
-            let mut polled = Vec::with_capacity(nfds as usize);
-            for i in 0..nfds {
-                polled.push(mem.read_user_obj::<PollFd>(fds + i * 8)?);
-            }
+            let addrs = (0..u64::from(nfds))
+                .map(|i| fds.checked_add(i * 8).ok_or(Errno(libc::EFAULT)))
+                .collect::<Result<Vec<u64>, Errno>>()?;
+            let mut polled = addrs
+                .iter()
+                .map(|&at| mem.read_user_obj::<PollFd>(at).map_err(Errno::from))
+                .collect::<Result<Vec<PollFd>, Errno>>()?;
             let ready = self.poll_fds(&mut polled);
-            Ok((polled, ready))
+            Ok((addrs, polled, ready))
         })();
-        let (polled, ready) = match r {
+        let (addrs, polled, ready) = match r {
             Ok(v) => v,
             Err(Errno(e)) => return Outcome::Return(-i64::from(e)),
         };
@@ -701,12 +726,12 @@ impl GuestOs {
                 }
             }
         }
-        for (i, p) in polled.iter().enumerate() {
-            if mem.write_user_obj(fds + i as u64 * 8, *p).is_err() {
+        for (&at, &p) in addrs.iter().zip(&polled) {
+            if mem.write_user_obj(at, p).is_err() {
                 return Outcome::Return(-i64::from(libc::EFAULT));
             }
         }
-        Outcome::Return(ready as i64)
+        Outcome::Return(ret(Ok(ready)))
     }
 
     /// `futex(uaddr, op, val, timeout, uaddr2, val3)`, in Linux's order of checks: the
@@ -814,7 +839,7 @@ fn access_ok(addr: u64, len: u64) -> Result<(), Errno> {
 
 /// `mprotect(addr, len, prot)`: checked as Linux does, with no effect (there are no page
 /// protections). Memory outside user memory counts as unmapped (ENOMEM).
-fn mprotect(mem: &GuestMemory, addr: u64, len: u64, prot: i32) -> SysResult {
+fn mprotect(mem: &GuestMemory, addr: u64, len: u64, prot: u64) -> SysResult {
     if !addr.is_multiple_of(PAGE_SIZE) {
         return Err(Errno(libc::EINVAL));
     }
@@ -824,9 +849,12 @@ fn mprotect(mem: &GuestMemory, addr: u64, len: u64, prot: i32) -> SysResult {
     let end = crate::arch::layout::page_align_up(len)
         .and_then(|len| addr.checked_add(len))
         .ok_or(Errno(libc::ENOMEM))?;
-    let grows = libc::PROT_GROWSDOWN | libc::PROT_GROWSUP;
+    // `prot` is an `unsigned long`: unknown bits anywhere in it are EINVAL.
     const PROT_SEM: i32 = 0x8;
-    let known = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC | PROT_SEM | grows;
+    let grows = u64::from((libc::PROT_GROWSDOWN | libc::PROT_GROWSUP).cast_unsigned());
+    let known = u64::from(
+        (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC | PROT_SEM).cast_unsigned(),
+    ) | grows;
     if prot & !known != 0 || prot & grows == grows {
         return Err(Errno(libc::EINVAL));
     }
@@ -835,24 +863,28 @@ fn mprotect(mem: &GuestMemory, addr: u64, len: u64, prot: i32) -> SysResult {
     Ok(0)
 }
 
+/// Reads `count` iovecs at `iov` as Linux's `import_iovec` does: at most `IOV_MAX`
+/// (EINVAL), each length at most `SSIZE_MAX` (EINVAL) and in the user address space
+/// (EFAULT).
 fn read_iovecs(mem: &GuestMemory, iov: u64, count: u64) -> Result<Vec<Iovec>, Errno> {
     if count > IOV_MAX {
         return Err(Errno(libc::EINVAL));
     }
-    let mut out = Vec::with_capacity(count as usize);
-    for i in 0..count {
-        let v: Iovec = mem.read_user_obj(iov.checked_add(i * 16).ok_or(Errno(libc::EFAULT))?)?;
-        if v.len > i64::MAX as u64 {
-            return Err(Errno(libc::EINVAL));
-        }
-        access_ok(v.base, v.len)?;
-        out.push(v);
-    }
-    Ok(out)
+    (0..count)
+        .map(|i| {
+            let at = iov.checked_add(i * 16).ok_or(Errno(libc::EFAULT))?;
+            let v: Iovec = mem.read_user_obj(at)?;
+            if i64::try_from(v.len).is_err() {
+                return Err(Errno(libc::EINVAL));
+            }
+            access_ok(v.base, v.len)?;
+            Ok(v)
+        })
+        .collect()
 }
 
-fn clock_id(clock: u64) -> Result<i32, Errno> {
-    match clock as i32 {
+fn clock_id(clock: i32) -> Result<i32, Errno> {
+    match clock {
         c @ (libc::CLOCK_REALTIME
         | libc::CLOCK_MONOTONIC
         | libc::CLOCK_PROCESS_CPUTIME_ID
@@ -899,12 +931,13 @@ fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
             }
             return Err(e);
         }
-        done += n as usize;
+        // Not negative (checked above), and at most the length asked for.
+        done += n.unsigned_abs();
     }
     Ok(())
 }
 
-fn sched_getaffinity(mem: &GuestMemory, len: u64, mask: u64) -> SysResult {
+fn sched_getaffinity(mem: &GuestMemory, len: u32, mask: u64) -> SysResult {
     if len < 8 || !len.is_multiple_of(8) {
         return Err(Errno(libc::EINVAL));
     }
@@ -977,16 +1010,14 @@ fn sigaltstack(mem: &GuestMemory, new: u64, old: u64) -> SysResult {
 
 /// `rt_sigaction(sig, act, old, sigsetsize)`: a new action is read and dropped; the old
 /// one reads as `SIG_DFL`.
-fn rt_sigaction(mem: &GuestMemory, sig: u64, act: u64, old: u64, sigsetsize: u64) -> SysResult {
+fn rt_sigaction(mem: &GuestMemory, sig: i32, act: u64, old: u64, sigsetsize: u64) -> SysResult {
     if sigsetsize != 8 {
         return Err(Errno(libc::EINVAL));
     }
     if act != 0 {
         mem.read_user_obj::<KernelSigaction>(act)?;
     }
-    if !(1..=64).contains(&sig)
-        || (act != 0 && (sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64))
-    {
+    if !(1..=64).contains(&sig) || (act != 0 && (sig == libc::SIGKILL || sig == libc::SIGSTOP)) {
         return Err(Errno(libc::EINVAL));
     }
     if old != 0 {

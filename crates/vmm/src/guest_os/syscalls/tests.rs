@@ -44,7 +44,7 @@ const BAD: [(&str, u64); 9] = [
 ];
 
 /// `AT_FDCWD` as the guest passes it.
-const CWD: u64 = libc::AT_FDCWD as u64;
+const CWD: u64 = (libc::AT_FDCWD as i64).cast_unsigned();
 
 fn errno(e: i32) -> i64 {
     -i64::from(e)
@@ -1558,4 +1558,24 @@ fn unknown_system_calls_are_enosys() {
         assert_eq!(g.ret(nr, &[0, 0, 0]), errno(ENOSYS), "{nr}");
     }
     assert_eq!(g.os.counters().syscalls, 10);
+}
+
+#[test]
+fn int_arguments_and_the_call_number_are_the_low_32_bits_of_their_registers() {
+    use libc::*;
+    // Linux's wrappers cast `long` registers to `int`/`unsigned int` parameters, and
+    // its entry code takes the number as an `int`.
+    let high = 0xdead_0000_0000;
+    let mut g = Guest::new();
+    g.put_bytes(BUF, b"x");
+    assert_eq!(g.ret(SYS_write, &[high | 1, BUF, 1]), 1, "fd");
+    assert_eq!(g.stdout.bytes(), b"x");
+    let getpid = (high | SYS_getpid as u64).cast_signed();
+    assert_eq!(g.ret(getpid, &[]), 1, "number");
+    let clock = high | CLOCK_MONOTONIC as u64;
+    assert_eq!(g.ret(SYS_clock_gettime, &[clock, BUF]), 0, "clock");
+    assert_eq!(g.call(SYS_exit, &[high | 3]), Outcome::Exit(3), "status");
+    // `prot` is an `unsigned long`: a bit above 32 is an unknown flag.
+    let m = addr(g.mmap(0, PAGE, ANON));
+    assert_eq!(g.ret(SYS_mprotect, &[m, PAGE, high]), errno(EINVAL));
 }
