@@ -15,11 +15,12 @@ use crate::vstate::watchdog::Watchdog;
 /// Default guest memory, as in the paper's setup.
 pub const DEFAULT_MEM_MIB: u64 = 256;
 
+/// How to boot a microVM.
 #[derive(Debug, Clone)]
 pub struct MicroVmConfig {
     /// Guest memory in MiB (a multiple of 2 between 16 and 4096).
     pub mem_mib: u64,
-    /// argv, including argv[0].
+    /// argv, including `argv[0]`.
     pub args: Vec<String>,
     /// The environment, as `KEY=VALUE` strings.
     pub env: Vec<String>,
@@ -38,47 +39,86 @@ impl Default for MicroVmConfig {
 /// Why a guest stopped for good: the program did something that ends it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GuestFault {
+    /// A CPU exception (decoded by [`arch::decode_exception`]).
     #[error("guest crashed: {name}{detail} at RIP {rip:#x}")]
     Exception {
+        /// The exception vector.
         vector: u8,
+        /// Its architectural name.
         name: &'static str,
+        /// For a page fault, the access and address; else the error code, if any.
         detail: String,
+        /// RIP of the faulting instruction.
         rip: u64,
     },
+    /// A fault while delivering a double fault: KVM's `SHUTDOWN` exit.
     #[error("guest crashed: triple fault at RIP {rip:#x}")]
-    TripleFault { rip: u64 },
+    TripleFault {
+        /// RIP at the shutdown.
+        rip: u64,
+    },
+    /// Port I/O anywhere but the system-call and exception stubs.
     #[error(
         "guest executed an I/O instruction (port {port:#x}) outside the syscall stub at RIP {rip:#x}"
     )]
-    StrayIo { port: u16, rip: u64 },
+    StrayIo {
+        /// The port.
+        port: u16,
+        /// RIP of the instruction (of the next one when KVM reported the exit).
+        rip: u64,
+    },
+    /// The run's time limit passed.
     #[error("guest ran past its time limit of {0:?}")]
     Timeout(Duration),
+    /// The program sent itself a fatal signal (`abort()`, `kill`).
     #[error("guest was killed by signal {signal} ({name})")]
-    Signal { signal: i32, name: &'static str },
+    Signal {
+        /// The signal number.
+        signal: i32,
+        /// Its name (`SIGABRT`, …), or "signal".
+        name: &'static str,
+    },
+    /// The program waits for something that can never happen (a futex or poll with no
+    /// timeout and no other thread).
     #[error("guest cannot make progress: {0}")]
     Stuck(String),
+    /// A vCPU exit the VMM does not expect (`HLT`, MMIO, a KVM failure).
     #[error("unexpected vCPU exit ({what}) at RIP {rip:#x}")]
-    UnexpectedExit { what: String, rip: u64 },
+    UnexpectedExit {
+        /// KVM's name for the exit, or what the access was.
+        what: String,
+        /// RIP at the exit.
+        rip: u64,
+    },
 }
 
+/// Why a microVM could not be built, run or saved.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// The guest stopped for good.
     #[error(transparent)]
     Guest(#[from] GuestFault),
+    /// A guest memory size (in MiB) the VMM does not support.
     #[error(
         "guest memory of {0} MiB is not supported (a multiple of 2 MiB between 16 MiB and 4096 MiB)"
     )]
     MemSize(u64),
+    /// Guest memory could not be mapped.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The KVM VM could not be created.
     #[error(transparent)]
     Kvm(#[from] KvmVmError),
+    /// A vCPU ioctl failed.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// The vCPU's initial or restored state could not be set.
     #[error("cannot set up the vCPU")]
     Cpu(#[from] arch::CpuSetupError),
+    /// The program could not be loaded.
     #[error("cannot load the program")]
     Load(#[from] LoadError),
+    /// [`MicroVm::save`] outside the ready point.
     #[error("the guest is not at its ready point (blocked reading stdin)")]
     NotReady,
 }
@@ -93,11 +133,15 @@ pub enum RunExit {
     Exited(i32),
 }
 
+/// A microVM: one KVM VM with one vCPU running one program, its guest memory and its
+/// guest OS.
 pub struct MicroVm {
     // Field order is drop order: the vCPU and VM go before the memory they use.
     vcpu: Vcpu,
     _vm: Vm,
+    /// The guest's memory.
     pub memory: GuestMemory,
+    /// The guest's operating system (stdin, stdout, address space).
     pub os: GuestOs,
     /// A read of stdin is pending (the guest is at its ready point).
     pending: bool,
@@ -108,8 +152,11 @@ pub struct MicroVm {
 /// What a snapshot saves of a microVM at its ready point.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct VmState {
+    /// Guest memory size in bytes.
     pub mem_size: u64,
+    /// The vCPU.
     pub vcpu: arch::VcpuState,
+    /// The guest OS.
     pub os: GuestOsState,
 }
 

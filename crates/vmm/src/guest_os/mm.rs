@@ -33,6 +33,9 @@ pub type Discards = Vec<(u64, u64)>;
 /// discards, and the ranges to zero.
 pub type Remap = (u64, Option<(u64, u64, u64)>, Discards);
 
+/// The program's address space: where its heap ends and which ranges it has mapped.
+/// Only the bookkeeping: guest memory itself is changed by the caller, from the
+/// ranges the methods return.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddressSpace {
     mem_size: u64,
@@ -64,6 +67,7 @@ impl AddressSpace {
         page_align_up(self.brk).unwrap_or(self.brk)
     }
 
+    /// The start of the heap and the current break.
     pub fn brk_range(&self) -> (u64, u64) {
         (self.brk_start, self.brk)
     }

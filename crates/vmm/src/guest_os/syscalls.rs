@@ -84,7 +84,7 @@ impl GuestOs {
     /// Carries out one system call of the guest.
     ///
     /// Arguments are taken as Linux declares them: a C `int` or `unsigned int` is the
-    /// low 32 bits of its register ([`int`], [`uint`]), and so is the call's number.
+    /// low 32 bits of its register, and so is the call's number.
     pub fn syscall(&mut self, mem: &GuestMemory, call: &Syscall) -> Outcome {
         self.counters.syscalls += 1;
         let [a0, a1, a2, a3, a4, a5] = call.args;
