@@ -1579,3 +1579,67 @@ fn int_arguments_and_the_call_number_are_the_low_32_bits_of_their_registers() {
     let m = addr(g.mmap(0, PAGE, ANON));
     assert_eq!(g.ret(SYS_mprotect, &[m, PAGE, high]), errno(EINVAL));
 }
+
+#[test]
+fn madvise_dontneed_zeroes_and_checks_the_range() {
+    use libc::{EINVAL, ENOMEM, MADV_DONTNEED, MADV_WILLNEED, SYS_madvise};
+    let mut g = Guest::new();
+    let m = addr(g.mmap(0, 2 * PAGE, ANON));
+    g.put_bytes(m, b"gone");
+    g.put_bytes(m + PAGE, b"kept");
+    let dontneed = MADV_DONTNEED as u64;
+    assert_eq!(
+        g.ret(SYS_madvise, &[m, 10, dontneed]),
+        0,
+        "rounded up to a page"
+    );
+    assert_eq!(g.bytes(m, 4), [0; 4]);
+    assert_eq!(g.bytes(m + PAGE, 4), b"kept");
+    assert_eq!(
+        g.ret(SYS_madvise, &[m + PAGE, PAGE, MADV_WILLNEED as u64]),
+        0
+    );
+    assert_eq!(
+        g.bytes(m + PAGE, 4),
+        b"kept",
+        "other advice changes nothing"
+    );
+    assert_eq!(g.ret(SYS_madvise, &[m + 1, PAGE, dontneed]), errno(EINVAL));
+    assert_eq!(g.ret(SYS_madvise, &[m, u64::MAX, dontneed]), errno(EINVAL));
+    assert_eq!(
+        g.ret(SYS_madvise, &[GDT_ADDR, PAGE, dontneed]),
+        errno(ENOMEM)
+    );
+    assert_eq!(
+        g.ret(SYS_madvise, &[MEM - PAGE, 2 * PAGE, dontneed]),
+        errno(ENOMEM)
+    );
+}
+
+#[test]
+fn saved_state_brings_back_the_address_space_bases_and_counters() {
+    let mut g = Guest::new();
+    g.brk(PROGRAM_END + 3 * PAGE);
+    let m = addr(g.mmap(0, 2 * PAGE, ANON));
+    assert_eq!(g.ret(libc::SYS_arch_prctl, &[0x1002, BUF]), 0);
+    let state = g.os.save();
+    let mut restored =
+        GuestOs::from_state(state.clone(), Box::new(io::sink()), Box::new(io::sink()));
+    assert_eq!(restored.save(), state);
+    assert_eq!(restored.fs_base(), BUF);
+    assert_eq!(
+        restored.mm.brk_range(),
+        (PROGRAM_END, PROGRAM_END + 3 * PAGE)
+    );
+    assert_eq!(restored.counters().syscalls, 3);
+    // The restored address space goes on where the saved one stopped.
+    assert_eq!(
+        restored.mm.mmap(0, PAGE, false, false).map(|(a, _)| a),
+        Ok(m - PAGE)
+    );
+    assert_eq!(
+        restored.take_changed_bases(),
+        None,
+        "loaded from the vCPU state"
+    );
+}
