@@ -11,47 +11,68 @@ use crate::vstate::memory::GuestMemory;
 /// Largest executable the loader reads.
 pub const MAX_BINARY_SIZE: u64 = 1 << 30;
 
+/// Why an executable cannot be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// No ELF magic.
     #[error("not an ELF file")]
     NotElf,
+    /// goblin could not parse it (its message).
     #[error("malformed ELF file: {0}")]
     Malformed(String),
+    /// A 32-bit ELF file.
     #[error("32-bit ELF executables are not supported (x86-64 only)")]
     Elf32,
+    /// Another architecture (`e_machine`).
     #[error("ELF machine {0} is not x86-64")]
     WrongMachine(u16),
+    /// Neither `ET_EXEC` nor `ET_DYN` (`e_type`).
     #[error("ELF type {0} is not an executable (ET_EXEC or a static PIE)")]
     NotExecutable(u16),
+    /// It names an interpreter (the dynamic loader's path).
     #[error(
         "dynamically linked executable (interpreter {0}): build it static, e.g. with -C target-feature=+crt-static"
     )]
     Dynamic(String),
+    /// `e_entry` is 0.
     #[error("executable has no entry point")]
     NoEntry,
+    /// No `PT_LOAD` segment.
     #[error("executable has no loadable segment")]
     NoSegments,
+    /// A segment's file range is not inside the file.
     #[error(
         "segment at file offset {offset:#x} (+{size:#x}) lies outside the {file_size}-byte file"
     )]
     SegmentOutsideFile {
+        /// `p_offset`.
         offset: u64,
+        /// `p_filesz`.
         size: u64,
+        /// The file's size.
         file_size: u64,
     },
+    /// A segment does not fit between the system area and the stack.
     #[error(
         "segment at {start:#x}..{end:#x} does not fit in guest memory (usable {usable_start:#x}..{usable_end:#x}; \
          the program needs more than the {mem_mib} MiB of guest memory, or is linked at an address below {usable_start:#x})"
     )]
     SegmentOutsideMemory {
+        /// The segment's first address.
         start: u64,
+        /// Its end.
         end: u64,
+        /// The lowest address a segment may use.
         usable_start: u64,
+        /// The end of the memory segments may use.
         usable_end: u64,
+        /// Guest memory in MiB.
         mem_mib: u64,
     },
+    /// More than [`MAX_BINARY_SIZE`] bytes.
     #[error("executable is {0} bytes, larger than the {MAX_BINARY_SIZE}-byte limit")]
     TooLarge(u64),
+    /// argv, envp and the auxiliary vector do not fit.
     #[error("initial stack does not fit in guest memory")]
     StackOverflow,
 }
@@ -59,9 +80,13 @@ pub enum LoadError {
 /// Where the program landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LoadedProgram {
+    /// The entry point (after the static-pie load offset).
     pub entry: u64,
+    /// Where the program headers are in guest memory (AT_PHDR).
     pub phdr: u64,
+    /// The size of one program header (AT_PHENT).
     pub phent: u64,
+    /// The number of program headers (AT_PHNUM).
     pub phnum: u64,
     /// First page after the program's segments: where the heap (brk) starts.
     pub end: u64,
@@ -185,7 +210,9 @@ const AT_EXECFN: u64 = 31;
 
 /// What goes on the initial stack besides the program's own addresses.
 pub struct StackInputs<'a> {
+    /// argv, including `argv[0]`.
     pub args: &'a [String],
+    /// The environment, as `KEY=VALUE` strings.
     pub env: &'a [String],
     /// CPUID.1:EDX, what the kernel reports as AT_HWCAP.
     pub hwcap: u64,

@@ -1,8 +1,6 @@
 //! A microVM: guest memory, one KVM VM and vCPU, and the guest OS that runs a static
 //! Linux program in it; the run loop that turns vCPU exits into system calls.
 
-use std::sync::{Arc, Condvar, Mutex, Once};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::arch::{self, layout};
@@ -12,15 +10,17 @@ use crate::loader::{self, LoadError, StackInputs};
 use crate::vstate::memory::{GuestMemory, MemoryError};
 use crate::vstate::vcpu::{Exit, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError as KvmVmError};
+use crate::vstate::watchdog::Watchdog;
 
 /// Default guest memory, as in the paper's setup.
 pub const DEFAULT_MEM_MIB: u64 = 256;
 
+/// How to boot a microVM.
 #[derive(Debug, Clone)]
 pub struct MicroVmConfig {
     /// Guest memory in MiB (a multiple of 2 between 16 and 4096).
     pub mem_mib: u64,
-    /// argv, including argv[0].
+    /// argv, including `argv[0]`.
     pub args: Vec<String>,
     /// The environment, as `KEY=VALUE` strings.
     pub env: Vec<String>,
@@ -39,47 +39,86 @@ impl Default for MicroVmConfig {
 /// Why a guest stopped for good: the program did something that ends it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GuestFault {
+    /// A CPU exception (decoded by [`arch::decode_exception`]).
     #[error("guest crashed: {name}{detail} at RIP {rip:#x}")]
     Exception {
+        /// The exception vector.
         vector: u8,
+        /// Its architectural name.
         name: &'static str,
+        /// For a page fault, the access and address; else the error code, if any.
         detail: String,
+        /// RIP of the faulting instruction.
         rip: u64,
     },
+    /// A fault while delivering a double fault: KVM's `SHUTDOWN` exit.
     #[error("guest crashed: triple fault at RIP {rip:#x}")]
-    TripleFault { rip: u64 },
+    TripleFault {
+        /// RIP at the shutdown.
+        rip: u64,
+    },
+    /// Port I/O anywhere but the system-call and exception stubs.
     #[error(
         "guest executed an I/O instruction (port {port:#x}) outside the syscall stub at RIP {rip:#x}"
     )]
-    StrayIo { port: u16, rip: u64 },
+    StrayIo {
+        /// The port.
+        port: u16,
+        /// RIP of the instruction (of the next one when KVM reported the exit).
+        rip: u64,
+    },
+    /// The run's time limit passed.
     #[error("guest ran past its time limit of {0:?}")]
     Timeout(Duration),
+    /// The program sent itself a fatal signal (`abort()`, `kill`).
     #[error("guest was killed by signal {signal} ({name})")]
-    Signal { signal: i32, name: &'static str },
+    Signal {
+        /// The signal number.
+        signal: i32,
+        /// Its name (`SIGABRT`, …), or "signal".
+        name: &'static str,
+    },
+    /// The program waits for something that can never happen (a futex or poll with no
+    /// timeout and no other thread).
     #[error("guest cannot make progress: {0}")]
     Stuck(String),
+    /// A vCPU exit the VMM does not expect (`HLT`, MMIO, a KVM failure).
     #[error("unexpected vCPU exit ({what}) at RIP {rip:#x}")]
-    UnexpectedExit { what: String, rip: u64 },
+    UnexpectedExit {
+        /// KVM's name for the exit, or what the access was.
+        what: String,
+        /// RIP at the exit.
+        rip: u64,
+    },
 }
 
+/// Why a microVM could not be built, run or saved.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// The guest stopped for good.
     #[error(transparent)]
     Guest(#[from] GuestFault),
+    /// A guest memory size (in MiB) the VMM does not support.
     #[error(
         "guest memory of {0} MiB is not supported (a multiple of 2 MiB between 16 MiB and 4096 MiB)"
     )]
     MemSize(u64),
+    /// Guest memory could not be mapped.
     #[error(transparent)]
     Memory(#[from] MemoryError),
+    /// The KVM VM could not be created.
     #[error(transparent)]
     Kvm(#[from] KvmVmError),
+    /// A vCPU ioctl failed.
     #[error(transparent)]
     Vcpu(#[from] VcpuError),
+    /// The vCPU's initial or restored state could not be set.
     #[error("cannot set up the vCPU")]
     Cpu(#[from] arch::CpuSetupError),
+    /// The program could not be loaded.
     #[error("cannot load the program")]
     Load(#[from] LoadError),
+    /// [`MicroVm::save`] outside the ready point.
     #[error("the guest is not at its ready point (blocked reading stdin)")]
     NotReady,
 }
@@ -94,11 +133,15 @@ pub enum RunExit {
     Exited(i32),
 }
 
+/// A microVM: one KVM VM with one vCPU running one program, its guest memory and its
+/// guest OS.
 pub struct MicroVm {
     // Field order is drop order: the vCPU and VM go before the memory they use.
     vcpu: Vcpu,
     _vm: Vm,
+    /// The guest's memory.
     pub memory: GuestMemory,
+    /// The guest's operating system (stdin, stdout, address space).
     pub os: GuestOs,
     /// A read of stdin is pending (the guest is at its ready point).
     pending: bool,
@@ -109,8 +152,11 @@ pub struct MicroVm {
 /// What a snapshot saves of a microVM at its ready point.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct VmState {
+    /// Guest memory size in bytes.
     pub mem_size: u64,
+    /// The vCPU.
     pub vcpu: arch::VcpuState,
+    /// The guest OS.
     pub os: GuestOsState,
 }
 
@@ -321,69 +367,27 @@ impl MicroVm {
     /// Describes the exception the guest took (vector `vector`).
     fn exception(&mut self, vector: u8) -> Result<GuestFault, VmError> {
         let (regs, sregs) = self.vcpu.regs()?;
-        let name = arch::exception_name(vector);
-        let frame =
-            arch::read_exception_frame(vector, regs.rsp, |a| self.memory.read_obj::<u64>(a).ok());
-        let Some(frame) = frame else {
-            return Ok(GuestFault::Exception {
+        let at = arch::FaultRegs {
+            rip: regs.rip,
+            rsp: regs.rsp,
+            rdx: regs.rdx,
+            cr2: sregs.cr2,
+        };
+        let read = |addr, buf: &mut [u8]| self.memory.read(addr, buf).ok();
+        Ok(match arch::decode_exception(vector, &at, read) {
+            arch::ExceptionReport::StrayIo { port, rip } => GuestFault::StrayIo { port, rip },
+            arch::ExceptionReport::Exception {
                 vector,
                 name,
-                detail: String::new(),
-                rip: regs.rip,
-            });
-        };
-        if vector == 13
-            && let Some(port) = self.io_instruction_port(frame.rip, regs.rdx)
-        {
-            return Ok(GuestFault::StrayIo {
-                port,
-                rip: frame.rip,
-            });
-        }
-        let detail = match (vector, frame.error_code) {
-            (14, Some(code)) => {
-                let access = if code & 0x10 != 0 {
-                    "instruction fetch from"
-                } else if code & 0x2 != 0 {
-                    "write to"
-                } else {
-                    "read from"
-                };
-                let what = if sregs.cr2 < layout::PAGE_SIZE {
-                    " (null pointer)"
-                } else if code & 0x1 == 0 {
-                    " (unmapped)"
-                } else {
-                    " (protected)"
-                };
-                format!(": {access} {:#x}{what}", sregs.cr2)
-            }
-            (_, Some(code)) if code != 0 => format!(" (error code {code:#x})"),
-            _ => String::new(),
-        };
-        Ok(GuestFault::Exception {
-            vector,
-            name,
-            detail,
-            rip: frame.rip,
+                detail,
+                rip,
+            } => GuestFault::Exception {
+                vector,
+                name,
+                detail,
+                rip,
+            },
         })
-    }
-
-    /// If the instruction at `rip` is an `in`/`out`, the port it names. (With the I/O
-    /// permission bitmap in force, a guest's own port I/O shows up as a #GP.)
-    fn io_instruction_port(&self, rip: u64, rdx: u64) -> Option<u16> {
-        let mut code = [0u8; 3];
-        self.memory.read(rip, &mut code).ok()?;
-        let op = if code[0] == 0x66 {
-            &code[1..]
-        } else {
-            &code[..2]
-        };
-        match op[0] {
-            0xe4..=0xe7 => Some(u16::from(op[1])),
-            0xec..=0xef | 0x6c..=0x6f => Some(rdx as u16),
-            _ => None,
-        }
     }
 
     /// Whether the guest is at its ready point (a read of stdin pending).
@@ -431,120 +435,4 @@ fn signal_name(signal: i32) -> &'static str {
         libc::SIGTRAP => "SIGTRAP",
         _ => "signal",
     }
-}
-
-/// Interrupts `KVM_RUN` on the vCPU thread when a run's deadline passes, by sending it
-/// a signal (and again every few milliseconds until the run loop notices, so a signal
-/// that arrives between two `KVM_RUN`s is not lost).
-struct Watchdog {
-    shared: Arc<(Mutex<WatchState>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
-}
-
-#[derive(Default)]
-struct WatchState {
-    armed: Option<(Instant, libc::pthread_t)>,
-    shutdown: bool,
-}
-
-/// Disarms the watchdog when the run returns.
-struct Armed(Arc<(Mutex<WatchState>, Condvar)>);
-
-impl Drop for Armed {
-    fn drop(&mut self) {
-        let (lock, cvar) = &*self.0;
-        lock.lock().unwrap_or_else(|e| e.into_inner()).armed = None;
-        cvar.notify_all();
-    }
-}
-
-fn kick_signal() -> i32 {
-    libc::SIGRTMIN() + 4
-}
-
-extern "C" fn on_kick(_: libc::c_int) {}
-
-impl Watchdog {
-    fn new() -> Self {
-        Self {
-            shared: Arc::new((Mutex::new(WatchState::default()), Condvar::new())),
-            thread: None,
-        }
-    }
-
-    fn arm(&mut self, deadline: Option<Instant>) -> Armed {
-        if let Some(deadline) = deadline {
-            install_kick_handler();
-            if self.thread.is_none() {
-                let shared = Arc::clone(&self.shared);
-                self.thread = Some(
-                    std::thread::Builder::new()
-                        .name("vcpu-watchdog".into())
-                        .spawn(move || watch(&shared))
-                        .expect("spawn watchdog thread"),
-                );
-            }
-            // SAFETY: pthread_self has no preconditions.
-            let me = unsafe { libc::pthread_self() };
-            let (lock, cvar) = &*self.shared;
-            lock.lock().unwrap_or_else(|e| e.into_inner()).armed = Some((deadline, me));
-            cvar.notify_all();
-        }
-        Armed(Arc::clone(&self.shared))
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        {
-            let (lock, cvar) = &*self.shared;
-            lock.lock().unwrap_or_else(|e| e.into_inner()).shutdown = true;
-            cvar.notify_all();
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn watch(shared: &(Mutex<WatchState>, Condvar)) {
-    let (lock, cvar) = shared;
-    let mut state = lock.lock().unwrap_or_else(|e| e.into_inner());
-    loop {
-        if state.shutdown {
-            return;
-        }
-        let wait = match state.armed {
-            None => Duration::from_secs(3600),
-            Some((deadline, thread)) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    // SAFETY: the target thread is inside `MicroVm::run` while armed:
-                    // `Armed::drop` disarms under this lock before `run` returns.
-                    unsafe { libc::pthread_kill(thread, kick_signal()) };
-                    Duration::from_millis(5)
-                } else {
-                    deadline - now
-                }
-            }
-        };
-        state = cvar
-            .wait_timeout(state, wait)
-            .unwrap_or_else(|e| e.into_inner())
-            .0;
-    }
-}
-
-fn install_kick_handler() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: installs a handler that does nothing, without SA_RESTART, so that a
-        // blocking KVM_RUN returns EINTR; the sigaction struct is fully initialized.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_kick as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(kick_signal(), &sa, std::ptr::null_mut());
-        }
-    });
 }

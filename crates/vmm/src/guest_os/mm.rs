@@ -33,6 +33,9 @@ pub type Discards = Vec<(u64, u64)>;
 /// discards, and the ranges to zero.
 pub type Remap = (u64, Option<(u64, u64, u64)>, Discards);
 
+/// The program's address space: where its heap ends and which ranges it has mapped.
+/// Only the bookkeeping: guest memory itself is changed by the caller, from the
+/// ranges the methods return.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddressSpace {
     mem_size: u64,
@@ -95,27 +98,29 @@ impl AddressSpace {
         self.mem_size - STACK_SIZE
     }
 
-    /// Lowest address of any mapping, or the mmap top when there is none.
-    fn lowest_mapping(&self) -> u64 {
-        self.mappings
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.mmap_top())
+    /// The first page after the heap.
+    fn heap_end(&self) -> u64 {
+        // The break never exceeds the mmap top, so rounding it up cannot overflow.
+        page_align_up(self.brk).unwrap_or(self.brk)
     }
 
+    /// The start of the heap and the current break.
     pub fn brk_range(&self) -> (u64, u64) {
         (self.brk_start, self.brk)
     }
 
     /// Bytes mapped by the program: heap plus anonymous mappings.
     pub fn mapped_bytes(&self) -> u64 {
-        let heap = page_align_up(self.brk).unwrap_or(self.brk) - self.brk_start;
+        let heap = self.heap_end() - self.brk_start;
         heap + self.mappings.iter().map(|(s, e)| e - s).sum::<u64>()
     }
 
     /// `brk(2)`: moves the program break to `request` if it fits, and returns the break
     /// in effect afterwards (the old one when the request is refused or zero).
+    ///
+    /// As on Linux, a request below the start of the heap is refused, and the heap may
+    /// grow only into free memory below the stack: not over a mapping. Shrinking releases
+    /// the pages above the new break, mappings placed there with `MAP_FIXED` included.
     pub fn brk(&mut self, request: u64) -> (u64, Discards) {
         if request < self.brk_start {
             return (self.brk, Vec::new());
@@ -123,11 +128,12 @@ impl AddressSpace {
         let Some(new_end) = page_align_up(request) else {
             return (self.brk, Vec::new());
         };
-        if new_end > self.lowest_mapping() {
+        let old_end = self.heap_end();
+        if new_end > old_end && (new_end > self.mmap_top() || self.overlaps(old_end, new_end)) {
             return (self.brk, Vec::new());
         }
-        let old_end = page_align_up(self.brk).unwrap_or(self.brk);
         let discards = if new_end < old_end {
+            self.remove(new_end, old_end);
             vec![(new_end, old_end)]
         } else {
             Vec::new()
@@ -146,9 +152,11 @@ impl AddressSpace {
         fixed: bool,
         noreplace: bool,
     ) -> Result<(u64, Discards), MmError> {
-        let len = page_align_up(len)
-            .filter(|&l| l > 0)
-            .ok_or(MmError::Invalid)?;
+        if len == 0 {
+            return Err(MmError::Invalid);
+        }
+        // A length that overflows when rounded up is ENOMEM on Linux.
+        let len = page_align_up(len).ok_or(MmError::NoMemory)?;
         if fixed || noreplace {
             if !addr.is_multiple_of(PAGE_SIZE) {
                 return Err(MmError::Invalid);
@@ -165,7 +173,7 @@ impl AddressSpace {
             // Whatever was there before reads as zero now.
             return Ok((addr, vec![(addr, end)]));
         }
-        let heap_end = page_align_up(self.brk).unwrap_or(u64::MAX);
+        let heap_end = self.heap_end();
         if addr != 0
             && addr.is_multiple_of(PAGE_SIZE)
             && let Some(end) = addr.checked_add(len)
@@ -210,12 +218,29 @@ impl AddressSpace {
         let new_len = page_align_up(new_len)
             .filter(|&l| l > 0)
             .ok_or(MmError::Invalid)?;
-        let old_end = old.checked_add(old_len).ok_or(MmError::Fault)?;
-        // The old range must lie inside one mapping.
-        let Some((&map_start, &map_end)) = self.mappings.range(..=old).next_back() else {
+        // The mapping that holds `old`.
+        let Some((&map_start, &map_end)) = self
+            .mappings
+            .range(..=old)
+            .next_back()
+            .filter(|&(_, &end)| end > old)
+        else {
             return Err(MmError::Fault);
         };
-        if old_end > map_end || old_len == 0 || map_start > old {
+        let old_end = old.checked_add(old_len).ok_or(MmError::Fault)?;
+        if fixed_to.is_none() && new_len <= old_len {
+            // Shrinking releases the tail, as munmap would (Linux does not require the
+            // tail to be one mapping either).
+            let discards = self.remove(old + new_len, old_end);
+            return Ok((old, None, discards));
+        }
+        // Growing or moving: the old range must lie inside that one mapping. A zero
+        // old_len asks Linux to duplicate a shared mapping, which it refuses for private
+        // (here: all) mappings.
+        if old_len == 0 {
+            return Err(MmError::Invalid);
+        }
+        if old_end > map_end {
             return Err(MmError::Fault);
         }
         if let Some(to) = fixed_to {
@@ -226,17 +251,21 @@ impl AddressSpace {
             if to < old_end && old < to_end {
                 return Err(MmError::Invalid);
             }
-            let (addr, mut discards) = self.mmap(to, new_len, true, false)?;
+            let (addr, _) = self.mmap(to, new_len, true, false)?;
+            // The copy overwrites the first `copied` bytes of the new range; the rest of
+            // it (whatever was there before) and the old range must read as zero.
+            let copied = old_len.min(new_len);
+            let mut discards = vec![(addr + copied, addr + new_len)];
+            discards.retain(|(s, e)| s < e);
             discards.extend(self.remove(old, old_end));
-            let copy = Some((old, addr, old_len.min(new_len)));
-            return Ok((addr, copy, discards));
-        }
-        if new_len <= old_len {
-            let discards = self.remove(old + new_len, old_end);
-            return Ok((old, None, discards));
+            return Ok((addr, Some((old, addr, copied)), discards));
         }
         let grow_end = old.checked_add(new_len).ok_or(MmError::NoMemory)?;
-        if old_end == map_end && grow_end <= self.mmap_top() && !self.overlaps(old_end, grow_end) {
+        if old_end == map_end
+            && old_end >= self.heap_end()
+            && grow_end <= self.mmap_top()
+            && !self.overlaps(old_end, grow_end)
+        {
             self.mappings.insert(map_start, grow_end);
             self.coalesce();
             return Ok((old, None, Vec::new()));
@@ -261,19 +290,24 @@ impl AddressSpace {
     /// Whether `start..end` overlaps a mapping, the heap, the program (everything below
     /// the heap) or the stack.
     fn overlaps_used(&self, start: u64, end: u64) -> bool {
-        let heap_end = page_align_up(self.brk).unwrap_or(u64::MAX);
-        self.overlaps(start, end) || start < heap_end || end > self.mmap_top()
+        self.overlaps(start, end) || start < self.heap_end() || end > self.mmap_top()
     }
 
     /// The highest free range of `len` bytes between the heap and the stack.
     fn find_gap(&self, len: u64) -> Option<u64> {
-        let floor = page_align_up(self.brk)?;
+        let floor = self.heap_end();
         let mut top = self.mmap_top();
+        // Mappings below the heap's end (placed there with MAP_FIXED) bound no gap: the
+        // floor does.
         for (&start, &end) in self.mappings.iter().rev() {
-            if end <= top && top - end >= len {
+            let bottom = end.max(floor);
+            if top >= bottom && top - bottom >= len {
                 return Some(top - len);
             }
             top = top.min(start);
+            if top <= floor {
+                return None;
+            }
         }
         (top >= floor && top - floor >= len).then(|| top - len)
     }
@@ -432,5 +466,103 @@ mod tests {
             a.mremap(0x70_0000, 4096, 8192, true, None),
             Err(MmError::Fault)
         );
+    }
+
+    #[test]
+    fn mremap_fixed_zeroes_around_the_copy_not_over_it() {
+        let mut a = space();
+        let (m, _) = a.mmap(0, 2 * 4096, false, false).unwrap();
+        let to = END + 0x10_0000;
+        let (at, copy, discards) = a.mremap(m, 2 * 4096, 3 * 4096, true, Some(to)).unwrap();
+        assert_eq!(at, to);
+        assert_eq!(copy, Some((m, to, 2 * 4096)));
+        // The copied pages keep the data; only the grown page and the old range zero.
+        assert_eq!(
+            discards,
+            vec![(to + 2 * 4096, to + 3 * 4096), (m, m + 2 * 4096)]
+        );
+        // Shrinking while moving copies only what fits.
+        let (at, copy, discards) = a.mremap(to, 3 * 4096, 4096, true, Some(m)).unwrap();
+        assert_eq!((at, copy), (m, Some((to, m, 4096))));
+        assert_eq!(discards, vec![(to, to + 3 * 4096)]);
+    }
+
+    #[test]
+    fn mremap_refuses_zero_old_length_and_ranges_beyond_the_mapping() {
+        let mut a = space();
+        let (m, _) = a.mmap(0, 2 * 4096, false, false).unwrap();
+        assert_eq!(a.mremap(m, 0, 4096, true, None), Err(MmError::Invalid));
+        assert_eq!(
+            a.mremap(m, 3 * 4096, 4 * 4096, true, None),
+            Err(MmError::Fault)
+        );
+        assert_eq!(
+            a.mremap(m + 2 * 4096, 4096, 4096, true, None),
+            Err(MmError::Fault),
+            "just past the mapping"
+        );
+        assert_eq!(
+            a.mremap(m, 4096, 0, true, None),
+            Err(MmError::Invalid),
+            "new length 0"
+        );
+    }
+
+    #[test]
+    fn mmap_length_overflow_is_enomem_and_zero_is_einval() {
+        let mut a = space();
+        assert_eq!(a.mmap(0, 0, false, false), Err(MmError::Invalid));
+        assert_eq!(a.mmap(0, u64::MAX, false, false), Err(MmError::NoMemory));
+        assert_eq!(
+            a.mmap(0, u64::MAX - 4095, false, false),
+            Err(MmError::NoMemory)
+        );
+        assert_eq!(a.mmap(END, u64::MAX, true, false), Err(MmError::NoMemory));
+    }
+
+    #[test]
+    fn mappings_below_the_heap_neither_block_brk_nor_make_mmap_overlap_the_heap() {
+        let mut a = space();
+        // A page of the program replaced with MAP_FIXED.
+        a.mmap(END - 4096, 4096, true, false).unwrap();
+        assert_eq!(
+            a.brk(END + 2 * 4096).0,
+            END + 2 * 4096,
+            "heap grows above it"
+        );
+        let heap_end = END + 2 * 4096;
+        let free = MEM - STACK_SIZE - heap_end;
+        assert_eq!(
+            a.mmap(0, free + 4096, false, false),
+            Err(MmError::NoMemory),
+            "no room above the heap"
+        );
+        let (m, _) = a.mmap(0, free, false, false).unwrap();
+        assert_eq!(m, heap_end);
+    }
+
+    #[test]
+    fn brk_shrinking_releases_fixed_mappings_inside_the_heap() {
+        let mut a = space();
+        a.brk(END + 4 * 4096);
+        a.mmap(END + 4096, 4096, true, false).unwrap();
+        let (b, discards) = a.brk(END);
+        assert_eq!(b, END);
+        assert_eq!(discards, vec![(END, END + 4 * 4096)]);
+        assert_eq!(
+            a.mremap(END + 4096, 4096, 8192, true, None),
+            Err(MmError::Fault),
+            "the mapping went with the heap"
+        );
+    }
+
+    #[test]
+    fn a_mapping_inside_the_heap_moves_rather_than_grow_over_it() {
+        let mut a = space();
+        a.brk(END + 4 * 4096);
+        a.mmap(END + 4096, 4096, true, false).unwrap();
+        let (n, copy, _) = a.mremap(END + 4096, 4096, 8192, true, None).unwrap();
+        assert!(n >= END + 4 * 4096, "moved above the heap");
+        assert_eq!(copy, Some((END + 4096, n, 4096)));
     }
 }

@@ -5,6 +5,15 @@
 //! queue the VMM fills) and writes responses to stdout. When the guest reads stdin
 //! and nothing is pending, the call is left pending and the VMM is told: that is the
 //! "ready" point a snapshot is taken at, and where an invocation ends.
+//!
+//! Every number here comes from the guest: conversions between integer types are
+//! checked (`try_from`) or carry a comment saying why they cannot truncate or wrap.
+
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 
 pub mod abi;
 pub mod mm;
@@ -21,7 +30,9 @@ use self::mm::AddressSpace;
 /// A system call as the guest made it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Syscall {
+    /// The number (RAX).
     pub nr: u64,
+    /// The arguments (RDI, RSI, RDX, R10, R8, R9).
     pub args: [u64; 6],
 }
 
@@ -43,24 +54,37 @@ pub enum Outcome {
 /// Counters of the guest's activity.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
+    /// System calls carried out (a call that blocks counts each time it is tried).
     pub syscalls: u64,
+    /// Bytes written to stdout.
     pub stdout_bytes: u64,
+    /// Newlines written to stdout.
     pub stdout_lines: u64,
+    /// Bytes written to stderr.
     pub stderr_bytes: u64,
 }
 
 /// The part of the guest OS a snapshot saves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestOsState {
+    /// The program's address space.
     pub mm: AddressSpace,
+    /// The FS base the program set (`arch_prctl`).
     pub fs_base: u64,
+    /// The GS base the program set.
     pub gs_base: u64,
+    /// The activity counters.
     pub counters: Counters,
 }
 
+/// Where the guest's stdout or stderr goes.
 pub type Sink = Box<dyn Write + Send>;
 
+/// The guest's operating system: its address space, standard streams and the state
+/// its system calls keep. It needs no VM: [`syscall`](Self::syscall) works on a
+/// [`GuestMemory`](crate::vstate::memory::GuestMemory) alone.
 pub struct GuestOs {
+    /// The program's address space (heap, mappings, stack).
     pub mm: AddressSpace,
     stdin: VecDeque<u8>,
     stdin_eof: bool,
@@ -80,6 +104,7 @@ pub struct GuestOs {
 }
 
 impl GuestOs {
+    /// A guest OS for a freshly loaded program: empty stdin, FS and GS base 0.
     pub fn new(mm: AddressSpace, stdout: Sink, stderr: Sink) -> Self {
         Self {
             mm,
@@ -97,6 +122,7 @@ impl GuestOs {
         }
     }
 
+    /// The guest OS of a snapshot, with new output streams and an empty stdin.
     pub fn from_state(state: GuestOsState, stdout: Sink, stderr: Sink) -> Self {
         let mut os = Self::new(state.mm, stdout, stderr);
         os.fs_base = state.fs_base;
@@ -105,6 +131,7 @@ impl GuestOs {
         os
     }
 
+    /// What a snapshot keeps. stdin is not saved: at the ready point it is empty.
     pub fn save(&self) -> GuestOsState {
         GuestOsState {
             mm: self.mm.clone(),
@@ -130,18 +157,22 @@ impl GuestOs {
         self.stdin_eof = true;
     }
 
+    /// Bytes pushed to stdin and not yet read.
     pub fn stdin_pending(&self) -> usize {
         self.stdin.len()
     }
 
+    /// The activity counters.
     pub fn counters(&self) -> Counters {
         self.counters
     }
 
+    /// When the last newline went to stdout.
     pub fn last_line_at(&self) -> Option<Instant> {
         self.last_line_at
     }
 
+    /// Sleeps the guest asks for end no later than `deadline` (the run's time limit).
     pub fn set_deadline(&mut self, deadline: Option<Instant>) {
         self.deadline = deadline;
     }
@@ -151,14 +182,17 @@ impl GuestOs {
         std::mem::take(&mut self.bases_changed).then_some((self.fs_base, self.gs_base))
     }
 
+    /// The FS base the program set.
     pub fn fs_base(&self) -> u64 {
         self.fs_base
     }
 
+    /// The GS base the program set.
     pub fn gs_base(&self) -> u64 {
         self.gs_base
     }
 
+    /// Flushes stdout and stderr, ignoring errors (the VMM does this when the guest exits).
     pub fn flush(&mut self) {
         let _ = self.stdout.flush();
         let _ = self.stderr.flush();

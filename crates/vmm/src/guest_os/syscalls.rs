@@ -38,12 +38,35 @@ impl From<MmError> for Errno {
 
 type SysResult = Result<u64, Errno>;
 
+/// What RAX gets: the value's 64 bits, or −errno. A value of 2⁶³ or more would read as
+/// an error to the guest; none is made (addresses lie in guest memory, counts are
+/// bounded), except `time`'s seconds, which go back as the signed value they were.
+fn ret(r: SysResult) -> i64 {
+    r.map_or_else(|Errno(e)| -i64::from(e), u64::cast_signed)
+}
+
+/// A C `unsigned int` argument: Linux's system-call wrappers take the low 32 bits of
+/// the register and ignore the rest.
+#[allow(clippy::cast_possible_truncation)] // the truncation is the system-call ABI
+fn uint(arg: u64) -> u32 {
+    arg as u32
+}
+
+/// A C `int` argument: the low 32 bits of the register, as for [`uint`].
+fn int(arg: u64) -> i32 {
+    uint(arg).cast_signed()
+}
+
 /// Largest single write the VMM copies out of the guest at once.
 const IO_CHUNK: u64 = 1 << 20;
 /// Largest path the VMM reads from the guest.
 const PATH_MAX: u64 = 4096;
 /// Largest iovec count (UIO_MAXIOV).
 const IOV_MAX: u64 = 1024;
+/// The end of the user address space of x86-64 Linux with 4-level paging.
+const TASK_SIZE_MAX: u64 = (1 << 47) - PAGE_SIZE;
+/// Number of resource limits (RLIM_NLIMITS).
+const RLIM_NLIMITS: u32 = 16;
 const POLLIN: i16 = 0x1;
 const POLLOUT: i16 = 0x4;
 const POLLHUP: i16 = 0x10;
@@ -59,28 +82,34 @@ const QUIET_ENOSYS: [c_long; 4] = [
 
 impl GuestOs {
     /// Carries out one system call of the guest.
+    ///
+    /// Arguments are taken as Linux declares them: a C `int` or `unsigned int` is the
+    /// low 32 bits of its register, and so is the call's number.
     pub fn syscall(&mut self, mem: &GuestMemory, call: &Syscall) -> Outcome {
         self.counters.syscalls += 1;
-        let [a0, a1, a2, a3, a4, _] = call.args;
-        let n = call.nr as c_long;
+        let [a0, a1, a2, a3, a4, a5] = call.args;
+        let n = c_long::from(int(call.nr));
         let result: SysResult = match n {
-            libc::SYS_read => return self.read(mem, a0, a1, a2),
-            libc::SYS_write => self.write(mem, a0, a1, a2),
-            libc::SYS_writev => self.writev(mem, a0, a1, a2),
-            libc::SYS_readv => return self.readv(mem, a0, a1, a2),
+            libc::SYS_read => return self.read(mem, uint(a0), a1, a2),
+            libc::SYS_write => self.write(mem, uint(a0), a1, a2),
+            libc::SYS_writev => self.writev(mem, uint(a0), a1, a2),
+            libc::SYS_readv => return self.readv(mem, uint(a0), a1, a2),
+            libc::SYS_pread64 | libc::SYS_pwrite64 if a3.cast_signed() < 0 => {
+                Err(Errno(libc::EINVAL))
+            }
             libc::SYS_pread64 | libc::SYS_pwrite64 | libc::SYS_lseek => {
-                self.on_std_fd(a0, libc::ESPIPE)
+                self.on_std_fd(uint(a0), libc::ESPIPE)
             }
             libc::SYS_brk => Ok(self.brk(mem, a0)),
-            libc::SYS_mmap => self.mmap(mem, a0, a1, a3 as i32, a4 as i32),
+            libc::SYS_mmap => self.mmap(mem, a0, a1, int(a3), int(a4)),
             libc::SYS_munmap => self.munmap(mem, a0, a1),
             libc::SYS_mremap => self.mremap(mem, a0, a1, a2, a3, a4),
-            libc::SYS_mprotect => aligned(a0).map(|_| 0),
-            libc::SYS_madvise => self.madvise(mem, a0, a1, a2 as i32),
+            libc::SYS_mprotect => mprotect(mem, a0, a1, a2),
+            libc::SYS_madvise => self.madvise(mem, a0, a1, int(a2)),
             libc::SYS_mlock | libc::SYS_munlock | libc::SYS_mlockall | libc::SYS_munlockall => {
                 Ok(0)
             }
-            libc::SYS_arch_prctl => self.arch_prctl(mem, a0, a1),
+            libc::SYS_arch_prctl => self.arch_prctl(mem, int(a0), a1),
             libc::SYS_set_tid_address => Ok(1),
             libc::SYS_set_robust_list => {
                 if a1 == 24 {
@@ -89,12 +118,14 @@ impl GuestOs {
                     Err(Errno(libc::EINVAL))
                 }
             }
-            libc::SYS_prlimit64 => self.prlimit(mem, a0, a1 as u32, a3),
-            libc::SYS_getrlimit => self.prlimit(mem, 0, a0 as u32, a1),
-            libc::SYS_setrlimit => Ok(0),
-            libc::SYS_getrandom => self.getrandom(mem, a0, a1),
-            libc::SYS_clock_gettime => self.clock_gettime(mem, a0 as i32, a1),
-            libc::SYS_clock_getres => clock_id(a0).and_then(|_| {
+            libc::SYS_prlimit64 => self.prlimit(mem, int(a0), uint(a1), a2, a3),
+            libc::SYS_getrlimit => self.getrlimit(mem, uint(a0), a1),
+            // NULL is no new limit to prlimit64 but a bad pointer to setrlimit.
+            libc::SYS_setrlimit if a1 == 0 => Err(Errno(libc::EFAULT)),
+            libc::SYS_setrlimit => self.prlimit(mem, 0, uint(a0), a1, 0),
+            libc::SYS_getrandom => self.getrandom(mem, a0, a1, uint(a2)),
+            libc::SYS_clock_gettime => self.clock_gettime(mem, int(a0), a1),
+            libc::SYS_clock_getres => clock_id(int(a0)).and_then(|_| {
                 if a1 != 0 {
                     mem.write_user_obj(a1, Timespec { sec: 0, nsec: 1 })?;
                 }
@@ -103,9 +134,9 @@ impl GuestOs {
             libc::SYS_gettimeofday => self.gettimeofday(mem, a0),
             libc::SYS_time => self.time(mem, a0),
             libc::SYS_nanosleep => self.nanosleep(mem, libc::CLOCK_MONOTONIC, 0, a0),
-            libc::SYS_clock_nanosleep => self.nanosleep(mem, a0 as i32, a1 as i32, a2),
+            libc::SYS_clock_nanosleep => self.nanosleep(mem, int(a0), int(a1), a2),
             libc::SYS_sched_yield => Ok(0),
-            libc::SYS_sched_getaffinity => sched_getaffinity(mem, a1, a2),
+            libc::SYS_sched_getaffinity => sched_getaffinity(mem, uint(a1), a2),
             libc::SYS_sched_setaffinity => Ok(0),
             libc::SYS_getpid | libc::SYS_gettid | libc::SYS_getpgrp | libc::SYS_getsid => Ok(1),
             libc::SYS_getppid => Ok(0),
@@ -121,25 +152,22 @@ impl GuestOs {
             | libc::SYS_openat
             | libc::SYS_faccessat
             | libc::SYS_faccessat2 => no_such_file(mem, a1),
-            libc::SYS_close => self.on_std_fd(a0, 0),
-            libc::SYS_fstat => self.fstat(mem, a0, a1),
-            libc::SYS_newfstatat => self.newfstatat(mem, a0, a1, a2, a3 as i32),
-            libc::SYS_ioctl => self.on_std_fd(a0, libc::ENOTTY),
-            libc::SYS_fcntl => self.fcntl(a0, a1 as i32),
-            libc::SYS_poll => return self.poll(mem, a0, a1, a2 as i32 as i64),
-            libc::SYS_ppoll => return self.ppoll(mem, a0, a1, a2),
-            libc::SYS_sigaltstack => sigaltstack(mem, a1),
-            libc::SYS_rt_sigaction => rt_sigaction(mem, a0, a1, a2, a3),
-            libc::SYS_rt_sigprocmask => rt_sigprocmask(mem, a2, a3),
-            libc::SYS_futex => return self.futex(mem, a0, a1 as i32, a2 as u32, a3),
-            libc::SYS_getrusage => mem
-                .write_user(a1, &[0u8; 144])
-                .map(|_| 0)
-                .map_err(Errno::from),
+            libc::SYS_close => self.on_std_fd(uint(a0), 0),
+            libc::SYS_fstat => self.fstat(mem, uint(a0), a1),
+            libc::SYS_newfstatat => self.newfstatat(mem, int(a0), a1, a2, int(a3)),
+            libc::SYS_ioctl => self.on_std_fd(uint(a0), libc::ENOTTY),
+            libc::SYS_fcntl => self.fcntl(uint(a0), int(a1)),
+            libc::SYS_poll => return self.poll(mem, a0, uint(a1), int(a2)),
+            libc::SYS_ppoll => return self.ppoll(mem, a0, uint(a1), a2, a3, a4),
+            libc::SYS_sigaltstack => sigaltstack(mem, a0, a1),
+            libc::SYS_rt_sigaction => rt_sigaction(mem, int(a0), a1, a2, a3),
+            libc::SYS_rt_sigprocmask => rt_sigprocmask(mem, int(a0), a1, a2, a3),
+            libc::SYS_futex => return self.futex(mem, a0, int(a1), uint(a2), a3, uint(a5)),
+            libc::SYS_getrusage => getrusage(mem, int(a0), a1),
             libc::SYS_prctl => Err(Errno(libc::EINVAL)),
-            libc::SYS_exit | libc::SYS_exit_group => return Outcome::Exit(a0 as i32 & 0xff),
-            libc::SYS_kill | libc::SYS_tkill => return self.kill(a0 as i32, a1 as i32),
-            libc::SYS_tgkill => return self.kill(a1 as i32, a2 as i32),
+            libc::SYS_exit | libc::SYS_exit_group => return Outcome::Exit(int(a0) & 0xff),
+            libc::SYS_kill | libc::SYS_tkill => return self.kill(int(a0), int(a1)),
+            libc::SYS_tgkill => return self.kill(int(a1), int(a2)),
             libc::SYS_clone
             | libc::SYS_fork
             | libc::SYS_vfork
@@ -158,10 +186,7 @@ impl GuestOs {
                 Err(Errno(libc::ENOSYS))
             }
         };
-        let ret = match result {
-            Ok(v) => v as i64,
-            Err(Errno(e)) => -i64::from(e),
-        };
+        let ret = ret(result);
         tracing::trace!(nr = call.nr, args = ?call.args, ret, "syscall");
         Outcome::Return(ret)
     }
@@ -173,7 +198,7 @@ impl GuestOs {
     }
 
     /// Answers `ok` for the standard streams and EBADF for any other descriptor.
-    fn on_std_fd(&self, fd: u64, ok: i32) -> SysResult {
+    fn on_std_fd(&self, fd: u32, ok: i32) -> SysResult {
         match fd {
             0..=2 if ok == 0 => Ok(0),
             0..=2 => Err(Errno(ok)),
@@ -181,14 +206,17 @@ impl GuestOs {
         }
     }
 
-    fn read(&mut self, mem: &GuestMemory, fd: u64, buf: u64, count: u64) -> Outcome {
+    fn read(&mut self, mem: &GuestMemory, fd: u32, buf: u64, count: u64) -> Outcome {
         let r = match fd {
+            // Linux checks the whole buffer against the user address space first; the
+            // bytes actually copied are checked against user memory below.
+            0 if access_ok(buf, count).is_err() => Err(Errno(libc::EFAULT)),
             0 if count == 0 => Ok(0),
             0 if self.stdin.is_empty() && !self.stdin_eof => return Outcome::BlockOnStdin,
             0 => self.read_stdin(mem, buf, count),
             _ => Err(Errno(libc::EBADF)),
         };
-        Outcome::Return(r.map_or_else(|Errno(e)| -i64::from(e), |v| v as i64))
+        Outcome::Return(ret(r))
     }
 
     /// Moves up to `count` pending stdin bytes to guest memory at `buf`.
@@ -204,22 +232,32 @@ impl GuestOs {
         Ok(n)
     }
 
-    fn readv(&mut self, mem: &GuestMemory, fd: u64, iov: u64, count: u64) -> Outcome {
-        if fd == 0 && self.stdin.is_empty() && !self.stdin_eof {
-            return Outcome::BlockOnStdin;
-        }
-        let r = self.readv_now(mem, fd, iov, count);
-        Outcome::Return(r.map_or_else(|Errno(e)| -i64::from(e), |v| v as i64))
+    fn readv(&mut self, mem: &GuestMemory, fd: u32, iov: u64, count: u64) -> Outcome {
+        // The descriptor and the iovecs are checked before the call blocks, and a
+        // zero total length returns at once, as on Linux.
+        let iovecs = match fd {
+            0 => read_iovecs(mem, iov, count),
+            _ => Err(Errno(libc::EBADF)),
+        };
+        let r = match iovecs {
+            Ok(v) if v.iter().all(|v| v.len == 0) => Ok(0),
+            Ok(_) if self.stdin.is_empty() && !self.stdin_eof => return Outcome::BlockOnStdin,
+            Ok(v) => self.readv_now(mem, &v),
+            Err(e) => Err(e),
+        };
+        Outcome::Return(ret(r))
     }
 
-    fn readv_now(&mut self, mem: &GuestMemory, fd: u64, iov: u64, count: u64) -> SysResult {
-        if fd != 0 {
-            return Err(Errno(libc::EBADF));
-        }
-        let iovecs = read_iovecs(mem, iov, count)?;
+    /// Fills the buffers in order from stdin. A buffer that is not user memory ends the
+    /// call: EFAULT if nothing was read yet, else the bytes read so far (as Linux).
+    fn readv_now(&mut self, mem: &GuestMemory, iovecs: &[Iovec]) -> SysResult {
         let mut total = 0;
         for v in iovecs {
-            let n = self.read_stdin(mem, v.base, v.len)?;
+            let n = match self.read_stdin(mem, v.base, v.len) {
+                Ok(n) => n,
+                Err(_) if total > 0 => break,
+                Err(e) => return Err(e),
+            };
             total += n;
             if n < v.len {
                 break;
@@ -228,10 +266,11 @@ impl GuestOs {
         Ok(total)
     }
 
-    fn write(&mut self, mem: &GuestMemory, fd: u64, buf: u64, count: u64) -> SysResult {
+    fn write(&mut self, mem: &GuestMemory, fd: u32, buf: u64, count: u64) -> SysResult {
         if !(1..=2).contains(&fd) {
             return Err(Errno(libc::EBADF));
         }
+        access_ok(buf, count)?;
         if count == 0 {
             return Ok(0);
         }
@@ -246,12 +285,14 @@ impl GuestOs {
         Ok(count)
     }
 
-    fn writev(&mut self, mem: &GuestMemory, fd: u64, iov: u64, count: u64) -> SysResult {
+    fn writev(&mut self, mem: &GuestMemory, fd: u32, iov: u64, count: u64) -> SysResult {
         if !(1..=2).contains(&fd) {
             return Err(Errno(libc::EBADF));
         }
         let iovecs = read_iovecs(mem, iov, count)?;
-        for v in &iovecs {
+        // Unlike Linux, nothing is written unless every buffer is user memory. An empty
+        // buffer is never read, so any base will do (as Linux).
+        for v in iovecs.iter().filter(|v| v.len > 0) {
             mem.check_user(v.base, v.len)?;
         }
         let mut total = 0u64;
@@ -264,7 +305,7 @@ impl GuestOs {
     }
 
     /// Sends guest output to stdout (fd 1) or stderr (fd 2).
-    fn emit(&mut self, fd: u64, data: &[u8]) -> Result<(), Errno> {
+    fn emit(&mut self, fd: u32, data: &[u8]) -> Result<(), Errno> {
         let sink = if fd == 1 {
             &mut self.stdout
         } else {
@@ -319,6 +360,11 @@ impl GuestOs {
             }));
         }
         if len == 0 {
+            return Err(Errno(libc::EINVAL));
+        }
+        // Exactly one of MAP_SHARED, MAP_PRIVATE and MAP_SHARED_VALIDATE.
+        const MAP_TYPE: i32 = 0xf;
+        if !(1..=3).contains(&(flags & MAP_TYPE)) {
             return Err(Errno(libc::EINVAL));
         }
         let fixed = flags & libc::MAP_FIXED != 0;
@@ -380,13 +426,13 @@ impl GuestOs {
         Ok(0)
     }
 
-    fn arch_prctl(&mut self, mem: &GuestMemory, code: u64, addr: u64) -> SysResult {
-        const ARCH_SET_GS: u64 = 0x1001;
-        const ARCH_SET_FS: u64 = 0x1002;
-        const ARCH_GET_FS: u64 = 0x1003;
-        const ARCH_GET_GS: u64 = 0x1004;
-        // Canonical lower-half addresses only.
-        let canonical = addr < (1 << 47);
+    fn arch_prctl(&mut self, mem: &GuestMemory, code: i32, addr: u64) -> SysResult {
+        const ARCH_SET_GS: i32 = 0x1001;
+        const ARCH_SET_FS: i32 = 0x1002;
+        const ARCH_GET_FS: i32 = 0x1003;
+        const ARCH_GET_GS: i32 = 0x1004;
+        // Addresses in the user address space only.
+        let canonical = addr < TASK_SIZE_MAX;
         match code {
             ARCH_SET_FS | ARCH_SET_GS if !canonical => Err(Errno(libc::EPERM)),
             ARCH_SET_FS => {
@@ -411,12 +457,44 @@ impl GuestOs {
         }
     }
 
-    fn prlimit(&mut self, mem: &GuestMemory, pid: u64, resource: u32, old: u64) -> SysResult {
+    /// `prlimit64(pid, resource, new, old)`; `setrlimit` is the same without `old`.
+    /// A new limit is read and checked, then ignored.
+    fn prlimit(
+        &mut self,
+        mem: &GuestMemory,
+        pid: i32,
+        resource: u32,
+        new: u64,
+        old: u64,
+    ) -> SysResult {
+        let new = if new != 0 {
+            Some(mem.read_user_obj::<Rlimit>(new)?)
+        } else {
+            None
+        };
         if pid != 0 && pid != 1 {
             return Err(Errno(libc::ESRCH));
         }
+        let limit = Self::rlimit(mem, resource)?;
+        if new.is_some_and(|n| n.cur > n.max) {
+            return Err(Errno(libc::EINVAL));
+        }
+        if old != 0 {
+            mem.write_user_obj(old, limit)?;
+        }
+        Ok(0)
+    }
+
+    /// `getrlimit(resource, old)`: `old` is not optional.
+    fn getrlimit(&mut self, mem: &GuestMemory, resource: u32, old: u64) -> SysResult {
+        mem.write_user_obj(old, Self::rlimit(mem, resource)?)?;
+        Ok(0)
+    }
+
+    /// The limits the guest sees.
+    fn rlimit(mem: &GuestMemory, resource: u32) -> Result<Rlimit, Errno> {
         let infinity = u64::MAX;
-        let limit = match resource {
+        Ok(match resource {
             libc::RLIMIT_STACK => Rlimit {
                 cur: crate::arch::layout::STACK_SIZE,
                 max: infinity,
@@ -427,20 +505,29 @@ impl GuestOs {
                 cur: mem.size(),
                 max: mem.size(),
             },
-            r if r < 16 => Rlimit {
+            r if r < RLIM_NLIMITS => Rlimit {
                 cur: infinity,
                 max: infinity,
             },
             _ => return Err(Errno(libc::EINVAL)),
-        };
-        if old != 0 {
-            mem.write_user_obj(old, limit)?;
-        }
-        Ok(0)
+        })
     }
 
-    fn getrandom(&mut self, mem: &GuestMemory, buf: u64, len: u64) -> SysResult {
+    fn getrandom(&mut self, mem: &GuestMemory, buf: u64, len: u64, flags: u32) -> SysResult {
+        const GRND_NONBLOCK: u32 = 1;
+        const GRND_RANDOM: u32 = 2;
+        const GRND_INSECURE: u32 = 4;
+        if flags & !(GRND_NONBLOCK | GRND_RANDOM | GRND_INSECURE) != 0
+            || flags & (GRND_RANDOM | GRND_INSECURE) == GRND_RANDOM | GRND_INSECURE
+        {
+            return Err(Errno(libc::EINVAL));
+        }
+        // Linux caps a request at INT_MAX bytes before checking it.
+        access_ok(buf, len.min(i32::MAX as u64))?;
         let n = len.min(IO_CHUNK);
+        if n == 0 {
+            return Ok(0);
+        }
         mem.check_user(buf, n)?;
         let mut bytes = vec![0u8; n as usize];
         fill_random(&mut bytes).map_err(|_| Errno(libc::EIO))?;
@@ -449,7 +536,7 @@ impl GuestOs {
     }
 
     fn clock_gettime(&mut self, mem: &GuestMemory, clock: i32, tp: u64) -> SysResult {
-        let now = host_clock(clock_id(clock as u64)?)?;
+        let now = host_clock(clock_id(clock)?)?;
         mem.write_user_obj(tp, now)?;
         Ok(0)
     }
@@ -473,11 +560,12 @@ impl GuestOs {
         if tloc != 0 {
             mem.write_user_obj(tloc, now.sec)?;
         }
-        Ok(now.sec as u64)
+        // The seconds go to RAX as they are (a clock before 1970 reads as negative).
+        Ok(now.sec.cast_unsigned())
     }
 
     fn nanosleep(&mut self, mem: &GuestMemory, clock: i32, flags: i32, req: u64) -> SysResult {
-        let clock = clock_id(clock as u64)?;
+        let clock = clock_id(clock)?;
         let ts: Timespec = mem.read_user_obj(req)?;
         let mut d = ts.to_duration().ok_or(Errno(libc::EINVAL))?;
         if flags & libc::TIMER_ABSTIME != 0 {
@@ -497,7 +585,7 @@ impl GuestOs {
         std::thread::sleep(d);
     }
 
-    fn fstat(&mut self, mem: &GuestMemory, fd: u64, buf: u64) -> SysResult {
+    fn fstat(&mut self, mem: &GuestMemory, fd: u32, buf: u64) -> SysResult {
         if fd > 2 {
             return Err(Errno(libc::EBADF));
         }
@@ -514,29 +602,30 @@ impl GuestOs {
     fn newfstatat(
         &mut self,
         mem: &GuestMemory,
-        dirfd: u64,
+        dirfd: i32,
         path: u64,
         buf: u64,
         flags: i32,
     ) -> SysResult {
-        let path = mem.read_user_cstr(path, PATH_MAX)?;
+        let path = read_path(mem, path)?;
         if path.is_empty() && flags & libc::AT_EMPTY_PATH != 0 {
-            return self.fstat(mem, dirfd as i32 as i64 as u64, buf);
+            // A negative descriptor is no descriptor, as a large unsigned one.
+            return self.fstat(mem, dirfd.cast_unsigned(), buf);
         }
         Err(Errno(libc::ENOENT))
     }
 
-    fn fcntl(&mut self, fd: u64, cmd: i32) -> SysResult {
+    fn fcntl(&mut self, fd: u32, cmd: i32) -> SysResult {
         if fd > 2 {
             return Err(Errno(libc::EBADF));
         }
         match cmd {
             libc::F_GETFD | libc::F_SETFD | libc::F_SETFL => Ok(0),
             libc::F_GETFL => Ok(if fd == 0 {
-                libc::O_RDONLY
+                libc::O_RDONLY.cast_unsigned().into()
             } else {
-                libc::O_WRONLY
-            } as u64),
+                libc::O_WRONLY.cast_unsigned().into()
+            }),
             libc::F_DUPFD | libc::F_DUPFD_CLOEXEC => Err(Errno(libc::EMFILE)),
             _ => Err(Errno(libc::EINVAL)),
         }
@@ -559,12 +648,21 @@ impl GuestOs {
         ready
     }
 
-    fn poll(&mut self, mem: &GuestMemory, fds: u64, nfds: u64, timeout_ms: i64) -> Outcome {
-        let timeout = (timeout_ms >= 0).then(|| Duration::from_millis(timeout_ms as u64));
+    fn poll(&mut self, mem: &GuestMemory, fds: u64, nfds: u32, timeout_ms: i32) -> Outcome {
+        // A negative timeout waits forever.
+        let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
         self.poll_common(mem, fds, nfds, timeout)
     }
 
-    fn ppoll(&mut self, mem: &GuestMemory, fds: u64, nfds: u64, tsp: u64) -> Outcome {
+    fn ppoll(
+        &mut self,
+        mem: &GuestMemory,
+        fds: u64,
+        nfds: u32,
+        tsp: u64,
+        sigmask: u64,
+        sigsetsize: u64,
+    ) -> Outcome {
         let timeout = if tsp == 0 {
             None
         } else {
@@ -577,6 +675,15 @@ impl GuestOs {
                 Err(_) => return Outcome::Return(-i64::from(libc::EFAULT)),
             }
         };
+        // The signal mask is read and checked, then ignored.
+        if sigmask != 0 {
+            if sigsetsize != 8 {
+                return Outcome::Return(-i64::from(libc::EINVAL));
+            }
+            if mem.read_user_obj::<u64>(sigmask).is_err() {
+                return Outcome::Return(-i64::from(libc::EFAULT));
+            }
+        }
         self.poll_common(mem, fds, nfds, timeout)
     }
 
@@ -584,21 +691,24 @@ impl GuestOs {
         &mut self,
         mem: &GuestMemory,
         fds: u64,
-        nfds: u64,
+        nfds: u32,
         timeout: Option<Duration>,
     ) -> Outcome {
         let r = (|| {
-            if nfds > IOV_MAX {
+            if u64::from(nfds) > IOV_MAX {
                 return Err(Errno(libc::EINVAL));
             }
-            let mut polled = Vec::with_capacity(nfds as usize);
-            for i in 0..nfds {
-                polled.push(mem.read_user_obj::<PollFd>(fds + i * 8)?);
-            }
+            let addrs = (0..u64::from(nfds))
+                .map(|i| fds.checked_add(i * 8).ok_or(Errno(libc::EFAULT)))
+                .collect::<Result<Vec<u64>, Errno>>()?;
+            let mut polled = addrs
+                .iter()
+                .map(|&at| mem.read_user_obj::<PollFd>(at).map_err(Errno::from))
+                .collect::<Result<Vec<PollFd>, Errno>>()?;
             let ready = self.poll_fds(&mut polled);
-            Ok((polled, ready))
+            Ok((addrs, polled, ready))
         })();
-        let (polled, ready) = match r {
+        let (addrs, polled, ready) = match r {
             Ok(v) => v,
             Err(Errno(e)) => return Outcome::Return(-i64::from(e)),
         };
@@ -616,56 +726,89 @@ impl GuestOs {
                 }
             }
         }
-        for (i, p) in polled.iter().enumerate() {
-            if mem.write_user_obj(fds + i as u64 * 8, *p).is_err() {
+        for (&at, &p) in addrs.iter().zip(&polled) {
+            if mem.write_user_obj(at, p).is_err() {
                 return Outcome::Return(-i64::from(libc::EFAULT));
             }
         }
-        Outcome::Return(ready as i64)
+        Outcome::Return(ret(Ok(ready)))
     }
 
-    fn futex(&mut self, mem: &GuestMemory, uaddr: u64, op: i32, val: u32, timeout: u64) -> Outcome {
+    /// `futex(uaddr, op, val, timeout, uaddr2, val3)`, in Linux's order of checks: the
+    /// timeout, the operation, the bitset, the address, the value.
+    fn futex(
+        &mut self,
+        mem: &GuestMemory,
+        uaddr: u64,
+        op: i32,
+        val: u32,
+        timeout: u64,
+        bitset: u32,
+    ) -> Outcome {
         const FUTEX_CMD_MASK: i32 = !(libc::FUTEX_PRIVATE_FLAG | libc::FUTEX_CLOCK_REALTIME);
-        let r = match op & FUTEX_CMD_MASK {
-            libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET => match mem.read_user_obj::<u32>(uaddr) {
-                Err(_) => Err(Errno(libc::EFAULT)),
-                Ok(current) if current != val => Err(Errno(libc::EAGAIN)),
-                Ok(_) if timeout == 0 => {
-                    return Outcome::Fatal(format!(
-                        "deadlock: futex wait on {uaddr:#x} with no other thread to wake it"
-                    ));
+        let cmd = op & FUTEX_CMD_MASK;
+        let wait = matches!(cmd, libc::FUTEX_WAIT | libc::FUTEX_WAIT_BITSET);
+        let r = (|| {
+            // FUTEX_WAIT takes a relative timeout; FUTEX_WAIT_BITSET an absolute time
+            // on CLOCK_MONOTONIC (CLOCK_REALTIME with the flag).
+            let sleep = if wait && timeout != 0 {
+                let ts = mem.read_user_obj::<Timespec>(timeout)?;
+                let mut d = ts.to_duration().ok_or(Errno(libc::EINVAL))?;
+                if cmd == libc::FUTEX_WAIT_BITSET {
+                    let clock = if op & libc::FUTEX_CLOCK_REALTIME != 0 {
+                        libc::CLOCK_REALTIME
+                    } else {
+                        libc::CLOCK_MONOTONIC
+                    };
+                    let now = host_clock(clock)
+                        .ok()
+                        .and_then(Timespec::to_duration)
+                        .unwrap_or_default();
+                    d = d.saturating_sub(now);
                 }
-                Ok(_) => match mem
-                    .read_user_obj::<Timespec>(timeout)
-                    .map(Timespec::to_duration)
-                {
-                    Ok(Some(mut d)) => {
-                        // FUTEX_WAIT takes a relative timeout; FUTEX_WAIT_BITSET an
-                        // absolute time on CLOCK_MONOTONIC (CLOCK_REALTIME with the flag).
-                        if op & FUTEX_CMD_MASK == libc::FUTEX_WAIT_BITSET {
-                            let clock = if op & libc::FUTEX_CLOCK_REALTIME != 0 {
-                                libc::CLOCK_REALTIME
-                            } else {
-                                libc::CLOCK_MONOTONIC
-                            };
-                            let now = host_clock(clock)
-                                .ok()
-                                .and_then(Timespec::to_duration)
-                                .unwrap_or_default();
-                            d = d.saturating_sub(now);
-                        }
-                        // Nothing else can wake a single-threaded guest: the wait times out.
-                        self.sleep(d);
-                        Err(Errno(libc::ETIMEDOUT))
-                    }
-                    Ok(None) => Err(Errno(libc::EINVAL)),
-                    Err(_) => Err(Errno(libc::EFAULT)),
-                },
-            },
-            libc::FUTEX_WAKE | libc::FUTEX_WAKE_BITSET => Ok(0),
-            _ => Err(Errno(libc::ENOSYS)),
-        };
-        Outcome::Return(r.map_or_else(|Errno(e)| -i64::from(e), |v: u64| v as i64))
+                Some(d)
+            } else {
+                None
+            };
+            let bitset_op = matches!(cmd, libc::FUTEX_WAIT_BITSET | libc::FUTEX_WAKE_BITSET);
+            if !(wait || bitset_op || cmd == libc::FUTEX_WAKE)
+                || (op & libc::FUTEX_CLOCK_REALTIME != 0 && cmd != libc::FUTEX_WAIT_BITSET)
+            {
+                return Err(Errno(libc::ENOSYS));
+            }
+            if bitset_op && bitset == 0 {
+                return Err(Errno(libc::EINVAL));
+            }
+            if !uaddr.is_multiple_of(4) {
+                return Err(Errno(libc::EINVAL));
+            }
+            if !wait {
+                // Nothing waits: waking wakes no one. Linux looks at the memory only
+                // for a shared futex; a private one needs just a user address.
+                if op & libc::FUTEX_PRIVATE_FLAG != 0 {
+                    access_ok(uaddr, 4)?;
+                } else {
+                    mem.check_user(uaddr, 4)?;
+                }
+                return Ok(None);
+            }
+            if mem.read_user_obj::<u32>(uaddr)? != val {
+                return Err(Errno(libc::EAGAIN));
+            }
+            Ok(Some(sleep))
+        })();
+        match r {
+            Ok(None) => Outcome::Return(0),
+            Ok(Some(None)) => Outcome::Fatal(format!(
+                "deadlock: futex wait on {uaddr:#x} with no other thread to wake it"
+            )),
+            Ok(Some(Some(d))) => {
+                // Nothing else can wake a single-threaded guest: the wait times out.
+                self.sleep(d);
+                Outcome::Return(-i64::from(libc::ETIMEDOUT))
+            }
+            Err(Errno(e)) => Outcome::Return(-i64::from(e)),
+        }
     }
 
     fn kill(&mut self, pid: i32, sig: i32) -> Outcome {
@@ -684,31 +827,64 @@ impl GuestOs {
     }
 }
 
-fn aligned(addr: u64) -> SysResult {
-    if addr.is_multiple_of(PAGE_SIZE) {
-        Ok(0)
-    } else {
-        Err(Errno(libc::EINVAL))
+/// Linux's `access_ok`: `addr..addr+len` lies in the user address space. Linux checks
+/// only this before a call that may copy fewer than `len` bytes (a read into a buffer
+/// larger than the data); what is copied is then checked against user memory.
+fn access_ok(addr: u64, len: u64) -> Result<(), Errno> {
+    match addr.checked_add(len) {
+        Some(end) if end <= TASK_SIZE_MAX => Ok(()),
+        _ => Err(Errno(libc::EFAULT)),
     }
 }
 
+/// `mprotect(addr, len, prot)`: checked as Linux does, with no effect (there are no page
+/// protections). Memory outside user memory counts as unmapped (ENOMEM).
+fn mprotect(mem: &GuestMemory, addr: u64, len: u64, prot: u64) -> SysResult {
+    if !addr.is_multiple_of(PAGE_SIZE) {
+        return Err(Errno(libc::EINVAL));
+    }
+    if len == 0 {
+        return Ok(0);
+    }
+    let end = crate::arch::layout::page_align_up(len)
+        .and_then(|len| addr.checked_add(len))
+        .ok_or(Errno(libc::ENOMEM))?;
+    // `prot` is an `unsigned long`: unknown bits anywhere in it are EINVAL.
+    const PROT_SEM: i32 = 0x8;
+    let grows = u64::from((libc::PROT_GROWSDOWN | libc::PROT_GROWSUP).cast_unsigned());
+    let known = u64::from(
+        (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC | PROT_SEM).cast_unsigned(),
+    ) | grows;
+    if prot & !known != 0 || prot & grows == grows {
+        return Err(Errno(libc::EINVAL));
+    }
+    mem.check_user(addr, end - addr)
+        .map_err(|_| Errno(libc::ENOMEM))?;
+    Ok(0)
+}
+
+/// Reads `count` iovecs at `iov` as Linux's `import_iovec` does: at most `IOV_MAX`
+/// (EINVAL), each length at most `SSIZE_MAX` (EINVAL) and in the user address space
+/// (EFAULT).
 fn read_iovecs(mem: &GuestMemory, iov: u64, count: u64) -> Result<Vec<Iovec>, Errno> {
     if count > IOV_MAX {
         return Err(Errno(libc::EINVAL));
     }
-    let mut out = Vec::with_capacity(count as usize);
-    for i in 0..count {
-        let v: Iovec = mem.read_user_obj(iov.checked_add(i * 16).ok_or(Errno(libc::EFAULT))?)?;
-        if v.len > i64::MAX as u64 {
-            return Err(Errno(libc::EINVAL));
-        }
-        out.push(v);
-    }
-    Ok(out)
+    (0..count)
+        .map(|i| {
+            let at = iov.checked_add(i * 16).ok_or(Errno(libc::EFAULT))?;
+            let v: Iovec = mem.read_user_obj(at)?;
+            if i64::try_from(v.len).is_err() {
+                return Err(Errno(libc::EINVAL));
+            }
+            access_ok(v.base, v.len)?;
+            Ok(v)
+        })
+        .collect()
 }
 
-fn clock_id(clock: u64) -> Result<i32, Errno> {
-    match clock as i32 {
+fn clock_id(clock: i32) -> Result<i32, Errno> {
+    match clock {
         c @ (libc::CLOCK_REALTIME
         | libc::CLOCK_MONOTONIC
         | libc::CLOCK_PROCESS_CPUTIME_ID
@@ -755,12 +931,13 @@ fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
             }
             return Err(e);
         }
-        done += n as usize;
+        // Not negative (checked above), and at most the length asked for.
+        done += n.unsigned_abs();
     }
     Ok(())
 }
 
-fn sched_getaffinity(mem: &GuestMemory, len: u64, mask: u64) -> SysResult {
+fn sched_getaffinity(mem: &GuestMemory, len: u32, mask: u64) -> SysResult {
     if len < 8 || !len.is_multiple_of(8) {
         return Err(Errno(libc::EINVAL));
     }
@@ -792,11 +969,33 @@ fn getcwd(mem: &GuestMemory, buf: u64, size: u64) -> SysResult {
 
 /// The guest has no file system: any path it names does not exist.
 fn no_such_file(mem: &GuestMemory, path: u64) -> SysResult {
-    mem.read_user_cstr(path, PATH_MAX)?;
+    read_path(mem, path)?;
     Err(Errno(libc::ENOENT))
 }
 
-fn sigaltstack(mem: &GuestMemory, old: u64) -> SysResult {
+/// Reads a path: EFAULT if it is not user memory, ENAMETOOLONG if its first
+/// `PATH_MAX` bytes hold no NUL.
+fn read_path(mem: &GuestMemory, path: u64) -> Result<Vec<u8>, Errno> {
+    mem.read_user_cstr(path, PATH_MAX).map_err(|_| {
+        if mem.check_user(path, PATH_MAX).is_ok() {
+            Errno(libc::ENAMETOOLONG)
+        } else {
+            Errno(libc::EFAULT)
+        }
+    })
+}
+
+/// `sigaltstack(new, old)`: a new stack is read and checked, then ignored; the old one
+/// reads as disabled.
+fn sigaltstack(mem: &GuestMemory, new: u64, old: u64) -> SysResult {
+    if new != 0 {
+        let ss: SigStack = mem.read_user_obj(new)?;
+        const SS_AUTODISARM: i32 = 1 << 31;
+        let mode = ss.flags & !SS_AUTODISARM;
+        if mode != 0 && mode != libc::SS_DISABLE && mode != libc::SS_ONSTACK {
+            return Err(Errno(libc::EINVAL));
+        }
+    }
     if old != 0 {
         mem.write_user_obj(
             old,
@@ -809,15 +1008,17 @@ fn sigaltstack(mem: &GuestMemory, old: u64) -> SysResult {
     Ok(0)
 }
 
-fn rt_sigaction(mem: &GuestMemory, sig: u64, act: u64, old: u64, sigsetsize: u64) -> SysResult {
-    if sigsetsize != 8 || !(1..=64).contains(&sig) {
-        return Err(Errno(libc::EINVAL));
-    }
-    if act != 0 && (sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64) {
+/// `rt_sigaction(sig, act, old, sigsetsize)`: a new action is read and dropped; the old
+/// one reads as `SIG_DFL`.
+fn rt_sigaction(mem: &GuestMemory, sig: i32, act: u64, old: u64, sigsetsize: u64) -> SysResult {
+    if sigsetsize != 8 {
         return Err(Errno(libc::EINVAL));
     }
     if act != 0 {
         mem.read_user_obj::<KernelSigaction>(act)?;
+    }
+    if !(1..=64).contains(&sig) || (act != 0 && (sig == libc::SIGKILL || sig == libc::SIGSTOP)) {
+        return Err(Errno(libc::EINVAL));
     }
     if old != 0 {
         mem.write_user_obj(old, KernelSigaction::default())?;
@@ -825,12 +1026,36 @@ fn rt_sigaction(mem: &GuestMemory, sig: u64, act: u64, old: u64, sigsetsize: u64
     Ok(0)
 }
 
-fn rt_sigprocmask(mem: &GuestMemory, old: u64, sigsetsize: u64) -> SysResult {
+/// `rt_sigprocmask(how, set, old, sigsetsize)`: a new mask is read and checked, then
+/// ignored; the old one reads as empty.
+fn rt_sigprocmask(mem: &GuestMemory, how: i32, set: u64, old: u64, sigsetsize: u64) -> SysResult {
     if sigsetsize != 8 {
         return Err(Errno(libc::EINVAL));
+    }
+    if set != 0 {
+        mem.read_user_obj::<u64>(set)?;
+        if !matches!(how, libc::SIG_BLOCK | libc::SIG_UNBLOCK | libc::SIG_SETMASK) {
+            return Err(Errno(libc::EINVAL));
+        }
     }
     if old != 0 {
         mem.write_user_obj(old, 0u64)?;
     }
     Ok(0)
 }
+
+/// `getrusage(who, usage)`: all zero.
+fn getrusage(mem: &GuestMemory, who: i32, usage: u64) -> SysResult {
+    const RUSAGE_THREAD: i32 = 1;
+    if !matches!(
+        who,
+        libc::RUSAGE_SELF | libc::RUSAGE_CHILDREN | RUSAGE_THREAD
+    ) {
+        return Err(Errno(libc::EINVAL));
+    }
+    mem.write_user(usage, &[0u8; 144])?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests;

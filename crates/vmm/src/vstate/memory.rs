@@ -11,20 +11,29 @@ use vm_memory::{
 
 use crate::arch::layout::{PAGE_SIZE, SYSTEM_AREA_END};
 
+/// Why guest memory could not be set up or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
+    /// The host mapping failed.
     #[error("cannot map {size} bytes of guest memory")]
     Map {
+        /// The size asked for.
         size: u64,
+        /// Why.
         #[source]
         source: vm_memory::mmap::MmapRegionError,
     },
+    /// vm-memory refused the mapping as a guest memory region.
     #[error("guest memory region rejected")]
     Region,
+    /// Mapping fresh zero pages over a range failed.
     #[error("cannot replace guest pages {start:#x}..{end:#x} with zero pages")]
     Discard {
+        /// The range's first page.
         start: u64,
+        /// Its end.
         end: u64,
+        /// Why.
         #[source]
         source: io::Error,
     },
@@ -35,7 +44,9 @@ pub enum MemoryError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("bad guest address range {addr:#x}+{len:#x}")]
 pub struct Efault {
+    /// The range's start.
     pub addr: u64,
+    /// Its length.
     pub len: u64,
 }
 
@@ -48,6 +59,8 @@ pub enum Backing {
     PrivateFile,
 }
 
+/// The guest's memory: guest-physical addresses 0..size, backed by one host mapping.
+/// Every access is bounds-checked; the `*_user` accessors also refuse the system area.
 pub struct GuestMemory {
     mem: GuestMemoryMmap,
     host: *mut u8,
@@ -97,10 +110,12 @@ impl GuestMemory {
         })
     }
 
+    /// The size in bytes.
     pub fn size(&self) -> u64 {
         self.size
     }
 
+    /// How the host mapping was made.
     pub fn backing(&self) -> Backing {
         self.backing
     }
@@ -136,6 +151,7 @@ impl GuestMemory {
             .map_err(|_| Efault { addr, len })
     }
 
+    /// Reads a `T` at `addr`. Any address in guest memory.
     pub fn read_obj<T: ByteValued>(&self, addr: u64) -> Result<T, Efault> {
         let len = size_of::<T>() as u64;
         self.mem
@@ -143,6 +159,7 @@ impl GuestMemory {
             .map_err(|_| Efault { addr, len })
     }
 
+    /// Writes `value` at `addr`. Any address in guest memory.
     pub fn write_obj<T: ByteValued>(&self, addr: u64, value: T) -> Result<(), Efault> {
         let len = size_of::<T>() as u64;
         self.mem
@@ -164,17 +181,20 @@ impl GuestMemory {
         self.write(addr, data)
     }
 
+    /// Reads a `T` from user memory (checked with [`check_user`](Self::check_user)).
     pub fn read_user_obj<T: ByteValued>(&self, addr: u64) -> Result<T, Efault> {
         self.check_user(addr, size_of::<T>() as u64)?;
         self.read_obj(addr)
     }
 
+    /// Writes `value` to user memory (checked with [`check_user`](Self::check_user)).
     pub fn write_user_obj<T: ByteValued>(&self, addr: u64, value: T) -> Result<(), Efault> {
         self.check_user(addr, size_of::<T>() as u64)?;
         self.write_obj(addr, value)
     }
 
-    /// Reads a NUL-terminated string of at most `max` bytes from user memory.
+    /// Reads a NUL-terminated string from user memory, without its NUL. `Efault` if
+    /// user memory ends before the NUL or the first `max` bytes hold none.
     pub fn read_user_cstr(&self, addr: u64, max: u64) -> Result<Vec<u8>, Efault> {
         let mut out = Vec::new();
         let mut chunk = [0u8; 256];

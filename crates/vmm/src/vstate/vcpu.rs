@@ -6,15 +6,20 @@
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 
+/// A failed vCPU ioctl.
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {
+    /// `KVM_CREATE_VCPU`.
     #[error("KVM_CREATE_VCPU failed")]
     Create(#[source] kvm_ioctls::Error),
+    /// Another ioctl, named without its `KVM_` prefix.
     #[error("KVM_{0} failed")]
     Ioctl(&'static str, #[source] kvm_ioctls::Error),
 }
 
+/// The microVM's one vCPU.
 pub struct Vcpu {
+    /// The KVM vCPU.
     pub fd: VcpuFd,
     sync_regs: bool,
     /// Whether the registers in the `kvm_run` page are current (true after an exit).
@@ -26,19 +31,24 @@ pub struct Vcpu {
 pub enum Exit {
     /// `out` to `port`, with the first data byte.
     IoOut {
+        /// The port.
         port: u16,
+        /// The first byte written.
         byte: u8,
     },
     /// `in` from `port`.
     IoIn {
+        /// The port.
         port: u16,
     },
     /// Access to guest-physical memory with no memory behind it.
     Mmio {
+        /// The guest-physical address.
         addr: u64,
     },
     /// Triple fault.
     Shutdown,
+    /// `hlt` (which raises #GP at CPL3, so a guest cannot normally cause this).
     Hlt,
     /// `KVM_RUN` was interrupted by a signal (the watchdog).
     Interrupted,
@@ -47,6 +57,8 @@ pub enum Exit {
 }
 
 impl Vcpu {
+    /// Creates vCPU 0 of `vm`, with its registers in the `kvm_run` page when `kvm`
+    /// offers `KVM_CAP_SYNC_REGS`.
     pub fn new(kvm: &Kvm, vm: &VmFd) -> Result<Self, VcpuError> {
         let mut fd = vm.create_vcpu(0).map_err(VcpuError::Create)?;
         let sync_regs = kvm.check_extension(Cap::SyncRegs);

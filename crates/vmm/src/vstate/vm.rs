@@ -5,24 +5,34 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use super::memory::GuestMemory;
 
+/// Why the KVM VM could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
+    /// `/dev/kvm` could not be opened.
     #[error("cannot open /dev/kvm (is KVM available, and are you root?)")]
     OpenKvm(#[source] kvm_ioctls::Error),
+    /// `KVM_CREATE_VM` failed.
     #[error("KVM_CREATE_VM failed")]
     CreateVm(#[source] kvm_ioctls::Error),
+    /// Guest memory could not be given to the VM.
     #[error("KVM_SET_USER_MEMORY_REGION failed for {size} bytes")]
     SetMemory {
+        /// The size of guest memory.
         size: u64,
+        /// Why.
         #[source]
         source: kvm_ioctls::Error,
     },
+    /// A capability the VMM needs (its name).
     #[error("this KVM lacks a required capability: {0}")]
     MissingCap(&'static str),
 }
 
+/// The KVM VM of a microVM.
 pub struct Vm {
+    /// The open `/dev/kvm`.
     pub kvm: Kvm,
+    /// The VM.
     pub fd: VmFd,
 }
 

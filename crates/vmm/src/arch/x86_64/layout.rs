@@ -15,21 +15,27 @@ pub const MAX_MEM_SIZE: u64 = 4 << 30;
 /// The system area: everything the VMM puts in guest memory below this address.
 pub const SYSTEM_AREA_END: u64 = LARGE_PAGE_SIZE;
 
+/// The PML4 (CR3).
 pub const PML4_ADDR: u64 = 0x1000;
+/// The one page-directory-pointer table.
 pub const PDPT_ADDR: u64 = 0x2000;
 /// Four page directories (one per GiB) at 0x3000..0x7000.
 pub const PD_ADDR: u64 = 0x3000;
+/// Number of page directories.
 pub const PD_COUNT: u64 = 4;
 /// The 4 KiB page table for the first 2 MiB (the system area).
 pub const PT_ADDR: u64 = 0x7000;
-/// GDT (with the 64-bit TSS descriptor) and the TSS itself.
+/// GDT (with the 64-bit TSS descriptor).
 pub const GDT_ADDR: u64 = 0x8000;
+/// The TSS (RSP0 = the exception stack, and the I/O permission bitmap).
 pub const TSS_ADDR: u64 = 0x8800;
 /// IDT: 32 exception gates of 16 bytes.
 pub const IDT_ADDR: u64 = 0x9000;
 /// Syscall entry (LSTAR) at the start of this page, exception stubs after it.
 pub const STUB_PAGE: u64 = 0xa000;
+/// The syscall stub: `out SYSCALL_PORT, al; ud2`.
 pub const SYSCALL_STUB: u64 = STUB_PAGE;
+/// The 32 exception stubs, one per vector.
 pub const EXCEPTION_STUBS: u64 = STUB_PAGE + 0x100;
 /// Bytes per exception stub: `mov al, VECTOR; out EXCEPTION_PORT, al; jmp $; nop; nop`.
 pub const EXCEPTION_STUB_SIZE: u64 = 8;
@@ -41,6 +47,7 @@ pub const fn exception_stub(vector: u8) -> u64 {
 
 /// Exception stack (TSS.RSP0): two pages, top at `EXCEPTION_STACK_TOP`.
 pub const EXCEPTION_STACK: u64 = 0xb000;
+/// The top of the exception stack (TSS.RSP0).
 pub const EXCEPTION_STACK_TOP: u64 = 0xd000;
 
 /// I/O port the syscall stub writes to: the exit that means "system call".

@@ -7,6 +7,7 @@
 //! and near-null pointers fault.
 
 mod cpu;
+mod fault;
 pub mod layout;
 mod paging;
 mod regs;
@@ -14,9 +15,13 @@ mod state;
 mod tables;
 
 pub use cpu::hwcap;
+pub use fault::{
+    Access, ExceptionFrame, ExceptionReport, FaultRegs, GENERAL_PROTECTION, PAGE_FAULT, PageFault,
+    decode_exception, exception_name, io_instruction_port, read_exception_frame,
+};
 pub use paging::write_page_tables;
 pub use regs::{
     CpuSetupError, configure_vcpu, return_from_syscall, supported_xcr0, user_cs, user_ss,
 };
 pub use state::{VcpuState, restore_vcpu, save_vcpu};
-pub use tables::{ExceptionFrame, exception_name, read_exception_frame, write_system_tables};
+pub use tables::write_system_tables;

@@ -40,14 +40,20 @@ const SYSCALL_MASK: u64 = 0x100 | 0x400 | 0x4000 | 0x4_0000;
 /// XSAVE components the guest may use: x87, SSE, AVX and AVX-512 state.
 const XCR0_WANTED: u64 = 0x1 | 0x2 | 0x4 | 0x20 | 0x40 | 0x80;
 
+/// Why the vCPU's state could not be set up, saved or restored.
 #[derive(Debug, thiserror::Error)]
 pub enum CpuSetupError {
+    /// `KVM_GET_SUPPORTED_CPUID`.
     #[error("KVM_GET_SUPPORTED_CPUID failed")]
     GetCpuid(#[source] kvm_ioctls::Error),
+    /// `KVM_SET_CPUID2`.
     #[error("KVM_SET_CPUID2 failed")]
     SetCpuid(#[source] kvm_ioctls::Error),
+    /// Another ioctl, named without its `KVM_` prefix.
     #[error("KVM_{0} failed")]
     Ioctl(&'static str, #[source] kvm_ioctls::Error),
+    /// The host cannot give the guest x87 and SSE state through XSAVE (the supported
+    /// XCR0).
     #[error("the host's KVM does not support XSAVE with SSE (supported XCR0 is {0:#x})")]
     NoXsave(u64),
 }

@@ -15,13 +15,20 @@ const SAVED_MSRS: [u32; 4] = [0xc000_0081, 0xc000_0082, 0xc000_0084, 0xc000_0102
 /// Largest XSAVE area `KVM_GET_XSAVE` can return in a `kvm_xsave`.
 const XSAVE_AREA: i32 = 4096;
 
+/// The vCPU at a snapshot: what [`save_vcpu`] reads and [`restore_vcpu`] sets.
 #[derive(Serialize, Deserialize)]
 pub struct VcpuState {
+    /// The CPUID the guest was given.
     pub cpuid: Vec<kvm_cpuid_entry2>,
+    /// General registers.
     pub regs: kvm_regs,
+    /// Special registers (segments, control registers, descriptor tables).
     pub sregs: kvm_sregs,
+    /// XCR0.
     pub xcrs: kvm_xcrs,
+    /// The XSAVE area (x87, SSE, AVX, AVX-512 state).
     pub xsave: kvm_xsave,
+    /// The syscall MSRs and the swapped GS base.
     pub msrs: Vec<kvm_msr_entry>,
 }
 

@@ -106,65 +106,6 @@ fn interrupt_gate(handler: u64) -> (u64, u64) {
     (lo, handler >> 32)
 }
 
-/// What the CPU pushed on the exception stack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ExceptionFrame {
-    pub error_code: Option<u64>,
-    pub rip: u64,
-    pub rsp: u64,
-}
-
-/// Whether the CPU pushes an error code for `vector`.
-fn has_error_code(vector: u8) -> bool {
-    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
-}
-
-/// Reads the exception frame at `rsp` (the stub's stack pointer when it exited) through
-/// `read_u64`; `None` if it cannot be read.
-pub fn read_exception_frame(
-    vector: u8,
-    rsp: u64,
-    read_u64: impl Fn(u64) -> Option<u64>,
-) -> Option<ExceptionFrame> {
-    let (error_code, frame) = if has_error_code(vector) {
-        (Some(read_u64(rsp)?), rsp.checked_add(8)?)
-    } else {
-        (None, rsp)
-    };
-    Some(ExceptionFrame {
-        error_code,
-        rip: read_u64(frame)?,
-        rsp: read_u64(frame.checked_add(24)?)?,
-    })
-}
-
-/// The architectural name of an exception vector.
-pub fn exception_name(vector: u8) -> &'static str {
-    match vector {
-        0 => "divide error",
-        1 => "debug exception",
-        2 => "non-maskable interrupt",
-        3 => "breakpoint",
-        4 => "overflow",
-        5 => "bound range exceeded",
-        6 => "invalid opcode",
-        7 => "device not available",
-        8 => "double fault",
-        10 => "invalid TSS",
-        11 => "segment not present",
-        12 => "stack-segment fault",
-        13 => "general protection fault",
-        14 => "page fault",
-        16 => "x87 floating-point exception",
-        17 => "alignment check",
-        18 => "machine check",
-        19 => "SIMD floating-point exception",
-        20 => "virtualization exception",
-        21 => "control protection exception",
-        _ => "reserved exception",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -180,25 +121,6 @@ mod tests {
         assert_eq!(lo & 0xffff, 0x67);
         assert_eq!((lo >> 16) & 0xff_ffff, 0x8800);
         assert_eq!(hi, 0);
-    }
-
-    #[test]
-    fn exception_frame_with_and_without_error_code() {
-        let stack = [7u64, 0x40_1000, 0x23, 0x3002, 0x7fff_0000, 0x1b];
-        let read = |a: u64| stack.get(((a - 0x1000) / 8) as usize).copied();
-        let pf = read_exception_frame(14, 0x1000, read).unwrap();
-        assert_eq!(
-            pf,
-            ExceptionFrame {
-                error_code: Some(7),
-                rip: 0x40_1000,
-                rsp: 0x7fff_0000
-            }
-        );
-        let ud = read_exception_frame(6, 0x1008, read).unwrap();
-        assert_eq!(ud.error_code, None);
-        assert_eq!(ud.rip, 0x40_1000);
-        assert_eq!(exception_name(14), "page fault");
     }
 
     #[test]
