@@ -13,6 +13,7 @@ pub mod store;
 
 pub use self::failure::FailureKind;
 
+pub(crate) use reap_error::chain as error_chain;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
@@ -451,18 +452,6 @@ impl Orchestrator {
     fn is_shutting_down(&self) -> bool {
         self.pools().shutting_down
     }
-}
-
-/// An error and its causes on one line, `: `-separated.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
 }
 
 /// Checks that a request is one JSON value and returns it as one compact line.

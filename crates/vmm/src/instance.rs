@@ -17,28 +17,40 @@ use crate::snapshot::{SnapshotDir, SnapshotError, SnapshotState};
 
 pub use reap_pager::MemoryMode;
 
+/// Why an instance could not be booted, restored or invoked.
 #[derive(Debug, thiserror::Error)]
 pub enum InstanceError {
+    /// The microVM failed (including the guest's own faults: see [`VmError::Guest`]).
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// The snapshot could not be read or written.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
+    /// Guest memory could not be mapped from the memory file (`file` mode).
     #[error(transparent)]
     FileMemory(#[from] FileMemoryError),
+    /// Guest memory could not be set up with its page server (lazy, record, reap).
     #[error(transparent)]
     PagedMemory(#[from] PagedMemoryError),
+    /// The program exited (with this status) before its ready point.
     #[error("the function exited with status {0} before reading its first request")]
     ExitedBeforeReady(i32),
+    /// The program exited (with this status) during an invocation.
     #[error("the function exited with status {0} instead of answering")]
     Exited(i32),
+    /// The program waited for input again without writing a response line.
     #[error("the function waits for more input without having answered")]
     NoResponse,
+    /// The program wrote this many lines instead of one response line.
     #[error("the function answered with {0} lines instead of one")]
     ResponseLines(usize),
+    /// The program's response exceeded [`MAX_RESPONSE_BYTES`].
     #[error("the function wrote more than {MAX_RESPONSE_BYTES} bytes in answer to one request")]
     ResponseTooLarge,
+    /// The request held a newline: requests are one line each.
     #[error("a request must be one line (it contains a newline)")]
     MultilineRequest,
+    /// The instance is not waiting for a request (it is not at its ready point).
     #[error("the instance is not ready for a request")]
     NotReady,
 }
@@ -95,6 +107,7 @@ impl Write for Capture {
 /// How a cold start went, up to the point the guest can run.
 #[derive(Debug, Clone, Serialize)]
 pub struct ColdStart {
+    /// The memory mode of the restore.
     pub mode: MemoryMode,
     /// Restoring the VM: state file, memory setup, VM and vCPU (fetch and install
     /// excluded).
@@ -103,6 +116,7 @@ pub struct ColdStart {
     pub fetch_us: u64,
     /// Installing the working set into guest memory.
     pub install_us: u64,
+    /// Pages of the working set installed before the guest ran (zero pages included).
     pub prefetched_pages: u64,
     /// This cold start records the working set (reap mode, no WS file yet).
     pub recording: bool,
@@ -147,6 +161,7 @@ pub struct Invocation {
     /// Faults served lazily by the page server during this invocation, from the file
     /// and as zero pages.
     pub lazy_faults: u64,
+    /// Of [`Invocation::lazy_faults`], the faults served with a zero page.
     pub lazy_faults_zero: u64,
     /// Guest system calls during this invocation.
     pub syscalls: u64,
@@ -154,6 +169,8 @@ pub struct Invocation {
     pub ws_pages_written: Option<u64>,
 }
 
+/// A function instance: a microVM at its ready point, with its page server (if any)
+/// and the capture of its stdout.
 pub struct Instance {
     vm: MicroVm,
     pager: Option<PageServer>,

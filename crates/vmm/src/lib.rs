@@ -11,6 +11,8 @@
 //! - [`instance`]: a function instance: boot to ready, restore in a memory mode, invoke.
 //! - [`snapshot`]: snapshots on disk (state file, sparse memory file).
 
+#![warn(missing_docs)]
+
 pub mod arch;
 pub mod guest_os;
 pub mod instance;

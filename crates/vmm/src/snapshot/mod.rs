@@ -25,31 +25,53 @@ use self::state::StateFormatError;
 use crate::arch::layout;
 use crate::microvm::{MicroVm, VmError, VmState};
 
+/// File name of the state file in a snapshot directory.
 pub const STATE_FILE: &str = "state";
+/// File name of the memory file in a snapshot directory.
 pub const MEMORY_FILE: &str = "memory";
+/// File name of the working-set file in a snapshot directory.
 pub const WS_FILE: &str = "ws";
 
+/// Errors reading, checking or writing a snapshot.
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
     /// A file or directory could not be used.
     #[error(transparent)]
     Io(#[from] PathIoError),
+    /// The state file is not a valid state file.
     #[error("{}", path.display())]
     Format {
+        /// The state file.
         path: PathBuf,
+        /// What is wrong with it.
         #[source]
         source: StateFormatError,
     },
+    /// The memory file's size is not the one the state records.
     #[error("{}: memory file is {found} bytes, the state says {expected}", path.display())]
     MemorySize {
+        /// The memory file.
         path: PathBuf,
+        /// The size the state records.
         expected: u64,
+        /// The file's size.
         found: u64,
     },
+    /// The memory file is not the one the state was taken with.
     #[error("{}: memory file does not belong to this state (its contents differ)", path.display())]
-    MemoryMismatch { path: PathBuf },
+    MemoryMismatch {
+        /// The memory file.
+        path: PathBuf,
+    },
+    /// The state contradicts itself (e.g. memory sizes, address-space invariants).
     #[error("{}: inconsistent snapshot state: {what}", path.display())]
-    Inconsistent { path: PathBuf, what: &'static str },
+    Inconsistent {
+        /// The state file.
+        path: PathBuf,
+        /// What contradicts what.
+        what: &'static str,
+    },
+    /// The microVM's state could not be saved.
     #[error("cannot save the microVM")]
     Vm(#[from] VmError),
 }
@@ -68,6 +90,7 @@ pub struct SnapshotState {
     pub memory_tag: u32,
     /// Bytes of the memory file that hold data (not holes).
     pub memory_data_bytes: u64,
+    /// The vCPU and guest-OS state.
     pub vm: VmState,
 }
 
@@ -95,18 +118,22 @@ impl SnapshotState {
 /// The files of a snapshot directory.
 #[derive(Debug, Clone)]
 pub struct SnapshotDir {
+    /// The snapshot directory.
     pub dir: PathBuf,
 }
 
 impl SnapshotDir {
+    /// The snapshot directory `dir` (nothing is read until asked).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
     }
 
+    /// The state file's path.
     pub fn state(&self) -> PathBuf {
         self.dir.join(STATE_FILE)
     }
 
+    /// The memory file's path.
     pub fn memory(&self) -> PathBuf {
         self.dir.join(MEMORY_FILE)
     }

@@ -15,24 +15,41 @@ pub const HEADER_LEN: usize = 32;
 /// Largest payload this build reads.
 pub const MAX_PAYLOAD: u64 = 4 << 20;
 
+/// Why bytes are not a valid state file.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum StateFormatError {
+    /// The file does not start with the state file's magic.
     #[error("not a reap snapshot state file (bad magic)")]
     BadMagic,
     #[error(
         "state file format version {found} is not supported (this build reads version {VERSION})"
     )]
-    Version { found: u32 },
+    /// The format version is not the one this build reads.
+    Version {
+        /// The file's version.
+        found: u32,
+    },
+    /// A header field is invalid (which one is said).
     #[error("state file header is invalid: {0}")]
     BadHeader(&'static str),
+    /// The file is shorter than its header says.
     #[error("state file is truncated ({len} bytes, {expected} expected)")]
-    Truncated { len: u64, expected: u64 },
+    Truncated {
+        /// The file's length.
+        len: u64,
+        /// The length its header implies.
+        expected: u64,
+    },
+    /// The payload is larger than [`MAX_PAYLOAD`].
     #[error("state file payload of {0} bytes exceeds the {MAX_PAYLOAD}-byte cap")]
     TooLarge(u64),
+    /// The payload's checksum does not match.
     #[error("state file is corrupt (checksum mismatch)")]
     Checksum,
+    /// Bytes follow the payload.
     #[error("state file has trailing data")]
     Trailing,
+    /// The payload does not decode (the decoder's message).
     #[error("state file payload is invalid: {0}")]
     Payload(String),
 }
