@@ -279,6 +279,21 @@ pub fn cold_start(
     Ok((sample, response, instance))
 }
 
+/// The recording cold start from `dir` (reap mode, no WS file yet), page cache
+/// evicted first: its figures and its answer, which later cold starts must give.
+fn record(
+    dir: &SnapshotDir,
+    function: &str,
+    request: &[u8],
+    limit: Duration,
+    options: ServeOptions,
+) -> Result<(ColdSample, Vec<u8>), BenchError> {
+    evict(dir)?;
+    let (sample, response, _) = cold_start(dir, MemoryMode::Reap, request, limit, options)
+        .map_err(function_err(function, "recording cold start failed"))?;
+    Ok((sample, response))
+}
+
 fn evict(dir: &SnapshotDir) -> Result<(), BenchError> {
     dir.evict_from_page_cache()
         .map_err(|source| BenchError::Snapshot {
@@ -337,15 +352,7 @@ pub fn function(
 
     // The recording cold start (reap mode, no WS file yet).
     progress.set_message(format!("{name}: recording cold start"));
-    evict(&dir)?;
-    let (recording, expected, _) = cold_start(
-        &dir,
-        MemoryMode::Reap,
-        request,
-        params.limit,
-        params.serve_options(),
-    )
-    .map_err(function_err(name, "recording cold start failed"))?;
+    let (recording, expected) = record(&dir, name, request, params.limit, params.serve_options())?;
     let ws = ws_info(&dir, memory_len)?;
     progress.inc();
 
@@ -438,18 +445,13 @@ fn input_sensitivity(
         progress.set_message(format!(
             "{name}: input sensitivity, recording (holes served)"
         ));
-        evict(&served)?;
-        cold_start(
+        record(
             &served,
-            MemoryMode::Reap,
+            name,
             spec.request.as_bytes(),
             params.limit,
             served_options.clone(),
-        )
-        .map_err(function_err(
-            name,
-            "recording cold start (holes served) failed",
-        ))?;
+        )?;
         progress.inc();
         let mut out = InputSensitivity {
             request: request.to_owned(),
@@ -592,15 +594,7 @@ pub fn sweep(
         }
     }
     drop(warm_instance);
-    evict(&dir)?;
-    let (_, expected, _) = cold_start(
-        &dir,
-        MemoryMode::Reap,
-        request,
-        params.limit,
-        params.serve_options(),
-    )
-    .map_err(function_err(name, "recording cold start failed"))?;
+    let (_, expected) = record(&dir, name, request, params.limit, params.serve_options())?;
     progress.inc();
 
     let mut batches = Vec::new();
