@@ -703,6 +703,20 @@ mod proptests {
     }
 
     #[test]
+    fn crafted_state_with_the_heap_start_above_the_break_is_refused() {
+        // Found by `changed_payloads_are_refused_or_usable`: this state passed the
+        // format's checks, and the address space then underflowed in `mapped_bytes`.
+        let d = dir("crafted");
+        let mut value = serde_json::to_value(state()).unwrap();
+        value["vm"]["os"]["mm"]["brk_start"] = Value::from(0x380_0000u64);
+        fs::write(d.0.state(), state::encode(&value).unwrap()).unwrap();
+        assert!(matches!(
+            d.0.read_state(),
+            Err(SnapshotError::Inconsistent { .. })
+        ));
+    }
+
+    #[test]
     fn the_real_state_is_read_back_and_usable() {
         let d = dir("real");
         let bytes = state::encode(&state()).unwrap();
