@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::buf::AlignedBuf;
 use crate::memfile::MemoryFile;
+use crate::pagemap::{Owner, Pagemap, PagemapError};
 use crate::region::{self, PAGE_2M, Region, RegionError, Regions};
 use crate::uffd::{Errno, Event, FillError, Uffd};
 use crate::ws::{self, WorkingSet, WsError, WsSummary, WsWriteError};
@@ -27,8 +28,9 @@ pub enum Mode {
     /// Every fault is served from the memory file (holes as zero pages).
     Lazy,
     /// Lazy, and the faulting pages are recorded in fault order for
-    /// [`PageServer::write_ws`]. With [`Holes::Kernel`] holes do not fault, so only
-    /// data pages are recorded.
+    /// [`PageServer::write_ws`]. With [`Holes::Kernel`] holes do not fault: the hole
+    /// pages the owner touched are found in its page map when the set is written
+    /// ([`PageServer::scan_touched_holes`]) and listed after the faulting pages.
     Record,
     /// Before [`PageServer::start`] returns, the WS file is fetched with one `O_DIRECT`
     /// read and installed (one `UFFDIO_COPY` per contiguous run, zero pages copied from
@@ -172,6 +174,10 @@ pub enum PagerError {
     /// Writing the WS file failed.
     #[error("cannot write the working set")]
     WriteWs(#[from] WsWriteError),
+    /// The owner's page map, which tells which unregistered holes it touched, cannot
+    /// be read ([`PageServer::scan_touched_holes`]).
+    #[error("cannot tell which holes of the memory its owner touched")]
+    ScanHoles(#[source] PagemapError),
 }
 
 /// Counters of one page server, readable while it runs ([`PageServer::stats`]) and
@@ -233,8 +239,15 @@ pub struct PagerStats {
     /// Time spent serving faults: from taking a fault off the queue to its page being
     /// filled (the file read included).
     pub fault_serve_ns: u64,
-    /// Distinct pages recorded (record mode).
+    /// Distinct pages recorded by their faults (record mode), in fault order.
     pub recorded_pages: u64,
+    /// Pages of the holes unregistered at start that the owner has touched, as found
+    /// in its page map by the last scan (record mode with [`Holes::Kernel`];
+    /// [`PageServer::scan_touched_holes`], which [`PageServer::write_ws`] calls). The
+    /// WS file lists them after the [`PagerStats::recorded_pages`], as zero pages.
+    pub recorded_hole_pages: u64,
+    /// Time spent reading the owner's page map, all scans together.
+    pub hole_scan_ns: u64,
     /// Prefetch mode fell back to lazy because the WS file was refused.
     pub prefetch_fell_back: bool,
     /// Why it fell back.
@@ -264,6 +277,8 @@ struct Counters {
     verify_ns: AtomicU64,
     install_ns: AtomicU64,
     fault_serve_ns: AtomicU64,
+    recorded_hole_pages: AtomicU64,
+    hole_scan_ns: AtomicU64,
 }
 
 #[derive(Default)]
@@ -278,6 +293,9 @@ struct Shared {
     holes: Holes,
     counters: Counters,
     recorded: Mutex<Vec<u64>>,
+    /// Record mode: the holes unregistered at start, and which of their pages the
+    /// owner touched.
+    touched_holes: Mutex<TouchedHoles>,
     info: Mutex<Info>,
     running: AtomicBool,
     /// An eventfd made readable once the fault loop has stopped.
@@ -302,6 +320,64 @@ fn add(c: &AtomicU64, v: u64) {
     c.fetch_add(v, Ordering::Relaxed);
 }
 
+/// Record mode with [`Holes::Kernel`]: the hole ranges unregistered at start, and
+/// which of their pages the owner's page map has shown touched so far. Pages once seen
+/// stay recorded (a page the owner dropped since was still touched).
+#[derive(Default)]
+struct TouchedHoles {
+    /// `[start, end)` host addresses, in address order.
+    host: Vec<(u64, u64)>,
+    /// The memory-file offset of each range's first byte.
+    file: Vec<u64>,
+    /// One bit per page of the ranges, in their order.
+    bits: Vec<u64>,
+    /// Bits set.
+    count: u64,
+}
+
+impl TouchedHoles {
+    fn new(host: Vec<(u64, u64)>, file: Vec<u64>, page_size: u64) -> TouchedHoles {
+        let pages: u64 = host.iter().map(|&(s, e)| (e - s) / page_size).sum();
+        TouchedHoles {
+            host,
+            file,
+            bits: vec![0; bit_word(pages) + 1],
+            count: 0,
+        }
+    }
+
+    /// Marks page `k` (numbered over all ranges) touched.
+    fn mark(bits: &mut [u64], count: &mut u64, k: u64) {
+        let (w, b) = (bit_word(k), 1u64 << (k % 64));
+        if bits[w] & b == 0 {
+            bits[w] |= b;
+            *count += 1;
+        }
+    }
+
+    /// The memory-file offsets of the pages marked, in address order.
+    fn offsets(&self, page_size: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        let mut k = 0u64;
+        for (&(start, end), &file) in self.host.iter().zip(&self.file) {
+            let pages = (end - start) / page_size;
+            for i in 0..pages {
+                if self.bits[bit_word(k + i)] & (1 << ((k + i) % 64)) != 0 {
+                    out.push(file + i * page_size);
+                }
+            }
+            k += pages;
+        }
+        out
+    }
+}
+
+/// The word of a bitmap that holds bit `k`. The bitmap has one bit per page of guest
+/// memory, which the process maps, so the index fits a `usize`.
+fn bit_word(k: u64) -> usize {
+    usize::try_from(k / 64).expect("one bit per page of mapped memory fits in memory")
+}
+
 /// A running page server. Dropping it stops the fault loop (like [`PageServer::stop`]).
 ///
 /// Once the loop has stopped, its userfaultfd is closed, which unregisters the memory:
@@ -314,6 +390,12 @@ pub struct PageServer {
     memory: Arc<MemoryFile>,
     page_size: u64,
     recording: bool,
+    /// Whose page map tells the holes touched (record mode).
+    owner: Owner,
+    /// That page map, opened at the first scan.
+    pagemap: Mutex<Option<Pagemap>>,
+    /// A page-map scan failed and was reported (once per server).
+    scan_warned: AtomicBool,
 }
 
 impl std::fmt::Debug for PageServer {
@@ -370,11 +452,17 @@ impl PageServer {
         // SAFETY: a fresh descriptor that nothing else owns.
         let stopped_fd = unsafe { OwnedFd::from_raw_fd(efd) };
         let memory = Arc::new(memory);
+        let owner = if mode == Mode::Record {
+            Owner::of(&uffd).map_err(PagerError::Spawn)?
+        } else {
+            Owner::Unknown
+        };
         let shared = Arc::new(Shared {
             mode: mode.name(),
             holes: options.holes,
             counters: Counters::default(),
             recorded: Mutex::new(Vec::new()),
+            touched_holes: Mutex::new(TouchedHoles::default()),
             info: Mutex::new(Info::default()),
             running: AtomicBool::new(true),
             stopped_fd,
@@ -413,6 +501,9 @@ impl PageServer {
             memory,
             page_size,
             recording: false,
+            owner,
+            pagemap: Mutex::new(None),
+            scan_warned: AtomicBool::new(false),
         };
         server.recording = server.shared.mode == "record";
         match ready_rx.recv() {
@@ -459,6 +550,8 @@ impl PageServer {
             install_ns: get(&c.install_ns),
             fault_serve_ns: get(&c.fault_serve_ns),
             recorded_pages: lock(&self.shared.recorded).len() as u64,
+            recorded_hole_pages: get(&c.recorded_hole_pages),
+            hole_scan_ns: get(&c.hole_scan_ns),
             prefetch_fell_back: info.fallback_reason.is_some(),
             fallback_reason: info.fallback_reason.clone(),
             stopped: info.stopped.clone(),
@@ -488,20 +581,84 @@ impl PageServer {
         &self.memory
     }
 
-    /// The memory-file offsets of the pages recorded so far, in fault order, each once
-    /// (record mode; empty otherwise).
+    /// The memory-file offsets of the pages recorded by their faults so far, in fault
+    /// order, each once (record mode; empty otherwise). With [`Holes::Kernel`] the hole
+    /// pages touched are not among them: see [`PageServer::recorded_hole_offsets`].
     pub fn recorded_offsets(&self) -> Vec<u64> {
         lock(&self.shared.recorded).clone()
     }
 
+    /// The memory-file offsets of the pages of unregistered holes that the owner has
+    /// touched, as found by the scans so far ([`PageServer::scan_touched_holes`]), in
+    /// address order (record mode; empty otherwise).
+    pub fn recorded_hole_offsets(&self) -> Vec<u64> {
+        lock(&self.shared.touched_holes).offsets(self.page_size)
+    }
+
+    /// Record mode: reads the owner's page map over the holes unregistered at start
+    /// ([`Holes::Kernel`]) and records the pages it shows touched (present or swapped
+    /// out) since; returns the hole pages recorded so far
+    /// ([`PagerStats::recorded_hole_pages`]). [`PageServer::write_ws`] calls it; a
+    /// caller calls it to learn whether the set grew without writing it.
+    ///
+    /// The owner is this process for a userfaultfd from [`Uffd::new`], else the process
+    /// [`Uffd::with_owner_pid`] named; without one ([`PagemapError::UnknownOwner`]),
+    /// after the owner has exited ([`PagemapError::OwnerExited`]), or without access to
+    /// its page map, this fails and the pages found by earlier scans stay recorded. A
+    /// hole page counts as touched by the guest because no hole is present when the
+    /// server starts: the holes are unregistered before the owner's guest runs, and
+    /// neither reap's microVM nor Firecracker touches guest memory before that.
+    pub fn scan_touched_holes(&self) -> Result<u64, PagerError> {
+        if !self.recording {
+            return Err(PagerError::NotRecording);
+        }
+        let mut holes = lock(&self.shared.touched_holes);
+        if holes.host.is_empty() {
+            return Ok(0);
+        }
+        let t = Instant::now();
+        let mut pagemap = lock(&self.pagemap);
+        let pm = match &mut *pagemap {
+            Some(pm) => pm,
+            None => pagemap.insert(Pagemap::open(&self.owner).map_err(PagerError::ScanHoles)?),
+        };
+        let TouchedHoles {
+            host, bits, count, ..
+        } = &mut *holes;
+        let result = pm.scan(host, self.page_size, |k| TouchedHoles::mark(bits, count, k));
+        let c = &self.shared.counters;
+        c.recorded_hole_pages.store(*count, Ordering::Relaxed);
+        add(&c.hole_scan_ns, t.elapsed().as_nanos() as u64);
+        result.map_err(PagerError::ScanHoles)?;
+        Ok(*count)
+    }
+
     /// Writes the pages recorded so far to the WS file `path` (atomically), with their
     /// contents read from the memory file, i.e. the snapshot's contents, not the guest's
-    /// current memory. Recording goes on; call it again to write a longer set.
+    /// current memory: the faulting pages in fault order, then the hole pages the owner
+    /// touched ([`PageServer::scan_touched_holes`], done first), in address order, as
+    /// zero pages. If the owner's page map cannot be read, the set gets the hole pages
+    /// found by earlier scans only (one warning per server). Recording goes on; call it
+    /// again to write a longer set.
     pub fn write_ws(&self, path: &Path) -> Result<WsSummary, PagerError> {
         if !self.recording {
             return Err(PagerError::NotRecording);
         }
-        let offsets = self.recorded_offsets();
+        if let Err(e) = self.scan_touched_holes()
+            && !self.scan_warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                "{}; the working set lists the pages that faulted and only the {} hole \
+                 pages found before",
+                error_chain(&e),
+                self.shared
+                    .counters
+                    .recorded_hole_pages
+                    .load(Ordering::Relaxed)
+            );
+        }
+        let mut offsets = self.recorded_offsets();
+        offsets.extend(self.recorded_hole_offsets());
         Ok(ws::write_ws(path, self.page_size, &offsets, &self.memory)?)
     }
 
@@ -654,10 +811,12 @@ impl FaultLoop {
             ranges.sort_unstable();
         }
         let mut first_error = None;
+        let mut done = Vec::new();
         for &(start, end) in &ranges {
             match self.uffd.unregister(start, end - start) {
                 Ok(()) => {
                     self.unregistered.insert(start, end);
+                    done.push((start, end));
                     add(&c.hole_ranges_unregistered, 1);
                     add(&c.hole_bytes_unregistered, end - start);
                 }
@@ -669,6 +828,18 @@ impl FaultLoop {
             }
         }
         add(&c.unregister_ns, t.elapsed().as_nanos() as u64);
+        if self.record.is_some() {
+            // Each range lies in one region (hole ranges are cut at region ends).
+            let file = done
+                .iter()
+                .map(|&(start, _)| {
+                    self.regions
+                        .by_addr(start)
+                        .map_or(0, |r| r.file_offset + (start - r.host_addr))
+                })
+                .collect();
+            *lock(&self.shared.touched_holes) = TouchedHoles::new(done, file, ps);
+        }
         // One warning per server. An owner that has exited refuses everything
         // (`ENOMEM`); the fault loop then stops by itself.
         if let Some((start, end, e)) = first_error
@@ -1148,6 +1319,23 @@ mod tests {
         assert!(!r.contains(0xa000) && !r.contains(0xfff));
         r.insert(0x5000, 0x5000); // empty: ignored
         assert_eq!(r.0.len(), 1);
+    }
+
+    #[test]
+    fn touched_holes_map_marked_pages_to_file_offsets_in_address_order() {
+        // Two ranges: 3 pages at host 0x10000 (file 0x5000), 2 at host 0x20000 (file
+        // 0x1000).
+        let mut t = TouchedHoles::new(
+            vec![(0x10000, 0x13000), (0x20000, 0x22000)],
+            vec![0x5000, 0x1000],
+            0x1000,
+        );
+        for k in [4, 0, 2, 4] {
+            TouchedHoles::mark(&mut t.bits, &mut t.count, k);
+        }
+        assert_eq!(t.count, 3, "each page once");
+        assert_eq!(t.offsets(0x1000), vec![0x5000, 0x7000, 0x2000]);
+        assert!(TouchedHoles::default().offsets(0x1000).is_empty());
     }
 
     #[test]

@@ -312,6 +312,8 @@ pub struct Uffd {
     fd: OwnedFd,
     features: u64,
     owner: Option<(i32, OwnedFd)>,
+    /// Created by this process ([`Uffd::new`]): the memory it registers is ours.
+    created_here: bool,
 }
 
 /// The features [`Uffd::new`] asks for.
@@ -351,6 +353,7 @@ impl Uffd {
             fd,
             features: FEATURES,
             owner: None,
+            created_here: true,
         })
     }
 
@@ -417,6 +420,7 @@ impl Uffd {
             fd,
             features: 0,
             owner: None,
+            created_here: false,
         })
     }
 
@@ -441,6 +445,14 @@ impl Uffd {
     /// The owner's pid and pidfd, if [`Uffd::with_owner_pid`] was called.
     pub fn owner_pidfd(&self) -> Option<(i32, BorrowedFd<'_>)> {
         self.owner.as_ref().map(|(pid, fd)| (*pid, fd.as_fd()))
+    }
+
+    /// Whether this process created the descriptor ([`Uffd::new`]), so that the memory
+    /// registered with it is this process's own. (A userfaultfd acts on the address
+    /// space of the process that created it; for an adopted one, that process is the
+    /// one [`Uffd::with_owner_pid`] names, if the caller knows it.)
+    pub fn created_here(&self) -> bool {
+        self.created_here
     }
 
     /// The features enabled by [`Uffd::new`] (0 for an adopted descriptor).
