@@ -6,27 +6,17 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use reap_error::PathIoError;
+
 /// Errors opening a memory file.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryFileError {
     /// The file cannot be opened or its size read.
-    #[error("cannot open memory file {path}")]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Open(PathIoError),
     /// `lseek(SEEK_DATA/SEEK_HOLE)` failed while mapping the file's holes.
-    #[error("cannot map the holes of memory file {path}")]
-    Seek {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Seek(PathIoError),
 }
 
 /// A snapshot memory file, opened once, with its data/hole map.
@@ -46,15 +36,20 @@ impl MemoryFile {
     /// Opens `path` read-only and maps its data and holes.
     pub fn open(path: impl AsRef<Path>) -> Result<MemoryFile, MemoryFileError> {
         let path = path.as_ref().to_path_buf();
-        let open_err = |source| MemoryFileError::Open {
-            path: path.clone(),
-            source,
+        let open_err = |what| {
+            let on = PathIoError::on(&path, what);
+            move |e| MemoryFileError::Open(on(e))
         };
-        let file = File::open(&path).map_err(open_err)?;
-        let len = file.metadata().map_err(open_err)?.len();
-        let data = data_extents(&file, len).map_err(|source| MemoryFileError::Seek {
-            path: path.clone(),
-            source,
+        let file = File::open(&path).map_err(open_err("cannot open the memory file"))?;
+        let len = file
+            .metadata()
+            .map_err(open_err("cannot read the memory file's size"))?
+            .len();
+        let data = data_extents(&file, len).map_err(|e| {
+            MemoryFileError::Seek(PathIoError::on(
+                &path,
+                "cannot map the holes of the memory file",
+            )(e))
         })?;
         Ok(MemoryFile {
             file,

@@ -650,7 +650,7 @@ impl PageServer {
             tracing::warn!(
                 "{}; the working set lists the pages that faulted and only the {} hole \
                  pages found before",
-                error_chain(&e),
+                reap_error::chain(&e),
                 self.shared
                     .counters
                     .recorded_hole_pages
@@ -865,7 +865,11 @@ impl FaultLoop {
         {
             Ok(ws) => ws,
             Err(e) => {
-                let reason = format!("{}: {}", path.display(), error_chain(&e));
+                let reason = match &e {
+                    // It names the file.
+                    WsError::Io(_) => reap_error::chain(&e),
+                    _ => format!("{}: {}", path.display(), reap_error::chain(&e)),
+                };
                 tracing::warn!("working set refused, serving lazily: {reason}");
                 lock(&self.shared.info).fallback_reason = Some(reason);
                 self.unregister_holes(&[]);
@@ -1287,17 +1291,6 @@ impl FaultLoop {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(src) = cur {
-        s.push_str(": ");
-        s.push_str(&src.to_string());
-        cur = src.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1336,17 +1329,5 @@ mod tests {
         assert_eq!(t.count, 3, "each page once");
         assert_eq!(t.offsets(0x1000), vec![0x5000, 0x7000, 0x2000]);
         assert!(TouchedHoles::default().offsets(0x1000).is_empty());
-    }
-
-    #[test]
-    fn error_chain_includes_every_cause() {
-        let e = WsError::Io {
-            path: "/x".into(),
-            source: io::Error::other("disk on fire"),
-        };
-        assert_eq!(
-            error_chain(&e),
-            "cannot read working-set file /x: disk on fire"
-        );
     }
 }

@@ -33,6 +33,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use reap_error::PathIoError;
+
 use crate::buf::AlignedBuf;
 use crate::memfile::MemoryFile;
 
@@ -56,14 +58,8 @@ const CHECKSUM_AT: usize = 80;
 #[derive(Debug, thiserror::Error)]
 pub enum WsError {
     /// The file cannot be opened or read.
-    #[error("cannot read working-set file {path}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(PathIoError),
     /// Not a WS file (wrong magic).
     #[error("not a working-set file (magic {found:02x?})")]
     BadMagic {
@@ -175,15 +171,10 @@ pub enum WsWriteError {
         #[source]
         source: io::Error,
     },
-    /// Writing, syncing or renaming the file failed.
-    #[error("cannot write working-set file {path}")]
-    Write {
-        /// The file being written (the temporary file or the final path).
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// Writing, syncing or renaming the file failed (on the temporary file, the final
+    /// path, or the directory).
+    #[error(transparent)]
+    Write(PathIoError),
     /// An offset that is not page aligned or lies past the memory file.
     #[error(
         "page offset {offset:#x} is not a {page_size}-byte page of a {file_len}-byte memory file"
@@ -399,13 +390,12 @@ impl WorkingSet {
     /// length, checksum, page size, memory-file identity, every offset (aligned, no
     /// unknown flags, inside the memory file, no duplicates).
     pub fn load(path: &Path, memory: &MemoryFile, page_size: u64) -> Result<WorkingSet, WsError> {
-        let io_err = |source| WsError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io_err = |what| move |e| WsError::Io(PathIoError::on(path, what)(e));
+        let read_err = io_err("cannot read the working-set file");
         let t0 = Instant::now();
-        let (file, direct) = open_direct(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
+        let (file, direct) =
+            open_direct(path).map_err(io_err("cannot open the working-set file"))?;
+        let len = file.metadata().map_err(read_err)?.len();
         // The largest file a set for this memory file can be: every page once, with
         // contents.
         let max_pages = (memory.len() / page_size).min(MAX_PAGES);
@@ -415,7 +405,7 @@ impl WorkingSet {
         if !len.is_multiple_of(ALIGN) || len < ALIGN || len > cap {
             // Not something to read whole: read the header for the most precise error.
             let mut head = [0u8; HEADER_LEN as usize];
-            let n = read_prefix(path, &mut head).map_err(io_err)?;
+            let n = read_prefix(path, &mut head).map_err(read_err)?;
             let h = WsHeader::parse(&head[..n], len)?;
             if h.file_len > cap {
                 return Err(WsError::TooLarge {
@@ -429,16 +419,17 @@ impl WorkingSet {
                 expected: h.file_len,
             });
         }
-        let mut image = AlignedBuf::zeroed(len as usize).map_err(io_err)?;
+        let mut image = AlignedBuf::zeroed(len as usize)
+            .map_err(io_err("no memory to read the working-set file into"))?;
         let direct = match read_full(&file, &mut image) {
             Ok(()) => direct,
             Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 // The file system takes O_DIRECT at open but not for this read.
-                let f = File::open(path).map_err(io_err)?;
-                read_full(&f, &mut image).map_err(io_err)?;
+                let f = File::open(path).map_err(io_err("cannot open the working-set file"))?;
+                read_full(&f, &mut image).map_err(read_err)?;
                 false
             }
-            Err(e) => return Err(io_err(e)),
+            Err(e) => return Err(read_err(e)),
         };
         let fetch_ns = t0.elapsed().as_nanos() as u64;
         let t1 = Instant::now();
@@ -743,9 +734,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WsWriteError> {
     static WRITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let writer = WRITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.tmp.{}.{writer}", std::process::id()));
-    let werr = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| WsWriteError::Write { path: p, source }
+    let werr = |p: &Path, what| {
+        let on = PathIoError::on(p.to_path_buf(), what);
+        move |e| WsWriteError::Write(on(e))
     };
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -756,18 +747,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WsWriteError> {
         f.write_all(bytes)?;
         f.sync_all()
     })()
-    .map_err(werr(&tmp));
+    .map_err(werr(
+        &tmp,
+        "cannot write the working set into a temporary file",
+    ));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(werr(path)(e));
+        return Err(werr(
+            path,
+            "cannot rename the working set's temporary file to it",
+        )(e));
     }
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(werr(&dir))
+    File::open(&dir).and_then(|d| d.sync_all()).map_err(werr(
+        &dir,
+        "cannot sync the directory of the working-set file",
+    ))
 }
 
 #[cfg(test)]
