@@ -127,8 +127,16 @@
 //! [`IDLE_CHECK_MS`] finds its address space gone: the userfaultfd itself never reports
 //! `POLLHUP`), or when the userfaultfd reports an error.
 
+#![warn(missing_docs)]
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 pub mod buf;
 pub mod memfile;
+mod num;
 pub mod pagemap;
 pub mod policy;
 pub mod region;

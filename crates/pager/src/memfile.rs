@@ -152,9 +152,13 @@ pub fn fadvise_dontneed(file: &File) -> io::Result<()> {
 }
 
 fn lseek(file: &File, offset: u64, whence: i32) -> io::Result<Option<u64>> {
+    // Offsets below the file's length, which the kernel keeps as an off_t.
+    let at =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: lseek on a descriptor we own; no memory is passed.
-    let r = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
-    if r < 0 {
+    let r = unsafe { libc::lseek(file.as_raw_fd(), at, whence) };
+    // A negative result is the error return.
+    let Ok(r) = u64::try_from(r) else {
         let e = io::Error::last_os_error();
         // ENXIO: no data (or hole) at or after `offset`.
         return if e.raw_os_error() == Some(libc::ENXIO) {
@@ -162,8 +166,8 @@ fn lseek(file: &File, offset: u64, whence: i32) -> io::Result<Option<u64>> {
         } else {
             Err(e)
         };
-    }
-    Ok(Some(r as u64))
+    };
+    Ok(Some(r))
 }
 
 fn data_extents(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {

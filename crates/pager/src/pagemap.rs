@@ -18,6 +18,7 @@ use std::path::PathBuf;
 
 use reap_error::PathIoError;
 
+use crate::num::in_memory;
 use crate::uffd::Uffd;
 
 /// Bytes of one page-map entry.
@@ -135,7 +136,8 @@ impl Pagemap {
     /// `ranges` (`[start, end)` host addresses, page aligned) that the owner has
     /// touched: present or swapped out; a 2 MiB page counts if any of its 4 KiB
     /// entries does. `k` numbers the pages of all ranges one after the other, in the
-    /// order given. Reads the entries of the ranges only, [`CHUNK_ENTRIES`] at a time.
+    /// order given. Reads the entries of the ranges only, 64 Ki entries (512 KiB) at a
+    /// time.
     ///
     /// A read of nothing means the owner's address space is gone
     /// ([`PagemapError::OwnerExited`]); the pages reported before are kept.
@@ -155,7 +157,7 @@ impl Pagemap {
             .unwrap_or(0)
             .min(chunk);
         let mut buf = std::mem::take(&mut self.buf);
-        buf.resize(buf.len().max(to_usize(longest * ENTRY)), 0);
+        buf.resize(buf.len().max(in_memory(longest * ENTRY)), 0);
         let result = self.scan_with(&mut buf, ranges, per_page, chunk, &mut touched);
         self.buf = buf;
         result
@@ -175,10 +177,10 @@ impl Pagemap {
             let last = end / ENTRY_PAGE;
             while at < last {
                 let n = (last - at).min(chunk);
-                let bytes = &mut buf[..to_usize(n * ENTRY)];
+                let bytes = &mut buf[..in_memory(n * ENTRY)];
                 self.read_exact_at(bytes, at * ENTRY)?;
-                for page in bytes.chunks_exact(to_usize(per_page * ENTRY)) {
-                    let any = page.chunks_exact(to_usize(ENTRY)).any(|e| {
+                for page in bytes.chunks_exact(in_memory(per_page * ENTRY)) {
+                    let any = page.chunks_exact(in_memory(ENTRY)).any(|e| {
                         let mut b = [0u8; 8];
                         b.copy_from_slice(e);
                         u64::from_ne_bytes(b) & (PRESENT | SWAPPED) != 0
@@ -221,10 +223,4 @@ impl Pagemap {
         }
         Ok(())
     }
-}
-
-/// A length in bytes of a buffer this module allocates: at most
-/// `CHUNK_ENTRIES * ENTRY` (512 KiB), which fits a `usize` everywhere.
-fn to_usize(n: u64) -> usize {
-    usize::try_from(n).expect("page-map buffer lengths are at most 512 KiB")
 }

@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::buf::AlignedBuf;
 use crate::memfile::MemoryFile;
+use crate::num::{in_memory, nanos};
 use crate::pagemap::{Owner, Pagemap, PagemapError};
 use crate::region::{self, PAGE_2M, Region, RegionError, Regions};
 use crate::uffd::{Errno, Event, FillError, Uffd};
@@ -375,7 +376,7 @@ impl TouchedHoles {
 /// The word of a bitmap that holds bit `k`. The bitmap has one bit per page of guest
 /// memory, which the process maps, so the index fits a `usize`.
 fn bit_word(k: u64) -> usize {
-    usize::try_from(k / 64).expect("one bit per page of mapped memory fits in memory")
+    in_memory(k / 64)
 }
 
 /// A running page server. Dropping it stops the fault loop (like [`PageServer::stop`]).
@@ -468,7 +469,7 @@ impl PageServer {
             stopped_fd,
         });
         let zero_buf = if page_size == PAGE_2M {
-            Some(AlignedBuf::zeroed(PAGE_2M as usize).map_err(PagerError::Spawn)?)
+            Some(AlignedBuf::zeroed(in_memory(PAGE_2M)).map_err(PagerError::Spawn)?)
         } else {
             None
         };
@@ -485,7 +486,7 @@ impl PageServer {
             unregistered: RangeSet::default(),
             pending: VecDeque::new(),
             events: Vec::new(),
-            page_buf: AlignedBuf::zeroed(page_size as usize).map_err(PagerError::Spawn)?,
+            page_buf: AlignedBuf::zeroed(in_memory(page_size)).map_err(PagerError::Spawn)?,
             zero_buf,
             install_zeros: None,
         };
@@ -628,7 +629,7 @@ impl PageServer {
         let result = pm.scan(host, self.page_size, |k| TouchedHoles::mark(bits, count, k));
         let c = &self.shared.counters;
         c.recorded_hole_pages.store(*count, Ordering::Relaxed);
-        add(&c.hole_scan_ns, t.elapsed().as_nanos() as u64);
+        add(&c.hole_scan_ns, nanos(t.elapsed()));
         result.map_err(PagerError::ScanHoles)?;
         Ok(*count)
     }
@@ -827,7 +828,7 @@ impl FaultLoop {
                 }
             }
         }
-        add(&c.unregister_ns, t.elapsed().as_nanos() as u64);
+        add(&c.unregister_ns, nanos(t.elapsed()));
         if self.record.is_some() {
             // Each range lies in one region (hole ranges are cut at region ends).
             let file = done
@@ -886,10 +887,7 @@ impl FaultLoop {
         lock(&self.shared.info).fetch_direct = f.direct;
         let t = Instant::now();
         let result = self.install(&ws);
-        add(
-            &self.shared.counters.install_ns,
-            t.elapsed().as_nanos() as u64,
-        );
+        add(&self.shared.counters.install_ns, nanos(t.elapsed()));
         result.map(|()| Some(ws))
     }
 
@@ -944,10 +942,13 @@ impl FaultLoop {
     /// [`FaultLoop::install_zeros`].
     fn install(&mut self, ws: &WorkingSet) -> Result<(), Stop> {
         let ps = self.page_size;
+        let page_len = in_memory(ps);
         let data = ws.data();
+        // The contents of `n` data pages from data index `i`.
+        let contents = |i: usize, n: usize| &data[i * page_len..(i + n) * page_len];
         let mut zeros = Vec::new();
         // (host address, first data index, pages)
-        let mut run: Option<(u64, usize, u64)> = None;
+        let mut run: Option<(u64, usize, usize)> = None;
         let mut data_index = 0usize;
         for p in ws.pages() {
             let host = self.regions.host_addr_of(p.offset).unwrap_or_default();
@@ -956,13 +957,9 @@ impl FaultLoop {
                 continue;
             }
             run = match run {
-                Some((h, i, n)) if h + n * ps == host => Some((h, i, n + 1)),
+                Some((h, i, n)) if h + n as u64 * ps == host => Some((h, i, n + 1)),
                 Some((h, i, n)) => {
-                    self.install_run(
-                        h,
-                        Some(&data[i * ps as usize..(i + n as usize) * ps as usize]),
-                        n,
-                    )?;
+                    self.install_run(h, Some(contents(i, n)), n as u64)?;
                     Some((host, data_index, 1))
                 }
                 None => Some((host, data_index, 1)),
@@ -970,11 +967,7 @@ impl FaultLoop {
             data_index += 1;
         }
         if let Some((h, i, n)) = run {
-            self.install_run(
-                h,
-                Some(&data[i * ps as usize..(i + n as usize) * ps as usize]),
-                n,
-            )?;
+            self.install_run(h, Some(contents(i, n)), n as u64)?;
         }
         // Zero pages unregistered with their hole are the kernel's to fill.
         let before = zeros.len();
@@ -1025,7 +1018,7 @@ impl FaultLoop {
             let r = match src {
                 Some(s) => self
                     .uffd
-                    .copy(dst, &s[done as usize..(done + chunk) as usize], true),
+                    .copy(dst, &s[in_memory(done)..in_memory(done + chunk)], true),
                 None => self.install_zeros(dst, chunk),
             };
             match r {
@@ -1078,14 +1071,14 @@ impl FaultLoop {
         let zeros = self.install_zeros.as_ref().expect("allocated above");
         let mut done = 0;
         while done < len {
-            let n = (len - done).min(CHUNK as u64);
+            let n = usize::try_from(len - done).map_or(CHUNK, |rest| rest.min(CHUNK));
             self.uffd
-                .copy(dst + done, &zeros[..n as usize], true)
+                .copy(dst + done, &zeros[..n], true)
                 .map_err(|e| FillError {
                     copied: done + e.copied,
                     errno: e.errno,
                 })?;
-            done += n;
+            done += n as u64;
         }
         Ok(())
     }
@@ -1282,7 +1275,7 @@ impl FaultLoop {
             }) => return Err(Stop::OwnerExited),
             Err(e) => return Err(Stop::Failed(format!("serving the fault at {addr:#x}: {e}"))),
         }
-        add(&c.fault_serve_ns, t.elapsed().as_nanos() as u64);
+        add(&c.fault_serve_ns, nanos(t.elapsed()));
         match self.uffd.wake(page, ps) {
             Ok(()) => Ok(()),
             Err(Errno::ESRCH) => Err(Stop::OwnerExited),
