@@ -35,10 +35,16 @@
 //! `Holes::Kernel` against `Holes::Served`: the unregister at start, and the stop,
 //! whose closing of the userfaultfd walks the VMAs the unregister split.
 //!
+//! And the cost of finding the holes a recording's owner touched: a recording server
+//! over a 256 MiB region that is all hole (unregistered at start), with none, 4096
+//! scattered or all of its pages touched; the time of one
+//! `PageServer::scan_touched_holes` (one read of the owner's page map over the
+//! region).
+//!
 //! Run with `cargo bench -p reap-pager`. Environment: `PAGER_BENCH_REPS` (default 6),
 //! `PAGER_BENCH_DIR` (default the temp dir; must be a disk-backed file system),
-//! `PAGER_BENCH_JSON` (write the raw results there), `PAGER_BENCH_PARTS` (`ws`,
-//! `holes` or `ws,holes`, the default).
+//! `PAGER_BENCH_JSON` (write the raw results there), `PAGER_BENCH_PARTS` (a
+//! comma-separated list of `ws`, `holes` and `scan`; default all three).
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -188,7 +194,7 @@ fn main() {
     let dir = std::env::var_os("PAGER_BENCH_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    let parts = std::env::var("PAGER_BENCH_PARTS").unwrap_or_else(|_| "ws,holes".into());
+    let parts = std::env::var("PAGER_BENCH_PARTS").unwrap_or_else(|_| "ws,holes,scan".into());
     let parts: Vec<&str> = parts.split(',').map(str::trim).collect();
     let mut json = Vec::new();
     if parts.contains(&"ws") {
@@ -198,6 +204,9 @@ fn main() {
         let (holes, ranges) = holes_part(reps, &dir);
         json.push(format!("\"holes\":[{}]", holes.join(",")));
         json.push(format!("\"unregister\":[{}]", ranges.join(",")));
+    }
+    if parts.contains(&"scan") {
+        json.push(format!("\"scan\":[{}]", scan_part(reps, &dir).join(",")));
     }
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let git_rev = std::process::Command::new("git")
@@ -649,4 +658,63 @@ fn holes_part(reps: usize, dir: &Path) -> (Vec<String>, Vec<String>) {
     }
     println!("stop: joining the fault thread and closing the userfaultfd, which walks the VMAs");
     (holes_json, ranges_json)
+}
+
+/// The cost of one page-map scan of a recording server over a 256 MiB hole, with none,
+/// some or all of its pages touched. Returns the JSON results.
+fn scan_part(reps: usize, dir: &Path) -> Vec<String> {
+    const SCANS: usize = 20;
+    let tag = std::process::id();
+    let mem = dir.join(format!("reap-pager-bench-{tag}-scan.mem"));
+    {
+        let f = File::create(&mem).unwrap();
+        f.set_len(MEM_PAGES * PS).unwrap();
+        f.sync_all().unwrap();
+    }
+    println!();
+    println!(
+        "reap-pager: one page-map scan of a 256 MiB unregistered hole, medians of {reps} x {SCANS} (us)"
+    );
+    println!(
+        "{:>8} | {:>9} {:>9} {:>9} | {:>12}",
+        "touched", "scan", "min", "max", "ns per page"
+    );
+    let mut out = Vec::new();
+    for touched in [0u64, 4096, MEM_PAGES] {
+        let order: Vec<u64> = (0..touched)
+            .map(|k| k * (MEM_PAGES / touched.max(1)))
+            .collect();
+        let mut v = Vec::new();
+        for _ in 0..reps {
+            let (uffd, m, regions) = registered(MEM_PAGES);
+            let memory = MemoryFile::open(&mem).unwrap();
+            let server = PageServer::start(uffd, regions, memory, Mode::Record).unwrap();
+            write_touch(&m, &order);
+            for _ in 0..SCANS {
+                let t = Instant::now();
+                let n = server.scan_touched_holes().unwrap();
+                v.push(t.elapsed().as_secs_f64() * 1e6);
+                assert_eq!(n, touched);
+            }
+            server.stop();
+        }
+        let (lo, hi) = spread(&v);
+        let med = median(v);
+        println!(
+            "{:>8} | {:>9.1} {:>9.1} {:>9.1} | {:>12.2}",
+            touched,
+            med,
+            lo,
+            hi,
+            med * 1e3 / MEM_PAGES as f64
+        );
+        out.push(format!(
+            "{{\"touched_pages\":{touched},\"scan_us\":{med:.1},\"scan_min_us\":{lo:.1},\"scan_max_us\":{hi:.1}}}"
+        ));
+    }
+    println!(
+        "scan: PageServer::scan_touched_holes, 65,536 page-map entries (512 KiB) read in one pread"
+    );
+    let _ = std::fs::remove_file(&mem);
+    out
 }

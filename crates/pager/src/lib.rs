@@ -21,6 +21,7 @@
 //! Uffd::wake(&self, addr: u64, len: u64) -> Result<(), Errno>
 //! Uffd::read_events(&self, out: &mut Vec<Event>) -> Result<usize, Errno>
 //! Uffd::owner_alive(&self, probe_addr: u64, page_size: u64) -> bool
+//! Uffd::created_here(&self) -> bool                   // Uffd::new: the memory is ours
 //! FillError { copied: u64, errno: Errno }             // a partial fill is bytes + errno
 //!
 //! // memory
@@ -48,7 +49,11 @@
 //! PageServer::stopped_event(&self) -> BorrowedFd<'_>  // POLLIN once the loop stopped
 //! PageServer::stop_reason(&self) -> Option<StopReason>
 //! PageServer::recorded_offsets(&self) -> Vec<u64>      // record mode, fault order
-//! PageServer::write_ws(&self, path: &Path) -> Result<WsSummary, PagerError> // record mode
+//! PageServer::scan_touched_holes(&self) -> Result<u64, PagerError> // record mode: the
+//!     // owner's page map over the unregistered holes; hole pages recorded so far
+//! PageServer::recorded_hole_offsets(&self) -> Vec<u64> // those, address order
+//! PageServer::write_ws(&self, path: &Path) -> Result<WsSummary, PagerError> // record mode:
+//!     // scan, then the faulting pages in fault order and the holes touched
 //! PageServer::stop(self) -> PagerStats                 // Drop stops it too
 //!
 //! PageServer::memory_file(&self) -> &MemoryFile
@@ -58,7 +63,8 @@
 //!              prefetched_pages, prefetched_zero_pages, ws_zero_pages_unregistered,
 //!              install_ioctls, bytes_read_fetch,
 //!              bytes_read_lazy, fetch_ns, verify_ns, install_ns, fault_serve_ns,
-//!              fetch_direct, recorded_pages, prefetch_fell_back, fallback_reason,
+//!              fetch_direct, recorded_pages, recorded_hole_pages, hole_scan_ns,
+//!              prefetch_fell_back, fallback_reason,
 //!              stopped: Option<StopReason>, mode }                 // Serialize
 //! StopReason::Requested | StopReason::OwnerExited | StopReason::Failed(String)
 //!
@@ -67,6 +73,11 @@
 //! ws::WorkingSet::pages(&self) -> impl Iterator<Item = WsPage { offset, zero }>
 //! ws::WorkingSet::data(&self) -> &[u8]                 // data pages, table order
 //! ws::write_ws(path, page_size, offsets: &[u64], &MemoryFile) -> Result<WsSummary, WsWriteError>
+//!
+//! // the owner's page map (/proc/PID/pagemap)
+//! pagemap::Owner::of(&Uffd) -> io::Result<Owner>      // This | Pid { pid, pidfd } | Unknown
+//! pagemap::Pagemap::open(&Owner) -> Result<Pagemap, PagemapError>
+//! pagemap::Pagemap::scan(&mut self, ranges, page_size, touched: FnMut(u64)) -> Result<(), PagemapError>
 //! ```
 //!
 //! # Holes
@@ -92,7 +103,9 @@
 //! - [`Mode::Record`]: lazy, plus the faulting pages in fault order (each once; with
 //!   [`Holes::Kernel`] that is the data pages only, since holes do not fault);
 //!   [`PageServer::write_ws`] writes them, with the snapshot's contents read from the
-//!   memory file, to a WS file (atomically).
+//!   memory file, to a WS file (atomically), followed by the hole pages the owner
+//!   touched, found in its page map ([`PageServer::scan_touched_holes`]; while the
+//!   owner lives), as zero pages.
 //! - [`Mode::Prefetch`]: [`PageServer::start`] reads the WS file with one `O_DIRECT`
 //!   read, checks it, and installs it (one ioctl per contiguous run) before returning;
 //!   the rest is served lazily and counted ([`PagerStats::lazy_faults_file`] is the
@@ -114,8 +127,17 @@
 //! [`IDLE_CHECK_MS`] finds its address space gone: the userfaultfd itself never reports
 //! `POLLHUP`), or when the userfaultfd reports an error.
 
+#![warn(missing_docs)]
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+
 pub mod buf;
 pub mod memfile;
+mod num;
+pub mod pagemap;
 pub mod policy;
 pub mod region;
 mod server;

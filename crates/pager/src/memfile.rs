@@ -6,27 +6,17 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use reap_error::PathIoError;
+
 /// Errors opening a memory file.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryFileError {
     /// The file cannot be opened or its size read.
-    #[error("cannot open memory file {path}")]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Open(PathIoError),
     /// `lseek(SEEK_DATA/SEEK_HOLE)` failed while mapping the file's holes.
-    #[error("cannot map the holes of memory file {path}")]
-    Seek {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Seek(PathIoError),
 }
 
 /// A snapshot memory file, opened once, with its data/hole map.
@@ -46,15 +36,20 @@ impl MemoryFile {
     /// Opens `path` read-only and maps its data and holes.
     pub fn open(path: impl AsRef<Path>) -> Result<MemoryFile, MemoryFileError> {
         let path = path.as_ref().to_path_buf();
-        let open_err = |source| MemoryFileError::Open {
-            path: path.clone(),
-            source,
+        let open_err = |what| {
+            let on = PathIoError::on(&path, what);
+            move |e| MemoryFileError::Open(on(e))
         };
-        let file = File::open(&path).map_err(open_err)?;
-        let len = file.metadata().map_err(open_err)?.len();
-        let data = data_extents(&file, len).map_err(|source| MemoryFileError::Seek {
-            path: path.clone(),
-            source,
+        let file = File::open(&path).map_err(open_err("cannot open the memory file"))?;
+        let len = file
+            .metadata()
+            .map_err(open_err("cannot read the memory file's size"))?
+            .len();
+        let data = data_extents(&file, len).map_err(|e| {
+            MemoryFileError::Seek(PathIoError::on(
+                &path,
+                "cannot map the holes of the memory file",
+            )(e))
         })?;
         Ok(MemoryFile {
             file,
@@ -157,9 +152,13 @@ pub fn fadvise_dontneed(file: &File) -> io::Result<()> {
 }
 
 fn lseek(file: &File, offset: u64, whence: i32) -> io::Result<Option<u64>> {
+    // Offsets below the file's length, which the kernel keeps as an off_t.
+    let at =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     // SAFETY: lseek on a descriptor we own; no memory is passed.
-    let r = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
-    if r < 0 {
+    let r = unsafe { libc::lseek(file.as_raw_fd(), at, whence) };
+    // A negative result is the error return.
+    let Ok(r) = u64::try_from(r) else {
         let e = io::Error::last_os_error();
         // ENXIO: no data (or hole) at or after `offset`.
         return if e.raw_os_error() == Some(libc::ENXIO) {
@@ -167,8 +166,8 @@ fn lseek(file: &File, offset: u64, whence: i32) -> io::Result<Option<u64>> {
         } else {
             Err(e)
         };
-    }
-    Ok(Some(r as u64))
+    };
+    Ok(Some(r))
 }
 
 fn data_extents(file: &File, len: u64) -> io::Result<Vec<(u64, u64)>> {

@@ -81,8 +81,11 @@ pub mod sys {
     #[repr(C)]
     #[derive(Debug, Default, Clone, Copy)]
     pub struct UffdioApi {
+        /// In: [`UFFD_API`].
         pub api: u64,
+        /// In: the features asked for; out: the features the kernel has.
         pub features: u64,
+        /// Out: bitmask of the ioctls available on the descriptor.
         pub ioctls: u64,
     }
 
@@ -90,7 +93,9 @@ pub mod sys {
     #[repr(C)]
     #[derive(Debug, Default, Clone, Copy)]
     pub struct UffdioRange {
+        /// First byte (page aligned).
         pub start: u64,
+        /// Length in bytes (a page multiple).
         pub len: u64,
     }
 
@@ -98,8 +103,11 @@ pub mod sys {
     #[repr(C)]
     #[derive(Debug, Default, Clone, Copy)]
     pub struct UffdioRegister {
+        /// In: the range to register.
         pub range: UffdioRange,
+        /// In: `UFFDIO_REGISTER_MODE_*`.
         pub mode: u64,
+        /// Out: bitmask of the range ioctls allowed there ([`RANGE_IOCTL_COPY`], ...).
         pub ioctls: u64,
     }
 
@@ -107,10 +115,15 @@ pub mod sys {
     #[repr(C)]
     #[derive(Debug, Default, Clone, Copy)]
     pub struct UffdioCopy {
+        /// In: destination address in the registered range.
         pub dst: u64,
+        /// In: source address in the caller's memory.
         pub src: u64,
+        /// In: bytes to copy.
         pub len: u64,
+        /// In: [`UFFDIO_COPY_MODE_DONTWAKE`] or 0.
         pub mode: u64,
+        /// Out: bytes copied, or a negated errno.
         pub copy: i64,
     }
 
@@ -118,8 +131,11 @@ pub mod sys {
     #[repr(C)]
     #[derive(Debug, Default, Clone, Copy)]
     pub struct UffdioZeropage {
+        /// In: the range to fill.
         pub range: UffdioRange,
+        /// In: [`UFFDIO_ZEROPAGE_MODE_DONTWAKE`] or 0.
         pub mode: u64,
+        /// Out: bytes filled, or a negated errno.
         pub zeropage: i64,
     }
 
@@ -127,7 +143,9 @@ pub mod sys {
     #[repr(C)]
     #[derive(Debug, Default, Clone, Copy)]
     pub struct UffdioWriteprotect {
+        /// In: the range.
         pub range: UffdioRange,
+        /// In: `UFFDIO_WRITEPROTECT_MODE_*` (0: clear the protection).
         pub mode: u64,
     }
 
@@ -138,10 +156,15 @@ pub mod sys {
     #[repr(C)]
     #[derive(Debug, Default, Clone, Copy)]
     pub struct UffdMsg {
+        /// `UFFD_EVENT_*`.
         pub event: u8,
+        /// Reserved.
         pub reserved1: u8,
+        /// Reserved.
         pub reserved2: u16,
+        /// Reserved.
         pub reserved3: u32,
+        /// The event's arguments (above).
         pub arg: [u64; 3],
     }
 
@@ -312,6 +335,8 @@ pub struct Uffd {
     fd: OwnedFd,
     features: u64,
     owner: Option<(i32, OwnedFd)>,
+    /// Created by this process ([`Uffd::new`]): the memory it registers is ours.
+    created_here: bool,
 }
 
 /// The features [`Uffd::new`] asks for.
@@ -351,6 +376,7 @@ impl Uffd {
             fd,
             features: FEATURES,
             owner: None,
+            created_here: true,
         })
     }
 
@@ -377,8 +403,11 @@ impl Uffd {
         if fd < 0 {
             return Err(Errno::last());
         }
+        // A descriptor is an int, returned in a long: it fits.
+        #[allow(clippy::cast_possible_truncation)]
+        let fd = fd as RawFd;
         // SAFETY: the system call returned a fresh descriptor that nothing else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
     /// Adopts a userfaultfd created by another process (Firecracker sends one over
@@ -417,6 +446,7 @@ impl Uffd {
             fd,
             features: 0,
             owner: None,
+            created_here: false,
         })
     }
 
@@ -432,8 +462,11 @@ impl Uffd {
                 errno: Errno::last(),
             });
         }
+        // A descriptor is an int, returned in a long: it fits.
+        #[allow(clippy::cast_possible_truncation)]
+        let fd = fd as RawFd;
         // SAFETY: a fresh descriptor that nothing else owns.
-        let pidfd = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+        let pidfd = unsafe { OwnedFd::from_raw_fd(fd) };
         self.owner = Some((pid, pidfd));
         Ok(self)
     }
@@ -441,6 +474,14 @@ impl Uffd {
     /// The owner's pid and pidfd, if [`Uffd::with_owner_pid`] was called.
     pub fn owner_pidfd(&self) -> Option<(i32, BorrowedFd<'_>)> {
         self.owner.as_ref().map(|(pid, fd)| (*pid, fd.as_fd()))
+    }
+
+    /// Whether this process created the descriptor ([`Uffd::new`]), so that the memory
+    /// registered with it is this process's own. (A userfaultfd acts on the address
+    /// space of the process that created it; for an adopted one, that process is the
+    /// one [`Uffd::with_owner_pid`] names, if the caller knows it.)
+    pub fn created_here(&self) -> bool {
+        self.created_here
     }
 
     /// The features enabled by [`Uffd::new`] (0 for an adopted descriptor).
@@ -498,7 +539,7 @@ impl Uffd {
             // `copy` holds the bytes filled (> 0) or a negated errno; it stays 0 when the
             // kernel failed before trying (e.g. ESRCH).
             Err(errno) => Err(FillError {
-                copied: c.copy.clamp(0, len as i64) as u64,
+                copied: u64::try_from(c.copy).map_or(0, |n| n.min(len)),
                 errno,
             }),
         }
@@ -519,7 +560,7 @@ impl Uffd {
         match self.ioctl(sys::UFFDIO_ZEROPAGE, &mut z) {
             Ok(()) => Ok(()),
             Err(errno) => Err(FillError {
-                copied: z.zeropage.clamp(0, len as i64) as u64,
+                copied: u64::try_from(z.zeropage).map_or(0, |n| n.min(len)),
                 errno,
             }),
         }
@@ -565,15 +606,16 @@ impl Uffd {
                     std::mem::size_of_val(&msgs),
                 )
             };
-            if n < 0 {
+            // A negative result is the error return.
+            let Ok(n) = usize::try_from(n) else {
                 let e = Errno::last();
                 return match e {
                     Errno::EAGAIN => Ok(total),
                     Errno(libc::EINTR) => continue,
                     e => Err(e),
                 };
-            }
-            let count = n as usize / std::mem::size_of::<sys::UffdMsg>();
+            };
+            let count = n / std::mem::size_of::<sys::UffdMsg>();
             if count == 0 {
                 return Ok(total);
             }

@@ -28,13 +28,15 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use reap_error::PathIoError;
+
 use crate::buf::AlignedBuf;
 use crate::memfile::MemoryFile;
+use crate::num::{in_memory, nanos};
 
 /// The file's first 8 bytes.
 pub const MAGIC: [u8; 8] = *b"REAPWSET";
@@ -51,19 +53,18 @@ pub const ZERO_FLAG: u64 = 1;
 pub const MAX_PAGES: u64 = 1 << 24;
 
 const CHECKSUM_AT: usize = 80;
+/// [`HEADER_LEN`] as an index.
+const HEADER: usize = 128;
+/// [`HEADER_LEN`] as its header field.
+const HEADER_FIELD: u32 = 128;
+const _: () = assert!(HEADER as u64 == HEADER_LEN && HEADER_FIELD as u64 == HEADER_LEN);
 
 /// Why a WS file was refused. Any of these means "prefetch nothing, serve lazily".
 #[derive(Debug, thiserror::Error)]
 pub enum WsError {
     /// The file cannot be opened or read.
-    #[error("cannot read working-set file {path}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(PathIoError),
     /// Not a WS file (wrong magic).
     #[error("not a working-set file (magic {found:02x?})")]
     BadMagic {
@@ -175,15 +176,10 @@ pub enum WsWriteError {
         #[source]
         source: io::Error,
     },
-    /// Writing, syncing or renaming the file failed.
-    #[error("cannot write working-set file {path}")]
-    Write {
-        /// The file being written (the temporary file or the final path).
-        path: PathBuf,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// Writing, syncing or renaming the file failed (on the temporary file, the final
+    /// path, or the directory).
+    #[error(transparent)]
+    Write(PathIoError),
     /// An offset that is not page aligned or lies past the memory file.
     #[error(
         "page offset {offset:#x} is not a {page_size}-byte page of a {file_len}-byte memory file"
@@ -310,7 +306,7 @@ impl WsHeader {
         if le32(b, 84) != 0 {
             return Err(WsError::BadHeader("unknown flags"));
         }
-        if b[88..HEADER_LEN as usize].iter().any(|&x| x != 0) {
+        if b[88..HEADER].iter().any(|&x| x != 0) {
             return Err(WsError::BadHeader("reserved bytes are not zero"));
         }
         if h.page_size != crate::PAGE_4K && h.page_size != crate::PAGE_2M {
@@ -399,13 +395,12 @@ impl WorkingSet {
     /// length, checksum, page size, memory-file identity, every offset (aligned, no
     /// unknown flags, inside the memory file, no duplicates).
     pub fn load(path: &Path, memory: &MemoryFile, page_size: u64) -> Result<WorkingSet, WsError> {
-        let io_err = |source| WsError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io_err = |what| move |e| WsError::Io(PathIoError::on(path, what)(e));
+        let read_err = io_err("cannot read the working-set file");
         let t0 = Instant::now();
-        let (file, direct) = open_direct(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
+        let (file, direct) =
+            open_direct(path).map_err(io_err("cannot open the working-set file"))?;
+        let len = file.metadata().map_err(read_err)?.len();
         // The largest file a set for this memory file can be: every page once, with
         // contents.
         let max_pages = (memory.len() / page_size).min(MAX_PAGES);
@@ -414,8 +409,8 @@ impl WorkingSet {
             .saturating_add(max_pages * page_size);
         if !len.is_multiple_of(ALIGN) || len < ALIGN || len > cap {
             // Not something to read whole: read the header for the most precise error.
-            let mut head = [0u8; HEADER_LEN as usize];
-            let n = read_prefix(path, &mut head).map_err(io_err)?;
+            let mut head = [0u8; HEADER];
+            let n = read_prefix(path, &mut head).map_err(read_err)?;
             let h = WsHeader::parse(&head[..n], len)?;
             if h.file_len > cap {
                 return Err(WsError::TooLarge {
@@ -429,21 +424,28 @@ impl WorkingSet {
                 expected: h.file_len,
             });
         }
-        let mut image = AlignedBuf::zeroed(len as usize).map_err(io_err)?;
+        // At most `cap`, which a 32-bit address space may still not hold.
+        let len_bytes = usize::try_from(len).map_err(|_| WsError::TooLarge {
+            what: "file length",
+            found: len,
+            cap: usize::MAX as u64,
+        })?;
+        let mut image = AlignedBuf::zeroed(len_bytes)
+            .map_err(io_err("no memory to read the working-set file into"))?;
         let direct = match read_full(&file, &mut image) {
             Ok(()) => direct,
             Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
                 // The file system takes O_DIRECT at open but not for this read.
-                let f = File::open(path).map_err(io_err)?;
-                read_full(&f, &mut image).map_err(io_err)?;
+                let f = File::open(path).map_err(io_err("cannot open the working-set file"))?;
+                read_full(&f, &mut image).map_err(read_err)?;
                 false
             }
-            Err(e) => return Err(io_err(e)),
+            Err(e) => return Err(read_err(e)),
         };
-        let fetch_ns = t0.elapsed().as_nanos() as u64;
+        let fetch_ns = nanos(t0.elapsed());
         let t1 = Instant::now();
         let header = validate(&image, memory, page_size)?;
-        let verify_ns = t1.elapsed().as_nanos() as u64;
+        let verify_ns = nanos(t1.elapsed());
         Ok(WorkingSet {
             header,
             image,
@@ -468,7 +470,8 @@ impl WorkingSet {
 
     /// Number of pages (entries).
     pub fn len(&self) -> usize {
-        self.header.page_count as usize
+        // The entries are in the image held in memory.
+        in_memory(self.header.page_count)
     }
 
     /// Whether the set is empty.
@@ -478,7 +481,7 @@ impl WorkingSet {
 
     /// The pages in fault order.
     pub fn pages(&self) -> impl ExactSizeIterator<Item = WsPage> + '_ {
-        let at = self.header.entries_offset as usize;
+        let at = in_memory(self.header.entries_offset);
         self.image[at..at + 8 * self.len()]
             .chunks_exact(8)
             .map(|c| {
@@ -492,7 +495,7 @@ impl WorkingSet {
 
     /// The stored contents: the data pages, in table order, `page_size` bytes each.
     pub fn data(&self) -> &[u8] {
-        &self.image[self.header.data_offset as usize..]
+        &self.image[in_memory(self.header.data_offset)..]
     }
 }
 
@@ -528,9 +531,15 @@ pub fn validate(image: &[u8], memory: &MemoryFile, page_size: u64) -> Result<WsH
             cap: max_pages,
         });
     }
-    let mut seen = vec![0u64; (max_pages as usize).div_ceil(64)];
+    let words = usize::try_from(max_pages.div_ceil(64)).map_err(|_| WsError::TooLarge {
+        what: "page count of the memory file",
+        found: max_pages,
+        cap: usize::MAX as u64,
+    })?;
+    let mut seen = vec![0u64; words];
     let mut data_pages = 0;
-    let table = &image[h.entries_offset as usize..(h.entries_offset + 8 * h.page_count) as usize];
+    // `parse` checked that the table lies inside the image.
+    let table = &image[in_memory(h.entries_offset)..in_memory(h.entries_offset + 8 * h.page_count)];
     for (index, c) in table.chunks_exact(8).enumerate() {
         let index = index as u64;
         let e = le64(c, 0);
@@ -549,7 +558,8 @@ pub fn validate(image: &[u8], memory: &MemoryFile, page_size: u64) -> Result<WsH
                 problem: "past the end of the memory file",
             });
         }
-        let page = (offset / page_size) as usize;
+        // Below `max_pages`, whose bitmap is allocated.
+        let page = in_memory(offset / page_size);
         if seen[page / 64] & (1 << (page % 64)) != 0 {
             return Err(WsError::Duplicate { index, offset });
         }
@@ -583,30 +593,17 @@ fn open_direct(path: &Path) -> io::Result<(File, bool)> {
 fn read_full(file: &File, buf: &mut [u8]) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
-        let rest = &mut buf[done..];
-        // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes; the fd is ours.
-        let n = unsafe {
-            libc::pread(
-                file.as_raw_fd(),
-                rest.as_mut_ptr().cast(),
-                rest.len(),
-                done as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
+        match file.read_at(&mut buf[done..], done as u64) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "working-set file shrank while read",
+                ));
             }
-            return Err(e);
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "working-set file shrank while read",
-            ));
-        }
-        done += n as usize;
     }
     Ok(())
 }
@@ -640,7 +637,7 @@ pub fn build_image(
     let mut seen = std::collections::HashSet::with_capacity(pages.len());
     let mut entries = Vec::with_capacity(pages.len());
     let mut contents: Vec<u8> = Vec::new();
-    let mut page = vec![0u8; page_size as usize];
+    let mut page = vec![0u8; in_memory(page_size)];
     for &offset in pages {
         if !offset.is_multiple_of(page_size)
             || offset
@@ -680,10 +677,11 @@ pub fn build_image(
     let data_pages = contents.len() as u64 / page_size;
     let data_offset = data_offset_for(page_count).ok_or(WsWriteError::TooLarge(page_count))?;
     let file_len = data_offset + contents.len() as u64;
-    let mut image = Vec::with_capacity(file_len as usize);
+    // The contents are in memory, and the table is at most 128 MiB (MAX_PAGES).
+    let mut image = Vec::with_capacity(in_memory(file_len));
     image.extend_from_slice(&MAGIC);
     image.extend_from_slice(&VERSION.to_le_bytes());
-    image.extend_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+    image.extend_from_slice(&HEADER_FIELD.to_le_bytes());
     for v in [
         page_size,
         page_count,
@@ -696,11 +694,11 @@ pub fn build_image(
     ] {
         image.extend_from_slice(&v.to_le_bytes());
     }
-    image.resize(HEADER_LEN as usize, 0); // checksum (filled below), flags, reserved
+    image.resize(HEADER, 0); // checksum (filled below), flags, reserved
     for e in &entries {
         image.extend_from_slice(&e.to_le_bytes());
     }
-    image.resize(data_offset as usize, 0);
+    image.resize(in_memory(data_offset), 0);
     image.extend_from_slice(&contents);
     let crc = checksum(&image);
     image[CHECKSUM_AT..CHECKSUM_AT + 4].copy_from_slice(&crc.to_le_bytes());
@@ -743,9 +741,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WsWriteError> {
     static WRITER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let writer = WRITER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = dir.join(format!(".{name}.tmp.{}.{writer}", std::process::id()));
-    let werr = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| WsWriteError::Write { path: p, source }
+    let werr = |p: &Path, what| {
+        let on = PathIoError::on(p.to_path_buf(), what);
+        move |e| WsWriteError::Write(on(e))
     };
     let result = (|| {
         let mut f = OpenOptions::new()
@@ -756,18 +754,25 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WsWriteError> {
         f.write_all(bytes)?;
         f.sync_all()
     })()
-    .map_err(werr(&tmp));
+    .map_err(werr(
+        &tmp,
+        "cannot write the working set into a temporary file",
+    ));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
     if let Err(e) = std::fs::rename(&tmp, path) {
         let _ = std::fs::remove_file(&tmp);
-        return Err(werr(path)(e));
+        return Err(werr(
+            path,
+            "cannot rename the working set's temporary file to it",
+        )(e));
     }
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(werr(&dir))
+    File::open(&dir).and_then(|d| d.sync_all()).map_err(werr(
+        &dir,
+        "cannot sync the directory of the working-set file",
+    ))
 }
 
 #[cfg(test)]
@@ -794,7 +799,11 @@ mod tests {
         let f = File::create(&path).unwrap();
         f.set_len(64 * 4096).unwrap();
         for i in (0..64u64).filter(|i| !(8..16).contains(i)) {
-            let b = if i == 20 { 0 } else { i as u8 + 1 };
+            let b = if i == 20 {
+                0
+            } else {
+                u8::try_from(i + 1).unwrap()
+            };
             f.write_all_at(&[b; 4096], i * 4096).unwrap();
         }
         Fixture {
@@ -919,7 +928,7 @@ mod tests {
     #[test]
     fn misaligned_out_of_range_and_duplicate_offsets_are_refused() {
         let fx = fixture("offsets");
-        let table = HEADER_LEN as usize;
+        let table = HEADER;
         for (entry, want) in [
             (4096 + 512, "aligned"),
             (4096 | 2, "aligned"),
@@ -960,7 +969,7 @@ mod tests {
         img[48..56].copy_from_slice(&data_offset_for(1000).unwrap().to_le_bytes());
         let len = data_offset_for(1000).unwrap() + 4096;
         img[56..64].copy_from_slice(&len.to_le_bytes());
-        img.resize(len as usize, 0);
+        img.resize(in_memory(len), 0);
         reseal(&mut img);
         assert!(matches!(
             validate(&img, &fx.mem, 4096),
@@ -999,8 +1008,8 @@ mod tests {
         };
         for _ in 0..3000 {
             let mut m = img.clone();
-            let at = (next() % m.len() as u64) as usize;
-            let flip = (next() % 255 + 1) as u8;
+            let at = in_memory(next() % m.len() as u64);
+            let flip = u8::try_from(next() % 255 + 1).unwrap();
             m[at] ^= flip;
             assert!(
                 validate(&m, &fx.mem, 4096).is_err(),

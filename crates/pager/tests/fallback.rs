@@ -144,7 +144,11 @@ fn ws_of_another_snapshot_is_refused_and_restore_falls_back_to_lazy() {
 fn missing_ws_file_falls_back_to_lazy() {
     let s = setup("missing");
     std::fs::remove_file(s.ws.path()).unwrap();
-    assert_falls_back_to_lazy(&s, "cannot read");
+    let reason = format!(
+        "{}: cannot open the working-set file: ",
+        s.ws.path().display()
+    );
+    assert_falls_back_to_lazy(&s, &reason);
 }
 
 #[test]

@@ -87,12 +87,25 @@ fn served_holes_stay_registered_and_are_filled_by_the_server() {
     assert_eq!(s.lazy_faults_file, 0);
 }
 
+/// The pages of the WS file at `ws` for the memory file at `mem`: (page, zero), in
+/// table order.
+fn ws_pages(ws: &TempPath, mem: &TempPath, page_size: u64) -> Vec<(u64, bool)> {
+    let memory = reap_pager::MemoryFile::open(mem.path()).unwrap();
+    reap_pager::WorkingSet::load(ws.path(), &memory, page_size)
+        .unwrap()
+        .pages()
+        .map(|p| (p.offset / page_size, p.zero))
+        .collect()
+}
+
 #[test]
-fn record_with_kernel_holes_records_only_the_data_pages() {
+fn record_lists_the_data_pages_in_fault_order_then_the_holes_touched_in_address_order() {
     let mem = memory_file("record", PAGES, is_hole);
     let ws = TempPath::new("record.ws");
     let (uffd, m, regions) = registered(PAGES);
     let server = start(uffd, regions, &mem, Mode::Record);
+    // Nothing touched yet: the page map shows no hole page.
+    assert_eq!(server.scan_touched_holes().unwrap(), 0);
     // Data and holes interleaved; holes both read and written.
     let order = [30, 2, 5, 21, 40, 63, 0, 50];
     let got = touch(&m, &order);
@@ -100,13 +113,112 @@ fn record_with_kernel_holes_records_only_the_data_pages() {
         assert!(*page == file_page(mem.path(), i), "page {i}");
     }
     write_touch(&m, &[5, 41]);
+    // Only the data pages fault.
     let expected: Vec<u64> = [2, 21, 63, 0].iter().map(|i| i * PS).collect();
     assert_eq!(server.recorded_offsets(), expected);
+    assert_eq!(server.stats().lazy_faults_file, 4);
+    assert!(server.recorded_hole_offsets().is_empty(), "before a scan");
     let summary = server.write_ws(ws.path()).unwrap();
-    assert_eq!((summary.pages, summary.zero_pages), (4, 0));
+    assert_eq!((summary.pages, summary.zero_pages), (9, 5));
+    let holes = [5, 30, 40, 41, 50];
+    assert_eq!(
+        server.recorded_hole_offsets(),
+        holes.iter().map(|i| i * PS).collect::<Vec<_>>()
+    );
+    let listed: Vec<(u64, bool)> = [2, 21, 63, 0]
+        .map(|i| (i, false))
+        .into_iter()
+        .chain(holes.map(|i| (i, true)))
+        .collect();
+    assert_eq!(ws_pages(&ws, &mem, PS), listed);
+    // Touched again, and more: the set grows, each page once.
+    write_touch(&m, &[30, 6, 2]);
+    assert_eq!(server.scan_touched_holes().unwrap(), 6);
+    let summary = server.write_ws(ws.path()).unwrap();
+    assert_eq!((summary.pages, summary.zero_pages), (10, 6));
     let s = server.stop();
-    assert_eq!(s.recorded_pages, 4);
+    assert_eq!((s.recorded_pages, s.recorded_hole_pages), (4, 6));
     assert_eq!((s.lazy_faults_file, s.lazy_faults_zero), (4, 0));
+    assert!(s.hole_scan_ns > 0);
+}
+
+#[test]
+fn a_recorded_set_with_long_runs_of_holes_has_them_installed_by_the_next_prefetch() {
+    let mem = memory_file("record-prefetch", PAGES, is_hole);
+    let ws = TempPath::new("record-prefetch.ws");
+    // The recording: two data pages read, a run of 10 hole pages written (fresh heap),
+    // one more hole written and one only read.
+    let run: Vec<u64> = (30..40).collect();
+    let (uffd, m, regions) = registered(PAGES);
+    let server = start(uffd, regions, &mem, Mode::Record);
+    touch(&m, &[21, 2, 50]);
+    write_touch(&m, &run);
+    write_touch(&m, &[5]);
+    let summary = server.write_ws(ws.path()).unwrap();
+    assert_eq!((summary.pages, summary.data_pages), (14, 2));
+    let listed: Vec<(u64, bool)> = [(21, false), (2, false), (5, true)]
+        .into_iter()
+        .chain(run.iter().map(|&i| (i, true)))
+        .chain([(50, true)])
+        .collect();
+    assert_eq!(ws_pages(&ws, &mem, PS), listed);
+    server.stop();
+
+    // The next cold start installs the data pages and the long run of zeros; the two
+    // isolated holes are left to the kernel.
+    let (uffd, m, regions) = registered(PAGES);
+    let mode = Mode::Prefetch {
+        ws: ws.path().to_path_buf(),
+    };
+    let server = start(uffd, regions, &mem, mode);
+    let s = server.stats();
+    assert!(!s.prefetch_fell_back, "{:?}", s.fallback_reason);
+    assert_eq!(s.prefetched_pages, 2);
+    assert_eq!(
+        (s.prefetched_zero_pages, s.ws_zero_pages_unregistered),
+        (10, 2)
+    );
+    // The run was installed, registered and filled: present and writable before the
+    // guest touches it.
+    assert_eq!(
+        uffd_registered(None, m.page_addr(30), m.page_addr(40)),
+        vec![(m.page_addr(30), m.page_addr(40))]
+    );
+    for (&i, page) in run.iter().zip(&write_touch(&m, &run)) {
+        assert!(is_marked_zero_page(page, i), "hole page {i}");
+    }
+    let got = touch(&m, &[21, 2, 5, 50]);
+    assert_pages_match_file(mem.path(), &[21, 2, 5, 50], &got);
+    let s = server.stop();
+    assert_eq!((s.lazy_faults_file, s.lazy_faults_zero), (0, 0));
+}
+
+#[test]
+fn record_with_served_holes_records_them_as_faults_and_scans_nothing() {
+    let mem = memory_file("record-served", PAGES, is_hole);
+    let ws = TempPath::new("record-served.ws");
+    let (uffd, m, regions) = registered(PAGES);
+    let server = start_with(uffd, regions, &mem, Mode::Record, served());
+    touch(&m, &[30, 2, 5]);
+    assert_eq!(server.scan_touched_holes().unwrap(), 0);
+    server.write_ws(ws.path()).unwrap();
+    assert_eq!(
+        ws_pages(&ws, &mem, PS),
+        vec![(30, true), (2, false), (5, true)]
+    );
+    let s = server.stop();
+    assert_eq!((s.recorded_pages, s.recorded_hole_pages), (3, 0));
+}
+
+#[test]
+fn scanning_the_holes_is_refused_unless_recording() {
+    let mem = memory_file("scan-lazy", PAGES, is_hole);
+    let (uffd, _m, regions) = registered(PAGES);
+    let server = start(uffd, regions, &mem, Mode::Lazy);
+    assert!(matches!(
+        server.scan_touched_holes(),
+        Err(reap_pager::PagerError::NotRecording)
+    ));
 }
 
 #[test]
@@ -363,5 +475,40 @@ fn holes_of_2m_regions_are_unregistered_in_whole_2m_pages() {
     let s = server.stop();
     // Huge pages 0, 2 and 3, each filled from the file once.
     assert_eq!((s.lazy_faults_file, s.lazy_faults_zero), (3, 0));
+    drop(space);
+}
+
+#[test]
+fn a_recording_of_2m_regions_lists_a_hole_huge_page_touched_anywhere_in_it() {
+    const HUGE: u64 = PAGE_2M;
+    let per = HUGE / PS;
+    // Huge page 0 holds data, 1 to 3 are holes.
+    let mem = memory_file("huge-record", 4 * per, move |i| i >= per);
+    let ws = TempPath::new("huge-record.ws");
+    let uffd = Uffd::new().unwrap();
+    let space = Mapping::new(5 * HUGE);
+    let addr = space.addr.next_multiple_of(HUGE);
+    uffd.register(addr, 4 * HUGE).unwrap();
+    let region = Region {
+        host_addr: addr,
+        len: 4 * HUGE,
+        file_offset: 0,
+        page_size: HUGE,
+    };
+    let server = start(uffd, vec![region], &mem, Mode::Record);
+    // Huge page 0 through a fault; in huge page 3 only its last 4 KiB block is
+    // written; huge pages 1 and 2 are left alone.
+    let order = [5, 4 * per - 1];
+    std::thread::spawn(move || {
+        for i in order {
+            write_page(addr, i, marker(i));
+        }
+    })
+    .join()
+    .unwrap();
+    assert_eq!(server.scan_touched_holes().unwrap(), 1);
+    server.write_ws(ws.path()).unwrap();
+    assert_eq!(ws_pages(&ws, &mem, HUGE), vec![(0, false), (3, true)]);
+    server.stop();
     drop(space);
 }

@@ -1,12 +1,14 @@
 //! The memory belongs to another process, which sends its userfaultfd over a Unix
 //! socket with SCM_RIGHTS (as Firecracker does) and then exits: the fault loop must
-//! serve it while it lives and stop by itself once it is gone.
+//! serve it while it lives and stop by itself once it is gone. A recording finds the
+//! holes it touched in its page map while it lives.
 
 mod common;
 
 use common::*;
+use reap_pager::pagemap::PagemapError;
 use reap_pager::uffd::sys;
-use reap_pager::{MemoryFile, Mode, PageServer, Region, StopReason, Uffd};
+use reap_pager::{MemoryFile, Mode, PageServer, PagerError, PagerStats, Region, StopReason, Uffd};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,8 @@ const HOLE_MARK: u64 = 0x5eed_0123;
 
 /// The forked owner. Only raw system calls here: the parent is multi-threaded, so the
 /// child must not allocate or take locks. With `write_hole`, it also writes a word
-/// into page [`HOLE`] and reports it and the next word as read back.
+/// into page [`HOLE`] and reports it and the next word as read back. After its report
+/// it waits for a last byte (or end of file) before it exits.
 fn owner_child(sock: RawFd, blocking_uffd: bool, write_hole: bool) -> ! {
     // SAFETY: raw system calls on descriptors and memory of this process only.
     unsafe {
@@ -78,6 +81,7 @@ fn owner_child(sock: RawFd, blocking_uffd: bool, write_hole: bool) -> ! {
             v[2] = std::ptr::read_volatile(hole.add(1));
         }
         libc::write(sock, v.as_ptr().cast(), 24);
+        libc::read(sock, (&mut go as *mut u8).cast(), 1);
         libc::_exit(0);
     }
 }
@@ -137,11 +141,33 @@ fn recv_fd(sock: RawFd) -> (OwnedFd, u64) {
     }
 }
 
+/// What a recording of the owner wrote: the working set while the owner lived, and
+/// after it had exited, each with the error of the page-map scan, if any.
+struct Recorded {
+    alive: (Vec<(u64, bool)>, Option<PagerError>),
+    exited: (Vec<(u64, bool)>, Option<PagerError>),
+}
+
 /// A forked child owns the memory and sends its userfaultfd; we serve it. Returns the
 /// stats once the child has exited. With `holes`, the memory file's pages from
-/// [`HOLE`] on are holes and the child writes one of them.
-fn run_owner_exits(blocking_uffd: bool, watch_pid: bool, holes: bool) -> reap_pager::PagerStats {
+/// [`HOLE`] on are holes and the child writes one of them. With `record`, the server
+/// records, and writes the working set before the child exits and after.
+fn run_owner_exits(
+    blocking_uffd: bool,
+    watch_pid: bool,
+    holes: bool,
+    record: bool,
+) -> (PagerStats, Option<Recorded>) {
     let mem = memory_file("owner", PAGES, |i| holes && i >= HOLE);
+    let ws = TempPath::new("owner.ws");
+    let write_ws = |server: &PageServer| {
+        let scan = server.scan_touched_holes().err();
+        server.write_ws(ws.path()).unwrap();
+        let memory = MemoryFile::open(mem.path()).unwrap();
+        let set = reap_pager::WorkingSet::load(ws.path(), &memory, PS).unwrap();
+        let pages = set.pages().map(|p| (p.offset / PS, p.zero)).collect();
+        (pages, scan)
+    };
     let mut sv = [0i32; 2];
     // SAFETY: socketpair writes two descriptors into `sv`.
     let rc = unsafe {
@@ -180,7 +206,7 @@ fn run_owner_exits(blocking_uffd: bool, watch_pid: bool, holes: bool) -> reap_pa
         uffd,
         vec![region],
         MemoryFile::open(mem.path()).unwrap(),
-        Mode::Lazy,
+        if record { Mode::Record } else { Mode::Lazy },
     )
     .unwrap();
 
@@ -205,6 +231,9 @@ fn run_owner_exits(blocking_uffd: bool, watch_pid: bool, holes: bool) -> reap_pa
         // The hole was the kernel's to fill: a zero page, writable.
         assert_eq!((v[1], v[2]), (HOLE_MARK, 0));
     }
+    let alive = record.then(|| write_ws(&server));
+    // SAFETY: a 1-byte write on our socket from a live buffer.
+    assert_eq!(unsafe { libc::write(sock_fd, [1u8].as_ptr().cast(), 1) }, 1);
     let mut status = 0;
     // SAFETY: waits for our own child.
     assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
@@ -226,31 +255,72 @@ fn run_owner_exits(blocking_uffd: bool, watch_pid: bool, holes: bool) -> reap_pa
     assert!(started.elapsed() < Duration::from_secs(10));
     assert!(!server.is_running());
     assert_eq!(server.stop_reason(), Some(StopReason::OwnerExited));
+    let recorded = alive.map(|alive| Recorded {
+        alive,
+        exited: write_ws(&server),
+    });
     let s = server.stop();
     assert_eq!(s.lazy_faults_file, 1);
     assert_eq!(s.stopped, Some(StopReason::OwnerExited));
-    s
+    (s, recorded)
 }
 
 #[test]
 fn owner_exit_stops_the_fault_loop() {
-    run_owner_exits(false, false, false);
+    run_owner_exits(false, false, false, false);
 }
 
 #[test]
 fn owner_exit_stops_the_fault_loop_through_its_pidfd() {
-    run_owner_exits(false, true, false);
+    run_owner_exits(false, true, false, false);
 }
 
 #[test]
 fn received_blocking_uffd_is_made_nonblocking_and_served() {
-    run_owner_exits(true, false, false);
+    run_owner_exits(true, false, false, false);
 }
 
 #[test]
 fn received_uffd_holes_are_unregistered_in_the_owner() {
-    let s = run_owner_exits(false, true, true);
+    let (s, _) = run_owner_exits(false, true, true, false);
     assert_eq!(s.hole_ranges_unregistered, 1);
     assert_eq!(s.hole_bytes_unregistered, (PAGES - HOLE) * PS);
     assert_eq!(s.lazy_faults_zero, 0);
+}
+
+#[test]
+fn recording_finds_the_hole_its_owner_wrote_in_the_owners_page_map() {
+    let (s, r) = run_owner_exits(false, true, true, true);
+    let r = r.unwrap();
+    // While the owner lives: the page that faulted, then the hole it wrote.
+    assert!(r.alive.1.is_none(), "{:?}", r.alive.1);
+    assert_eq!(r.alive.0, vec![(TOUCHED, false), (HOLE, true)]);
+    // Once it has exited, its page map is gone: the scan fails, and the hole found
+    // before stays in the set.
+    assert!(
+        matches!(
+            r.exited.1,
+            Some(PagerError::ScanHoles(PagemapError::OwnerExited { .. }))
+        ),
+        "{:?}",
+        r.exited.1
+    );
+    assert_eq!(r.exited.0, r.alive.0);
+    assert_eq!((s.recorded_pages, s.recorded_hole_pages), (1, 1));
+}
+
+#[test]
+fn recording_without_the_owners_pid_lists_the_faulting_pages_only() {
+    let (s, r) = run_owner_exits(false, false, true, true);
+    let r = r.unwrap();
+    assert!(
+        matches!(
+            r.alive.1,
+            Some(PagerError::ScanHoles(PagemapError::UnknownOwner))
+        ),
+        "{:?}",
+        r.alive.1
+    );
+    assert_eq!(r.alive.0, vec![(TOUCHED, false)]);
+    assert_eq!((s.recorded_pages, s.recorded_hole_pages), (1, 0));
 }

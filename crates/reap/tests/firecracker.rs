@@ -102,14 +102,53 @@ fn memory_file(path: &Path, pages: u64, hole_every: u64) {
     f.sync_all().unwrap();
 }
 
-/// The memory-file offsets recorded in a WS file, in its order.
-fn ws_offsets(ws: &Path, memory: &Path) -> Vec<u64> {
+/// The pages of a WS file, in its order: (memory-file offset, stored as a zero page).
+fn ws_pages(ws: &Path, memory: &Path) -> Vec<(u64, bool)> {
     let mem = MemoryFile::open(memory).unwrap();
     WorkingSet::load(ws, &mem, PS)
         .unwrap()
         .pages()
-        .map(|p| p.offset)
+        .map(|p| (p.offset, p.zero))
         .collect()
+}
+
+/// Whether page `g` (an index over both regions, which is also its page in the
+/// memory file) is a hole of the test's memory file.
+fn is_hole(g: u64) -> bool {
+    word(g, 0, HOLE_EVERY) == 0
+}
+
+/// What a recording lists once the peer touched `faulted` (in this order) and the
+/// server last read the peer's page map after it touched `scanned`: the holes are
+/// unregistered, so only the data pages fault, and are listed in fault order; the
+/// holes touched are found in the page map and listed after them, in address order,
+/// as zero pages.
+fn recording(faulted: &[u64], scanned: &[u64]) -> Vec<(u64, bool)> {
+    let mut holes: Vec<u64> = scanned.iter().copied().filter(|&g| is_hole(g)).collect();
+    holes.sort_unstable();
+    faulted
+        .iter()
+        .filter(|&&g| !is_hole(g))
+        .map(|&g| (g * PS, false))
+        .chain(holes.into_iter().map(|g| (g * PS, true)))
+        .collect()
+}
+
+/// Waits until the WS file holds `want`.
+fn wait_for_ws(server: &Server, ws: &Path, memory: &Path, want: &[(u64, bool)]) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if ws.exists() && ws_pages(ws, memory) == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no WS of {want:?}; the last one: {:?}\n{}",
+            ws.exists().then(|| ws_pages(ws, memory)),
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -897,10 +936,16 @@ fn lazy_serves_each_firecracker_message_shape_and_balloon_removals_read_as_zeros
         assert_eq!(s["mode"], "lazy");
         assert_eq!(s["ended"], "peer_exited");
         let p = &s["pager"];
-        let holes = (0..PAGES).filter(|&g| word(g, 0, HOLE_EVERY) == 0).count() as u64;
+        // Every hole is one page, between data pages: one range each, unregistered
+        // at start, so touching a hole is the kernel's business, not a fault.
+        let holes = (0..PAGES).filter(|&g| is_hole(g)).count() as u64;
+        assert_eq!(u(&p["hole_ranges_unregistered"]), holes, "{s}");
+        assert_eq!(u(&p["hole_bytes_unregistered"]), holes * PS, "{s}");
         assert_eq!(u(&p["lazy_faults_file"]), PAGES - holes, "{s}");
-        // Holes, plus the dropped pages touched again.
-        assert_eq!(u(&p["lazy_faults_zero"]), holes + 8, "{s}");
+        // The dropped data pages touched again, as zero pages; the dropped holes are
+        // zero-filled by the kernel again, without a fault.
+        let dropped_data = (LOW + 4..LOW + 12).filter(|&g| !is_hole(g)).count() as u64;
+        assert_eq!(u(&p["lazy_faults_zero"]), dropped_data, "{s}");
         assert!(u(&p["remove_events"]) >= 1, "{s}");
         assert_eq!(p["stopped"]["reason"], "owner_exited");
     }
@@ -926,21 +971,41 @@ fn record_then_reap_prefetches_the_recorded_working_set() {
     );
     // The working set: scattered pages of both regions, holes included.
     let set: Vec<u64> = all_pages_scrambled().into_iter().take(40).collect();
+    let holes = set.iter().filter(|&&g| is_hole(g)).count() as u64;
+    assert!(holes > 0);
 
-    // First cold start: no WS yet, so it is recorded, and written when the peer exits.
-    let mut first = PeerPlan::new(&server, Shape::Latest, vec![Step::Touch(set.clone())]).spawn();
+    // First cold start: no WS yet, so it is recorded. It is written on SIGUSR1, while
+    // the peer lives: its data pages in fault order, then the holes it touched, which
+    // do not fault, found in its page map.
+    let mut first = PeerPlan::new(
+        &server,
+        Shape::Latest,
+        vec![Step::Touch(set.clone()), Step::Wait],
+    )
+    .spawn();
+    first.wait_ready();
+    server.signal(libc::SIGUSR1);
+    let recorded = recording(&set, &set);
+    assert_eq!(recorded.len(), set.len());
+    wait_for_ws(&server, &ws, &dir.path("memory"), &recorded);
+    first.go();
     first.assert_served(set.len() as u64);
     let s = server.session();
     assert_eq!(s["mode"], "record", "{s}");
+    // Nothing new when the peer exits: the set was written once.
     assert_eq!(u(&s["ws_pages"]), set.len() as u64, "{s}");
-    assert_eq!(u(&s["pager"]["recorded_pages"]), set.len() as u64);
-    let offsets: Vec<u64> = set.iter().map(|g| g * PS).collect();
-    assert_eq!(ws_offsets(&ws, &dir.path("memory")), offsets, "fault order");
+    assert_eq!(u(&s["ws_writes"]), 1, "{s}");
+    let p = &s["pager"];
+    assert_eq!(u(&p["recorded_pages"]), set.len() as u64 - holes, "{s}");
+    assert_eq!(u(&p["recorded_hole_pages"]), holes, "{s}");
 
     // Second cold start: the set is installed before the guest runs; nothing of it
-    // faults. A page outside it is served lazily; the balloon drops prefetched pages.
-    let outside = (0..PAGES).find(|g| !set.contains(g)).unwrap();
-    let dropped = set[0];
+    // faults. A data page outside it is served lazily; the balloon drops a prefetched
+    // data page, which then reads as a zero page.
+    let outside = (0..PAGES)
+        .find(|&g| !set.contains(&g) && !is_hole(g))
+        .unwrap();
+    let dropped = *set.iter().find(|&&g| !is_hole(g)).unwrap();
     let mut second = PeerPlan::new(
         &server,
         Shape::V1_7,
@@ -959,18 +1024,16 @@ fn record_then_reap_prefetches_the_recorded_working_set() {
     assert_eq!(s["mode"], "prefetch", "{s}");
     let p = &s["pager"];
     assert_eq!(p["prefetch_fell_back"], false, "{s}");
-    assert_eq!(
-        u(&p["prefetched_pages"]) + u(&p["prefetched_zero_pages"]),
-        set.len() as u64,
-        "{s}"
-    );
+    // The data pages are copied in; the holes of the set are single pages, shorter
+    // than the runs of zero pages the install copies (32 KiB): they stay unregistered
+    // and the kernel fills them.
+    assert_eq!(u(&p["prefetched_pages"]), set.len() as u64 - holes, "{s}");
+    assert_eq!(u(&p["prefetched_zero_pages"]), 0, "{s}");
+    assert_eq!(u(&p["ws_zero_pages_unregistered"]), holes, "{s}");
     // Only the page outside the set faults, and the dropped page when read again (as a
     // zero page).
-    assert_eq!(
-        u(&p["lazy_faults_file"]) + u(&p["lazy_faults_zero"]),
-        2,
-        "{s}"
-    );
+    assert_eq!(u(&p["lazy_faults_file"]), 1, "{s}");
+    assert_eq!(u(&p["lazy_faults_zero"]), 1, "{s}");
     assert!(u(&p["remove_events"]) >= 1);
     server.stop();
 }
@@ -1027,44 +1090,41 @@ fn record_writes_the_ws_on_sigusr1_on_socket_close_and_on_exit() {
         ],
     )
     .spawn();
-    let offsets = |pages: &[u64]| pages.iter().map(|g| g * PS).collect::<Vec<_>>();
-    let wait_for_ws = |n: usize| {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if ws.exists() {
-                let got = ws_offsets(&ws, &memory);
-                if got.len() == n {
-                    return got;
-                }
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no WS of {n} pages:\n{}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-
+    // Each write while the peer lives lists the holes it touched so far; the one
+    // after it exited cannot read its page map any more, and lists the holes found by
+    // the write before.
     peer.wait_ready();
     assert!(!ws.exists());
     server.signal(libc::SIGUSR1);
-    assert_eq!(wait_for_ws(10), offsets(a));
+    wait_for_ws(&server, &ws, &memory, &recording(a, a));
     peer.go();
 
     peer.wait_ready(); // past the close
-    assert_eq!(wait_for_ws(20), offsets(&order[..20]));
+    wait_for_ws(
+        &server,
+        &ws,
+        &memory,
+        &recording(&order[..20], &order[..20]),
+    );
     peer.go();
 
     peer.assert_served(25);
     let s = server.session();
-    assert_eq!(u(&s["ws_pages"]), 25);
+    let at_exit = recording(&order[..25], &order[..20]);
+    // The last touches fault on a data page, so the set grew and is written at exit.
+    assert!(c[..5].iter().any(|&g| !is_hole(g)));
+    assert_eq!(u(&s["ws_pages"]), at_exit.len() as u64, "{s}");
     assert_eq!(u(&s["ws_writes"]), 3, "{s}");
-    assert_eq!(ws_offsets(&ws, &memory), offsets(&order[..25]));
+    assert_eq!(ws_pages(&ws, &memory), at_exit);
     let (_, log) = server.stop();
     assert!(log.contains("SIGUSR1: wrote the working set"), "{log}");
     assert!(log.contains("the peer closed its socket: wrote"), "{log}");
     assert!(log.contains("the peer exited: wrote"), "{log}");
+    assert_eq!(
+        log.matches("has exited: its page map is gone").count(),
+        1,
+        "one warning: {log}"
+    );
 }
 
 #[test]
@@ -1083,35 +1143,35 @@ fn record_writes_the_ws_once_the_guest_is_idle() {
             "0.3",
         ],
     );
-    let order = all_pages_scrambled();
+    // First data pages and holes; then holes only, which do not fault: the idle check
+    // finds them in the peer's page map.
+    let first = all_pages_scrambled()[..7].to_vec();
+    let then: Vec<u64> = (0..PAGES)
+        .filter(|g| is_hole(*g) && !first.contains(g))
+        .take(3)
+        .collect();
+    let all: Vec<u64> = first.iter().chain(&then).copied().collect();
     let mut peer = PeerPlan::new(
         &server,
         Shape::Latest,
         vec![
-            Step::Touch(order[..7].to_vec()),
+            Step::Touch(first.clone()),
             Step::Wait,
-            Step::Touch(order[7..12].to_vec()),
+            Step::Touch(then.clone()),
             Step::Wait,
         ],
     )
     .spawn();
-    for n in [7, 12] {
+    for touched in [&first, &all] {
         peer.wait_ready();
-        let deadline = Instant::now() + TIMEOUT;
-        while !(ws.exists() && ws_offsets(&ws, &memory).len() == n) {
-            assert!(
-                Instant::now() < deadline,
-                "no idle write:\n{}",
-                server.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // The idle write, while the peer waits, has the holes it touched too.
+        wait_for_ws(&server, &ws, &memory, &recording(touched, touched));
         peer.go();
     }
-    peer.assert_served(12);
+    peer.assert_served(all.len() as u64);
     let s = server.session();
     assert!(u(&s["ws_writes"]) >= 2, "{s}");
-    assert_eq!(u(&s["ws_pages"]), 12, "{s}");
+    assert_eq!(u(&s["ws_pages"]), all.len() as u64, "{s}");
     let (_, log) = server.stop();
     assert!(log.contains("no new page for 0.3 s: wrote"), "{log}");
     // Nothing new at exit: the idle writes were the last.

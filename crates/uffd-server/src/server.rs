@@ -18,7 +18,9 @@
 //! - Record: the WS file is (re)written when the peer closes its socket, on `SIGUSR1`,
 //!   after [`Config::record_idle`] without new pages, and when the peer exits, each
 //!   time only if the set grew (`SIGUSR1` always writes). Writes are atomic, so each
-//!   one replaces the last.
+//!   one replaces the last. Each write lists the holes the peer touched, read from its
+//!   page map, which exists only while it lives: the write at its exit has the holes
+//!   found by the writes before.
 //! - `SIGINT`/`SIGTERM`: the WS file is written if recording, the peer (which cannot run
 //!   without its page server) is killed, the socket file removed, and `run` returns.
 
@@ -231,9 +233,12 @@ struct Session {
     /// Pages in the last WS file written.
     written: u64,
     ws_writes: u64,
-    /// Recorded pages at the last idle check, and when that count last changed.
+    /// Pages recorded by their faults at the last idle check, and when that count
+    /// last changed.
     last_count: u64,
     last_change: Instant,
+    /// When the idle check last read the peer's page map for the holes it touched.
+    last_hole_scan: Instant,
     /// Data received after the message (logged once).
     stray_bytes: u64,
 }
@@ -661,6 +666,7 @@ impl Server {
             ws_writes: 0,
             last_count: 0,
             last_change: now,
+            last_hole_scan: now,
             stray_bytes: 0,
         });
     }
@@ -740,7 +746,10 @@ impl Server {
         }
     }
 
-    /// Writes the WS file once a recording has gone quiet for `record_idle`.
+    /// Writes the WS file once a recording has gone quiet for `record_idle`: no page
+    /// faulted for that long, and the set grew since the last write. Holes the peer
+    /// touches do not fault; its page map is read for them at most once per
+    /// `record_idle` while the faults are quiet.
     fn check_idle(&mut self) {
         let Some(idle) = self.config.record_idle else {
             return;
@@ -751,19 +760,34 @@ impl Server {
         if s.record_to.is_none() {
             return;
         }
-        let count = s.server.stats().recorded_pages;
+        let stats = s.server.stats();
+        let count = stats.recorded_pages;
         let now = Instant::now();
         if count != s.last_count {
             s.last_count = count;
             s.last_change = now;
-        } else if count > s.written && now.duration_since(s.last_change) >= idle {
+            return;
+        }
+        if now.duration_since(s.last_change) < idle {
+            return;
+        }
+        let mut total = count + stats.recorded_hole_pages;
+        if total <= s.written && now.duration_since(s.last_hole_scan) >= idle {
+            s.last_hole_scan = now;
+            // An error is reported by the write, if one comes.
+            if let Ok(holes) = s.server.scan_touched_holes() {
+                total = count + holes;
+            }
+        }
+        if total > s.written {
             let why = format!("no new page for {:.1} s", idle.as_secs_f64());
             self.write_ws(&why, false);
         }
     }
 
     /// Writes the recording so far to the WS file, if recording and (unless `always`)
-    /// the set grew since the last write.
+    /// the set grew since the last write: the pages that faulted, and the holes the
+    /// peer touched (read from its page map first, while it lives).
     fn write_ws(&mut self, why: &str, always: bool) {
         let Some(s) = &mut self.session else {
             return;
@@ -771,7 +795,10 @@ impl Server {
         let Some(path) = &s.record_to else {
             return;
         };
-        let count = s.server.stats().recorded_pages;
+        // An error is reported by the write, if one comes.
+        let _ = s.server.scan_touched_holes();
+        let stats = s.server.stats();
+        let count = stats.recorded_pages + stats.recorded_hole_pages;
         if count == 0 || (!always && count == s.written) {
             tracing::debug!("{why}: working set unchanged ({count} pages), not written");
             return;
