@@ -1058,6 +1058,12 @@ mod tests {
 }
 
 #[cfg(test)]
+// Positions and counts in the small images these tests build fit every integer type.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
 mod proptests {
     //! Property tests of the reader, which takes untrusted bytes: arbitrary bytes and
     //! damaged copies of real images are refused, or accepted only when every rule of
