@@ -294,7 +294,10 @@ impl Orchestrator {
             .invoke_timeout
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(1));
-        match instance.invoke(&request, Some(remaining)) {
+        let result = instance.invoke(&request, Some(remaining));
+        self.metrics
+            .count_unknown_syscalls(name, &instance.take_unsupported_syscalls());
+        match result {
             Ok((mut response, invocation)) => {
                 response.pop_if(|b| *b == b'\n');
                 let cold_start = instance
