@@ -8,21 +8,38 @@
 //! | `DELETE /functions/{name}` | 204 | 400 bad name, 404 |
 //! | `GET /metrics` | Prometheus text | |
 //! | `GET /healthz` | `ok` | |
+//!
+//! Every route that takes a name answers 400 for a malformed one before it reads the
+//! body. The server guards itself against slow and greedy clients ([`HttpLimits`]): a
+//! connection must send each request's headers within the header timeout (idle
+//! keep-alive connections too), a request body must keep coming (no pause longer than
+//! the body timeout; an invocation's whole body within it), at most
+//! `max_connections` connections are served at once (more wait in the listen
+//! backlog), and a binary upload is streamed to a file in the store's `staging/`, never
+//! held in memory, with at most `max_uploads` at once.
 
+use std::future::poll_fn;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody, PathRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
-use super::store::{MAX_BINARY_BYTES, StoreError};
+use super::store::{MAX_BINARY_BYTES, StoreError, check_name};
 use super::{FailureKind, InvokeError, InvokeOptions, Orchestrator, Start, error_chain};
 use reap_vmm::instance::MemoryMode;
 use reap_vmm::microvm::DEFAULT_MEM_MIB;
@@ -31,6 +48,46 @@ use reap_vmm::microvm::DEFAULT_MEM_MIB;
 pub const MAX_REQUEST_BYTES: usize = 6 << 20;
 /// Limit on a function's initialization at deploy.
 const DEPLOY_INIT_LIMIT: Duration = Duration::from_secs(120);
+/// How long an upload waits for one of the `max_uploads` slots.
+const UPLOAD_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a graceful shutdown waits for open connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// What the HTTP server allows its clients.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Time to send a request's headers, from the connection's start or the end of
+    /// the previous response.
+    pub header_timeout: Duration,
+    /// Longest pause in a request body; also the limit on an invocation's whole body.
+    pub body_timeout: Duration,
+    /// Limit on a whole binary upload.
+    pub upload_timeout: Duration,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// Binary uploads at once; more wait (up to 30 s, then 503).
+    pub max_uploads: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            upload_timeout: Duration::from_secs(600),
+            max_connections: 1024,
+            max_uploads: 4,
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+struct AppState {
+    o: Arc<Orchestrator>,
+    limits: HttpLimits,
+    uploads: Arc<Semaphore>,
+}
 
 /// An error answered as `{"error": "...", "kind": "..."}` with its kind's status.
 struct ApiError {
@@ -39,22 +96,50 @@ struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> Self {
+    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
         ApiError {
-            kind: FailureKind::BadRequest,
+            kind,
             message: message.into(),
         }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(FailureKind::BadRequest, message)
+    }
+
+    fn slow_body(timeout: Duration) -> Self {
+        Self::new(
+            FailureKind::SlowClient,
+            format!(
+                "the request body did not arrive in time (limit {} s)",
+                timeout.as_secs_f64()
+            ),
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.kind.http_status(),
             Json(json!({ "error": self.message, "kind": self.kind.label() })),
         )
-            .into_response()
+            .into_response();
+        if matches!(self.kind, FailureKind::SlowClient | FailureKind::TooLarge) {
+            // The rest of the body is not read: the connection cannot be reused.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
+}
+
+/// The function name of the path, checked.
+fn name_param(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(name) = name.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    check_name(&name)?;
+    Ok(name)
 }
 
 impl From<InvokeError> for ApiError {
@@ -98,7 +183,12 @@ fn join_error(e: tokio::task::JoinError) -> ApiError {
 }
 
 /// The router over `orchestrator`.
-pub fn router(orchestrator: Arc<Orchestrator>) -> Router {
+pub fn router(orchestrator: Arc<Orchestrator>, limits: &HttpLimits) -> Router {
+    let state = AppState {
+        o: orchestrator,
+        uploads: Arc::new(Semaphore::new(limits.max_uploads.max(1))),
+        limits: limits.clone(),
+    };
     Router::new()
         .route(
             "/functions/{name}/invoke",
@@ -113,7 +203,7 @@ pub fn router(orchestrator: Arc<Orchestrator>) -> Router {
         .route("/functions", get(list))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(orchestrator)
+        .with_state(state)
 }
 
 #[derive(Deserialize)]
@@ -128,12 +218,17 @@ fn parse_mode(s: &str) -> Result<MemoryMode, ApiError> {
 }
 
 async fn invoke(
-    State(o): State<Arc<Orchestrator>>,
-    Path(name): Path<String>,
+    State(s): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
     Query(q): Query<InvokeQuery>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let body = body?;
+    let name = name_param(name)?;
+    let timeout = s.limits.body_timeout;
+    let body = tokio::time::timeout(timeout, Bytes::from_request(request, &()))
+        .await
+        .map_err(|_| ApiError::slow_body(timeout))??;
+    let o = s.o;
     let options = InvokeOptions {
         force_cold: q.cold.unwrap_or(false),
         memory: q
@@ -177,13 +272,20 @@ struct DeployQuery {
 }
 
 async fn deploy(
-    State(o): State<Arc<Orchestrator>>,
-    Path(name): Path<String>,
+    State(s): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
     Query(q): Query<DeployQuery>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let body = body?;
+    let name = name_param(name)?;
+    let headers = request.headers();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|&l| l > MAX_BINARY_BYTES) {
+        return Err(StoreError::BinaryTooLarge(len).into());
+    }
     let env: Vec<String> = headers
         .get_all("x-reap-env")
         .iter()
@@ -191,8 +293,26 @@ async fn deploy(
         .collect::<Result<_, _>>()
         .map_err(|_| ApiError::bad_request("x-reap-env must be text"))?;
     let mem = q.mem.unwrap_or(DEFAULT_MEM_MIB);
+    let _slot = tokio::time::timeout(UPLOAD_QUEUE_TIMEOUT, Arc::clone(&s.uploads).acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ApiError::new(
+                FailureKind::Busy,
+                format!(
+                    "{} uploads are in progress and none ended in time",
+                    s.limits.max_uploads
+                ),
+            )
+        })?;
+    let o = s.o;
+    let upload = Upload(o.store.upload_path());
+    receive_upload(request.into_body(), &upload.0, &s.limits).await?;
     let manifest = tokio::task::spawn_blocking(move || {
-        let manifest = o.store.deploy(&name, &body, mem, env, DEPLOY_INIT_LIMIT)?;
+        let manifest = o
+            .store
+            .deploy_file(&name, &upload.0, mem, env, DEPLOY_INIT_LIMIT)?;
         o.forget(&name);
         Ok::<_, StoreError>(manifest)
     })
@@ -201,10 +321,88 @@ async fn deploy(
     Ok((StatusCode::CREATED, Json(manifest)).into_response())
 }
 
+/// An upload's file in `staging/`, removed when dropped (after a failed upload; a deploy
+/// moves it away first).
+struct Upload(PathBuf);
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Streams a request body to the file `path`: at most [`MAX_BINARY_BYTES`], no pause
+/// longer than the body timeout, all of it within the upload timeout. The file is
+/// written by a blocking thread fed through a short queue, so at most a few frames are
+/// in memory.
+async fn receive_upload(
+    mut body: Body,
+    path: &std::path::Path,
+    limits: &HttpLimits,
+) -> Result<(), ApiError> {
+    let file = std::fs::File::create(path).map_err(|e| {
+        ApiError::from(StoreError::Io {
+            path: path.to_path_buf(),
+            what: "cannot create the upload file",
+            source: e,
+        })
+    })?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let writer = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut file = file;
+        while let Some(chunk) = rx.blocking_recv() {
+            file.write_all(&chunk)?;
+        }
+        file.flush()
+    });
+    let end = Instant::now() + limits.upload_timeout;
+    let mut received: u64 = 0;
+    let read = async {
+        loop {
+            let deadline = end.min(Instant::now() + limits.body_timeout);
+            let frame =
+                tokio::time::timeout_at(deadline, poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)))
+                    .await
+                    .map_err(|_| ApiError::slow_body(limits.body_timeout))?;
+            let Some(frame) = frame else {
+                return Ok(());
+            };
+            let frame =
+                frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            received += data.len() as u64;
+            if received > MAX_BINARY_BYTES {
+                return Err(StoreError::BinaryTooLarge(received).into());
+            }
+            if tx.send(data).await.is_err() {
+                // The writer failed: its error is reported below.
+                return Ok(());
+            }
+        }
+    };
+    let read: Result<(), ApiError> = read.await;
+    drop(tx);
+    let written = writer.await.map_err(join_error)?;
+    read?;
+    written.map_err(|e| {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            what: "cannot write the upload",
+            source: e,
+        }
+        .into()
+    })
+}
+
 async fn remove(
-    State(o): State<Arc<Orchestrator>>,
-    Path(name): Path<String>,
+    State(s): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let name = name_param(name)?;
+    let o = s.o;
     tokio::task::spawn_blocking(move || {
         o.store.remove(&name)?;
         o.forget(&name);
@@ -215,7 +413,8 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list(State(o): State<Arc<Orchestrator>>) -> Result<Response, ApiError> {
+async fn list(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let o = s.o;
     let entries = tokio::task::spawn_blocking(move || o.store.list())
         .await
         .map_err(join_error)??;
@@ -229,28 +428,69 @@ async fn list(State(o): State<Arc<Orchestrator>>) -> Result<Response, ApiError> 
     Ok(Json(list).into_response())
 }
 
-async fn metrics(State(o): State<Arc<Orchestrator>>) -> Response {
+async fn metrics(State(s): State<AppState>) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
-    (headers, o.metrics.encode()).into_response()
+    (headers, s.o.metrics.encode()).into_response()
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then tears the instances
-/// down.
+/// Serves the API on `listener` within `limits` until `shutdown` completes, then
+/// waits (up to 30 s) for the open connections to finish and tears the instances down.
 pub async fn serve(
     orchestrator: Arc<Orchestrator>,
     listener: tokio::net::TcpListener,
+    limits: HttpLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(Arc::clone(&orchestrator));
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let app = router(Arc::clone(&orchestrator), &limits);
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        // Take a connection slot first: at the cap, new connections wait in the
+        // listen backlog until one closes.
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = Arc::clone(&connections).acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { break };
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors or memory: wait for connections to close.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection: {e}");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
+    }
     orchestrator.shutdown();
-    result
+    Ok(())
 }
 
 #[cfg(test)]
@@ -274,6 +514,11 @@ mod tests {
             let _ = std::fs::remove_dir_all(&root);
             let (store, _) = FunctionStore::open(&root).unwrap();
             let orchestrator = Orchestrator::new(store, PoolConfig::default());
+            let limits = HttpLimits {
+                header_timeout: Duration::from_millis(500),
+                body_timeout: Duration::from_millis(500),
+                ..HttpLimits::default()
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -283,7 +528,12 @@ mod tests {
                 .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
                 .unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
-            runtime.spawn(async move { axum::serve(listener, router(orchestrator)).await });
+            runtime.spawn(serve(
+                orchestrator,
+                listener,
+                limits,
+                std::future::pending(),
+            ));
             TestServer {
                 _runtime: runtime,
                 base,
