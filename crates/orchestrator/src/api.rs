@@ -12,8 +12,9 @@
 //! Every route that takes a name answers 400 for a malformed one before it reads the
 //! body. The server guards itself against slow and greedy clients ([`HttpLimits`]): a
 //! connection must send each request's headers within the header timeout (idle
-//! keep-alive connections too), a request body must keep coming (no pause longer than
-//! the body timeout; an invocation's whole body within it), at most
+//! keep-alive connections too), an invocation's body within the body timeout (an
+//! upload at least 64 KiB per body timeout, and all of it within the upload timeout),
+//! at most
 //! `max_connections` connections are served at once (more wait in the listen
 //! backlog), and a binary upload is streamed to a file in the store's `staging/`, never
 //! held in memory, with at most `max_uploads` at once.
@@ -50,6 +51,8 @@ pub const MAX_REQUEST_BYTES: usize = 6 << 20;
 const DEPLOY_INIT_LIMIT: Duration = Duration::from_secs(120);
 /// How long an upload waits for one of the `max_uploads` slots.
 const UPLOAD_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Least an upload must send per body timeout.
+const MIN_UPLOAD_BYTES_PER_WINDOW: u64 = 64 << 10;
 /// How long a graceful shutdown waits for open connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -59,7 +62,8 @@ pub struct HttpLimits {
     /// Time to send a request's headers, from the connection's start or the end of
     /// the previous response.
     pub header_timeout: Duration,
-    /// Longest pause in a request body; also the limit on an invocation's whole body.
+    /// The limit on an invocation's whole body; an upload must send at least 64 KiB
+    /// (or its end) in each such period.
     pub body_timeout: Duration,
     /// Limit on a whole binary upload.
     pub upload_timeout: Duration,
@@ -331,8 +335,8 @@ impl Drop for Upload {
     }
 }
 
-/// Streams a request body to the file `path`: at most [`MAX_BINARY_BYTES`], no pause
-/// longer than the body timeout, all of it within the upload timeout. The file is
+/// Streams a request body to the file `path`: at most [`MAX_BINARY_BYTES`], at least
+/// 64 KiB per body timeout, all of it within the upload timeout. The file is
 /// written by a blocking thread fed through a short queue, so at most a few frames are
 /// in memory.
 async fn receive_upload(
@@ -358,13 +362,30 @@ async fn receive_upload(
     });
     let end = Instant::now() + limits.upload_timeout;
     let mut received: u64 = 0;
+    // The body is read in windows of one body timeout: each must bring at least
+    // MIN_UPLOAD_BYTES_PER_WINDOW (or the end of the body), so a trickle is cut off too.
+    let mut window = (Instant::now(), 0u64);
     let read = async {
         loop {
-            let deadline = end.min(Instant::now() + limits.body_timeout);
-            let frame =
-                tokio::time::timeout_at(deadline, poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)))
-                    .await
-                    .map_err(|_| ApiError::slow_body(limits.body_timeout))?;
+            let window_end = window.0 + limits.body_timeout;
+            let frame = tokio::time::timeout_at(
+                window_end.min(end),
+                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)),
+            )
+            .await;
+            let now = Instant::now();
+            if now >= end {
+                return Err(ApiError::slow_body(limits.upload_timeout));
+            }
+            if now >= window_end {
+                if window.1 < MIN_UPLOAD_BYTES_PER_WINDOW {
+                    return Err(ApiError::slow_body(limits.body_timeout));
+                }
+                window = (now, 0);
+            }
+            let Ok(frame) = frame else {
+                continue;
+            };
             let Some(frame) = frame else {
                 return Ok(());
             };
@@ -373,6 +394,7 @@ async fn receive_upload(
             let Ok(data) = frame.into_data() else {
                 continue;
             };
+            window.1 += data.len() as u64;
             received += data.len() as u64;
             if received > MAX_BINARY_BYTES {
                 return Err(StoreError::BinaryTooLarge(received).into());
@@ -564,7 +586,16 @@ mod tests {
     fn invoking_a_bad_function_name_answers_400() {
         let server = TestServer::start("names");
         let long = "x".repeat(65);
-        for name in ["..%2F..", "Hello", long.as_str()] {
+        for name in [
+            "..%2F..",
+            "Hello",
+            long.as_str(),
+            "%FF",
+            "a%00",
+            "-a",
+            ".",
+            "a%20b",
+        ] {
             assert_eq!(
                 server.call("POST", &format!("/functions/{name}/invoke"), b"{}"),
                 (400, "bad_request".to_owned()),
@@ -581,6 +612,105 @@ mod tests {
                 "{name}"
             );
         }
+        // The name is checked before the body is read (none is sent here).
+        for head in [
+            "POST /functions/Bad/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+            "PUT /functions/Bad HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n",
+        ] {
+            let (answer, took) = trickle(&server, head, b"", Duration::ZERO);
+            assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+            assert!(took < Duration::from_millis(400), "{took:?}");
+        }
+    }
+
+    /// Sends `head` on a new connection, then `body` one byte every `pace`, and returns
+    /// what the server answered (or the empty string if it closed without a word) and
+    /// when.
+    fn trickle(server: &TestServer, head: &str, body: &[u8], pace: Duration) -> (String, Duration) {
+        use std::io::{Read, Write};
+        let addr = server.base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let start = std::time::Instant::now();
+        let _ = stream.write_all(head.as_bytes());
+        let mut answer = Vec::new();
+        let mut sent = 0;
+        while start.elapsed() < Duration::from_secs(20) {
+            let mut buf = [0u8; 4096];
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+            if answer.ends_with(b"}") {
+                break;
+            }
+            let due = pace.as_nanos() * (sent as u128 + 1);
+            if sent < body.len() && start.elapsed().as_nanos() >= due {
+                if stream.write_all(&body[sent..=sent]).is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+        }
+        (
+            String::from_utf8_lossy(&answer).into_owned(),
+            start.elapsed(),
+        )
+    }
+
+    #[test]
+    fn a_client_that_sends_no_headers_is_disconnected_after_the_header_timeout() {
+        let server = TestServer::start("noheaders");
+        for head in ["", "GET /healthz HTTP/1.1\r\nHost: x\r\n"] {
+            let (answer, took) = trickle(&server, head, b"", Duration::ZERO);
+            assert_eq!(answer, "", "{head:?}");
+            assert!(
+                took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+                "{head:?} {took:?}"
+            );
+        }
+        // A slow header, one byte at a time, is cut off too.
+        let head = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+        let (answer, took) = trickle(&server, head, &[b'a'; 1000], Duration::from_millis(50));
+        assert_eq!(answer, "");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[test]
+    fn a_slow_request_body_answers_408() {
+        let server = TestServer::start("slowbody");
+        let invoke = "POST /functions/f/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n";
+        let upload = "PUT /functions/f HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n";
+        for head in [invoke, upload] {
+            let (answer, took) = trickle(&server, head, &[b' '; 100], Duration::from_millis(50));
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+            assert!(answer.contains("slow_client"), "{answer}");
+            assert!(took < Duration::from_secs(5), "{took:?}");
+        }
+        assert_eq!(server.call("GET", "/healthz", b"").0, 200);
+    }
+
+    #[test]
+    fn uploads_over_the_cap_or_not_elf_are_refused_and_leave_no_file() {
+        let server = TestServer::start("uploads");
+        let head = format!(
+            "PUT /functions/f HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            MAX_BINARY_BYTES + 1
+        );
+        let (answer, _) = trickle(&server, &head, b"", Duration::ZERO);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert_eq!(
+            server.call("PUT", "/functions/f", &[7u8; 100_000]),
+            (400, "bad_request".to_owned())
+        );
+        let staging = std::fs::read_dir(server.root.join("staging"))
+            .unwrap()
+            .count();
+        assert_eq!(staging, 0);
     }
 
     #[test]

@@ -151,8 +151,8 @@ pub enum Command {
         /// connections are closed after it too).
         #[arg(long, default_value_t = 10.0)]
         header_timeout: f64,
-        /// Longest pause, in seconds, in a request body; an invocation's whole body
-        /// must arrive within it.
+        /// Seconds for an invocation's whole request body; an upload must send at
+        /// least 64 KiB in each such period.
         #[arg(long, default_value_t = 10.0)]
         body_timeout: f64,
         /// Connections served at once; more wait to be accepted.
