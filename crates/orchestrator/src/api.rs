@@ -51,6 +51,8 @@ pub const MAX_REQUEST_BYTES: usize = 6 << 20;
 const DEPLOY_INIT_LIMIT: Duration = Duration::from_secs(120);
 /// How long an upload waits for one of the `max_uploads` slots.
 const UPLOAD_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest body of a refused request read (and dropped) before answering.
+const MAX_DRAIN_BYTES: u64 = 16 << 20;
 /// Least an upload must send per body timeout.
 const MIN_UPLOAD_BYTES_PER_WINDOW: u64 = 64 << 10;
 /// How long a graceful shutdown waits for open connections.
@@ -227,7 +229,10 @@ async fn invoke(
     Query(q): Query<InvokeQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let name = name_param(name)?;
+    let name = match name_param(name) {
+        Ok(name) => name,
+        Err(e) => return Err(refuse(e, request, &s.limits).await),
+    };
     let timeout = s.limits.body_timeout;
     let body = tokio::time::timeout(timeout, Bytes::from_request(request, &()))
         .await
@@ -281,7 +286,10 @@ async fn deploy(
     Query(q): Query<DeployQuery>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    let name = name_param(name)?;
+    let name = match name_param(name) {
+        Ok(name) => name,
+        Err(e) => return Err(refuse(e, request, &s.limits).await),
+    };
     let headers = request.headers();
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -290,12 +298,15 @@ async fn deploy(
     if let Some(len) = declared.filter(|&l| l > MAX_BINARY_BYTES) {
         return Err(StoreError::BinaryTooLarge(len).into());
     }
-    let env: Vec<String> = headers
+    let env = headers
         .get_all("x-reap-env")
         .iter()
         .map(|v| v.to_str().map(str::to_owned))
-        .collect::<Result<_, _>>()
-        .map_err(|_| ApiError::bad_request("x-reap-env must be text"))?;
+        .collect::<Result<Vec<String>, _>>();
+    let Ok(env) = env else {
+        let e = ApiError::bad_request("x-reap-env must be text");
+        return Err(refuse(e, request, &s.limits).await);
+    };
     let mem = q.mem.unwrap_or(DEFAULT_MEM_MIB);
     let _slot = tokio::time::timeout(UPLOAD_QUEUE_TIMEOUT, Arc::clone(&s.uploads).acquire_owned())
         .await
@@ -323,6 +334,32 @@ async fn deploy(
     .await
     .map_err(join_error)??;
     Ok((StatusCode::CREATED, Json(manifest)).into_response())
+}
+
+/// Reads and drops a refused request's body (at most [`MAX_DRAIN_BYTES`], within the
+/// body timeout) before the answer, so a client that sends its whole body before
+/// reading gets the answer rather than a reset connection. A body declared larger is
+/// not read: the answer goes out at once and the connection is closed.
+async fn refuse(error: ApiError, request: Request, limits: &HttpLimits) -> ApiError {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_none_or(|l| l <= MAX_DRAIN_BYTES) {
+        let mut body = request.into_body();
+        let drain = async {
+            let mut seen = 0u64;
+            while let Some(Ok(frame)) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if seen > MAX_DRAIN_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limits.body_timeout, drain).await;
+    }
+    error
 }
 
 /// An upload's file in `staging/`, removed when dropped (after a failed upload; a deploy
@@ -612,9 +649,10 @@ mod tests {
                 "{name}"
             );
         }
-        // The name is checked before the body is read (none is sent here).
+        // The name is checked before the body is read: a large one is not read at all
+        // (none is sent here).
         for head in [
-            "POST /functions/Bad/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n",
+            "POST /functions/Bad/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n",
             "PUT /functions/Bad HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n",
         ] {
             let (answer, took) = trickle(&server, head, b"", Duration::ZERO);
