@@ -188,6 +188,19 @@ pub fn logs(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A listening socket with a backlog of 1024: connections past the server's connection
+/// cap wait there to be accepted.
+fn listen_on(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
 /// Raises the soft limit on open files to the hard limit: each connection and each
 /// instance takes descriptors.
 fn raise_fd_limit() {
@@ -218,8 +231,7 @@ pub fn serve(
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener =
-            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let listener = listen_on(listen).with_context(|| format!("cannot listen on {listen}"))?;
         let local = listener.local_addr()?;
         let info = ServerInfo { pid: std::process::id(), listen: local };
         let server_file = store.server_file();
