@@ -742,7 +742,7 @@ fn a_large_upload_is_streamed_to_disk_and_keeps_the_server_rss_flat() {
     let mut c = std::net::TcpStream::connect(server.addr()).unwrap();
     write!(
         c,
-        "PUT /functions/big HTTP/1.1\r\nHost: x\r\nContent-Length: {size}\r\n\r\n"
+        "PUT /functions/big HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {size}\r\n\r\n"
     )
     .unwrap();
     let chunk = vec![0x5au8; 1 << 20];
