@@ -2,8 +2,8 @@
 //!
 //! | method and path | does | errors |
 //! |---|---|---|
-//! | `POST /functions/{name}/invoke` | body: the request (JSON); answer: the function's response. Query: `cold=true`, `memory=file\|lazy\|reap`. Headers `x-reap-start: cold\|warm` and timings | 400 not JSON or a bad name, 404 unknown, 413 too large, 502 crash or bad answer, 503 busy, 504 timeout |
-//! | `PUT /functions/{name}` | body: the binary; query `mem=MIB`; headers `x-reap-env: K=V` (repeatable). 201 with the manifest | 400 invalid binary or name, 413 too large |
+//! | `POST /functions/{name}/invoke` | body: the request (JSON); answer: the function's response. Query: `cold=true`, `memory=file\|lazy\|reap`. Headers `x-reap-start: cold\|warm` and timings | 400 not JSON or a bad name, 404 unknown, 408 body sent too slowly, 413 too large, 502 crash or bad answer, 503 busy, 504 timeout |
+//! | `PUT /functions/{name}` | body: the binary; query `mem=MIB`; headers `x-reap-env: K=V` (repeatable). 201 with the manifest | 400 invalid binary or name, 408 sent too slowly, 413 too large, 503 too many uploads |
 //! | `GET /functions` | the manifests | |
 //! | `DELETE /functions/{name}` | 204 | 400 bad name, 404 |
 //! | `GET /metrics` | Prometheus text | |
