@@ -2,27 +2,45 @@
 //!
 //! | method and path | does | errors |
 //! |---|---|---|
-//! | `POST /functions/{name}/invoke` | body: the request (JSON); answer: the function's response. Query: `cold=true`, `memory=file\|lazy\|reap`. Headers `x-reap-start: cold\|warm` and timings | 400 not JSON or a bad name, 404 unknown, 413 too large, 502 crash or bad answer, 503 busy, 504 timeout |
-//! | `PUT /functions/{name}` | body: the binary; query `mem=MIB`; headers `x-reap-env: K=V` (repeatable). 201 with the manifest | 400 invalid binary or name, 413 too large |
+//! | `POST /functions/{name}/invoke` | body: the request (JSON); answer: the function's response. Query: `cold=true`, `memory=file\|lazy\|reap`. Headers `x-reap-start: cold\|warm` and timings | 400 not JSON or a bad name, 404 unknown, 408 body sent too slowly, 413 too large, 502 crash or bad answer, 503 busy, 504 timeout |
+//! | `PUT /functions/{name}` | body: the binary; query `mem=MIB`; headers `x-reap-env: K=V` (repeatable). 201 with the manifest | 400 invalid binary or name, 408 sent too slowly, 413 too large, 503 too many uploads |
 //! | `GET /functions` | the manifests | |
 //! | `DELETE /functions/{name}` | 204 | 400 bad name, 404 |
 //! | `GET /metrics` | Prometheus text | |
 //! | `GET /healthz` | `ok` | |
+//!
+//! Every route that takes a name answers 400 for a malformed one before it reads the
+//! body. The server guards itself against slow and greedy clients ([`HttpLimits`]): a
+//! connection must send each request's headers within the header timeout (idle
+//! keep-alive connections too), an invocation's body within the body timeout (an
+//! upload at least 64 KiB per body timeout, and all of it within the upload timeout),
+//! at most
+//! `max_connections` connections are served at once (more wait in the listen
+//! backlog), and a binary upload is streamed to a file in the store's `staging/`, never
+//! held in memory, with at most `max_uploads` at once.
 
+use std::future::poll_fn;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, FailedToBufferBody};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::body::{Body, Bytes, HttpBody};
+use axum::extract::rejection::{BytesRejection, FailedToBufferBody, PathRejection};
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
 use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
-use super::store::{MAX_BINARY_BYTES, StoreError};
+use super::store::{MAX_BINARY_BYTES, StoreError, check_name};
 use super::{FailureKind, InvokeError, InvokeOptions, Orchestrator, Start, error_chain};
 use reap_vmm::instance::MemoryMode;
 use reap_vmm::microvm::DEFAULT_MEM_MIB;
@@ -31,6 +49,51 @@ use reap_vmm::microvm::DEFAULT_MEM_MIB;
 pub const MAX_REQUEST_BYTES: usize = 6 << 20;
 /// Limit on a function's initialization at deploy.
 const DEPLOY_INIT_LIMIT: Duration = Duration::from_secs(120);
+/// How long an upload waits for one of the `max_uploads` slots.
+const UPLOAD_QUEUE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest body of a refused request read (and dropped) before answering.
+const MAX_DRAIN_BYTES: u64 = 16 << 20;
+/// Least an upload must send per body timeout.
+const MIN_UPLOAD_BYTES_PER_WINDOW: u64 = 64 << 10;
+/// How long a graceful shutdown waits for open connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// What the HTTP server allows its clients.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// Time to send a request's headers, from the connection's start or the end of
+    /// the previous response.
+    pub header_timeout: Duration,
+    /// The limit on an invocation's whole body; an upload must send at least 64 KiB
+    /// (or its end) in each such period.
+    pub body_timeout: Duration,
+    /// Limit on a whole binary upload.
+    pub upload_timeout: Duration,
+    /// Connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// Binary uploads at once; more wait (up to 30 s, then 503).
+    pub max_uploads: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            upload_timeout: Duration::from_secs(600),
+            max_connections: 1024,
+            max_uploads: 4,
+        }
+    }
+}
+
+/// What the handlers share.
+#[derive(Clone)]
+struct AppState {
+    o: Arc<Orchestrator>,
+    limits: HttpLimits,
+    uploads: Arc<Semaphore>,
+}
 
 /// An error answered as `{"error": "...", "kind": "..."}` with its kind's status.
 struct ApiError {
@@ -39,22 +102,50 @@ struct ApiError {
 }
 
 impl ApiError {
-    fn bad_request(message: impl Into<String>) -> Self {
+    fn new(kind: FailureKind, message: impl Into<String>) -> Self {
         ApiError {
-            kind: FailureKind::BadRequest,
+            kind,
             message: message.into(),
         }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(FailureKind::BadRequest, message)
+    }
+
+    fn slow_body(timeout: Duration) -> Self {
+        Self::new(
+            FailureKind::SlowClient,
+            format!(
+                "the request body did not arrive in time (limit {} s)",
+                timeout.as_secs_f64()
+            ),
+        )
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.kind.http_status(),
             Json(json!({ "error": self.message, "kind": self.kind.label() })),
         )
-            .into_response()
+            .into_response();
+        if matches!(self.kind, FailureKind::SlowClient | FailureKind::TooLarge) {
+            // The rest of the body is not read: the connection cannot be reused.
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
     }
+}
+
+/// The function name of the path, checked.
+fn name_param(name: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(name) = name.map_err(|r| ApiError::bad_request(r.body_text()))?;
+    check_name(&name)?;
+    Ok(name)
 }
 
 impl From<InvokeError> for ApiError {
@@ -98,7 +189,12 @@ fn join_error(e: tokio::task::JoinError) -> ApiError {
 }
 
 /// The router over `orchestrator`.
-pub fn router(orchestrator: Arc<Orchestrator>) -> Router {
+pub fn router(orchestrator: Arc<Orchestrator>, limits: &HttpLimits) -> Router {
+    let state = AppState {
+        o: orchestrator,
+        uploads: Arc::new(Semaphore::new(limits.max_uploads.max(1))),
+        limits: limits.clone(),
+    };
     Router::new()
         .route(
             "/functions/{name}/invoke",
@@ -113,7 +209,7 @@ pub fn router(orchestrator: Arc<Orchestrator>) -> Router {
         .route("/functions", get(list))
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(orchestrator)
+        .with_state(state)
 }
 
 #[derive(Deserialize)]
@@ -128,12 +224,20 @@ fn parse_mode(s: &str) -> Result<MemoryMode, ApiError> {
 }
 
 async fn invoke(
-    State(o): State<Arc<Orchestrator>>,
-    Path(name): Path<String>,
+    State(s): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
     Query(q): Query<InvokeQuery>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let body = body?;
+    let name = match name_param(name) {
+        Ok(name) => name,
+        Err(e) => return Err(refuse(e, request, &s.limits).await),
+    };
+    let timeout = s.limits.body_timeout;
+    let body = tokio::time::timeout(timeout, Bytes::from_request(request, &()))
+        .await
+        .map_err(|_| ApiError::slow_body(timeout))??;
+    let o = s.o;
     let options = InvokeOptions {
         force_cold: q.cold.unwrap_or(false),
         memory: q
@@ -177,22 +281,53 @@ struct DeployQuery {
 }
 
 async fn deploy(
-    State(o): State<Arc<Orchestrator>>,
-    Path(name): Path<String>,
+    State(s): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
     Query(q): Query<DeployQuery>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
-    let body = body?;
-    let env: Vec<String> = headers
+    let name = match name_param(name) {
+        Ok(name) => name,
+        Err(e) => return Err(refuse(e, request, &s.limits).await),
+    };
+    let headers = request.headers();
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|&l| l > MAX_BINARY_BYTES) {
+        return Err(StoreError::BinaryTooLarge(len).into());
+    }
+    let env = headers
         .get_all("x-reap-env")
         .iter()
         .map(|v| v.to_str().map(str::to_owned))
-        .collect::<Result<_, _>>()
-        .map_err(|_| ApiError::bad_request("x-reap-env must be text"))?;
+        .collect::<Result<Vec<String>, _>>();
+    let Ok(env) = env else {
+        let e = ApiError::bad_request("x-reap-env must be text");
+        return Err(refuse(e, request, &s.limits).await);
+    };
     let mem = q.mem.unwrap_or(DEFAULT_MEM_MIB);
+    let _slot = tokio::time::timeout(UPLOAD_QUEUE_TIMEOUT, Arc::clone(&s.uploads).acquire_owned())
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| {
+            ApiError::new(
+                FailureKind::Busy,
+                format!(
+                    "{} uploads are in progress and none ended in time",
+                    s.limits.max_uploads
+                ),
+            )
+        })?;
+    let o = s.o;
+    let upload = Upload(o.store.upload_path());
+    receive_upload(request.into_body(), &upload.0, &s.limits).await?;
     let manifest = tokio::task::spawn_blocking(move || {
-        let manifest = o.store.deploy(&name, &body, mem, env, DEPLOY_INIT_LIMIT)?;
+        let manifest = o
+            .store
+            .deploy_file(&name, &upload.0, mem, env, DEPLOY_INIT_LIMIT)?;
         o.forget(&name);
         Ok::<_, StoreError>(manifest)
     })
@@ -201,10 +336,132 @@ async fn deploy(
     Ok((StatusCode::CREATED, Json(manifest)).into_response())
 }
 
+/// Reads and drops a refused request's body (at most [`MAX_DRAIN_BYTES`], within the
+/// body timeout) before the answer, so a client that sends its whole body before
+/// reading gets the answer rather than a reset connection. A body declared larger is
+/// not read: the answer goes out at once and the connection is closed.
+async fn refuse(error: ApiError, request: Request, limits: &HttpLimits) -> ApiError {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_none_or(|l| l <= MAX_DRAIN_BYTES) {
+        let mut body = request.into_body();
+        let drain = async {
+            let mut seen = 0u64;
+            while let Some(Ok(frame)) = poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+                seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if seen > MAX_DRAIN_BYTES {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(limits.body_timeout, drain).await;
+    }
+    error
+}
+
+/// An upload's file in `staging/`, removed when dropped (after a failed upload; a deploy
+/// moves it away first).
+struct Upload(PathBuf);
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Streams a request body to the file `path`: at most [`MAX_BINARY_BYTES`], at least
+/// 64 KiB per body timeout, all of it within the upload timeout. The file is
+/// written by a blocking thread fed through a short queue, so at most a few frames are
+/// in memory.
+async fn receive_upload(
+    mut body: Body,
+    path: &std::path::Path,
+    limits: &HttpLimits,
+) -> Result<(), ApiError> {
+    let file = std::fs::File::create(path).map_err(|e| {
+        ApiError::from(StoreError::Io {
+            path: path.to_path_buf(),
+            what: "cannot create the upload file",
+            source: e,
+        })
+    })?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let writer = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut file = file;
+        while let Some(chunk) = rx.blocking_recv() {
+            file.write_all(&chunk)?;
+        }
+        file.flush()
+    });
+    let end = Instant::now() + limits.upload_timeout;
+    let mut received: u64 = 0;
+    // The body is read in windows of one body timeout: each must bring at least
+    // MIN_UPLOAD_BYTES_PER_WINDOW (or the end of the body), so a trickle is cut off too.
+    let mut window = (Instant::now(), 0u64);
+    let read = async {
+        loop {
+            let window_end = window.0 + limits.body_timeout;
+            let frame = tokio::time::timeout_at(
+                window_end.min(end),
+                poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)),
+            )
+            .await;
+            let now = Instant::now();
+            if now >= end {
+                return Err(ApiError::slow_body(limits.upload_timeout));
+            }
+            if now >= window_end {
+                if window.1 < MIN_UPLOAD_BYTES_PER_WINDOW {
+                    return Err(ApiError::slow_body(limits.body_timeout));
+                }
+                window = (now, 0);
+            }
+            let Ok(frame) = frame else {
+                continue;
+            };
+            let Some(frame) = frame else {
+                return Ok(());
+            };
+            let frame =
+                frame.map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            window.1 += data.len() as u64;
+            received += data.len() as u64;
+            if received > MAX_BINARY_BYTES {
+                return Err(StoreError::BinaryTooLarge(received).into());
+            }
+            if tx.send(data).await.is_err() {
+                // The writer failed: its error is reported below.
+                return Ok(());
+            }
+        }
+    };
+    let read: Result<(), ApiError> = read.await;
+    drop(tx);
+    let written = writer.await.map_err(join_error)?;
+    read?;
+    written.map_err(|e| {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            what: "cannot write the upload",
+            source: e,
+        }
+        .into()
+    })
+}
+
 async fn remove(
-    State(o): State<Arc<Orchestrator>>,
-    Path(name): Path<String>,
+    State(s): State<AppState>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    let name = name_param(name)?;
+    let o = s.o;
     tokio::task::spawn_blocking(move || {
         o.store.remove(&name)?;
         o.forget(&name);
@@ -215,7 +472,8 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn list(State(o): State<Arc<Orchestrator>>) -> Result<Response, ApiError> {
+async fn list(State(s): State<AppState>) -> Result<Response, ApiError> {
+    let o = s.o;
     let entries = tokio::task::spawn_blocking(move || o.store.list())
         .await
         .map_err(join_error)??;
@@ -229,28 +487,69 @@ async fn list(State(o): State<Arc<Orchestrator>>) -> Result<Response, ApiError> 
     Ok(Json(list).into_response())
 }
 
-async fn metrics(State(o): State<Arc<Orchestrator>>) -> Response {
+async fn metrics(State(s): State<AppState>) -> Response {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
-    (headers, o.metrics.encode()).into_response()
+    (headers, s.o.metrics.encode()).into_response()
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then tears the instances
-/// down.
+/// Serves the API on `listener` within `limits` until `shutdown` completes, then
+/// waits (up to 30 s) for the open connections to finish and tears the instances down.
 pub async fn serve(
     orchestrator: Arc<Orchestrator>,
     listener: tokio::net::TcpListener,
+    limits: HttpLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(Arc::clone(&orchestrator));
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    let app = router(Arc::clone(&orchestrator), &limits);
+    let connections = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    tokio::pin!(shutdown);
+    loop {
+        // Take a connection slot first: at the cap, new connections wait in the
+        // listen backlog until one closes.
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = Arc::clone(&connections).acquire_owned() => slot,
+        };
+        let Ok(slot) = slot else { break };
+        let stream = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors or memory: wait for connections to close.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection: {e}");
+            }
+            drop(slot);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them");
+    }
     orchestrator.shutdown();
-    result
+    Ok(())
 }
 
 #[cfg(test)]
@@ -274,6 +573,11 @@ mod tests {
             let _ = std::fs::remove_dir_all(&root);
             let (store, _) = FunctionStore::open(&root).unwrap();
             let orchestrator = Orchestrator::new(store, PoolConfig::default());
+            let limits = HttpLimits {
+                header_timeout: Duration::from_millis(500),
+                body_timeout: Duration::from_millis(500),
+                ..HttpLimits::default()
+            };
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
                 .enable_all()
@@ -283,7 +587,12 @@ mod tests {
                 .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
                 .unwrap();
             let base = format!("http://{}", listener.local_addr().unwrap());
-            runtime.spawn(async move { axum::serve(listener, router(orchestrator)).await });
+            runtime.spawn(serve(
+                orchestrator,
+                listener,
+                limits,
+                std::future::pending(),
+            ));
             TestServer {
                 _runtime: runtime,
                 base,
@@ -314,7 +623,16 @@ mod tests {
     fn invoking_a_bad_function_name_answers_400() {
         let server = TestServer::start("names");
         let long = "x".repeat(65);
-        for name in ["..%2F..", "Hello", long.as_str()] {
+        for name in [
+            "..%2F..",
+            "Hello",
+            long.as_str(),
+            "%FF",
+            "a%00",
+            "-a",
+            ".",
+            "a%20b",
+        ] {
             assert_eq!(
                 server.call("POST", &format!("/functions/{name}/invoke"), b"{}"),
                 (400, "bad_request".to_owned()),
@@ -331,6 +649,106 @@ mod tests {
                 "{name}"
             );
         }
+        // The name is checked before the body is read: a large one is not read at all
+        // (none is sent here).
+        for head in [
+            "POST /functions/Bad/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n",
+            "PUT /functions/Bad HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n",
+        ] {
+            let (answer, took) = trickle(&server, head, b"", Duration::ZERO);
+            assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+            assert!(took < Duration::from_millis(400), "{took:?}");
+        }
+    }
+
+    /// Sends `head` on a new connection, then `body` one byte every `pace`, and returns
+    /// what the server answered (or the empty string if it closed without a word) and
+    /// when.
+    fn trickle(server: &TestServer, head: &str, body: &[u8], pace: Duration) -> (String, Duration) {
+        use std::io::{Read, Write};
+        let addr = server.base.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .unwrap();
+        let start = std::time::Instant::now();
+        let _ = stream.write_all(head.as_bytes());
+        let mut answer = Vec::new();
+        let mut sent = 0;
+        while start.elapsed() < Duration::from_secs(20) {
+            let mut buf = [0u8; 4096];
+            match stream.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+            if answer.ends_with(b"}") {
+                break;
+            }
+            let due = pace.as_nanos() * (sent as u128 + 1);
+            if sent < body.len() && start.elapsed().as_nanos() >= due {
+                if stream.write_all(&body[sent..=sent]).is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+        }
+        (
+            String::from_utf8_lossy(&answer).into_owned(),
+            start.elapsed(),
+        )
+    }
+
+    #[test]
+    fn a_client_that_sends_no_headers_is_disconnected_after_the_header_timeout() {
+        let server = TestServer::start("noheaders");
+        for head in ["", "GET /healthz HTTP/1.1\r\nHost: x\r\n"] {
+            let (answer, took) = trickle(&server, head, b"", Duration::ZERO);
+            assert_eq!(answer, "", "{head:?}");
+            assert!(
+                took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+                "{head:?} {took:?}"
+            );
+        }
+        // A slow header, one byte at a time, is cut off too.
+        let head = "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ";
+        let (answer, took) = trickle(&server, head, &[b'a'; 1000], Duration::from_millis(50));
+        assert_eq!(answer, "");
+        assert!(took < Duration::from_secs(5), "{took:?}");
+    }
+
+    #[test]
+    fn a_slow_request_body_answers_408() {
+        let server = TestServer::start("slowbody");
+        let invoke = "POST /functions/f/invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n";
+        let upload = "PUT /functions/f HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n";
+        for head in [invoke, upload] {
+            let (answer, took) = trickle(&server, head, &[b' '; 100], Duration::from_millis(50));
+            assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+            assert!(answer.contains("slow_client"), "{answer}");
+            assert!(took < Duration::from_secs(5), "{took:?}");
+        }
+        assert_eq!(server.call("GET", "/healthz", b"").0, 200);
+    }
+
+    #[test]
+    fn uploads_over_the_cap_or_not_elf_are_refused_and_leave_no_file() {
+        let server = TestServer::start("uploads");
+        let head = format!(
+            "PUT /functions/f HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            MAX_BINARY_BYTES + 1
+        );
+        let (answer, _) = trickle(&server, &head, b"", Duration::ZERO);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        assert_eq!(
+            server.call("PUT", "/functions/f", &[7u8; 100_000]),
+            (400, "bad_request".to_owned())
+        );
+        let staging = std::fs::read_dir(server.root.join("staging"))
+            .unwrap()
+            .count();
+        assert_eq!(staging, 0);
     }
 
     #[test]

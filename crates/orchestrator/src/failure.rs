@@ -7,6 +7,7 @@
 //! | [`NotFound`](FailureKind::NotFound) | `not_found` | 404 |
 //! | [`BadRequest`](FailureKind::BadRequest) | `bad_request` | 400 |
 //! | [`TooLarge`](FailureKind::TooLarge) | `too_large` | 413 |
+//! | [`SlowClient`](FailureKind::SlowClient) | `slow_client` | 408 |
 //! | [`Busy`](FailureKind::Busy) | `busy` | 503 |
 //! | [`Timeout`](FailureKind::Timeout) | `timeout` | 504 |
 //! | [`Crash`](FailureKind::Crash) | `crash` | 502 |
@@ -26,6 +27,8 @@ pub enum FailureKind {
     BadRequest,
     /// A request body or binary over its size limit.
     TooLarge,
+    /// The client sent its request body too slowly.
+    SlowClient,
     /// The function is at its instance limit and none became free in time, or the
     /// runtime is shutting down.
     Busy,
@@ -48,6 +51,7 @@ impl FailureKind {
             FailureKind::NotFound => "not_found",
             FailureKind::BadRequest => "bad_request",
             FailureKind::TooLarge => "too_large",
+            FailureKind::SlowClient => "slow_client",
             FailureKind::Busy => "busy",
             FailureKind::Timeout => "timeout",
             FailureKind::Crash => "crash",
@@ -63,6 +67,7 @@ impl FailureKind {
             FailureKind::NotFound => StatusCode::NOT_FOUND,
             FailureKind::BadRequest => StatusCode::BAD_REQUEST,
             FailureKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            FailureKind::SlowClient => StatusCode::REQUEST_TIMEOUT,
             FailureKind::Busy => StatusCode::SERVICE_UNAVAILABLE,
             FailureKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             FailureKind::Crash | FailureKind::BadResponse => StatusCode::BAD_GATEWAY,
@@ -82,6 +87,7 @@ mod tests {
             NotFound,
             BadRequest,
             TooLarge,
+            SlowClient,
             Busy,
             Timeout,
             Crash,
@@ -98,6 +104,7 @@ mod tests {
                 ("not_found", 404),
                 ("bad_request", 400),
                 ("too_large", 413),
+                ("slow_client", 408),
                 ("busy", 503),
                 ("timeout", 504),
                 ("crash", 502),

@@ -294,7 +294,10 @@ impl Orchestrator {
             .invoke_timeout
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(1));
-        match instance.invoke(&request, Some(remaining)) {
+        let result = instance.invoke(&request, Some(remaining));
+        self.metrics
+            .count_unknown_syscalls(name, &instance.take_unsupported_syscalls());
+        match result {
             Ok((mut response, invocation)) => {
                 response.pop_if(|b| *b == b'\n');
                 let cold_start = instance
@@ -585,6 +588,47 @@ mod tests {
             .invoke("nothing", b"{}", InvokeOptions::default())
             .unwrap_err();
         assert_eq!(err.kind(), FailureKind::NotFound);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_failed_cold_start_frees_its_instance_slot() {
+        let root = std::env::temp_dir().join(format!("reap-orch-slots-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (store, _) = FunctionStore::open(&root).unwrap();
+        // A version whose manifest reads but whose snapshot is missing: every cold
+        // start fails in the runtime.
+        let version = root.join("functions/f/versions/v1");
+        std::fs::create_dir_all(&version).unwrap();
+        let manifest = store::Manifest {
+            format: 1,
+            name: "f".into(),
+            version: "v1".into(),
+            binary_sha256: String::new(),
+            binary_bytes: 0,
+            mem_mib: 64,
+            env: Vec::new(),
+            created_unix: 0,
+            init_ms: 0.0,
+            snapshot_data_bytes: 0,
+        };
+        std::fs::write(
+            version.join("manifest.json"),
+            serde_json::to_vec(&manifest).unwrap(),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("versions/v1", root.join("functions/f/current")).unwrap();
+        let config = PoolConfig {
+            max_instances: 1,
+            queue_timeout: Duration::ZERO,
+            ..PoolConfig::default()
+        };
+        let o = Orchestrator::new(store, config);
+        for _ in 0..5 {
+            let err = o.invoke("f", b"{}", InvokeOptions::default()).unwrap_err();
+            assert_eq!(err.kind(), FailureKind::Runtime, "{}", error_chain(&err));
+        }
+        assert_eq!(o.pool("f").unwrap().live(), 0);
         std::fs::remove_dir_all(&root).unwrap();
     }
 

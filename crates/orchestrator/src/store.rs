@@ -5,20 +5,28 @@
 //! REAP_HOME/
 //!   functions/NAME/current            symlink to the live version: versions/ID
 //!   functions/NAME/versions/ID/       manifest.json, binary, snapshot/{state,memory,ws}
-//!   logs/NAME.log                     the function's stderr (all instances)
-//!   staging/                          deploys in progress
+//!   logs/NAME.log, NAME.log.1         the function's stderr (all instances), capped
+//!   locks/NAME.lock                   held (flock) while a deploy or remove changes NAME
+//!   staging/                          deploys and uploads in progress
 //!   server.json                       address of a running `reap serve`, if any
 //! ```
 //!
 //! A deploy builds the whole version in `staging/`, renames it into `versions/` and
 //! then switches `current` with an atomic symlink rename: readers see the old version
-//! or the new one, never half of one. Whatever a crash leaves in `staging/` is removed
-//! (and reported) when the store is opened; a function whose `current` is missing or
+//! or the new one, never half of one. The rename into `versions/`, the switch and the
+//! removal of older versions happen under an exclusive `flock` on `locks/NAME.lock`, so
+//! concurrent deploys of one name, in one process or several (the CLI and a server),
+//! take turns: each ends with its own version live until a later one replaces it, and
+//! none removes the version `current` points to. Temporary names carry the process id
+//! and a per-process counter. Whatever a crash leaves in `staging/` is removed (and
+//! reported) when the store is opened; a function whose `current` is missing or
 //! unreadable is reported and not served.
 
-use std::fs;
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -34,6 +42,8 @@ use reap_vmm::snapshot::SnapshotDir;
 const MANIFEST_VERSION: u32 = 1;
 /// Largest binary the store accepts.
 pub const MAX_BINARY_BYTES: u64 = 512 << 20;
+/// Default cap of a function's log: past it the log is rotated to `NAME.log.1`.
+pub const DEFAULT_LOG_MAX_BYTES: u64 = 8 << 20;
 /// Largest manifest the store reads.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
@@ -70,6 +80,9 @@ pub enum StoreError {
     /// The binary is over [`MAX_BINARY_BYTES`].
     #[error("binary is {0} bytes, more than the {MAX_BINARY_BYTES}-byte limit")]
     BinaryTooLarge(u64),
+    /// The uploaded binary is not an ELF file.
+    #[error("the binary is not an ELF file")]
+    NotElf,
     /// An environment entry is not `KEY=VALUE`.
     #[error("invalid environment entry {0:?}: expected KEY=VALUE")]
     BadEnv(String),
@@ -83,9 +96,10 @@ impl StoreError {
     pub fn kind(&self) -> FailureKind {
         match self {
             StoreError::NotFound(_) => FailureKind::NotFound,
-            StoreError::BadName(_) | StoreError::BadEnv(_) | StoreError::Deploy(_) => {
-                FailureKind::BadRequest
-            }
+            StoreError::BadName(_)
+            | StoreError::BadEnv(_)
+            | StoreError::NotElf
+            | StoreError::Deploy(_) => FailureKind::BadRequest,
             StoreError::BinaryTooLarge(_) => FailureKind::TooLarge,
             StoreError::Io { .. } | StoreError::Damaged { .. } => FailureKind::Store,
         }
@@ -146,6 +160,7 @@ pub struct RepairNote(pub String);
 #[derive(Debug, Clone)]
 pub struct FunctionStore {
     root: PathBuf,
+    log_max_bytes: u64,
 }
 
 /// Checks a function name: it becomes a directory and a URL path segment.
@@ -177,8 +192,16 @@ impl FunctionStore {
     /// Opens (creating if needed) the store at `root`, removing what interrupted deploys
     /// left behind. Returns notes on what it repaired or found damaged.
     pub fn open(root: impl Into<PathBuf>) -> Result<(Self, Vec<RepairNote>), StoreError> {
-        let store = Self { root: root.into() };
-        for dir in [store.functions_dir(), store.staging_dir(), store.logs_dir()] {
+        let store = Self {
+            root: root.into(),
+            log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+        };
+        for dir in [
+            store.functions_dir(),
+            store.staging_dir(),
+            store.logs_dir(),
+            store.locks_dir(),
+        ] {
             fs::create_dir_all(&dir)
                 .map_err(StoreError::io(&dir, "cannot create the store directory"))?;
         }
@@ -193,7 +216,11 @@ impl FunctionStore {
             if staging_owner_alive(&path) {
                 continue;
             }
-            let _ = fs::remove_dir_all(&path);
+            let _ = if path.is_dir() {
+                fs::remove_dir_all(&path)
+            } else {
+                fs::remove_file(&path)
+            };
             notes.push(RepairNote(format!(
                 "removed an interrupted deploy ({})",
                 path.file_name()
@@ -202,12 +229,21 @@ impl FunctionStore {
             )));
         }
         for name in store.names()? {
+            let _lock = store.lock(&name)?;
             match store.get(&name) {
                 Ok(deployed) => store.remove_old_versions(&name, &deployed.manifest.version),
                 Err(e) => notes.push(RepairNote(format!("{e}"))),
             }
         }
         Ok((store, notes))
+    }
+
+    /// Caps each function's log at `bytes` (at least 4 KiB): past it, the log is
+    /// renamed to `NAME.log.1` (replacing the one before) and a new one is started, so
+    /// a function's logs take at most twice the cap.
+    pub fn with_log_max_bytes(mut self, bytes: u64) -> Self {
+        self.log_max_bytes = bytes.max(4096);
+        self
     }
 
     /// The store's root directory.
@@ -227,6 +263,39 @@ impl FunctionStore {
         self.root.join("logs")
     }
 
+    fn locks_dir(&self) -> PathBuf {
+        self.root.join("locks")
+    }
+
+    /// Takes the exclusive lock of `name` (blocking until other deploys and removes of
+    /// it, in this process or another, are done); released when the guard is dropped.
+    fn lock(&self, name: &str) -> Result<NameLock, StoreError> {
+        let path = self.locks_dir().join(format!("{name}.lock"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(StoreError::io(&path, "cannot open the lock file"))?;
+        loop {
+            // SAFETY: flock on a descriptor this function owns; no memory is involved.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+                return Ok(NameLock(file));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(StoreError::io(&path, "cannot lock")(e));
+            }
+        }
+    }
+
+    /// A fresh path in `staging/` for an upload in progress: removed by `open` if its
+    /// process is gone.
+    pub fn upload_path(&self) -> PathBuf {
+        self.staging_dir()
+            .join(format!("upload-{}-{}", next_serial(), std::process::id()))
+    }
+
     /// Where a running server records its address.
     pub fn server_file(&self) -> PathBuf {
         self.root.join("server.json")
@@ -237,14 +306,11 @@ impl FunctionStore {
         self.logs_dir().join(format!("{name}.log"))
     }
 
-    /// Opens the function's log for appending, as a sink for guest stderr.
+    /// Opens the function's log for appending, as a sink for guest stderr; the log is
+    /// capped and rotated (see [`with_log_max_bytes`](Self::with_log_max_bytes)).
     pub fn log_sink(&self, name: &str) -> Sink {
-        match fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.log_path(name))
-        {
-            Ok(f) => Box::new(f),
+        match CappedLog::open(self.log_path(name), self.log_max_bytes) {
+            Ok(log) => Box::new(log),
             Err(e) => {
                 tracing::warn!(function = name, "cannot open the function log: {e}");
                 Box::new(io::sink())
@@ -328,38 +394,121 @@ impl FunctionStore {
         if binary.len() as u64 > MAX_BINARY_BYTES {
             return Err(StoreError::BinaryTooLarge(binary.len() as u64));
         }
-        if let Some(bad) = env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
-            return Err(StoreError::BadEnv(bad.clone()));
+        check_env(&env)?;
+        let (version, staged) = self.stage(name)?;
+        let result = write_synced(&staged.join("binary"), binary).and_then(|()| {
+            self.build_version(name, &version, &staged, binary, mem_mib, env, init_limit)
+        });
+        self.install(name, &version, &staged, result)
+    }
+
+    /// As [`deploy`](Self::deploy), with the binary in the file `upload` (in
+    /// `staging/`, from [`upload_path`](Self::upload_path)), which is moved into the
+    /// new version or removed.
+    pub fn deploy_file(
+        &self,
+        name: &str,
+        upload: &Path,
+        mem_mib: u64,
+        env: Vec<String>,
+        init_limit: Duration,
+    ) -> Result<Manifest, StoreError> {
+        let upload = RemoveOnDrop(upload.to_path_buf());
+        check_name(name)?;
+        let len = fs::metadata(&upload.0)
+            .map_err(StoreError::io(&upload.0, "cannot read the upload"))?
+            .len();
+        if len > MAX_BINARY_BYTES {
+            return Err(StoreError::BinaryTooLarge(len));
         }
+        check_env(&env)?;
+        check_elf_magic(&upload.0)?;
+        let (version, staged) = self.stage(name)?;
+        let bin_path = staged.join("binary");
+        let result = fs::rename(&upload.0, &bin_path)
+            .map_err(StoreError::io(
+                &bin_path,
+                "cannot move the upload into place",
+            ))
+            .and_then(|()| {
+                File::open(&bin_path)
+                    .and_then(|f| f.sync_all())
+                    .map_err(StoreError::io(&bin_path, "cannot sync"))
+            })
+            .and_then(|()| {
+                let binary =
+                    fs::read(&bin_path).map_err(StoreError::io(&bin_path, "cannot read"))?;
+                self.build_version(name, &version, &staged, &binary, mem_mib, env, init_limit)
+            });
+        self.install(name, &version, &staged, result)
+    }
+
+    /// A fresh version id and its empty staging directory.
+    fn stage(&self, name: &str) -> Result<(String, PathBuf), StoreError> {
         let version = new_version_id();
         let staged = self
             .staging_dir()
             .join(format!("{name}-{version}-{}", std::process::id()));
         fs::create_dir_all(&staged).map_err(StoreError::io(&staged, "cannot create"))?;
-        let result = self.build_version(name, &version, &staged, binary, mem_mib, env, init_limit);
-        if result.is_err() {
-            let _ = fs::remove_dir_all(&staged);
-        }
-        let manifest = result?;
+        Ok((version, staged))
+    }
 
+    /// Makes the staged `version` the live version of `name` (or, if `built` is an
+    /// error, removes it), under the name's lock.
+    fn install(
+        &self,
+        name: &str,
+        version: &str,
+        staged: &Path,
+        built: Result<Manifest, StoreError>,
+    ) -> Result<Manifest, StoreError> {
+        let manifest = match built {
+            Ok(m) => m,
+            Err(e) => {
+                let _ = fs::remove_dir_all(staged);
+                return Err(e);
+            }
+        };
+        let _lock = self.lock(name)?;
+        let result = self.switch_to(name, version, staged);
+        if result.is_err() {
+            let _ = fs::remove_dir_all(staged);
+        }
+        result?;
+        self.remove_old_versions(name, version);
+        Ok(manifest)
+    }
+
+    /// Moves the staged version into `versions/` and points `current` at it. The
+    /// caller holds the name's lock.
+    fn switch_to(&self, name: &str, version: &str, staged: &Path) -> Result<(), StoreError> {
         let fn_dir = self.functions_dir().join(name);
         let versions = fn_dir.join("versions");
         fs::create_dir_all(&versions).map_err(StoreError::io(&versions, "cannot create"))?;
-        let dest = versions.join(&version);
-        fs::rename(&staged, &dest).map_err(StoreError::io(
+        let dest = versions.join(version);
+        fs::rename(staged, &dest).map_err(StoreError::io(
             &dest,
             "cannot move the new version into place",
         ))?;
-        let link_tmp = fn_dir.join(format!(".current.tmp-{}", std::process::id()));
-        let _ = fs::remove_file(&link_tmp);
-        std::os::unix::fs::symlink(Path::new("versions").join(&version), &link_tmp)
-            .map_err(StoreError::io(&link_tmp, "cannot create the version link"))?;
-        let current = fn_dir.join("current");
-        fs::rename(&link_tmp, &current)
-            .map_err(StoreError::io(&current, "cannot switch the live version"))?;
+        let link_tmp = fn_dir.join(format!(
+            ".current.tmp-{}-{}",
+            std::process::id(),
+            next_serial()
+        ));
+        let switched = std::os::unix::fs::symlink(Path::new("versions").join(version), &link_tmp)
+            .map_err(StoreError::io(&link_tmp, "cannot create the version link"))
+            .and_then(|()| {
+                let current = fn_dir.join("current");
+                fs::rename(&link_tmp, &current)
+                    .map_err(StoreError::io(&current, "cannot switch the live version"))
+            });
+        if switched.is_err() {
+            let _ = fs::remove_file(&link_tmp);
+            let _ = fs::remove_dir_all(&dest);
+        }
+        switched?;
         sync_dir(&fn_dir);
-        self.remove_old_versions(name, &version);
-        Ok(manifest)
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -373,8 +522,6 @@ impl FunctionStore {
         env: Vec<String>,
         init_limit: Duration,
     ) -> Result<Manifest, StoreError> {
-        let bin_path = staged.join("binary");
-        write_synced(&bin_path, binary)?;
         let config = MicroVmConfig {
             mem_mib,
             args: vec![name.to_owned()],
@@ -414,6 +561,7 @@ impl FunctionStore {
     /// Removes `name` (all versions and its log).
     pub fn remove(&self, name: &str) -> Result<(), StoreError> {
         check_name(name)?;
+        let _lock = self.lock(name)?;
         let fn_dir = self.functions_dir().join(name);
         if !fn_dir.exists() {
             return Err(StoreError::NotFound(name.into()));
@@ -422,29 +570,144 @@ impl FunctionStore {
         let _ = fs::remove_file(fn_dir.join("current"));
         fs::remove_dir_all(&fn_dir).map_err(StoreError::io(&fn_dir, "cannot remove"))?;
         let _ = fs::remove_file(self.log_path(name));
+        let _ = fs::remove_file(rotated(&self.log_path(name)));
         Ok(())
     }
 
+    /// Removes the versions of `name` other than `keep` and the one `current` points
+    /// to. The caller holds the name's lock.
     fn remove_old_versions(&self, name: &str, keep: &str) {
-        let versions = self.functions_dir().join(name).join("versions");
+        let fn_dir = self.functions_dir().join(name);
+        let live = fs::read_link(fn_dir.join("current")).ok();
+        let versions = fn_dir.join("versions");
         let Ok(entries) = fs::read_dir(&versions) else {
             return;
         };
         for entry in entries.flatten() {
-            if entry.file_name() != keep {
+            let is_live = live
+                .as_deref()
+                .is_some_and(|l| l == Path::new("versions").join(entry.file_name()));
+            if entry.file_name() != keep && !is_live {
                 let _ = fs::remove_dir_all(entry.path());
             }
         }
     }
 }
 
-/// A fresh, sortable version id: microseconds since the epoch and the process id.
+/// `PATH.1`, where a log is rotated to.
+fn rotated(path: &Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".1");
+    PathBuf::from(p)
+}
+
+/// A log file capped at `max` bytes: a write that would take it past the cap fills it
+/// to the cap, renames it to `PATH.1` and goes on in a new file. Several writers (the
+/// instances of one function, in one process or several) may share the path: each
+/// checks the file's size before writing and reopens the path when another writer
+/// rotated it.
+struct CappedLog {
+    path: PathBuf,
+    file: File,
+    max: u64,
+}
+
+impl CappedLog {
+    fn open(path: PathBuf, max: u64) -> io::Result<Self> {
+        let file = Self::open_append(&path)?;
+        Ok(Self { path, file, max })
+    }
+
+    fn open_append(path: &Path) -> io::Result<File> {
+        fs::OpenOptions::new().create(true).append(true).open(path)
+    }
+
+    /// Reopens the path if another writer rotated the file away.
+    fn follow_rotation(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let ours = self.file.metadata()?;
+        let same =
+            fs::metadata(&self.path).is_ok_and(|m| m.ino() == ours.ino() && m.dev() == ours.dev());
+        if !same {
+            self.file = Self::open_append(&self.path)?;
+        }
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        fs::rename(&self.path, rotated(&self.path))?;
+        self.file = Self::open_append(&self.path)?;
+        Ok(())
+    }
+}
+
+impl Write for CappedLog {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        self.follow_rotation()?;
+        let mut len = self.file.metadata()?.len();
+        if len >= self.max {
+            self.rotate()?;
+            len = 0;
+        }
+        let room = usize::try_from(self.max - len).unwrap_or(usize::MAX);
+        self.file.write(&buf[..buf.len().min(room)])
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.flush()
+    }
+}
+
+/// The exclusive `flock` of one name, released when dropped (the file is closed).
+struct NameLock(#[allow(dead_code)] File);
+
+/// Removes a file when dropped (if it is still there).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
+/// A number unique in this process, for temporary names.
+fn next_serial() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A fresh, sortable version id: microseconds since the epoch, the process id and a
+/// per-process serial (two deploys in one microsecond differ).
 fn new_version_id() -> String {
     let us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros())
         .unwrap_or(0);
-    format!("{us:x}-{:x}", std::process::id())
+    format!("{us:x}-{:x}.{}", std::process::id(), next_serial())
+}
+
+fn check_env(env: &[String]) -> Result<(), StoreError> {
+    match env.iter().find(|e| !e.contains('=') || e.starts_with('=')) {
+        Some(bad) => Err(StoreError::BadEnv(bad.clone())),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a file that is not an ELF binary before reading it whole.
+fn check_elf_magic(path: &Path) -> Result<(), StoreError> {
+    let mut magic = [0u8; 4];
+    let mut f = File::open(path).map_err(StoreError::io(path, "cannot read the upload"))?;
+    let n = f
+        .read(&mut magic)
+        .map_err(StoreError::io(path, "cannot read the upload"))?;
+    if n == 4 && magic == *b"\x7fELF" {
+        Ok(())
+    } else {
+        Err(StoreError::NotElf)
+    }
 }
 
 /// Whether the process that created a staging directory (`NAME-VERSION-PID`) runs.
@@ -516,6 +779,28 @@ mod tests {
         for (err, kind) in cases {
             assert_eq!(err.kind(), kind, "{err}");
         }
+    }
+
+    #[test]
+    fn a_log_is_capped_and_rotated() {
+        let dir = std::env::temp_dir().join(format!("reap-log-unit-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f.log");
+        let max = 10_000;
+        let mut a = CappedLog::open(path.clone(), max).unwrap();
+        let mut b = CappedLog::open(path.clone(), max).unwrap();
+        let line = [b'x'; 777];
+        for i in 0..1000 {
+            let w = if i % 3 == 0 { &mut b } else { &mut a };
+            w.write_all(&line).unwrap();
+        }
+        a.write_all(&vec![b'y'; 100_000]).unwrap();
+        let main = fs::metadata(&path).unwrap().len();
+        let old = fs::metadata(rotated(&path)).unwrap().len();
+        assert!(main <= max && old <= max, "{main} {old}");
+        assert_eq!(fs::read_dir(&dir).unwrap().count(), 2);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

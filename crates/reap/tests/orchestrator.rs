@@ -21,13 +21,15 @@ impl Server {
     /// Starts `reap serve` on an ephemeral port over a fresh store.
     fn start(name: &str, extra: &[&str]) -> Server {
         let home = temp_dir(&format!("orch-{name}"));
+        std::fs::create_dir_all(&home).unwrap();
+        let log = std::fs::File::create(home.join("serve.stderr")).unwrap();
         let child = Command::new(common::reap_binary())
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(extra)
             .env("REAP_HOME", &home)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("spawn reap serve");
         let server_file = home.join("server.json");
@@ -58,6 +60,34 @@ impl Server {
             &format!("{}/functions/{name}", self.base),
             &std::fs::read(binary).unwrap(),
         )
+    }
+
+    /// The server's own log (its stderr).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.home.join("serve.stderr")).unwrap_or_default()
+    }
+
+    fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
+    }
+
+    /// A line of `reap serve`'s /proc status, in kB.
+    fn status_kb(&self, field: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+            .and_then(|v| v.trim().trim_end_matches(" kB").parse().ok())
+            .unwrap_or_else(|| panic!("{field} in {status}"))
+    }
+
+    fn metric(&self, line_start: &str) -> Option<u64> {
+        let metrics = request("GET", &format!("{}/metrics", self.base), b"").body;
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|n| n.parse().ok())
     }
 
     fn invoke(&self, name: &str, body: &str) -> Reply {
@@ -558,4 +588,282 @@ fn expected_sum(mib: usize) -> String {
         .map(|i| (i % 251) as u64 + 1)
         .sum();
     sum.to_string()
+}
+
+/// What is left in the store besides the functions' single live versions: files in
+/// `staging/`, temporary links, versions other than the live one.
+fn leftovers(home: &Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(home.join("staging"))
+        .unwrap()
+        .flatten()
+        .map(|e| format!("staging/{}", e.file_name().to_string_lossy()))
+        .collect();
+    for f in std::fs::read_dir(home.join("functions")).unwrap().flatten() {
+        let dir = f.path();
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n != "current" && n != "versions" {
+                found.push(n);
+            }
+        }
+        let live = std::fs::read_link(dir.join("current")).unwrap();
+        for v in std::fs::read_dir(dir.join("versions")).unwrap().flatten() {
+            if Path::new("versions").join(v.file_name()) != live {
+                found.push(format!("old version {}", v.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn concurrent_deploys_of_one_name_in_one_process_leave_a_working_function() {
+    use reap_orchestrator::store::FunctionStore;
+    use reap_orchestrator::{InvokeOptions, Orchestrator, PoolConfig};
+    let home = temp_dir("deploys-threads");
+    let (store, _) = FunctionStore::open(&home).unwrap();
+    let image = std::fs::read(guest("helloworld")).unwrap();
+    let o = Orchestrator::new(store.clone(), PoolConfig::default());
+    for round in 0..20 {
+        let versions: Vec<String> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        store
+                            .deploy("hello", &image, 64, Vec::new(), Duration::from_secs(60))
+                            .map(|m| m.version)
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| {
+                    t.join()
+                        .unwrap()
+                        .unwrap_or_else(|e| panic!("round {round}: {e}"))
+                })
+                .collect()
+        });
+        let live = store.get("hello").unwrap().manifest.version;
+        assert!(
+            versions.contains(&live),
+            "round {round}: {live} not in {versions:?}"
+        );
+        let answer = o
+            .invoke("hello", br#"{"name":"Ada"}"#, InvokeOptions::default())
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(answer.response, br#"{"greeting":"Hello, Ada!"}"#);
+        assert_eq!(leftovers(&home), Vec::<String>::new(), "round {round}");
+    }
+    drop(o);
+    std::fs::remove_dir_all(&home).unwrap();
+}
+
+#[test]
+fn concurrent_deploys_of_one_name_over_http_and_the_cli_leave_a_working_function() {
+    let server = Server::start("deploys-http", &[]);
+    let image = std::fs::read(guest("helloworld")).unwrap();
+    let binary = guest("helloworld");
+    let url = format!("{}/functions/hello", server.base);
+    for round in 0..20 {
+        std::thread::scope(|s| {
+            let http: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| request("PUT", &url, &image)))
+                .collect();
+            // Every fourth round, two CLI deploys (another process) join in.
+            let cli: Vec<_> = (0..if round % 4 == 0 { 2 } else { 0 })
+                .map(|_| {
+                    s.spawn(|| {
+                        server.cli(&["deploy", "hello", "--binary", binary.to_str().unwrap()])
+                    })
+                })
+                .collect();
+            for t in http {
+                let r = t.join().unwrap();
+                assert_eq!(r.status, 201, "round {round}: {}", r.body);
+            }
+            for t in cli {
+                let out = t.join().unwrap();
+                assert!(
+                    out.status.success(),
+                    "round {round}: {}",
+                    common::stderr(&out)
+                );
+            }
+        });
+        let answer = server.invoke("hello", r#"{"name": "Ada"}"#);
+        assert_eq!(answer.status, 200, "round {round}: {}", answer.body);
+        assert_eq!(answer.body, r#"{"greeting":"Hello, Ada!"}"#);
+        assert_eq!(
+            leftovers(&server.home),
+            Vec::<String>::new(),
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn slow_connections_are_cut_off_and_healthy_requests_are_answered() {
+    use std::io::{Read, Write};
+    // Defaults: 1,000 idle or trickling connections fit under the connection cap.
+    let server = Server::start("slowloris", &[]);
+    let slow: Vec<std::net::TcpStream> = (0..1000)
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(server.addr()).unwrap();
+            if i % 2 == 0 {
+                c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                    .unwrap();
+            }
+            c
+        })
+        .collect();
+    let start = Instant::now();
+    let r = request("GET", &format!("{}/healthz", server.base), b"");
+    assert_eq!(r.status, 200);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+    drop(slow);
+
+    // A small cap and short timeouts: 1,000 slow connections fill the cap many times
+    // over; each is cut after the header timeout, and the healthy request, queued
+    // behind them, is answered once they are.
+    let server = Server::start(
+        "slowloris-cap",
+        &["--max-connections", "200", "--header-timeout", "1"],
+    );
+    let mut slow: Vec<std::net::TcpStream> = (0..1000)
+        .map(|_| std::net::TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    let start = Instant::now();
+    let healthy = {
+        let url = format!("{}/healthz", server.base);
+        std::thread::spawn(move || request("GET", &url, b""))
+    };
+    // One byte a second on every slow connection, while the server lets it.
+    let trickle = std::thread::spawn(move || {
+        let mut open = slow.len();
+        while open > 0 && start.elapsed() < Duration::from_secs(30) {
+            open = 0;
+            for c in &mut slow {
+                open += usize::from(c.write_all(b"G").is_ok());
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        slow
+    });
+    let r = healthy.join().unwrap();
+    let took = start.elapsed();
+    assert_eq!(r.status, 200);
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    // Every slow connection was closed by the server.
+    let slow = trickle.join().unwrap();
+    for mut c in slow {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 16];
+        assert!(matches!(c.read(&mut buf), Ok(0) | Err(_)));
+    }
+    eprintln!("healthy request answered after {took:?} behind 1000 slow connections");
+}
+
+#[test]
+fn a_large_upload_is_streamed_to_disk_and_keeps_the_server_rss_flat() {
+    use std::io::{Read, Write};
+    let server = Server::start("upload-rss", &[]);
+    // Warm the server up so its pools and buffers exist before measuring.
+    assert_eq!(server.deploy("hello", &guest("helloworld")).status, 201);
+    let before = server.status_kb("VmRSS");
+    let size: u64 = 256 << 20;
+    let mut c = std::net::TcpStream::connect(server.addr()).unwrap();
+    write!(
+        c,
+        "PUT /functions/big HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {size}\r\n\r\n"
+    )
+    .unwrap();
+    let chunk = vec![0x5au8; 1 << 20];
+    let mut peak = before;
+    for i in 0..size >> 20 {
+        c.write_all(&chunk).unwrap();
+        if i % 16 == 0 {
+            peak = peak.max(server.status_kb("VmRSS"));
+        }
+    }
+    let mut answer = String::new();
+    c.read_to_string(&mut answer).unwrap();
+    // Not an ELF file: refused once all of it is on disk, and removed.
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("not an ELF file"), "{answer}");
+    let after = server.status_kb("VmRSS");
+    peak = peak.max(after);
+    eprintln!(
+        "upload of {} MiB: RSS {before} kB before, {peak} kB peak, {after} kB after",
+        size >> 20
+    );
+    assert!(
+        peak < before + 32 * 1024,
+        "RSS grew from {before} kB to {peak} kB for a {size}-byte upload"
+    );
+    assert_eq!(leftovers(&server.home), Vec::<String>::new());
+}
+
+#[test]
+fn a_function_writing_1_gib_to_stderr_leaves_a_capped_log() {
+    let cap: u64 = 1 << 20;
+    let server = Server::start("log-cap", &["--log-max-bytes", &cap.to_string()]);
+    assert_eq!(server.deploy("spew", &guest("misbehave")).status, 201);
+    let start = Instant::now();
+    let r = server.invoke("spew", r#"{"do":"spew","mib":1024}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+    eprintln!("1 GiB of stderr in {:?}", start.elapsed());
+    let logs = server.home.join("logs");
+    let mut total = 0;
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(&logs).unwrap().flatten() {
+        let len = e.metadata().unwrap().len();
+        assert!(len <= cap, "{:?}: {len} bytes", e.file_name());
+        total += len;
+        names.push(e.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    assert_eq!(names, ["spew.log", "spew.log.1"]);
+    assert!(total <= 2 * cap, "{total}");
+    // `reap logs` shows both, oldest first.
+    let out = server.cli(&["logs", "spew"]);
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len() as u64, total);
+}
+
+#[test]
+fn many_distinct_unknown_syscalls_are_logged_briefly_and_counted() {
+    let server = Server::start("syscalls", &[]);
+    assert_eq!(server.deploy("calls", &guest("misbehave")).status, 201);
+    for _ in 0..2 {
+        let r = server.invoke("calls", r#"{"do":"syscalls","n":5000}"#);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    // One warm instance made 10,000 calls of 5,000 numbers: 16 lines and a summary.
+    let log = server.log();
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("guest system call"))
+        .count();
+    assert_eq!(lines, 16, "{log}");
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.contains("distinct unsupported"))
+            .count(),
+        1,
+        "{log}"
+    );
+    let metric = |nr: &str| {
+        server.metric(&format!(
+            "reap_unknown_syscalls_total{{function=\"calls\",nr=\"{nr}\"}}"
+        ))
+    };
+    assert_eq!(metric("1000"), Some(2));
+    assert_eq!(metric("1015"), Some(2));
+    assert_eq!(metric("1016"), None);
+    assert_eq!(metric("other"), Some(2 * (5000 - 16)));
 }

@@ -313,6 +313,11 @@ impl Instance {
         self.vm.os.mm.mapped_bytes()
     }
 
+    /// The unsupported system calls the guest made since the last call.
+    pub fn take_unsupported_syscalls(&mut self) -> crate::guest_os::UnsupportedCalls {
+        self.vm.os.take_unsupported()
+    }
+
     /// Sends one request line and waits for the response line, at most `limit`.
     pub fn invoke(
         &mut self,

@@ -121,6 +121,9 @@ pub enum VmError {
     /// [`MicroVm::save`] outside the ready point.
     #[error("the guest is not at its ready point (blocked reading stdin)")]
     NotReady,
+    /// The watchdog thread that enforces a run's time limit could not be started.
+    #[error("cannot start the watchdog thread")]
+    Watchdog(#[source] std::io::Error),
 }
 
 /// Why `run` returned without an error.
@@ -246,7 +249,7 @@ impl MicroVm {
     pub fn run(&mut self, limit: Option<Duration>) -> Result<RunExit, VmError> {
         let deadline = limit.map(|d| Instant::now() + d);
         self.os.set_deadline(deadline);
-        let _armed = self.watchdog.arm(deadline);
+        let _armed = self.watchdog.arm(deadline).map_err(VmError::Watchdog)?;
         let timed_out = || deadline.is_some_and(|d| Instant::now() >= d);
         if self.pending
             && let Some(exit) = self.handle_syscall()?

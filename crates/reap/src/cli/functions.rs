@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
+use reap_orchestrator::api::HttpLimits;
 use reap_orchestrator::client::{self, ServerInfo};
 use reap_orchestrator::store::FunctionStore;
 use reap_orchestrator::{InvokeOptions, Orchestrator, PoolConfig};
@@ -173,24 +174,64 @@ pub fn remove(name: &str) -> anyhow::Result<()> {
 pub fn logs(name: &str) -> anyhow::Result<()> {
     let store = open_store()?;
     store.get(name)?;
-    let path = store.log_path(name);
-    match std::fs::read(&path) {
-        Ok(bytes) => std::io::stdout().write_all(&bytes)?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    // The rotated log first, then the current one.
+    let current = store.log_path(name);
+    let mut rotated = current.clone().into_os_string();
+    rotated.push(".1");
+    for path in [PathBuf::from(rotated), current] {
+        match std::fs::read(&path) {
+            Ok(bytes) => std::io::stdout().write_all(&bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        }
     }
     Ok(())
 }
 
-pub fn serve(listen: SocketAddr, config: PoolConfig) -> anyhow::Result<()> {
-    let store = open_store()?;
+/// A listening socket with a backlog of 1024: connections past the server's connection
+/// cap wait there to be accepted.
+fn listen_on(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+/// Raises the soft limit on open files to the hard limit: each connection and each
+/// instance takes descriptors.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only `limit`, a local.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+pub fn serve(
+    listen: SocketAddr,
+    config: PoolConfig,
+    limits: HttpLimits,
+    log_max_bytes: u64,
+) -> anyhow::Result<()> {
+    let store = open_store()?.with_log_max_bytes(log_max_bytes);
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
-        let listener =
-            tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+        let listener = listen_on(listen).with_context(|| format!("cannot listen on {listen}"))?;
         let local = listener.local_addr()?;
         let info = ServerInfo { pid: std::process::id(), listen: local };
         let server_file = store.server_file();
@@ -207,7 +248,7 @@ pub fn serve(listen: SocketAddr, config: PoolConfig) -> anyhow::Result<()> {
             }
             eprintln!("reap: shutting down");
         };
-        let result = reap_orchestrator::api::serve(Arc::clone(&orchestrator), listener, shutdown).await;
+        let result = reap_orchestrator::api::serve(Arc::clone(&orchestrator), listener, limits, shutdown).await;
         let _ = std::fs::remove_file(&server_file);
         result.context("server failed")
     })

@@ -147,6 +147,24 @@ pub enum Command {
         /// Limit in seconds on one invocation, cold start included.
         #[arg(long, default_value_t = 60.0)]
         timeout: f64,
+        /// Seconds a client has to send a request's headers (idle keep-alive
+        /// connections are closed after it too).
+        #[arg(long, default_value_t = 10.0)]
+        header_timeout: f64,
+        /// Seconds for an invocation's whole request body; an upload must send at
+        /// least 64 KiB in each such period.
+        #[arg(long, default_value_t = 10.0)]
+        body_timeout: f64,
+        /// Connections served at once; more wait to be accepted.
+        #[arg(long, default_value_t = 1024)]
+        max_connections: usize,
+        /// Binary uploads (deploys over HTTP) at once; more wait.
+        #[arg(long, default_value_t = 4)]
+        max_uploads: usize,
+        /// Cap of each function's log (its stderr); past it the log is rotated to
+        /// NAME.log.1, so a function's logs take at most twice this.
+        #[arg(long, default_value_t = reap_orchestrator::store::DEFAULT_LOG_MAX_BYTES)]
+        log_max_bytes: u64,
     },
     /// Measure cold starts per memory mode against warm (the paper's benchmark): table
     /// on stdout; JSON, CSV and plots in the output directory.
@@ -205,6 +223,11 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             keep_alive,
             max_instances,
             timeout,
+            header_timeout,
+            body_timeout,
+            max_connections,
+            max_uploads,
+            log_max_bytes,
         } => report((|| {
             let config = reap_orchestrator::PoolConfig {
                 keep_alive: seconds(keep_alive, "--keep-alive")?,
@@ -212,7 +235,14 @@ pub fn dispatch(cli: Cli) -> ExitCode {
                 invoke_timeout: seconds(timeout, "--timeout")?,
                 ..Default::default()
             };
-            functions::serve(listen, config)
+            let limits = reap_orchestrator::api::HttpLimits {
+                header_timeout: seconds(header_timeout, "--header-timeout")?,
+                body_timeout: seconds(body_timeout, "--body-timeout")?,
+                max_connections: max_connections.max(1),
+                max_uploads: max_uploads.max(1),
+                ..Default::default()
+            };
+            functions::serve(listen, config, limits, log_max_bytes)
         })()),
         Command::Bench(args) => report(reap_bench::main(args).map_err(Into::into)),
         Command::UffdServer(args) => report(reap_uffd_server::main(args).map_err(Into::into)),

@@ -19,7 +19,7 @@ pub mod abi;
 pub mod mm;
 mod syscalls;
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write;
 use std::time::Instant;
 
@@ -64,6 +64,27 @@ pub struct Counters {
     pub stderr_bytes: u64,
 }
 
+/// Most distinct unsupported system call numbers logged, and counted by number, per
+/// guest; the calls beyond them are counted together and logged once, in a summary line.
+pub const MAX_LOGGED_UNSUPPORTED: usize = 16;
+
+/// Unsupported system calls (not implemented, or refused) the guest made: by number for
+/// the first [`MAX_LOGGED_UNSUPPORTED`] distinct numbers, the others together.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnsupportedCalls {
+    /// Calls per number.
+    pub by_nr: BTreeMap<u64, u64>,
+    /// Calls of the numbers past the first [`MAX_LOGGED_UNSUPPORTED`].
+    pub other: u64,
+}
+
+impl UnsupportedCalls {
+    /// No calls counted.
+    pub fn is_empty(&self) -> bool {
+        self.by_nr.is_empty() && self.other == 0
+    }
+}
+
 /// The part of the guest OS a snapshot saves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GuestOsState {
@@ -97,8 +118,13 @@ pub struct GuestOs {
     counters: Counters,
     /// When the last newline went to stdout (the end of a response line).
     last_line_at: Option<Instant>,
-    /// Unsupported system calls already logged.
+    /// Unsupported system call numbers already logged (at most
+    /// [`MAX_LOGGED_UNSUPPORTED`]).
     warned: BTreeSet<u64>,
+    /// The summary line for the numbers past those was logged.
+    warned_rest: bool,
+    /// Unsupported calls since the last [`take_unsupported`](Self::take_unsupported).
+    unsupported: UnsupportedCalls,
     /// Sleeps end no later than this (the run's time limit).
     deadline: Option<Instant>,
 }
@@ -118,6 +144,8 @@ impl GuestOs {
             counters: Counters::default(),
             last_line_at: None,
             warned: BTreeSet::new(),
+            warned_rest: false,
+            unsupported: UnsupportedCalls::default(),
             deadline: None,
         }
     }
@@ -165,6 +193,11 @@ impl GuestOs {
     /// The activity counters.
     pub fn counters(&self) -> Counters {
         self.counters
+    }
+
+    /// The unsupported system calls counted since the last call (and resets the count).
+    pub fn take_unsupported(&mut self) -> UnsupportedCalls {
+        std::mem::take(&mut self.unsupported)
     }
 
     /// When the last newline went to stdout.

@@ -11,7 +11,7 @@ use libc::c_long;
 
 use super::abi::*;
 use super::mm::{Discards, MmError};
-use super::{GuestOs, Outcome, Syscall};
+use super::{GuestOs, MAX_LOGGED_UNSUPPORTED, Outcome, Syscall};
 use crate::arch::layout::PAGE_SIZE;
 use crate::vstate::memory::{Efault, GuestMemory};
 
@@ -173,7 +173,7 @@ impl GuestOs {
             | libc::SYS_vfork
             | libc::SYS_execve
             | libc::SYS_execveat => {
-                self.warn_once(
+                self.unsupported(
                     call.nr,
                     "refused: reap guests are one single-threaded process",
                 );
@@ -181,7 +181,7 @@ impl GuestOs {
             }
             _ => {
                 if !QUIET_ENOSYS.contains(&n) {
-                    self.warn_once(call.nr, "not implemented: returning ENOSYS");
+                    self.unsupported(call.nr, "not implemented: returning ENOSYS");
                 }
                 Err(Errno(libc::ENOSYS))
             }
@@ -191,9 +191,23 @@ impl GuestOs {
         Outcome::Return(ret)
     }
 
-    fn warn_once(&mut self, nr: u64, what: &str) {
-        if self.warned.insert(nr) {
+    /// Counts an unsupported call and logs its number the first time, for the first
+    /// [`MAX_LOGGED_UNSUPPORTED`] distinct numbers; past them, one summary line.
+    fn unsupported(&mut self, nr: u64, what: &str) {
+        if !self.warned.contains(&nr) && self.warned.len() < MAX_LOGGED_UNSUPPORTED {
+            self.warned.insert(nr);
             tracing::warn!(syscall = nr, "guest system call {nr} {what}");
+        }
+        if self.warned.contains(&nr) {
+            *self.unsupported.by_nr.entry(nr).or_default() += 1;
+        } else {
+            self.unsupported.other += 1;
+            if !self.warned_rest {
+                self.warned_rest = true;
+                tracing::warn!(
+                    "guest made more than {MAX_LOGGED_UNSUPPORTED} distinct unsupported system calls; the others are not logged"
+                );
+            }
         }
     }
 

@@ -55,8 +55,9 @@ impl Watchdog {
     }
 
     /// Arms the watchdog for the calling thread (the vCPU thread) until `deadline`; with
-    /// no deadline nothing is armed and no thread is started.
-    pub(crate) fn arm(&mut self, deadline: Option<Instant>) -> Armed {
+    /// no deadline nothing is armed and no thread is started. An error if the watchdog
+    /// thread cannot be started (the process is at its task or memory limit).
+    pub(crate) fn arm(&mut self, deadline: Option<Instant>) -> std::io::Result<Armed> {
         if let Some(deadline) = deadline {
             install_kick_handler();
             if self.thread.is_none() {
@@ -64,8 +65,7 @@ impl Watchdog {
                 self.thread = Some(
                     std::thread::Builder::new()
                         .name("vcpu-watchdog".into())
-                        .spawn(move || watch(&shared))
-                        .expect("spawn watchdog thread"),
+                        .spawn(move || watch(&shared))?,
                 );
             }
             // SAFETY: pthread_self has no preconditions.
@@ -74,7 +74,7 @@ impl Watchdog {
             lock.lock().unwrap_or_else(|e| e.into_inner()).armed = Some((deadline, me));
             cvar.notify_all();
         }
-        Armed(Arc::clone(&self.shared))
+        Ok(Armed(Arc::clone(&self.shared)))
     }
 }
 
@@ -146,7 +146,9 @@ mod tests {
         let (rx, _tx) = std::io::pipe().unwrap();
         let mut watchdog = Watchdog::new();
         let start = Instant::now();
-        let armed = watchdog.arm(Some(start + Duration::from_millis(20)));
+        let armed = watchdog
+            .arm(Some(start + Duration::from_millis(20)))
+            .unwrap();
         let mut byte = 0u8;
         // SAFETY: reads at most one byte into `byte` from a pipe this test owns.
         let n = unsafe { libc::read(rx.as_raw_fd(), (&raw mut byte).cast(), 1) };
@@ -160,7 +162,7 @@ mod tests {
     #[test]
     fn without_a_deadline_no_thread_is_started() {
         let mut watchdog = Watchdog::new();
-        drop(watchdog.arm(None));
+        drop(watchdog.arm(None).unwrap());
         assert!(watchdog.thread.is_none());
     }
 }

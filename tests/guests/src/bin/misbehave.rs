@@ -28,11 +28,7 @@ fn main() {
             "silent" => continue,
             "read" => {
                 // Sums the first `mib` MiB of the table: touches that many pages.
-                let mib = line
-                    .split("\"mib\":")
-                    .nth(1)
-                    .and_then(|s| s.trim_end_matches('}').parse::<usize>().ok());
-                let end = (mib.unwrap_or(1) << 20).min(table.len());
+                let end = (number(&line, "mib").unwrap_or(1) << 20).min(table.len());
                 let sum: u64 = table[..end]
                     .iter()
                     .step_by(4096)
@@ -43,9 +39,31 @@ fn main() {
                 continue;
             }
             "log" => eprintln!("log line for {line}"),
+            "spew" => {
+                // Writes `mib` MiB to stderr, 1 MiB at a time.
+                let chunk = vec![b'e'; 1 << 20];
+                let mut err = std::io::stderr().lock();
+                for _ in 0..number(&line, "mib").unwrap_or(1) {
+                    err.write_all(&chunk).unwrap();
+                }
+            }
+            "syscalls" => {
+                // Makes `n` calls of distinct unknown system call numbers from 1000 up.
+                for nr in 0..number(&line, "n").unwrap_or(1) {
+                    // SAFETY: numbers from 1000 up are no system calls: ENOSYS.
+                    unsafe { libc::syscall(1000 + nr as libc::c_long) };
+                }
+            }
             _ => {}
         }
         writeln!(out, "{{\"echo\":{line}}}").unwrap();
         out.flush().unwrap();
     }
+}
+
+/// The number after `"key":` in the request.
+fn number(line: &str, key: &str) -> Option<usize> {
+    let rest = line.split(&format!("\"{key}\":")).nth(1)?;
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
 }

@@ -1561,6 +1561,32 @@ fn unknown_system_calls_are_enosys() {
 }
 
 #[test]
+fn unsupported_calls_are_counted_by_number_for_the_first_few_distinct_numbers() {
+    use crate::guest_os::MAX_LOGGED_UNSUPPORTED;
+    let mut g = Guest::new();
+    // Quiet ones (probed by libc) are not counted.
+    g.ret(libc::SYS_rseq, &[]);
+    assert!(g.os.take_unsupported().is_empty());
+    let first = 1000;
+    for round in 0..3 {
+        for nr in first..first + 100 {
+            assert_eq!(g.ret(nr, &[]), errno(libc::ENOSYS));
+        }
+        let counted = g.os.take_unsupported();
+        assert_eq!(counted.by_nr.len(), MAX_LOGGED_UNSUPPORTED, "round {round}");
+        assert!(counted.by_nr.iter().all(|(nr, n)| *nr < 1016 && *n == 1));
+        assert_eq!(counted.other, 100 - MAX_LOGGED_UNSUPPORTED as u64);
+    }
+    // The numbers logged stay those first seen.
+    g.ret(2000, &[]);
+    g.ret(1003, &[]);
+    let counted = g.os.take_unsupported();
+    assert_eq!(counted.by_nr.into_iter().collect::<Vec<_>>(), [(1003, 1)]);
+    assert_eq!(counted.other, 1);
+    assert_eq!(g.os.warned.len(), MAX_LOGGED_UNSUPPORTED);
+}
+
+#[test]
 fn int_arguments_and_the_call_number_are_the_low_32_bits_of_their_registers() {
     use libc::*;
     // Linux's wrappers cast `long` registers to `int`/`unsigned int` parameters, and
