@@ -411,12 +411,10 @@ pub fn function(
     })
 }
 
-/// Rounds of the input-sensitivity experiment: unmeasured ones first, as in the main
-/// rounds; at most [`INPUT_ROUNDS`] measured ones.
-pub const INPUT_ROUNDS: usize = 5;
-
+/// Rounds of the input-sensitivity experiment: as many as the main rounds, unmeasured
+/// ones first.
 fn input_rounds(params: &RunParams) -> usize {
-    params.warmup + params.iterations.min(INPUT_ROUNDS)
+    params.warmup + params.iterations
 }
 
 /// The input-sensitivity cold starts of `spec` from `dir`, whose working set was
