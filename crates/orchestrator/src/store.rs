@@ -22,11 +22,13 @@
 //! reported) when the store is opened; a function whose `current` is missing or
 //! unreadable is reported and not served.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -161,6 +163,10 @@ pub struct RepairNote(pub String);
 pub struct FunctionStore {
     root: PathBuf,
     log_max_bytes: u64,
+    /// The manifest of each function's live version as last read, keyed by the target
+    /// of its `current` link: a version directory never changes once it is live, so
+    /// [`FunctionStore::get`] reads a manifest once per version, not per invocation.
+    manifests: Arc<Mutex<HashMap<String, (PathBuf, Manifest)>>>,
 }
 
 /// Checks a function name: it becomes a directory and a URL path segment.
@@ -195,6 +201,7 @@ impl FunctionStore {
         let store = Self {
             root: root.into(),
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
+            manifests: Arc::default(),
         };
         for dir in [
             store.functions_dir(),
@@ -349,7 +356,15 @@ impl FunctionStore {
             }
             Err(e) => return Err(StoreError::io(&current, "cannot read")(e)),
         };
-        let dir = fn_dir.join(target);
+        let dir = fn_dir.join(&target);
+        if let Some((cached_target, manifest)) = self.cached_manifests().get(name)
+            && *cached_target == target
+        {
+            return Ok(Deployed {
+                manifest: manifest.clone(),
+                dir,
+            });
+        }
         let damaged = |why: String| StoreError::Damaged {
             name: name.into(),
             why,
@@ -367,7 +382,13 @@ impl FunctionStore {
         if manifest.format != MANIFEST_VERSION || manifest.name != name {
             return Err(damaged("manifest of another format or function".into()));
         }
+        self.cached_manifests()
+            .insert(name.to_owned(), (target, manifest.clone()));
         Ok(Deployed { manifest, dir })
+    }
+
+    fn cached_manifests(&self) -> std::sync::MutexGuard<'_, HashMap<String, (PathBuf, Manifest)>> {
+        self.manifests.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Every function's manifest, or why it cannot be served.
@@ -837,6 +858,63 @@ mod tests {
             store.remove("nothing"),
             Err(StoreError::NotFound(_))
         ));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn manifests_are_read_once_per_live_version() {
+        let root =
+            std::env::temp_dir().join(format!("reap-store-manifests-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let (store, _) = FunctionStore::open(&root).unwrap();
+        let fn_dir = root.join("functions/f");
+        let plant = |version: &str, init_ms: f64| {
+            let dir = fn_dir.join("versions").join(version);
+            fs::create_dir_all(&dir).unwrap();
+            let manifest = Manifest {
+                format: MANIFEST_VERSION,
+                name: "f".into(),
+                version: version.into(),
+                binary_sha256: String::new(),
+                binary_bytes: 0,
+                mem_mib: 16,
+                env: Vec::new(),
+                created_unix: 0,
+                init_ms,
+                snapshot_data_bytes: 0,
+            };
+            fs::write(
+                dir.join("manifest.json"),
+                serde_json::to_vec(&manifest).unwrap(),
+            )
+            .unwrap();
+            let _ = fs::remove_file(fn_dir.join("current"));
+            std::os::unix::fs::symlink(Path::new("versions").join(version), fn_dir.join("current"))
+                .unwrap();
+        };
+        plant("v1", 1.0);
+        assert_eq!(store.get("f").unwrap().manifest.init_ms, 1.0);
+        // The live version's manifest is not read again: damaging it on disk does not
+        // change what `get` answers (a live version never changes).
+        fs::write(fn_dir.join("versions/v1/manifest.json"), b"garbage").unwrap();
+        let again = store.get("f").unwrap();
+        assert_eq!(
+            (again.manifest.version.as_str(), again.manifest.init_ms),
+            ("v1", 1.0)
+        );
+        // A new live version is read.
+        plant("v2", 2.0);
+        let new = store.get("f").unwrap();
+        assert_eq!(
+            (new.manifest.version.as_str(), new.manifest.init_ms),
+            ("v2", 2.0)
+        );
+        assert!(new.dir.ends_with("versions/v2"));
+        // A store opened anew reads from disk, and finds the damaged old version unused.
+        fs::remove_file(fn_dir.join("current")).unwrap();
+        std::os::unix::fs::symlink("versions/v1", fn_dir.join("current")).unwrap();
+        let (fresh, _) = FunctionStore::open(&root).unwrap();
+        assert!(matches!(fresh.get("f"), Err(StoreError::Damaged { .. })));
         fs::remove_dir_all(&root).unwrap();
     }
 }
