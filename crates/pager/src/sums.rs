@@ -112,6 +112,8 @@ pub struct PageSums {
     /// Index in `sums` of each extent's first chunk.
     first: Vec<u64>,
     sums: Vec<u32>,
+    /// The CRC of the file image, computed once.
+    crc: u32,
 }
 
 /// CRC-32 of one chunk.
@@ -210,12 +212,15 @@ impl PageSums {
                 "checksum count does not match the extents",
             ));
         }
-        Ok(PageSums {
+        let mut out = PageSums {
             memory_len,
             extents,
             first,
             sums,
-        })
+            crc: 0,
+        };
+        out.crc = le32(&out.encode(), CRC_AT);
+        Ok(out)
     }
 
     /// The length of the memory file the sums were computed for.
@@ -407,7 +412,7 @@ impl PageSums {
     /// The CRC-32 of the file image ([`PageSums::encode`]), which a snapshot's state
     /// records to bind the file to it.
     pub fn file_crc(&self) -> u32 {
-        le32(&self.encode(), CRC_AT)
+        self.crc
     }
 
     /// Reads and parses the file at `path`.
@@ -570,5 +575,105 @@ mod tests {
             sums.check_map(&other),
             Err(SumsError::Length { .. })
         ));
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    //! The checksum file is read from disk: arbitrary bytes and damaged or resealed
+    //! images are refused, or decode to sums that encode back to the same image; never
+    //! a panic.
+
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+
+    fn config(cases: u32) -> Config {
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    /// A valid image for extents given as (gap, length) in pages.
+    fn image(runs: &[(u64, u64)]) -> Vec<u8> {
+        let mut extents = Vec::new();
+        let mut at = 0;
+        for &(gap, len) in runs {
+            let s = (at + gap + u64::from(at > 0)) * CHUNK;
+            extents.push((s, s + len * CHUNK));
+            at = s / CHUNK + len;
+        }
+        let pages: u64 = runs.iter().map(|r| r.1).sum();
+        let sums = (0..pages).map(|k| chunk_crc(&k.to_le_bytes())).collect();
+        PageSums::new((at + 1) * CHUNK, extents, sums)
+            .unwrap()
+            .encode()
+    }
+
+    fn reseal(b: &mut [u8]) {
+        if b.len() >= HEADER {
+            let crc = file_crc(b);
+            b[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+        }
+    }
+
+    fn accepted_images_round_trip(b: &[u8]) {
+        if let Ok(s) = PageSums::decode(b) {
+            assert_eq!(s.encode(), b);
+            for &(st, e) in &s.extents {
+                assert!(st < e && e <= s.memory_len.next_multiple_of(CHUNK));
+                assert!(s.sum_at(st).is_some() && s.sum_at(e - CHUNK).is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_bytes_are_refused_or_consistent() {
+        let mut runner = TestRunner::new(config(2000));
+        runner
+            .run(
+                &(any::<bool>(), prop::collection::vec(any::<u8>(), 0..400)),
+                |(magic, mut b)| {
+                    if magic && b.len() >= 8 {
+                        b[..8].copy_from_slice(&MAGIC);
+                    }
+                    reseal(&mut b);
+                    accepted_images_round_trip(&b);
+                    Ok(())
+                },
+            )
+            .unwrap();
+    }
+
+    #[test]
+    fn edited_and_resealed_images_are_refused_or_consistent() {
+        let mut runner = TestRunner::new(config(2000));
+        let runs = prop::collection::vec((0u64..4, 1u64..6), 0..6);
+        let edit = (any::<prop::sample::Index>(), any::<u64>(), 0usize..3);
+        runner
+            .run(&(runs, edit), |(runs, (at, value, kind))| {
+                let mut b = image(&runs);
+                assert!(PageSums::decode(&b).is_ok());
+                let i = at.index(b.len());
+                match kind {
+                    0 => b[i] ^= value.to_le_bytes()[0] | 1,
+                    1 => {
+                        let i = i.min(b.len().saturating_sub(8)) & !7;
+                        b[i..i + 8].copy_from_slice(&value.to_le_bytes());
+                    }
+                    _ => b.truncate(i),
+                }
+                let unsealed = PageSums::decode(&b);
+                assert!(
+                    unsealed.is_err() || kind == 1,
+                    "a damaged image was accepted"
+                );
+                reseal(&mut b);
+                accepted_images_round_trip(&b);
+                Ok(())
+            })
+            .unwrap();
     }
 }
