@@ -125,6 +125,16 @@
 //!   correctness. A caller that wants to refuse instead checks the file first with
 //!   [`ws::WorkingSet::load`].
 //!
+//! # Checksums
+//!
+//! A [`MemoryFile`] given the checksums of its data pages ([`MemoryFile::with_sums`],
+//! a snapshot's `memory.sum`) has every page the server reads from it checked before
+//! it is installed or written into a WS file, and every data page of a prefetched WS
+//! file checked against them. A lazy fault on a page that fails stops the fault loop
+//! with [`StopReason::Failed`] naming the file and the page's offset; the page is never
+//! installed. A WS file that fails is refused (served lazily, checked page by page);
+//! [`PageServer::write_ws`] fails rather than write a page that fails.
+//!
 //! # The fault loop
 //!
 //! One thread (`reap-pager`) per server polls the userfaultfd, a stop eventfd and, if
