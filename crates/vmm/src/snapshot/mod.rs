@@ -275,9 +275,13 @@ impl SnapshotDir {
             return Ok(memory);
         };
         let sums_path = self.sums();
-        let sums = PageSums::load(&sums_path).map_err(|source| SnapshotError::Sums {
-            path: sums_path.clone(),
-            source,
+        let sums = PageSums::load(&sums_path).map_err(|source| match source {
+            // It names the file.
+            SumsError::Io(e) => SnapshotError::Io(e),
+            source => SnapshotError::Sums {
+                path: sums_path.clone(),
+                source,
+            },
         })?;
         if sums.file_crc() != recorded.crc || sums.len() as u64 != recorded.pages {
             return Err(SnapshotError::SumsMismatch { path: sums_path });
