@@ -228,6 +228,11 @@ impl PageSums {
         self.memory_len
     }
 
+    /// The length of the file image ([`PageSums::encode`]).
+    pub fn file_len(&self) -> u64 {
+        HEADER_LEN + 16 * self.extents.len() as u64 + 4 * self.sums.len() as u64
+    }
+
     /// Number of checksums (data pages).
     pub fn len(&self) -> usize {
         self.sums.len()
@@ -556,6 +561,7 @@ mod tests {
         let image = sums.encode();
         assert_eq!(PageSums::decode(&image).unwrap(), sums);
         assert_eq!(sums.file_crc(), le32(&image, CRC_AT));
+        assert_eq!(sums.file_len(), image.len() as u64);
         for at in 0..image.len() {
             let mut bad = image.clone();
             bad[at] ^= 0x10;

@@ -283,7 +283,10 @@ impl SnapshotDir {
                 source,
             },
         })?;
-        if sums.file_crc() != recorded.crc || sums.len() as u64 != recorded.pages {
+        if sums.file_crc() != recorded.crc
+            || sums.file_len() != recorded.file_len
+            || sums.len() as u64 != recorded.pages
+        {
             return Err(SnapshotError::SumsMismatch { path: sums_path });
         }
         memory.with_sums(sums).map_err(SnapshotError::MemoryDamaged)
