@@ -427,14 +427,15 @@ fn input_sensitivity(
     progress: &Progress,
 ) -> Result<InputSensitivity, BenchError> {
     let name = spec.name.as_str();
-    // A second snapshot directory with the same state and memory (hard links), whose
-    // working set is recorded with the holes served, as without the technique.
+    // A second snapshot directory with the same state, memory and checksums (hard
+    // links), whose working set is recorded with the holes served, as without the
+    // technique.
     let served_path = PathBuf::from(format!("{}-served-holes", dir.dir.display()));
     let served = SnapshotDir::new(&served_path);
     let _ = std::fs::remove_dir_all(&served_path);
     std::fs::create_dir_all(&served_path)
         .map_err(PathIoError::on(&served_path, "cannot create"))?;
-    for file in [dir.state(), dir.memory()] {
+    for file in [dir.state(), dir.memory(), dir.sums()] {
         let link = served_path.join(file.file_name().unwrap_or_default());
         std::fs::hard_link(&file, &link).map_err(PathIoError::on(&link, "cannot link"))?;
     }

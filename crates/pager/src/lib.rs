@@ -28,6 +28,16 @@
 //! Region { host_addr: u64, len: u64, file_offset: u64, page_size: u64 } // 4 KiB or 2 MiB
 //! MemoryFile::open(path) -> Result<MemoryFile, MemoryFileError>   // data/hole map
 //! MemoryFile::is_hole(&self, offset, len) -> bool; read_at; fingerprint; evict_from_page_cache
+//! MemoryFile::with_sums(self, PageSums) -> Result<MemoryFile, SumsError> // memory.sum attached:
+//!     // every page the server reads (lazy, record, WS build) and every WS data page
+//!     // prefetched is checked against it
+//! MemoryFile::read_page(&self, offset, buf) -> Result<(), PageReadError> // read + verify
+//!
+//! // the checksums of the memory file's data pages (memory.sum)
+//! PageSums::compute(&MemoryFile) -> Result<PageSums, SumsError>  // reads the data pages
+//! PageSums::load(path) / decode(bytes) / write(path) / encode() / file_crc()
+//! PageSums::verify(&self, path, offset, data) -> Result<(), Mismatch>
+//! PageSums::check_map(&self, &MemoryFile) / verify_file(&self, &MemoryFile) // whole file
 //!
 //! // memory modes and the working-set policy (the one place that looks for the WS file)
 //! MemoryMode::File | Lazy | Record | Reap                // clap (feature), serde, FromStr
@@ -115,6 +125,16 @@
 //!   correctness. A caller that wants to refuse instead checks the file first with
 //!   [`ws::WorkingSet::load`].
 //!
+//! # Checksums
+//!
+//! A [`MemoryFile`] given the checksums of its data pages ([`MemoryFile::with_sums`],
+//! a snapshot's `memory.sum`) has every page the server reads from it checked before
+//! it is installed or written into a WS file, and every data page of a prefetched WS
+//! file checked against them. A lazy fault on a page that fails stops the fault loop
+//! with [`StopReason::Failed`] naming the file and the page's offset; the page is never
+//! installed. A WS file that fails is refused (served lazily, checked page by page);
+//! [`PageServer::write_ws`] fails rather than write a page that fails.
+//!
 //! # The fault loop
 //!
 //! One thread (`reap-pager`) per server polls the userfaultfd, a stop eventfd and, if
@@ -141,15 +161,17 @@ pub mod pagemap;
 pub mod policy;
 pub mod region;
 mod server;
+pub mod sums;
 pub mod uffd;
 pub mod ws;
 
-pub use memfile::{MemoryFile, MemoryFileError};
+pub use memfile::{MemoryFile, MemoryFileError, PageReadError};
 pub use policy::{MemoryMode, RecordWithoutWs, Resolved, UnknownMode, WsPolicy};
 pub use region::{PAGE_2M, PAGE_4K, Region, RegionError};
 pub use server::{
     Holes, IDLE_CHECK_MS, MAX_HOLE_RANGES, MIN_INSTALLED_ZERO_RUN, Mode, PageServer, PagerError,
     PagerStats, ServeOptions, StopReason,
 };
+pub use sums::{Mismatch, PageSums, SumsError};
 pub use uffd::{Errno, Event, FillError, Uffd, UffdError};
 pub use ws::{WorkingSet, WsError, WsSummary, WsWriteError};

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use reap_error::PathIoError;
 
+use crate::sums::{Mismatch, PageSums, SumsError};
+
 /// Errors opening a memory file.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryFileError {
@@ -30,6 +32,28 @@ pub struct MemoryFile {
     len: u64,
     /// Sorted, disjoint, non-adjacent `[start, end)` byte ranges that hold data.
     data: Vec<(u64, u64)>,
+    /// The checksums every page read through [`MemoryFile::read_page`] is checked
+    /// against, if the snapshot has them.
+    sums: Option<PageSums>,
+}
+
+/// Why a page of the memory file could not be read for the guest.
+#[derive(Debug, thiserror::Error)]
+pub enum PageReadError {
+    /// The read failed.
+    #[error("cannot read page {offset:#x} of {}", path.display())]
+    Io {
+        /// The memory file.
+        path: PathBuf,
+        /// The page's offset.
+        offset: u64,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The page does not match its checksum: the file is damaged.
+    #[error(transparent)]
+    Damaged(#[from] Mismatch),
 }
 
 impl MemoryFile {
@@ -56,7 +80,40 @@ impl MemoryFile {
             path,
             len,
             data,
+            sums: None,
         })
+    }
+
+    /// Attaches the checksums of the file's data pages (`memory.sum`): from now on
+    /// [`MemoryFile::read_page`] checks every page it reads against them. Refused if
+    /// they are for a file of another length, or if a page that held data when they
+    /// were computed is a hole now ([`PageSums::check_map`]; no data is read).
+    pub fn with_sums(mut self, sums: PageSums) -> Result<MemoryFile, SumsError> {
+        sums.check_map(&self)?;
+        self.sums = Some(sums);
+        Ok(self)
+    }
+
+    /// The checksums attached with [`MemoryFile::with_sums`].
+    pub fn sums(&self) -> Option<&PageSums> {
+        self.sums.as_ref()
+    }
+
+    /// Reads the pages at `offset` (4 KiB aligned; `buf` a whole number of 4 KiB pages)
+    /// for the guest: like [`MemoryFile::read_at`], and checked against the checksums
+    /// if the file has them. A page that does not match is an error naming the file
+    /// and the page's offset, and the caller must not use `buf`.
+    pub fn read_page(&self, offset: u64, buf: &mut [u8]) -> Result<(), PageReadError> {
+        self.read_at(offset, buf)
+            .map_err(|source| PageReadError::Io {
+                path: self.path.clone(),
+                offset,
+                source,
+            })?;
+        if let Some(sums) = &self.sums {
+            sums.verify(&self.path, offset, buf)?;
+        }
+        Ok(())
     }
 
     /// The open file (read-only), e.g. to map it.

@@ -1226,14 +1226,11 @@ impl FaultLoop {
                 self.fill_zero(page, ps, false)
             } else {
                 if !have_data {
+                    // A page that fails its checksum is never installed: the loop
+                    // stops, and the owner must not run on (docs/pager.md).
                     self.memory
-                        .read_at(offset, &mut self.page_buf)
-                        .map_err(|e| {
-                            Stop::Failed(format!(
-                                "reading page {offset:#x} of {}: {e}",
-                                self.memory.path().display()
-                            ))
-                        })?;
+                        .read_page(offset, &mut self.page_buf)
+                        .map_err(|e| Stop::Failed(reap_error::chain(&e)))?;
                     add(&c.bytes_read_lazy, ps);
                     have_data = true;
                 }

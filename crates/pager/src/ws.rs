@@ -35,8 +35,9 @@ use std::time::Instant;
 use reap_error::PathIoError;
 
 use crate::buf::AlignedBuf;
-use crate::memfile::MemoryFile;
+use crate::memfile::{MemoryFile, PageReadError};
 use crate::num::{in_memory, nanos};
+use crate::sums::PageSums;
 
 /// The file's first 8 bytes.
 pub const MAGIC: [u8; 8] = *b"REAPWSET";
@@ -154,6 +155,20 @@ pub enum WsError {
         /// The page's offset.
         offset: u64,
     },
+    /// A page of the set does not match the memory file's checksum (`memory.sum`): it
+    /// was built from a damaged memory file, or for another one.
+    #[error(
+        "working-set page {offset:#x} does not match the memory file's checksum (stored \
+         {stored:#010x}, computed {computed:#010x})"
+    )]
+    Damaged {
+        /// The page's memory-file offset.
+        offset: u64,
+        /// The memory file's checksum of the page.
+        stored: u32,
+        /// The checksum of the set's contents (of zeros for a zero entry).
+        computed: u32,
+    },
     /// A page of the set lies in no region of the restored memory.
     #[error("working-set page {offset:#x} lies in no memory region")]
     OutsideRegions {
@@ -165,17 +180,10 @@ pub enum WsError {
 /// Errors writing a WS file.
 #[derive(Debug, thiserror::Error)]
 pub enum WsWriteError {
-    /// Reading page contents from the memory file failed.
-    #[error("cannot read page {offset:#x} of memory file {path}")]
-    ReadMemory {
-        /// The memory file.
-        path: PathBuf,
-        /// The page's offset.
-        offset: u64,
-        /// The cause.
-        #[source]
-        source: io::Error,
-    },
+    /// Reading page contents from the memory file failed, or a page does not match
+    /// the memory file's checksums.
+    #[error(transparent)]
+    ReadMemory(#[from] PageReadError),
     /// Writing, syncing or renaming the file failed (on the temporary file, the final
     /// path, or the directory).
     #[error(transparent)]
@@ -573,7 +581,46 @@ pub fn validate(image: &[u8], memory: &MemoryFile, page_size: u64) -> Result<WsH
             "data page count does not match the offset table",
         ));
     }
+    if let Some(sums) = memory.sums() {
+        verify_contents(image, &h, sums)?;
+    }
     Ok(h)
+}
+
+/// Checks the contents of a set (its CRC already checked) against the memory file's
+/// checksums: every data page as stored, every zero entry as zeros.
+fn verify_contents(image: &[u8], h: &WsHeader, sums: &PageSums) -> Result<(), WsError> {
+    let table = &image[in_memory(h.entries_offset)..in_memory(h.entries_offset + 8 * h.page_count)];
+    let ps = in_memory(h.page_size);
+    let mut data = &image[in_memory(h.data_offset)..];
+    for c in table.chunks_exact(8) {
+        let e = le64(c, 0);
+        let offset = e & !ZERO_FLAG;
+        if e & ZERO_FLAG != 0 {
+            for k in 0..h.page_size / crate::sums::CHUNK {
+                let at = offset + k * crate::sums::CHUNK;
+                let stored = sums.expected_at(at);
+                if stored != crate::sums::ZERO_CHUNK_CRC {
+                    return Err(WsError::Damaged {
+                        offset: at,
+                        stored,
+                        computed: crate::sums::ZERO_CHUNK_CRC,
+                    });
+                }
+            }
+        } else {
+            let (page, rest) = data.split_at(ps);
+            data = rest;
+            if let Some((offset, stored, computed)) = sums.first_bad(offset, page) {
+                return Err(WsError::Damaged {
+                    offset,
+                    stored,
+                    computed,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 fn open_direct(path: &Path) -> io::Result<(File, bool)> {
@@ -654,13 +701,7 @@ pub fn build_image(
             continue;
         }
         let zero = memory.is_hole(offset, page_size) || {
-            memory
-                .read_at(offset, &mut page)
-                .map_err(|source| WsWriteError::ReadMemory {
-                    path: memory.path().to_path_buf(),
-                    offset,
-                    source,
-                })?;
+            memory.read_page(offset, &mut page)?;
             page.iter().all(|&b| b == 0)
         };
         if zero {

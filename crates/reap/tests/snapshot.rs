@@ -201,7 +201,7 @@ fn corrupt_or_mismatched_snapshot_files_are_refused() {
     let copy = |name: &str| {
         let dir = SnapshotDir::new(tmp.join(name));
         std::fs::create_dir_all(&dir.dir).unwrap();
-        for f in ["state", "memory"] {
+        for f in ["state", "memory", "memory.sum"] {
             std::fs::copy(good.dir.join(f), dir.dir.join(f)).unwrap();
         }
         dir
@@ -278,6 +278,182 @@ fn corrupt_or_mismatched_snapshot_files_are_refused() {
     let (resp, inv) = instance.invoke(b"{\"name\":\"x\"}", LIMIT).unwrap();
     assert_eq!(resp, expected);
     assert!(inv.lazy_faults > 0, "served lazily");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// Flips one byte in the middle of the memory-file page at `offset`.
+fn flip(dir: &SnapshotDir, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::options()
+        .write(true)
+        .read(true)
+        .open(dir.memory())
+        .unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, offset + 1000).unwrap();
+    f.write_all_at(&[b[0] ^ 0x01], offset + 1000).unwrap();
+}
+
+/// A restore in `mode` and its first invocation, as an error message: it must fail.
+fn never_answers(dir: &SnapshotDir, mode: MemoryMode, what: &str) -> String {
+    let result = Instance::restore(dir, mode, Box::new(std::io::sink())).and_then(|mut i| {
+        let fell_back = i.cold_start().unwrap().ws_fell_back;
+        i.invoke(b"{\"name\":\"x\"}", LIMIT).map(|r| (r, fell_back))
+    });
+    match result {
+        Ok(((resp, _), _)) => panic!("{what}: answered {:?}", String::from_utf8_lossy(&resp)),
+        Err(e) => format!("{:#}", anyhow::Error::new(e)),
+    }
+}
+
+#[test]
+fn a_flipped_byte_in_the_memory_file_never_yields_an_answer() {
+    use reap_pager::{MemoryFile, ws};
+    let tmp = temp_dir("flipped-memory");
+    let good = SnapshotDir::new(tmp.join("good"));
+    drop(deploy("helloworld", &good));
+    // The data pages an invocation touches: those of a recorded working set.
+    let mut recording = restore(&good, MemoryMode::Reap);
+    let (expected, _) = recording.invoke(b"{\"name\":\"x\"}", LIMIT).unwrap();
+    drop(recording);
+    let memory = MemoryFile::open(good.memory()).unwrap();
+    let set = ws::WorkingSet::load(&good.working_set().unwrap(), &memory, 4096).unwrap();
+    let touched: Vec<u64> = set.pages().filter(|p| !p.zero).map(|p| p.offset).collect();
+    assert!(touched.len() > 3);
+    let copy = |name: &str| {
+        let dir = SnapshotDir::new(tmp.join(name));
+        std::fs::create_dir_all(&dir.dir).unwrap();
+        for f in ["state", "memory", "memory.sum"] {
+            std::fs::copy(good.dir.join(f), dir.dir.join(f)).unwrap();
+        }
+        dir
+    };
+    // Pages touched first (at restore), in the middle and last of the invocation.
+    for &offset in [
+        touched[0],
+        touched[touched.len() / 2],
+        touched[touched.len() - 1],
+    ]
+    .iter()
+    {
+        let expect = format!("page at offset {offset:#x} does not match its checksum");
+        let d = copy(&format!("flip-{offset:x}"));
+        flip(&d, offset);
+        let memory_path = d.memory().display().to_string();
+        for (mode, what) in [
+            (MemoryMode::File, "file"),
+            (MemoryMode::Lazy, "lazy"),
+            (MemoryMode::Reap, "reap (recording)"),
+        ] {
+            let err = never_answers(&d, mode, what);
+            assert!(
+                err.contains(&expect) && err.contains(&memory_path),
+                "{what}: {err}"
+            );
+        }
+        assert!(
+            d.working_set().is_none(),
+            "no working set from a failed recording"
+        );
+
+        // A working set built from the damaged file (as a build without checksums
+        // would have): refused against the checksums, and the lazy fallback stops at
+        // the damaged page.
+        let damaged = MemoryFile::open(d.memory()).unwrap();
+        ws::write_ws(&d.dir.join("ws"), 4096, &touched, &damaged).unwrap();
+        let err = never_answers(&d, MemoryMode::Reap, "reap (prefetch of a damaged set)");
+        assert!(err.contains(&expect), "prefetch: {err}");
+
+        // A working set that fails its own CRC falls back to lazy, which stops there too.
+        let mut bytes = std::fs::read(d.dir.join("ws")).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(d.dir.join("ws"), &bytes).unwrap();
+        let err = never_answers(&d, MemoryMode::Reap, "reap (damaged set)");
+        assert!(err.contains(&expect), "damaged set: {err}");
+    }
+
+    // A good working set with a damaged memory file: the set's pages match the
+    // checksums and are installed; any damaged page outside it stops the guest.
+    let d = copy("flip-after-recording");
+    drop(
+        restore(&d, MemoryMode::Reap)
+            .invoke(b"{\"name\":\"x\"}", LIMIT)
+            .unwrap(),
+    );
+    assert!(d.working_set().is_some());
+    flip(&d, touched[touched.len() / 2]);
+    let mut instance = restore(&d, MemoryMode::Reap);
+    assert!(!instance.cold_start().unwrap().ws_fell_back);
+    let (resp, _) = instance.invoke(b"{\"name\":\"x\"}", LIMIT).unwrap();
+    assert_eq!(
+        resp, expected,
+        "the page came from the working set, which matches"
+    );
+
+    // A data page punched into a hole is refused when the memory file is opened.
+    let d = copy("punched");
+    let f = std::fs::File::options()
+        .write(true)
+        .open(d.memory())
+        .unwrap();
+    // SAFETY: fallocate on a descriptor we own; no memory is passed.
+    let rc = unsafe {
+        libc::fallocate(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            i64::try_from(touched[1]).unwrap(),
+            4096,
+        )
+    };
+    assert_eq!(rc, 0);
+    for mode in [MemoryMode::File, MemoryMode::Lazy, MemoryMode::Reap] {
+        let err = never_answers(&d, mode, "punched");
+        assert!(
+            err.contains(&format!(
+                "page at offset {:#x} is a hole but held data",
+                touched[1]
+            )),
+            "{err}"
+        );
+    }
+
+    // A missing or foreign checksum file is refused.
+    let d = copy("no-sums");
+    std::fs::remove_file(d.sums()).unwrap();
+    let err = never_answers(&d, MemoryMode::Lazy, "no sums");
+    assert!(
+        err.contains("cannot read the memory checksum file"),
+        "{err}"
+    );
+    let other = SnapshotDir::new(tmp.join("other"));
+    drop(deploy("pyaes", &other));
+    std::fs::copy(other.sums(), d.sums()).unwrap();
+    let err = never_answers(&d, MemoryMode::Lazy, "foreign sums");
+    assert!(err.contains("does not belong to this state"), "{err}");
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn file_mode_verifies_the_memory_file_only_when_it_changed() {
+    let tmp = temp_dir("file-verify");
+    let dir = SnapshotDir::new(tmp.join("snap"));
+    drop(deploy("helloworld", &dir));
+    let state = dir.read_state().unwrap();
+    let memory = dir.open_memory(&state).unwrap();
+    assert!(
+        !dir.verify_for_mapping(&memory).unwrap(),
+        "verified when written"
+    );
+    // Rewriting a byte with its own value changes nothing but the file's times.
+    flip(&dir, 0x200000);
+    flip(&dir, 0x200000);
+    let memory = dir.open_memory(&state).unwrap();
+    assert!(
+        dir.verify_for_mapping(&memory).unwrap(),
+        "changed: verified again"
+    );
+    assert!(!dir.verify_for_mapping(&memory).unwrap(), "and not twice");
     std::fs::remove_dir_all(&tmp).unwrap();
 }
 

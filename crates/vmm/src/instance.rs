@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use reap_pager::{PageServer, PagerStats, ServeOptions};
+use reap_pager::{PageServer, PagerStats, ServeOptions, StopReason};
 use serde::Serialize;
 
 use crate::guest_os::Sink;
@@ -53,6 +53,10 @@ pub enum InstanceError {
     /// The instance is not waiting for a request (it is not at its ready point).
     #[error("the instance is not ready for a request")]
     NotReady,
+    /// The page server stopped serving guest memory (e.g. a page of the memory file
+    /// failed its checksum): whatever the guest did since is discarded.
+    #[error("guest memory cannot be served: {0}")]
+    PageServer(String),
 }
 
 impl InstanceError {
@@ -257,7 +261,10 @@ impl Instance {
         let state = dir.read_state()?;
         let memory_file = dir.open_memory(&state)?;
         let (memory, pager, record_ws) = match dir.ws_policy(mode) {
-            None => (persist::from_file(&memory_file)?, None, None),
+            None => {
+                dir.verify_for_mapping(&memory_file)?;
+                (persist::from_file(&memory_file)?, None, None)
+            }
             Some(policy) => {
                 let paged = persist::from_page_server(memory_file, &policy, options)?;
                 (paged.memory, Some(paged.server), paged.resolved.record_into)
@@ -265,6 +272,7 @@ impl Instance {
         };
         let stdout = Capture::default();
         let vm = MicroVm::restore(memory, &state.vm, Box::new(stdout.clone()), stderr)?;
+        pager_failure(pager.as_ref())?;
         let stats = pager.as_ref().map(PageServer::stats).unwrap_or_default();
         let total = started.elapsed();
         let fetch = Duration::from_nanos(stats.fetch_ns + stats.verify_ns);
@@ -331,13 +339,19 @@ impl Instance {
         if !self.vm.is_waiting_for_input() {
             return Err(InstanceError::NotReady);
         }
+        pager_failure(self.pager.as_ref())?;
         let before = self.pager_stats().unwrap_or_default();
         let syscalls_before = self.vm.os.counters().syscalls;
         let _ = self.stdout.take();
         self.vm.os.push_stdin(request);
         self.vm.os.push_stdin(b"\n");
         let started = Instant::now();
-        let exit = self.vm.run(limit)?;
+        let exit = self.vm.run(limit);
+        // A page server that stopped failing has installed no page since; the guest's
+        // later faults were filled with zeros when its userfaultfd closed. Nothing the
+        // guest did in this run counts, whatever it returned.
+        pager_failure(self.pager.as_ref())?;
+        let exit = exit?;
         let finished = Instant::now();
         let response = self.stdout.take();
         match exit {
@@ -394,6 +408,18 @@ impl Instance {
                 ws_pages_written,
             },
         ))
+    }
+}
+
+/// The error to report if `pager` has stopped for any reason but a request (the
+/// owner of the memory is this process, so it can only have failed).
+fn pager_failure(pager: Option<&PageServer>) -> Result<(), InstanceError> {
+    match pager.and_then(PageServer::stop_reason) {
+        None | Some(StopReason::Requested) => Ok(()),
+        Some(StopReason::Failed(why)) => Err(InstanceError::PageServer(why)),
+        Some(StopReason::OwnerExited) => Err(InstanceError::PageServer(
+            "the page server lost the guest memory".into(),
+        )),
     }
 }
 

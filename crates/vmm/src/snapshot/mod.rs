@@ -3,6 +3,8 @@
 //! A snapshot is a directory with three files (formats in `docs/snapshot-format.md`):
 //! - `state`: the vCPU and guest-OS state ([`SnapshotState`]), see [`state`];
 //! - `memory`: raw guest memory, sparse (zero pages are holes);
+//! - `memory.sum`: the checksums of the memory file's data pages ([`PageSums`]), which
+//!   the state names by length and CRC;
 //! - `ws`: the working set, written by the first recording cold start (`reap-pager`).
 //!
 //! A snapshot is written into a temporary directory next to its destination and renamed
@@ -18,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use reap_pager::memfile::MemoryFile;
 use reap_pager::policy;
+use reap_pager::sums::{PageSums, SumsError};
 use reap_pager::{MemoryMode, WsPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +34,8 @@ pub const STATE_FILE: &str = "state";
 pub const MEMORY_FILE: &str = "memory";
 /// File name of the working-set file in a snapshot directory.
 pub const WS_FILE: &str = "ws";
+/// File name of the memory checksum file in a snapshot directory.
+pub const SUMS_FILE: &str = "memory.sum";
 
 /// Errors reading, checking or writing a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +76,25 @@ pub enum SnapshotError {
         /// What contradicts what.
         what: &'static str,
     },
+    /// The memory checksum file cannot be read or is not a valid one.
+    #[error("{}", path.display())]
+    Sums {
+        /// The checksum file.
+        path: PathBuf,
+        /// What is wrong with it.
+        #[source]
+        source: SumsError,
+    },
+    /// The memory checksum file is not the one the state names.
+    #[error("{}: memory checksum file does not belong to this state", path.display())]
+    SumsMismatch {
+        /// The checksum file.
+        path: PathBuf,
+    },
+    /// The memory file does not match its checksums (the error names the file and the
+    /// offset of the first bad page).
+    #[error(transparent)]
+    MemoryDamaged(SumsError),
     /// The microVM's state could not be saved.
     #[error("cannot save the microVM")]
     Vm(#[from] VmError),
@@ -90,6 +114,10 @@ pub struct SnapshotState {
     pub memory_tag: u32,
     /// Bytes of the memory file that hold data (not holes).
     pub memory_data_bytes: u64,
+    /// The memory checksum file (`memory.sum`), absent in snapshots taken before it
+    /// existed (their memory is not verified: a warning says so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_sums: Option<MemorySums>,
     /// The vCPU and guest-OS state.
     pub vm: VmState,
 }
@@ -115,6 +143,17 @@ impl SnapshotState {
     }
 }
 
+/// What the state records of the memory checksum file, to bind it to the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemorySums {
+    /// The file's length.
+    pub file_len: u64,
+    /// The file's own CRC-32 ([`PageSums::file_crc`]).
+    pub crc: u32,
+    /// Checksums in it (data pages of the memory file).
+    pub pages: u64,
+}
+
 /// The files of a snapshot directory.
 #[derive(Debug, Clone)]
 pub struct SnapshotDir {
@@ -136,6 +175,11 @@ impl SnapshotDir {
     /// The memory file's path.
     pub fn memory(&self) -> PathBuf {
         self.dir.join(MEMORY_FILE)
+    }
+
+    /// The memory checksum file's path.
+    pub fn sums(&self) -> PathBuf {
+        self.dir.join(SUMS_FILE)
     }
 
     /// The WS file's path (whether or not it exists).
@@ -226,7 +270,53 @@ impl SnapshotDir {
         if tag != state.memory_tag {
             return Err(SnapshotError::MemoryMismatch { path });
         }
-        Ok(memory)
+        let Some(recorded) = state.memory_sums else {
+            warn_unverified(&self.dir);
+            return Ok(memory);
+        };
+        let sums_path = self.sums();
+        let sums = PageSums::load(&sums_path).map_err(|source| match source {
+            // It names the file.
+            SumsError::Io(e) => SnapshotError::Io(e),
+            source => SnapshotError::Sums {
+                path: sums_path.clone(),
+                source,
+            },
+        })?;
+        if sums.file_crc() != recorded.crc
+            || sums.file_len() != recorded.file_len
+            || sums.len() as u64 != recorded.pages
+        {
+            return Err(SnapshotError::SumsMismatch { path: sums_path });
+        }
+        memory.with_sums(sums).map_err(SnapshotError::MemoryDamaged)
+    }
+
+    /// Before guest memory is mapped from `memory` (`file` mode, where the kernel
+    /// reads pages in without asking anyone), checks the whole file against its
+    /// checksums, unless this process has verified (or written) this very file and it
+    /// has not changed since: same device, inode, size, modification and change times,
+    /// and the same checksums. Returns whether it read the file. A snapshot without
+    /// checksums is not verified.
+    pub fn verify_for_mapping(&self, memory: &MemoryFile) -> Result<bool, SnapshotError> {
+        let Some(sums) = memory.sums() else {
+            return Ok(false);
+        };
+        let io_err = |source| {
+            SnapshotError::Io(PathIoError {
+                path: memory.path().to_path_buf(),
+                what: "cannot stat the memory file",
+                source,
+            })
+        };
+        let stamp = Stamp::of(memory, sums).map_err(io_err)?;
+        if verified().contains(&stamp) {
+            return Ok(false);
+        }
+        sums.verify_file(memory)
+            .map_err(SnapshotError::MemoryDamaged)?;
+        verified().insert(stamp);
+        Ok(true)
     }
 
     /// Drops the snapshot's files from the page cache, to measure a cold start.
@@ -295,6 +385,22 @@ impl SnapshotDir {
             })
         })?;
 
+        let sums = PageSums::compute(&memory).map_err(|source| SnapshotError::Sums {
+            path: mem_path.clone(),
+            source,
+        })?;
+        let sums_path = staged.sums();
+        let (sums_len, sums_crc) =
+            sums.write(&sums_path)
+                .map_err(|source| SnapshotError::Sums {
+                    path: sums_path.clone(),
+                    source,
+                })?;
+        // The sums were computed from this file: it is verified as it stands.
+        if let Ok(stamp) = Stamp::of(&memory, &sums) {
+            verified().insert(stamp);
+        }
+
         let snapshot = SnapshotState {
             created_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -304,6 +410,11 @@ impl SnapshotDir {
             memory_tag: memory_tag(&memory)
                 .map_err(io_err(&mem_path, "cannot read the memory file"))?,
             memory_data_bytes: memory.data_bytes(),
+            memory_sums: Some(MemorySums {
+                file_len: sums_len,
+                crc: sums_crc,
+                pages: sums.len() as u64,
+            }),
             vm: vm_state,
         };
         let state_path = staged.state();
@@ -346,6 +457,61 @@ fn memory_tag(memory: &MemoryFile) -> io::Result<u32> {
         .ok_or_else(|| io::Error::other("memory file shorter than a page"))?;
     memory.read_at(at, &mut page)?;
     Ok(crc32fast::hash(&page))
+}
+
+/// What identifies a memory file as verified against its checksums in this process:
+/// device, inode, size, modification and change times (the change time cannot be set
+/// by hand, and every write or truncation moves it), and the checksums' CRC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+    sums_crc: u32,
+}
+
+impl Stamp {
+    fn of(memory: &MemoryFile, sums: &PageSums) -> io::Result<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = memory.file().metadata()?;
+        Ok(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+            sums_crc: sums.file_crc(),
+        })
+    }
+}
+
+/// The memory files verified (or written) by this process, in their state then.
+fn verified() -> std::sync::MutexGuard<'static, std::collections::HashSet<Stamp>> {
+    static VERIFIED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<Stamp>>> =
+        std::sync::OnceLock::new();
+    VERIFIED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Warns, once per snapshot directory and process, that its memory is not verified.
+fn warn_unverified(dir: &Path) {
+    static WARNED: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<PathBuf>>> =
+        std::sync::OnceLock::new();
+    let mut warned = WARNED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if warned.insert(dir.to_path_buf()) {
+        tracing::warn!(
+            "snapshot {} has no memory checksums (taken by an older build): its memory file \
+             is not verified; deploy the function again to add them",
+            dir.display()
+        );
+    }
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -415,6 +581,7 @@ mod proptests {
             memory_len: MEM,
             memory_tag: 0x1234_5678,
             memory_data_bytes: 3 << 20,
+            memory_sums: None,
             vm: VmState {
                 mem_size: MEM,
                 vcpu,
