@@ -5,7 +5,9 @@ use goblin::elf::Elf;
 use goblin::elf::header::{EM_X86_64, ET_DYN, ET_EXEC};
 use goblin::elf::program_header::{PT_LOAD, PT_PHDR};
 
-use crate::arch::layout::{PAGE_SIZE, PIE_LOAD_BASE, STACK_SIZE, SYSTEM_AREA_END, page_align_up};
+use crate::arch::layout::{
+    PAGE_SIZE, PIE_LOAD_BASE, STACK_GUARD_GAP, STACK_SIZE, SYSTEM_AREA_END, page_align_up,
+};
 use crate::vstate::memory::GuestMemory;
 
 /// Largest executable the loader reads.
@@ -92,9 +94,10 @@ pub struct LoadedProgram {
     pub end: u64,
 }
 
-/// The highest address program segments may occupy: the stack sits above.
+/// The highest address program segments may occupy: the stack guard gap and the stack
+/// sit above.
 pub fn load_limit(mem_size: u64) -> u64 {
-    mem_size.saturating_sub(STACK_SIZE)
+    mem_size.saturating_sub(STACK_SIZE + STACK_GUARD_GAP)
 }
 
 /// Parses and checks `image`, then copies its loadable segments into `mem`.

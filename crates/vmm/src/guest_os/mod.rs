@@ -101,6 +101,8 @@ pub struct GuestOs {
     warned: BTreeSet<u64>,
     /// Sleeps end no later than this (the run's time limit).
     deadline: Option<Instant>,
+    /// A page lost a permission: translations the vCPU may cache must be dropped.
+    flush_translations: bool,
 }
 
 impl GuestOs {
@@ -119,6 +121,7 @@ impl GuestOs {
             last_line_at: None,
             warned: BTreeSet::new(),
             deadline: None,
+            flush_translations: false,
         }
     }
 
@@ -180,6 +183,24 @@ impl GuestOs {
     /// The FS and GS bases if a system call changed them since the last call.
     pub fn take_changed_bases(&mut self) -> Option<(u64, u64)> {
         std::mem::take(&mut self.bases_changed).then_some((self.fs_base, self.gs_base))
+    }
+
+    /// Whether a page lost a permission since the last call: the VMM must then drop the
+    /// translations the vCPU may have cached before the guest runs again.
+    pub fn take_flush_translations(&mut self) -> bool {
+        std::mem::take(&mut self.flush_translations)
+    }
+
+    /// Writes the page-table entries the address space has pending into `mem` (at boot:
+    /// the stack guard gap).
+    pub fn write_page_tables(
+        &mut self,
+        mem: &crate::vstate::memory::GuestMemory,
+    ) -> Result<(), crate::vstate::memory::Efault> {
+        for (addr, value) in self.mm.take_page_table_writes().entries {
+            mem.write_obj(addr, value)?;
+        }
+        Ok(())
     }
 
     /// The FS base the program set.

@@ -43,9 +43,81 @@ fn main() {
                 continue;
             }
             "log" => eprintln!("log line for {line}"),
+            // Recurses until the stack runs into its guard gap.
+            "overflow" => {
+                writeln!(out, "{{\"depth\":{}}}", recurse(0)).unwrap();
+            }
+            // A write to a page mprotected read-only.
+            "write_ro" => {
+                let page = protected_page(libc::PROT_READ);
+                writeln!(out, "{{\"page\":\"{page:p}\"}}").unwrap();
+                out.flush().unwrap();
+                // SAFETY: deliberately faults: the page is mapped read-only.
+                unsafe { std::ptr::write_volatile(page, 2) };
+            }
+            // A read of a page mprotected PROT_NONE.
+            "read_none" => {
+                let page = protected_page(libc::PROT_NONE);
+                writeln!(out, "{{\"page\":\"{page:p}\"}}").unwrap();
+                out.flush().unwrap();
+                // SAFETY: deliberately faults: the page is mapped PROT_NONE.
+                let v = unsafe { std::ptr::read_volatile(page) };
+                writeln!(out, "{{\"read\":{v}}}").unwrap();
+            }
+            // Read-only, then read-write again: the write works and reads back.
+            "protect_rw" => {
+                let page = protected_page(libc::PROT_READ);
+                // SAFETY: the page is mapped readable.
+                let before = unsafe { std::ptr::read_volatile(page) };
+                // SAFETY: `page` is the start of a page-aligned mapping of one page.
+                let rc = unsafe {
+                    libc::mprotect(page.cast(), 4096, libc::PROT_READ | libc::PROT_WRITE)
+                };
+                assert_eq!(rc, 0);
+                // SAFETY: the page is mapped read-write again.
+                unsafe { std::ptr::write_volatile(page, before + 41) };
+                // SAFETY: as above.
+                let after = unsafe { std::ptr::read_volatile(page) };
+                writeln!(out, "{{\"before\":{before},\"after\":{after}}}").unwrap();
+                out.flush().unwrap();
+                continue;
+            }
             _ => {}
         }
         writeln!(out, "{{\"echo\":{line}}}").unwrap();
         out.flush().unwrap();
     }
+}
+
+/// Recurses with a 4 KiB frame per call until the stack overflows.
+#[inline(never)]
+fn recurse(depth: u64) -> u64 {
+    let frame = std::hint::black_box([depth as u8; 4096]);
+    if std::hint::black_box(true) {
+        return recurse(depth + 1) + u64::from(frame[100]);
+    }
+    depth
+}
+
+/// A fresh page, written once while read-write (so the vCPU has it mapped writable),
+/// then given `prot`.
+fn protected_page(prot: i32) -> *mut u64 {
+    // SAFETY: an anonymous private mapping of one page; no existing memory is affected.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED);
+    let page = page.cast::<u64>();
+    // SAFETY: the page was just mapped read-write.
+    unsafe { std::ptr::write_volatile(page, 1) };
+    // SAFETY: `page` is the start of the one-page mapping above.
+    assert_eq!(unsafe { libc::mprotect(page.cast(), 4096, prot) }, 0);
+    page
 }

@@ -1,11 +1,92 @@
 //! The guest's identity-mapped page tables.
 
+use serde::{Deserialize, Serialize};
+
 use super::layout::*;
 
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
 const USER: u64 = 1 << 2;
 const LARGE: u64 = 1 << 7;
+
+/// What the program may do with a page of user memory, as its page-table entry
+/// enforces it. Ordered from least to most permissive. Execution is allowed wherever
+/// reading is (`EFER.NXE` is clear, so there is no no-execute bit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Protection {
+    /// Not present: every access faults (`PROT_NONE`, the stack guard gap).
+    None,
+    /// Present, not writable (`PROT_READ`, `PROT_EXEC`, or both).
+    Read,
+    /// Present and writable (any `prot` with `PROT_WRITE`; x86 cannot map write-only).
+    ReadWrite,
+}
+
+impl Protection {
+    /// The protection that enforces the `prot` of `mmap`/`mprotect` (`PROT_*` bits).
+    pub fn from_prot(prot: u64) -> Self {
+        const READ: u64 = libc::PROT_READ as u64;
+        const WRITE: u64 = libc::PROT_WRITE as u64;
+        const EXEC: u64 = libc::PROT_EXEC as u64;
+        if prot & WRITE != 0 {
+            Self::ReadWrite
+        } else if prot & (READ | EXEC) != 0 {
+            Self::Read
+        } else {
+            Self::None
+        }
+    }
+
+    /// Whether an access of this kind (write or not) is allowed.
+    pub fn allows(self, write: bool) -> bool {
+        match self {
+            Self::None => false,
+            Self::Read => !write,
+            Self::ReadWrite => true,
+        }
+    }
+
+    fn bits(self) -> u64 {
+        match self {
+            Self::None => 0,
+            Self::Read => PRESENT | USER,
+            Self::ReadWrite => PRESENT | USER | WRITABLE,
+        }
+    }
+}
+
+/// The address of the page-directory entry that maps the 2 MiB range at `region`.
+pub fn pde_addr(region: u64) -> u64 {
+    // The page directories are contiguous, so entry n of the whole set is at PD_ADDR + 8n.
+    PD_ADDR + region / LARGE_PAGE_SIZE * 8
+}
+
+/// A page-directory entry mapping the 2 MiB range at `region` as one large page.
+pub fn large_pde(region: u64, protection: Protection) -> u64 {
+    match protection {
+        Protection::None => 0,
+        p => region | p.bits() | LARGE,
+    }
+}
+
+/// A page-directory entry pointing to the 4 KiB page table at `table`. The table's
+/// entries decide each page's protection.
+pub fn table_pde(table: u64) -> u64 {
+    table | PRESENT | WRITABLE | USER
+}
+
+/// The address of the entry for `page` in the page table at `table`.
+pub fn pte_addr(table: u64, page: u64) -> u64 {
+    table + (page % LARGE_PAGE_SIZE) / PAGE_SIZE * 8
+}
+
+/// A page-table entry mapping the 4 KiB page at `page`.
+pub fn pte(page: u64, protection: Protection) -> u64 {
+    match protection {
+        Protection::None => 0,
+        p => page | p.bits(),
+    }
+}
 
 /// Pages of the system area the guest's address space maps, with whether they are
 /// writable. Everything else below `SYSTEM_AREA_END` (page 0 included) is unmapped.
@@ -21,7 +102,9 @@ const SYSTEM_PAGES: [(u64, bool); 5] = [
 
 /// Returns the page-table entries to write, as (guest address, value) pairs, for guest
 /// memory of `mem_size` bytes (a multiple of 2 MiB between `MIN_MEM_SIZE` and
-/// `MAX_MEM_SIZE`): 4 KiB pages for the system area, 2 MiB user pages above it.
+/// `MAX_MEM_SIZE`): 4 KiB pages for the system area, 2 MiB read-write user pages above
+/// it. The address space (`guest_os::mm`) then changes the entries of the ranges whose
+/// protection differs (the stack guard gap from the start) with the functions below.
 pub fn page_table_entries(mem_size: u64) -> Vec<(u64, u64)> {
     debug_assert!(mem_size.is_multiple_of(LARGE_PAGE_SIZE) && mem_size <= MAX_MEM_SIZE);
     let mut entries = vec![(PML4_ADDR, PDPT_ADDR | PRESENT | WRITABLE | USER)];
@@ -40,12 +123,7 @@ pub fn page_table_entries(mem_size: u64) -> Vec<(u64, u64)> {
     }
     let mut addr = LARGE_PAGE_SIZE;
     while addr < mem_size {
-        // The page directories are contiguous, so entry n of the whole set is at PD_ADDR + 8n.
-        let index = addr / LARGE_PAGE_SIZE;
-        entries.push((
-            PD_ADDR + index * 8,
-            addr | PRESENT | WRITABLE | USER | LARGE,
-        ));
+        entries.push((pde_addr(addr), large_pde(addr, Protection::ReadWrite)));
         addr += LARGE_PAGE_SIZE;
     }
     entries
@@ -124,6 +202,63 @@ mod tests {
             assert_eq!(translate(&tables, va), Some((va, true)));
         }
         assert_eq!(translate(&tables, mem), None);
+    }
+
+    #[test]
+    fn a_split_range_maps_each_page_with_its_protection() {
+        let mem = 64 << 20;
+        let mut tables: HashMap<u64, u64> = page_table_entries(mem).into_iter().collect();
+        let region = 0x60_0000;
+        let table = PT_POOL_START;
+        for i in 0..512 {
+            let page = region + i * PAGE_SIZE;
+            let protection = match i {
+                0 => Protection::None,
+                1 | 511 => Protection::Read,
+                _ => Protection::ReadWrite,
+            };
+            tables.insert(pte_addr(table, page), pte(page, protection));
+        }
+        tables.insert(pde_addr(region), table_pde(table));
+        assert_eq!(translate(&tables, region + 8), None, "PROT_NONE");
+        assert_eq!(
+            translate(&tables, region + 0x1008),
+            Some((region + 0x1008, false))
+        );
+        assert_eq!(
+            translate(&tables, region + 0x2008),
+            Some((region + 0x2008, true))
+        );
+        assert_eq!(
+            translate(&tables, region + LARGE_PAGE_SIZE - 1),
+            Some((region + LARGE_PAGE_SIZE - 1, false))
+        );
+        // The neighbouring large pages are untouched.
+        assert_eq!(translate(&tables, region - 1), Some((region - 1, true)));
+        assert_eq!(
+            translate(&tables, region + LARGE_PAGE_SIZE),
+            Some((region + LARGE_PAGE_SIZE, true))
+        );
+        // Merged back into one read-only large page, then one not present.
+        tables.insert(pde_addr(region), large_pde(region, Protection::Read));
+        assert_eq!(translate(&tables, region + 8), Some((region + 8, false)));
+        tables.insert(pde_addr(region), large_pde(region, Protection::None));
+        assert_eq!(translate(&tables, region + 0x2008), None);
+    }
+
+    #[test]
+    fn prot_bits_map_to_protections() {
+        use libc::{PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE};
+        let p = |bits: i32| Protection::from_prot(bits as u64);
+        assert_eq!(p(PROT_NONE), Protection::None);
+        assert_eq!(p(PROT_READ), Protection::Read);
+        assert_eq!(p(PROT_EXEC), Protection::Read);
+        assert_eq!(p(PROT_READ | PROT_EXEC), Protection::Read);
+        assert_eq!(p(PROT_WRITE), Protection::ReadWrite);
+        assert_eq!(p(PROT_READ | PROT_WRITE | PROT_EXEC), Protection::ReadWrite);
+        assert!(!Protection::None.allows(false));
+        assert!(Protection::Read.allows(false) && !Protection::Read.allows(true));
+        assert!(Protection::ReadWrite.allows(true));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use libc::c_long;
 use vm_memory::ByteValued;
 
-use crate::arch::layout::{GDT_ADDR, PAGE_SIZE, STACK_SIZE, SYSTEM_AREA_END};
+use crate::arch::layout::{GDT_ADDR, PAGE_SIZE, STACK_GUARD_GAP, STACK_SIZE, SYSTEM_AREA_END};
 use crate::guest_os::abi::{Iovec, KernelSigaction, PollFd, Rlimit, SigStack, Timespec, Utsname};
 use crate::guest_os::mm::AddressSpace;
 use crate::guest_os::{GuestOs, Outcome, Syscall};
@@ -21,7 +21,7 @@ const MEM: u64 = 32 << 20;
 /// The first page after the "program": the heap starts here.
 const PROGRAM_END: u64 = 0x40_0000;
 /// Where mappings end: the stack is above.
-const MMAP_TOP: u64 = MEM - STACK_SIZE;
+const MMAP_TOP: u64 = MEM - STACK_SIZE - STACK_GUARD_GAP;
 /// Scratch memory in the program's data for the tests' buffers.
 const BUF: u64 = 0x30_0000;
 /// A second scratch area (iovec arrays, pollfds, timespecs).
