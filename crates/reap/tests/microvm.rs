@@ -99,7 +99,10 @@ fn stack_overflow_ends_the_guest_as_sigsegv_naming_the_guard_gap() {
         "{line}"
     );
     assert!(line.contains("in the stack guard gap at RIP 0x"), "{line}");
-    assert!(!stdout(&vm).contains("depth"), "the recursion never returned");
+    assert!(
+        !stdout(&vm).contains("depth"),
+        "the recursion never returned"
+    );
 }
 
 #[test]
@@ -127,6 +130,18 @@ fn read_of_a_prot_none_page_ends_the_guest_as_sigsegv() {
         "{line}"
     );
     assert!(!stdout(&vm).contains("\"read\""), "{}", stdout(&vm));
+}
+
+#[test]
+fn write_to_the_program_text_ends_the_guest_as_sigsegv() {
+    let vm = reap_run("misbehave", &[], b"{\"do\":\"write_text\"}\n");
+    let line = reap_line(&vm);
+    assert_eq!(vm.status.code(), Some(139), "{line}");
+    let code = printed_page(&vm);
+    assert!(
+        line.contains(&format!("write to {code} (a read-only page)")),
+        "{line}"
+    );
 }
 
 #[test]

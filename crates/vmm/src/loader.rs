@@ -3,10 +3,11 @@
 
 use goblin::elf::Elf;
 use goblin::elf::header::{EM_X86_64, ET_DYN, ET_EXEC};
-use goblin::elf::program_header::{PT_LOAD, PT_PHDR};
+use goblin::elf::program_header::{PF_W, PT_LOAD, PT_PHDR};
 
 use crate::arch::layout::{
-    PAGE_SIZE, PIE_LOAD_BASE, STACK_GUARD_GAP, STACK_SIZE, SYSTEM_AREA_END, page_align_up,
+    PAGE_SIZE, PIE_LOAD_BASE, STACK_GUARD_GAP, STACK_SIZE, SYSTEM_AREA_END, page_align_down,
+    page_align_up,
 };
 use crate::vstate::memory::GuestMemory;
 
@@ -80,7 +81,7 @@ pub enum LoadError {
 }
 
 /// Where the program landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedProgram {
     /// The entry point (after the static-pie load offset).
     pub entry: u64,
@@ -92,6 +93,9 @@ pub struct LoadedProgram {
     pub phnum: u64,
     /// First page after the program's segments: where the heap (brk) starts.
     pub end: u64,
+    /// Page ranges (start, end) of the segments without `PF_W` (text, read-only data),
+    /// less the pages a writable segment shares: mapped read-only, as Linux maps them.
+    pub read_only: Vec<(u64, u64)>,
 }
 
 /// The highest address program segments may occupy: the stack guard gap and the stack
@@ -134,6 +138,8 @@ pub fn load_elf(image: &[u8], mem: &GuestMemory) -> Result<LoadedProgram, LoadEr
     let mut end = 0u64;
     let mut phdr = None;
     let mut loads = 0;
+    let mut read_only = Vec::new();
+    let mut writable = Vec::new();
     for ph in &elf.program_headers {
         if ph.p_type == PT_PHDR {
             phdr = Some(base.wrapping_add(ph.p_vaddr));
@@ -166,6 +172,23 @@ pub fn load_elf(image: &[u8], mem: &GuestMemory) -> Result<LoadedProgram, LoadEr
             phdr = Some(start + elf.header.e_phoff);
         }
         end = end.max(seg_end);
+        // Inside usable guest memory, so rounding up cannot overflow.
+        let pages = (
+            page_align_down(start),
+            page_align_up(seg_end).unwrap_or(seg_end),
+        );
+        if ph.p_flags & PF_W != 0 {
+            writable.push(pages);
+        } else if pages.0 < pages.1 {
+            read_only.push(pages);
+        }
+    }
+    for (w_start, w_end) in writable {
+        read_only = read_only
+            .into_iter()
+            .flat_map(|(s, e)| [(s, e.min(w_start)), (s.max(w_end), e)])
+            .filter(|(s, e)| s < e)
+            .collect();
     }
     if loads == 0 {
         return Err(LoadError::NoSegments);
@@ -177,6 +200,7 @@ pub fn load_elf(image: &[u8], mem: &GuestMemory) -> Result<LoadedProgram, LoadEr
         phent: u64::from(elf.header.e_phentsize),
         phnum: u64::from(elf.header.e_phnum),
         end: page_align_up(end).ok_or(LoadError::StackOverflow)?,
+        read_only,
     })
 }
 
@@ -350,6 +374,7 @@ mod tests {
             phent: 56,
             phnum: 9,
             end: 0x50_0000,
+            read_only: Vec::new(),
         };
         let args = vec!["fn".to_string(), "-v".to_string()];
         let env = vec!["A=1".to_string()];
@@ -721,6 +746,14 @@ mod proptests {
         }
 
         let end = loads.iter().map(|l| base + l.0 + l.3).max().unwrap();
+        let loads_pages = loads
+            .iter()
+            .map(|l| {
+                let start = base + l.0;
+                (page_align_down(start), page_align_up(start + l.3).unwrap())
+            })
+            .filter(|(s, e)| s < e)
+            .collect();
         let loads = loads
             .into_iter()
             .map(|(vaddr, offset, filesz, memsz)| (base + vaddr, offset, filesz, memsz))
@@ -735,6 +768,8 @@ mod proptests {
                 phent: PHDR as u64,
                 phnum: phnum as u64,
                 end: page_align_up(end).unwrap(),
+                // Every segment is PF_R | PF_X.
+                read_only: loads_pages,
             },
         }
     }

@@ -193,7 +193,11 @@ impl MicroVm {
         let vm = Vm::new(&memory)?;
         let vcpu = Vcpu::new(&vm.kvm, &vm.fd)?;
         let cpuid = arch::configure_vcpu(&vm.kvm, &vcpu.fd, program.entry, rsp)?;
-        let mut os = GuestOs::new(AddressSpace::new(mem_size, program.end), stdout, stderr);
+        let mut space = AddressSpace::new(mem_size, program.end);
+        for &(start, end) in &program.read_only {
+            space.set_protection(start, end, arch::Protection::Read);
+        }
+        let mut os = GuestOs::new(space, stdout, stderr);
         os.write_page_tables(&memory)
             .map_err(|_| VmError::MemSize(mem_size >> 20))?;
         Ok(Self {

@@ -64,6 +64,14 @@ fn main() {
                 let v = unsafe { std::ptr::read_volatile(page) };
                 writeln!(out, "{{\"read\":{v}}}").unwrap();
             }
+            // A write to the program's own code (a read-only segment).
+            "write_text" => {
+                let code = recurse as *const () as *mut u8;
+                writeln!(out, "{{\"page\":\"{code:p}\"}}").unwrap();
+                out.flush().unwrap();
+                // SAFETY: deliberately faults: the text segment is mapped read-only.
+                unsafe { std::ptr::write_volatile(code, 0xc3) };
+            }
             // Read-only, then read-write again: the write works and reads back.
             "protect_rw" => {
                 let page = protected_page(libc::PROT_READ);
