@@ -120,6 +120,18 @@ fn write_to_a_read_only_page_ends_the_guest_as_sigsegv_with_the_address() {
 }
 
 #[test]
+fn write_to_a_large_page_made_read_only_ends_the_guest_as_sigsegv() {
+    let vm = reap_run("misbehave", &[], b"{\"do\":\"write_ro_2m\"}\n");
+    let line = reap_line(&vm);
+    assert_eq!(vm.status.code(), Some(139), "{line}");
+    let page = printed_page(&vm);
+    assert!(
+        line.contains(&format!("write to {page} (a read-only page)")),
+        "{line}"
+    );
+}
+
+#[test]
 fn read_of_a_prot_none_page_ends_the_guest_as_sigsegv() {
     let vm = reap_run("misbehave", &[], b"{\"do\":\"read_none\"}\n");
     let line = reap_line(&vm);

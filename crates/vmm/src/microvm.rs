@@ -348,8 +348,10 @@ impl MicroVm {
             args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
         };
         let outcome = self.os.syscall(&self.memory, &call);
-        if self.os.take_flush_translations() {
-            self._vm.drop_translations()?;
+        // A page that lost a permission must not keep it through a translation KVM
+        // cached before the page tables changed.
+        for (start, end) in self.os.take_lowered() {
+            self.memory.drop_translations(start, end)?;
         }
         match outcome {
             Outcome::Return(value) => {

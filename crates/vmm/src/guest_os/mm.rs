@@ -53,9 +53,9 @@ const _: () = assert!(PAGES_PER_TABLE as u64 * PAGE_SIZE == LARGE_PAGE_SIZE);
 pub struct PageTableWrites {
     /// (guest address, value) of each 8-byte entry, in the order to write them.
     pub entries: Vec<(u64, u64)>,
-    /// Some page lost a permission it had: translations the vCPU may have cached must
-    /// be dropped before the guest runs again.
-    pub flush: bool,
+    /// Page ranges where some page lost a permission it had: translations the vCPU
+    /// may have cached for them must be dropped before the guest runs again.
+    pub lowered: Vec<(u64, u64)>,
 }
 
 /// The program's address space: where its heap ends, which ranges it has mapped, and
@@ -79,9 +79,10 @@ pub struct AddressSpace {
     /// 2 MiB ranges whose entries must be rewritten.
     #[serde(skip)]
     dirty: BTreeSet<u64>,
-    /// Some page lost a permission since the last `take_page_table_writes`.
+    /// Ranges where some page lost a permission since the last
+    /// `take_page_table_writes`.
     #[serde(skip)]
-    lowered: bool,
+    lowered: Vec<(u64, u64)>,
 }
 
 impl AddressSpace {
@@ -97,7 +98,7 @@ impl AddressSpace {
             protections: BTreeMap::new(),
             page_tables: BTreeMap::new(),
             dirty: BTreeSet::new(),
-            lowered: false,
+            lowered: Vec::new(),
         };
         let (guard, guard_end) = space.stack_guard();
         space.mark_dirty(guard, guard_end);
@@ -220,15 +221,15 @@ impl AddressSpace {
             .map(|(&s, &(e, p))| (s, e, p))
             .collect();
         let mut listed = 0;
+        let mut lowered = false;
         for &(s, e, p) in &hit {
             listed += e.min(end) - s.max(start);
-            if p > protection {
-                self.lowered = true;
-            }
+            lowered |= p > protection;
         }
         let unlisted = listed < end - start;
-        if unlisted && protection < Protection::ReadWrite {
-            self.lowered = true;
+        lowered |= unlisted && protection < Protection::ReadWrite;
+        if lowered {
+            self.lowered.push((start, end));
         }
         if !unlisted && hit.iter().all(|&(_, _, p)| p == protection) {
             return;
@@ -316,7 +317,7 @@ impl AddressSpace {
         }
         PageTableWrites {
             entries,
-            flush: std::mem::take(&mut self.lowered),
+            lowered: std::mem::take(&mut self.lowered),
         }
     }
 
@@ -892,7 +893,7 @@ mod tests {
         let before = a.page_tables.len();
         a.set_protection(m + PAGE_SIZE, m + 2 * PAGE_SIZE, Protection::Read);
         let writes = a.take_page_table_writes();
-        assert!(writes.flush, "write permission taken away");
+        assert!(!writes.lowered.is_empty(), "write permission taken away");
         assert_eq!(writes.entries.len(), 513, "one table and its PDE");
         assert_eq!(
             writes.entries.last(),
@@ -910,7 +911,7 @@ mod tests {
         // stays with its range.
         a.set_protection(m + PAGE_SIZE, m + 2 * PAGE_SIZE, Protection::ReadWrite);
         let writes = a.take_page_table_writes();
-        assert!(!writes.flush);
+        assert!(writes.lowered.is_empty());
         assert_eq!(
             writes.entries,
             vec![(
@@ -933,7 +934,7 @@ mod tests {
         let boundary = 0x100_0000;
         a.set_protection(boundary - PAGE_SIZE, boundary + PAGE_SIZE, Protection::None);
         let writes = a.take_page_table_writes();
-        assert!(writes.flush);
+        assert!(!writes.lowered.is_empty());
         apply(&mut tables, &writes);
         assert_eq!(
             mapped(&tables, boundary - 2 * PAGE_SIZE),
@@ -945,7 +946,10 @@ mod tests {
         // A whole 2 MiB range of one protection is one large page.
         a.set_protection(boundary, boundary + LARGE_PAGE_SIZE, Protection::Read);
         let writes = a.take_page_table_writes();
-        assert!(writes.flush, "most of the range loses write permission");
+        assert!(
+            !writes.lowered.is_empty(),
+            "most of the range loses write permission"
+        );
         apply(&mut tables, &writes);
         assert_eq!(mapped(&tables, boundary), Protection::Read);
         assert_eq!(mapped(&tables, boundary - 1), Protection::None);
@@ -965,7 +969,7 @@ mod tests {
         assert_eq!(mapped(&tables, m), Protection::None);
         a.munmap(m, PAGE_SIZE).unwrap();
         let writes = a.take_page_table_writes();
-        assert!(!writes.flush);
+        assert!(writes.lowered.is_empty());
         apply(&mut tables, &writes);
         assert_eq!(mapped(&tables, m), Protection::ReadWrite);
         assert_eq!(mapped(&tables, m + PAGE_SIZE), Protection::None);

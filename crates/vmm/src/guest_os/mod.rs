@@ -101,8 +101,9 @@ pub struct GuestOs {
     warned: BTreeSet<u64>,
     /// Sleeps end no later than this (the run's time limit).
     deadline: Option<Instant>,
-    /// A page lost a permission: translations the vCPU may cache must be dropped.
-    flush_translations: bool,
+    /// Ranges where a page lost a permission: translations the vCPU may cache for them
+    /// must be dropped.
+    lowered: Vec<(u64, u64)>,
 }
 
 impl GuestOs {
@@ -121,7 +122,7 @@ impl GuestOs {
             last_line_at: None,
             warned: BTreeSet::new(),
             deadline: None,
-            flush_translations: false,
+            lowered: Vec::new(),
         }
     }
 
@@ -185,10 +186,11 @@ impl GuestOs {
         std::mem::take(&mut self.bases_changed).then_some((self.fs_base, self.gs_base))
     }
 
-    /// Whether a page lost a permission since the last call: the VMM must then drop the
-    /// translations the vCPU may have cached before the guest runs again.
-    pub fn take_flush_translations(&mut self) -> bool {
-        std::mem::take(&mut self.flush_translations)
+    /// The page ranges where a page lost a permission since the last call: the VMM must
+    /// drop the translations the vCPU may have cached for them before the guest runs
+    /// again.
+    pub fn take_lowered(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.lowered)
     }
 
     /// Writes the page-table entries the address space has pending into `mem` (at boot:

@@ -422,7 +422,7 @@ impl GuestOs {
                 Errno(libc::ENOMEM)
             })?;
         }
-        self.flush_translations |= writes.flush;
+        self.lowered.extend(writes.lowered);
         Ok(())
     }
 

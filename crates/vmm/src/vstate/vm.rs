@@ -34,8 +34,6 @@ pub struct Vm {
     pub kvm: Kvm,
     /// The VM.
     pub fd: VmFd,
-    /// The one memory slot.
-    region: kvm_userspace_memory_region,
 }
 
 impl Vm {
@@ -65,26 +63,6 @@ impl Vm {
             size: memory.size(),
             source,
         })?;
-        Ok(Self { kvm, fd, region })
-    }
-
-    /// Drops every translation of guest memory KVM keeps for the vCPU, so that the next
-    /// accesses walk the guest's page tables again. Needed after the VMM took a
-    /// permission away in the page tables: KVM (with shadow paging, as this host's
-    /// `kvm_pvm`) notices the guest's own writes to its page tables but not the VMM's.
-    /// Removing the memory slot and adding it back makes KVM zap all its mappings of it.
-    pub fn drop_translations(&self) -> Result<(), VmError> {
-        let size = self.region.memory_size;
-        let removed = kvm_userspace_memory_region {
-            memory_size: 0,
-            ..self.region
-        };
-        for region in [removed, self.region] {
-            // SAFETY: removing the slot leaves KVM no host range; adding it back hands
-            // KVM the same range `new` did, under the same guarantee.
-            unsafe { self.fd.set_user_memory_region(region) }
-                .map_err(|source| VmError::SetMemory { size, source })?;
-        }
-        Ok(())
+        Ok(Self { kvm, fd })
     }
 }

@@ -64,6 +64,37 @@ fn main() {
                 let v = unsafe { std::ptr::read_volatile(page) };
                 writeln!(out, "{{\"read\":{v}}}").unwrap();
             }
+            // A write to a whole 2 MiB range (one large page) mprotected read-only
+            // after every page of it was written.
+            "write_ro_2m" => {
+                let len = 4 << 20;
+                // SAFETY: a fresh anonymous private mapping; no existing memory is affected.
+                let base = unsafe {
+                    libc::mmap(
+                        std::ptr::null_mut(),
+                        len,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                        -1,
+                        0,
+                    )
+                };
+                assert_ne!(base, libc::MAP_FAILED);
+                let base = base.cast::<u8>();
+                for i in (0..len).step_by(4096) {
+                    // SAFETY: inside the read-write mapping above.
+                    unsafe { std::ptr::write_volatile(base.add(i), 1) };
+                }
+                let huge = ((base as usize + (2 << 20) - 1) & !((2 << 20) - 1)) as *mut u8;
+                // SAFETY: a 2 MiB-aligned range inside the 4 MiB mapping.
+                let rc = unsafe { libc::mprotect(huge.cast(), 2 << 20, libc::PROT_READ) };
+                assert_eq!(rc, 0);
+                let page = huge.wrapping_add(12345 * 8);
+                writeln!(out, "{{\"page\":\"{page:p}\"}}").unwrap();
+                out.flush().unwrap();
+                // SAFETY: deliberately faults: the range is mapped read-only.
+                unsafe { std::ptr::write_volatile(page, 2) };
+            }
             // A write to the program's own code (a read-only segment).
             "write_text" => {
                 let code = recurse as *const () as *mut u8;
