@@ -8,6 +8,11 @@ const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
 const USER: u64 = 1 << 2;
 const LARGE: u64 = 1 << 7;
+/// Accessed and dirty, preset in the entries the VMM writes for user memory so that
+/// neither the CPU nor a shadowing KVM has to write them back into the tables on the
+/// first access to each page.
+const ACCESSED: u64 = 1 << 5;
+const DIRTY: u64 = 1 << 6;
 
 /// What the program may do with a page of user memory, as its page-table entry
 /// enforces it. Ordered from least to most permissive. Execution is allowed wherever
@@ -49,8 +54,8 @@ impl Protection {
     fn bits(self) -> u64 {
         match self {
             Self::None => 0,
-            Self::Read => PRESENT | USER,
-            Self::ReadWrite => PRESENT | USER | WRITABLE,
+            Self::Read => PRESENT | USER | ACCESSED | DIRTY,
+            Self::ReadWrite => PRESENT | USER | WRITABLE | ACCESSED | DIRTY,
         }
     }
 }
@@ -72,7 +77,7 @@ pub fn large_pde(region: u64, protection: Protection) -> u64 {
 /// A page-directory entry pointing to the 4 KiB page table at `table`. The table's
 /// entries decide each page's protection.
 pub fn table_pde(table: u64) -> u64 {
-    table | PRESENT | WRITABLE | USER
+    table | PRESENT | WRITABLE | USER | ACCESSED
 }
 
 /// The address of the entry for `page` in the page table at `table`.
