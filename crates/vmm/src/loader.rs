@@ -183,13 +183,7 @@ pub fn load_elf(image: &[u8], mem: &GuestMemory) -> Result<LoadedProgram, LoadEr
             read_only.push(pages);
         }
     }
-    for (w_start, w_end) in writable {
-        read_only = read_only
-            .into_iter()
-            .flat_map(|(s, e)| [(s, e.min(w_start)), (s.max(w_end), e)])
-            .filter(|(s, e)| s < e)
-            .collect();
-    }
+    let read_only = less_pages_of(read_only, &writable);
     if loads == 0 {
         return Err(LoadError::NoSegments);
     }
@@ -202,6 +196,20 @@ pub fn load_elf(image: &[u8], mem: &GuestMemory) -> Result<LoadedProgram, LoadEr
         end: page_align_up(end).ok_or(LoadError::StackOverflow)?,
         read_only,
     })
+}
+
+/// The page ranges `ranges` without the pages of `remove`: the read-only segments less
+/// the pages writable segments share with them (Linux maps a shared page with the
+/// later segment's permissions; a writable one there is the data after the text).
+fn less_pages_of(mut ranges: Vec<(u64, u64)>, remove: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    for &(r_start, r_end) in remove {
+        ranges = ranges
+            .into_iter()
+            .flat_map(|(s, e)| [(s, e.min(r_start)), (s.max(r_end), e)])
+            .filter(|(s, e)| s < e)
+            .collect();
+    }
+    ranges
 }
 
 fn outside(start: u64, end: u64, mem_size: u64) -> LoadError {
@@ -363,6 +371,35 @@ mod tests {
             load_elf(&elf_header(2, EM_X86_64, 1), &mem),
             Err(LoadError::NotExecutable(1))
         ));
+    }
+
+    #[test]
+    fn read_only_segments_lose_the_pages_writable_ones_share() {
+        let p = PAGE_SIZE;
+        // Text in pages 0..3, read-only data in 3..5, data sharing page 4 and on to 7.
+        let ro = vec![
+            (0x40_0000, 0x40_0000 + 3 * p),
+            (0x40_0000 + 3 * p, 0x40_0000 + 5 * p),
+        ];
+        let rw = [(0x40_0000 + 4 * p, 0x40_0000 + 7 * p)];
+        assert_eq!(
+            less_pages_of(ro.clone(), &rw),
+            vec![
+                (0x40_0000, 0x40_0000 + 3 * p),
+                (0x40_0000 + 3 * p, 0x40_0000 + 4 * p)
+            ]
+        );
+        // A writable segment inside a read-only one splits it; one covering it removes it.
+        let inside = [(0x40_0000 + p, 0x40_0000 + 2 * p)];
+        assert_eq!(
+            less_pages_of(vec![ro[0]], &inside),
+            vec![
+                (0x40_0000, 0x40_0000 + p),
+                (0x40_0000 + 2 * p, 0x40_0000 + 3 * p)
+            ]
+        );
+        assert_eq!(less_pages_of(vec![ro[0]], &[(0, 1 << 30)]), vec![]);
+        assert_eq!(less_pages_of(ro.clone(), &[]), ro);
     }
 
     #[test]
