@@ -237,7 +237,7 @@ impl AddressSpace {
         if hit.is_empty() && protection == Protection::ReadWrite {
             return;
         }
-        for (s, e, p) in hit {
+        for &(s, e, p) in &hit {
             self.protections.remove(&s);
             if s < start {
                 self.protections.insert(s, (start, p));
@@ -248,6 +248,12 @@ impl AddressSpace {
         }
         if protection != Protection::ReadWrite {
             self.protections.insert(start, (end, protection));
+            self.mark_dirty(start, end);
+        } else {
+            // Only the listed parts change: the rest was read-write already.
+            for &(s, e, _) in &hit {
+                self.mark_dirty(s.max(start), e.min(end));
+            }
         }
         // Merge with equal neighbours.
         let mut merged: BTreeMap<u64, (u64, Protection)> = BTreeMap::new();
@@ -262,7 +268,6 @@ impl AddressSpace {
             merged.insert(s, (e, p));
         }
         self.protections = merged;
-        self.mark_dirty(start, end);
     }
 
     fn mark_dirty(&mut self, start: u64, end: u64) {
@@ -281,9 +286,22 @@ impl AddressSpace {
     pub fn take_page_table_writes(&mut self) -> PageTableWrites {
         let mut entries = Vec::new();
         for region in std::mem::take(&mut self.dirty) {
+            let region_end = region + LARGE_PAGE_SIZE;
             let mut pages = [Protection::ReadWrite; PAGES_PER_TABLE];
-            for (i, page) in pages.iter_mut().enumerate() {
-                *page = self.protection_at(region + i as u64 * PAGE_SIZE);
+            let (guard, guard_end) = self.stack_guard();
+            let listed = self
+                .protections
+                .range(..region_end)
+                .rev()
+                .take_while(|&(_, &(end, _))| end > region)
+                .map(|(&start, &(end, p))| (start, end, p));
+            for (start, end, p) in listed.chain([(guard, guard_end, Protection::None)]) {
+                for (i, page) in pages.iter_mut().enumerate() {
+                    let addr = region + i as u64 * PAGE_SIZE;
+                    if (start..end).contains(&addr) {
+                        *page = p;
+                    }
+                }
             }
             let first = pages[0];
             let uniform = pages.iter().all(|&p| p == first);
@@ -1002,6 +1020,26 @@ mod tests {
             arch::large_pde(last, Protection::ReadWrite)
         )));
         assert_eq!(a.check(), Ok(()));
+    }
+
+    #[test]
+    fn a_large_munmap_rewrites_only_the_ranges_that_change() {
+        let mem = 4 << 30;
+        let mut a = AddressSpace::new(mem, END);
+        a.take_page_table_writes();
+        a.set_protection(0x8000_0000, 0x8000_1000, Protection::None);
+        assert_eq!(a.take_page_table_writes().entries.len(), 513);
+        let (guard, _) = a.stack_guard();
+        a.munmap(SYSTEM_AREA_END, guard - SYSTEM_AREA_END).unwrap();
+        let writes = a.take_page_table_writes();
+        assert!(writes.lowered.is_empty());
+        assert_eq!(
+            writes.entries,
+            vec![(
+                arch::pde_addr(0x8000_0000),
+                arch::large_pde(0x8000_0000, Protection::ReadWrite)
+            )]
+        );
     }
 
     #[test]
