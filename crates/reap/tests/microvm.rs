@@ -157,6 +157,27 @@ fn write_to_the_program_text_ends_the_guest_as_sigsegv() {
 }
 
 #[test]
+fn running_code_in_a_data_page_ends_the_guest_as_sigsegv_unless_it_is_executable() {
+    let vm = reap_run("misbehave", &[], b"{\"do\":\"exec_data\"}\n");
+    let line = reap_line(&vm);
+    assert_eq!(vm.status.code(), Some(139), "{line}");
+    let page = printed_page(&vm);
+    assert!(
+        line.contains(&format!(
+            "instruction fetch from {page} (a non-executable page) at RIP {page}"
+        )),
+        "{line}"
+    );
+    let vm = reap_run("misbehave", &[], b"{\"do\":\"exec_rwx\"}\n");
+    assert!(vm.status.success(), "{}", stderr(&vm));
+    assert!(
+        stdout(&vm).ends_with("{\"exec\":\"ok\"}\n"),
+        "{}",
+        stdout(&vm)
+    );
+}
+
+#[test]
 fn a_page_made_read_write_again_takes_writes() {
     let vm = reap_run(
         "misbehave",

@@ -194,8 +194,16 @@ impl MicroVm {
         let vcpu = Vcpu::new(&vm.kvm, &vm.fd)?;
         let cpuid = arch::configure_vcpu(&vm.kvm, &vcpu.fd, program.entry, rsp)?;
         let mut space = AddressSpace::new(mem_size, program.end);
-        for &(start, end) in &program.read_only {
-            space.set_protection(start, end, arch::Protection::Read);
+        for &(start, end, exec) in &program.read_only {
+            let protection = if exec {
+                arch::Protection::ReadExec
+            } else {
+                arch::Protection::Read
+            };
+            space.set_protection(start, end, protection);
+        }
+        for &(start, end) in &program.writable_exec {
+            space.set_protection(start, end, arch::Protection::ReadWriteExec);
         }
         let mut os = GuestOs::new(space, stdout, stderr);
         os.write_page_tables(&memory)
@@ -435,9 +443,10 @@ impl MicroVm {
                 fault.describe_access(),
                 frame.rip
             )
-        } else if in_user_memory && !protection.allows(fault.access == arch::Access::Write) {
-            let what = match protection {
-                arch::Protection::None => "a PROT_NONE page",
+        } else if in_user_memory && !protection.allows(fault.access) {
+            let what = match (protection, fault.access) {
+                (arch::Protection::None, _) => "a PROT_NONE page",
+                (_, arch::Access::Execute) => "a non-executable page",
                 _ => "a read-only page",
             };
             format!(

@@ -224,10 +224,10 @@ impl AddressSpace {
         let mut lowered = false;
         for &(s, e, p) in &hit {
             listed += e.min(end) - s.max(start);
-            lowered |= p > protection;
+            lowered |= p.loses_to(protection);
         }
         let unlisted = listed < end - start;
-        lowered |= unlisted && protection < Protection::ReadWrite;
+        lowered |= unlisted && Protection::ReadWrite.loses_to(protection);
         if lowered {
             self.lowered.push((start, end));
         }
@@ -327,7 +327,7 @@ impl AddressSpace {
                     arch::table_pde(table)
                 }
                 None => {
-                    let most = pages.iter().copied().max().unwrap_or(Protection::ReadWrite);
+                    let most = pages.iter().fold(Protection::None, |a, &p| a.union(p));
                     arch::large_pde(region, most)
                 }
             };

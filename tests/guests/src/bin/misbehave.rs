@@ -95,6 +95,27 @@ fn main() {
                 // SAFETY: deliberately faults: the range is mapped read-only.
                 unsafe { std::ptr::write_volatile(page, 2) };
             }
+            // Runs a `ret` written into a data page: read-write only faults, with
+            // PROT_EXEC added it returns.
+            "exec_data" | "exec_rwx" => {
+                let page = protected_page(libc::PROT_READ | libc::PROT_WRITE);
+                // SAFETY: the page is mapped read-write.
+                unsafe { std::ptr::write_volatile(page.cast::<u8>(), 0xc3) };
+                if action == "exec_rwx" {
+                    let rwx = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+                    // SAFETY: `page` is the start of a one-page mapping.
+                    assert_eq!(unsafe { libc::mprotect(page.cast(), 4096, rwx) }, 0);
+                }
+                writeln!(out, "{{\"page\":\"{page:p}\"}}").unwrap();
+                out.flush().unwrap();
+                // SAFETY: the page holds one `ret`; without PROT_EXEC this deliberately
+                // faults.
+                let f: extern "C" fn() = unsafe { std::mem::transmute(page) };
+                f();
+                writeln!(out, "{{\"exec\":\"ok\"}}").unwrap();
+                out.flush().unwrap();
+                continue;
+            }
             // A write to the program's own code (a read-only segment).
             "write_text" => {
                 let code = recurse as *const () as *mut u8;

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::fault::Access;
 use super::layout::*;
 
 const PRESENT: u64 = 1 << 0;
@@ -13,18 +14,26 @@ const LARGE: u64 = 1 << 7;
 /// first access to each page.
 const ACCESSED: u64 = 1 << 5;
 const DIRTY: u64 = 1 << 6;
+/// No-execute (with `EFER.NXE`).
+const NO_EXECUTE: u64 = 1 << 63;
 
 /// What the program may do with a page of user memory, as its page-table entry
-/// enforces it. Ordered from least to most permissive. Execution is allowed wherever
-/// reading is (`EFER.NXE` is clear, so there is no no-execute bit).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// enforces it (with `EFER.NXE` set, so a page without execute permission has the
+/// no-execute bit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Protection {
     /// Not present: every access faults (`PROT_NONE`, the stack guard gap).
     None,
-    /// Present, not writable (`PROT_READ`, `PROT_EXEC`, or both).
+    /// Present, not writable, not executable (`PROT_READ`).
     Read,
-    /// Present and writable (any `prot` with `PROT_WRITE`; x86 cannot map write-only).
+    /// Present, not writable, executable (`PROT_EXEC`, with or without `PROT_READ`: x86
+    /// cannot map execute-only).
+    ReadExec,
+    /// Present, writable, not executable (`PROT_WRITE` with or without `PROT_READ`;
+    /// x86 cannot map write-only).
     ReadWrite,
+    /// Present, writable and executable (`PROT_WRITE | PROT_EXEC`).
+    ReadWriteExec,
 }
 
 impl Protection {
@@ -33,30 +42,73 @@ impl Protection {
         const READ: u64 = libc::PROT_READ as u64;
         const WRITE: u64 = libc::PROT_WRITE as u64;
         const EXEC: u64 = libc::PROT_EXEC as u64;
-        if prot & WRITE != 0 {
-            Self::ReadWrite
-        } else if prot & (READ | EXEC) != 0 {
-            Self::Read
-        } else {
-            Self::None
+        match (prot & WRITE != 0, prot & EXEC != 0, prot & READ != 0) {
+            (true, true, _) => Self::ReadWriteExec,
+            (true, false, _) => Self::ReadWrite,
+            (false, true, _) => Self::ReadExec,
+            (false, false, true) => Self::Read,
+            (false, false, false) => Self::None,
         }
     }
 
-    /// Whether an access of this kind (write or not) is allowed.
-    pub fn allows(self, write: bool) -> bool {
+    /// (readable, writable, executable).
+    fn rights(self) -> (bool, bool, bool) {
         match self {
-            Self::None => false,
-            Self::Read => !write,
-            Self::ReadWrite => true,
+            Self::None => (false, false, false),
+            Self::Read => (true, false, false),
+            Self::ReadExec => (true, false, true),
+            Self::ReadWrite => (true, true, false),
+            Self::ReadWriteExec => (true, true, true),
         }
+    }
+
+    fn from_rights(read: bool, write: bool, exec: bool) -> Self {
+        match (read || write || exec, write, exec) {
+            (false, _, _) => Self::None,
+            (true, false, false) => Self::Read,
+            (true, false, true) => Self::ReadExec,
+            (true, true, false) => Self::ReadWrite,
+            (true, true, true) => Self::ReadWriteExec,
+        }
+    }
+
+    /// Whether an access of this kind (read, write or instruction fetch) is allowed.
+    pub fn allows(self, access: Access) -> bool {
+        let (read, write, exec) = self.rights();
+        match access {
+            Access::Read => read,
+            Access::Write => write,
+            Access::Execute => exec,
+        }
+    }
+
+    /// Whether going from `self` to `to` takes a permission away.
+    pub fn loses_to(self, to: Self) -> bool {
+        let (r, w, x) = self.rights();
+        let (tr, tw, tx) = to.rights();
+        (r && !tr) || (w && !tw) || (x && !tx)
+    }
+
+    /// Every permission either has.
+    pub fn union(self, other: Self) -> Self {
+        let (r, w, x) = self.rights();
+        let (or, ow, ox) = other.rights();
+        Self::from_rights(r || or, w || ow, x || ox)
     }
 
     fn bits(self) -> u64 {
-        match self {
-            Self::None => 0,
-            Self::Read => PRESENT | USER | ACCESSED | DIRTY,
-            Self::ReadWrite => PRESENT | USER | WRITABLE | ACCESSED | DIRTY,
+        let (read, write, exec) = self.rights();
+        if !read {
+            return 0;
         }
+        let mut bits = PRESENT | USER | ACCESSED | DIRTY;
+        if write {
+            bits |= WRITABLE;
+        }
+        if !exec {
+            bits |= NO_EXECUTE;
+        }
+        bits
     }
 }
 
@@ -180,7 +232,10 @@ mod tests {
             return None;
         }
         assert!(pte & USER != 0);
-        Some(((pte & !0xfff) + (va & 0xfff), pte & WRITABLE != 0))
+        Some((
+            (pte & !0xfff & !NO_EXECUTE) + (va & 0xfff),
+            pte & WRITABLE != 0,
+        ))
     }
 
     #[test]
@@ -257,13 +312,29 @@ mod tests {
         let p = |bits: i32| Protection::from_prot(bits as u64);
         assert_eq!(p(PROT_NONE), Protection::None);
         assert_eq!(p(PROT_READ), Protection::Read);
-        assert_eq!(p(PROT_EXEC), Protection::Read);
-        assert_eq!(p(PROT_READ | PROT_EXEC), Protection::Read);
+        assert_eq!(p(PROT_EXEC), Protection::ReadExec);
+        assert_eq!(p(PROT_READ | PROT_EXEC), Protection::ReadExec);
         assert_eq!(p(PROT_WRITE), Protection::ReadWrite);
-        assert_eq!(p(PROT_READ | PROT_WRITE | PROT_EXEC), Protection::ReadWrite);
-        assert!(!Protection::None.allows(false));
-        assert!(Protection::Read.allows(false) && !Protection::Read.allows(true));
-        assert!(Protection::ReadWrite.allows(true));
+        assert_eq!(
+            p(PROT_READ | PROT_WRITE | PROT_EXEC),
+            Protection::ReadWriteExec
+        );
+        assert!(!Protection::None.allows(Access::Read));
+        assert!(Protection::Read.allows(Access::Read));
+        assert!(!Protection::Read.allows(Access::Write));
+        assert!(!Protection::Read.allows(Access::Execute));
+        assert!(Protection::ReadExec.allows(Access::Execute));
+        assert!(Protection::ReadWrite.allows(Access::Write));
+        assert!(!Protection::ReadWrite.allows(Access::Execute));
+        assert!(Protection::ReadWrite.loses_to(Protection::ReadExec));
+        assert!(!Protection::Read.loses_to(Protection::ReadWriteExec));
+        assert_eq!(
+            Protection::ReadWrite.union(Protection::ReadExec),
+            Protection::ReadWriteExec
+        );
+        // Only pages without execute permission get the no-execute bit.
+        assert_eq!(pte(0x40_0000, Protection::ReadExec) & NO_EXECUTE, 0);
+        assert_ne!(pte(0x40_0000, Protection::ReadWrite) & NO_EXECUTE, 0);
     }
 
     #[test]
