@@ -71,6 +71,126 @@ fn null_pointer_dereference_ends_the_guest_with_a_page_fault() {
     );
 }
 
+/// The one `reap:` line of a run that the VMM ended.
+fn reap_line(vm: &std::process::Output) -> String {
+    let err = stderr(vm);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("reap:")).collect();
+    assert_eq!(lines.len(), 1, "one error line: {err}");
+    lines[0].to_owned()
+}
+
+/// The `"page":"0x…"` the guest printed before faulting on it.
+fn printed_page(vm: &std::process::Output) -> String {
+    let out = stdout(vm);
+    out.split("\"page\":\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no page printed: {out}"))
+        .to_owned()
+}
+
+#[test]
+fn stack_overflow_ends_the_guest_as_sigsegv_naming_the_guard_gap() {
+    let vm = reap_run("misbehave", &[], b"{\"do\":\"overflow\"}\n");
+    let line = reap_line(&vm);
+    assert_eq!(vm.status.code(), Some(139), "{line}");
+    assert!(
+        line.contains("killed by signal 11 (SIGSEGV): stack overflow: write to 0x"),
+        "{line}"
+    );
+    assert!(line.contains("in the stack guard gap at RIP 0x"), "{line}");
+    assert!(
+        !stdout(&vm).contains("depth"),
+        "the recursion never returned"
+    );
+}
+
+#[test]
+fn write_to_a_read_only_page_ends_the_guest_as_sigsegv_with_the_address() {
+    let vm = reap_run("misbehave", &[], b"{\"do\":\"write_ro\"}\n");
+    let line = reap_line(&vm);
+    assert_eq!(vm.status.code(), Some(139), "{line}");
+    let page = printed_page(&vm);
+    assert!(
+        line.contains(&format!(
+            "SIGSEGV): page fault: write to {page} (a read-only page) at RIP 0x"
+        )),
+        "{line}"
+    );
+}
+
+#[test]
+fn write_to_a_large_page_made_read_only_ends_the_guest_as_sigsegv() {
+    let vm = reap_run("misbehave", &[], b"{\"do\":\"write_ro_2m\"}\n");
+    let line = reap_line(&vm);
+    assert_eq!(vm.status.code(), Some(139), "{line}");
+    let page = printed_page(&vm);
+    assert!(
+        line.contains(&format!("write to {page} (a read-only page)")),
+        "{line}"
+    );
+}
+
+#[test]
+fn read_of_a_prot_none_page_ends_the_guest_as_sigsegv() {
+    let vm = reap_run("misbehave", &[], b"{\"do\":\"read_none\"}\n");
+    let line = reap_line(&vm);
+    assert_eq!(vm.status.code(), Some(139), "{line}");
+    let page = printed_page(&vm);
+    assert!(
+        line.contains(&format!("read from {page} (a PROT_NONE page)")),
+        "{line}"
+    );
+    assert!(!stdout(&vm).contains("\"read\""), "{}", stdout(&vm));
+}
+
+#[test]
+fn write_to_the_program_text_ends_the_guest_as_sigsegv() {
+    let vm = reap_run("misbehave", &[], b"{\"do\":\"write_text\"}\n");
+    let line = reap_line(&vm);
+    assert_eq!(vm.status.code(), Some(139), "{line}");
+    let code = printed_page(&vm);
+    assert!(
+        line.contains(&format!("write to {code} (a read-only page)")),
+        "{line}"
+    );
+}
+
+#[test]
+fn running_code_in_a_data_page_ends_the_guest_as_sigsegv_unless_it_is_executable() {
+    let vm = reap_run("misbehave", &[], b"{\"do\":\"exec_data\"}\n");
+    let line = reap_line(&vm);
+    assert_eq!(vm.status.code(), Some(139), "{line}");
+    let page = printed_page(&vm);
+    assert!(
+        line.contains(&format!(
+            "instruction fetch from {page} (a non-executable page) at RIP {page}"
+        )),
+        "{line}"
+    );
+    let vm = reap_run("misbehave", &[], b"{\"do\":\"exec_rwx\"}\n");
+    assert!(vm.status.success(), "{}", stderr(&vm));
+    assert!(
+        stdout(&vm).ends_with("{\"exec\":\"ok\"}\n"),
+        "{}",
+        stdout(&vm)
+    );
+}
+
+#[test]
+fn a_page_made_read_write_again_takes_writes() {
+    let vm = reap_run(
+        "misbehave",
+        &[],
+        b"{\"do\":\"protect_rw\"}\n{\"do\":\"protect_rw\"}\n",
+    );
+    assert!(vm.status.success(), "{}", stderr(&vm));
+    assert_eq!(
+        stdout(&vm),
+        "{\"before\":1,\"after\":42}\n{\"before\":1,\"after\":42}\n"
+    );
+}
+
 #[test]
 fn looping_guest_is_stopped_by_the_time_limit() {
     let started = std::time::Instant::now();

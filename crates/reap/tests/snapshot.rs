@@ -103,6 +103,41 @@ mod every_mode_answers_like_native {
     );
 }
 
+/// Protections set before the snapshot (the stack guard gap, the read-only text) hold
+/// after a restore in every memory mode: a stack overflow or a write to the text fails
+/// the invocation as SIGSEGV, and a restored instance still answers normal requests.
+#[test]
+fn guard_gap_and_read_only_text_hold_after_restore_in_every_mode() {
+    let tmp = temp_dir("guard-after-restore");
+    let dir = SnapshotDir::new(tmp.join("snap"));
+    let mut warm = deploy("misbehave", &dir);
+    let err = warm.invoke(b"{\"do\":\"overflow\"}", LIMIT).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("stack overflow"),
+        "warm: {err:#}"
+    );
+    for mode in [MemoryMode::File, MemoryMode::Lazy, MemoryMode::Reap] {
+        for (request, expect) in [
+            (
+                &b"{\"do\":\"overflow\"}"[..],
+                "SIGSEGV): stack overflow: write to 0x",
+            ),
+            (b"{\"do\":\"write_text\"}", "(a read-only page) at RIP 0x"),
+            (b"{\"do\":\"write_ro\"}", "(a read-only page) at RIP 0x"),
+        ] {
+            let mut instance = restore(&dir, mode);
+            let (echo, _) = instance
+                .invoke(b"{\"x\":1}", LIMIT)
+                .unwrap_or_else(|e| panic!("{mode:?}: {e:#}"));
+            assert_eq!(echo, b"{\"echo\":{\"x\":1}}\n");
+            let err = instance.invoke(request, LIMIT).unwrap_err();
+            let err = format!("{err:#}");
+            assert!(err.contains(expect), "{mode:?}: {err}");
+        }
+    }
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
 #[test]
 fn the_suite_is_covered() {
     assert_eq!(FUNCTIONS.len(), 10);

@@ -3,9 +3,12 @@
 
 use goblin::elf::Elf;
 use goblin::elf::header::{EM_X86_64, ET_DYN, ET_EXEC};
-use goblin::elf::program_header::{PT_LOAD, PT_PHDR};
+use goblin::elf::program_header::{PF_W, PF_X, PT_LOAD, PT_PHDR};
 
-use crate::arch::layout::{PAGE_SIZE, PIE_LOAD_BASE, STACK_SIZE, SYSTEM_AREA_END, page_align_up};
+use crate::arch::layout::{
+    PAGE_SIZE, PIE_LOAD_BASE, STACK_GUARD_GAP, STACK_SIZE, SYSTEM_AREA_END, page_align_down,
+    page_align_up,
+};
 use crate::vstate::memory::GuestMemory;
 
 /// Largest executable the loader reads.
@@ -78,7 +81,7 @@ pub enum LoadError {
 }
 
 /// Where the program landed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadedProgram {
     /// The entry point (after the static-pie load offset).
     pub entry: u64,
@@ -90,11 +93,19 @@ pub struct LoadedProgram {
     pub phnum: u64,
     /// First page after the program's segments: where the heap (brk) starts.
     pub end: u64,
+    /// Page ranges (start, end, executable) of the segments without `PF_W` (text with
+    /// `PF_X`, read-only data without), less the pages a writable segment shares: mapped
+    /// read-only, as Linux maps them.
+    pub read_only: Vec<(u64, u64, bool)>,
+    /// Page ranges of segments with both `PF_W` and `PF_X`: mapped writable and
+    /// executable (other writable memory is not executable).
+    pub writable_exec: Vec<(u64, u64)>,
 }
 
-/// The highest address program segments may occupy: the stack sits above.
+/// The highest address program segments may occupy: the stack guard gap and the stack
+/// sit above.
 pub fn load_limit(mem_size: u64) -> u64 {
-    mem_size.saturating_sub(STACK_SIZE)
+    mem_size.saturating_sub(STACK_SIZE + STACK_GUARD_GAP)
 }
 
 /// Parses and checks `image`, then copies its loadable segments into `mem`.
@@ -131,6 +142,9 @@ pub fn load_elf(image: &[u8], mem: &GuestMemory) -> Result<LoadedProgram, LoadEr
     let mut end = 0u64;
     let mut phdr = None;
     let mut loads = 0;
+    let mut read_only = Vec::new();
+    let mut writable = Vec::new();
+    let mut writable_exec = Vec::new();
     for ph in &elf.program_headers {
         if ph.p_type == PT_PHDR {
             phdr = Some(base.wrapping_add(ph.p_vaddr));
@@ -163,7 +177,21 @@ pub fn load_elf(image: &[u8], mem: &GuestMemory) -> Result<LoadedProgram, LoadEr
             phdr = Some(start + elf.header.e_phoff);
         }
         end = end.max(seg_end);
+        // Inside usable guest memory, so rounding up cannot overflow.
+        let pages = (
+            page_align_down(start),
+            page_align_up(seg_end).unwrap_or(seg_end),
+        );
+        if ph.p_flags & PF_W != 0 {
+            writable.push(pages);
+            if ph.p_flags & PF_X != 0 {
+                writable_exec.push(pages);
+            }
+        } else if pages.0 < pages.1 {
+            read_only.push((pages.0, pages.1, ph.p_flags & PF_X != 0));
+        }
     }
+    let read_only = less_pages_of(read_only, &writable);
     if loads == 0 {
         return Err(LoadError::NoSegments);
     }
@@ -174,7 +202,26 @@ pub fn load_elf(image: &[u8], mem: &GuestMemory) -> Result<LoadedProgram, LoadEr
         phent: u64::from(elf.header.e_phentsize),
         phnum: u64::from(elf.header.e_phnum),
         end: page_align_up(end).ok_or(LoadError::StackOverflow)?,
+        read_only,
+        writable_exec,
     })
+}
+
+/// The page ranges `ranges` without the pages of `remove`: the read-only segments less
+/// the pages writable segments share with them (Linux maps a shared page with the
+/// later segment's permissions; a writable one there is the data after the text).
+fn less_pages_of<T: Copy>(
+    mut ranges: Vec<(u64, u64, T)>,
+    remove: &[(u64, u64)],
+) -> Vec<(u64, u64, T)> {
+    for &(r_start, r_end) in remove {
+        ranges = ranges
+            .into_iter()
+            .flat_map(|(s, e, t)| [(s, e.min(r_start), t), (s.max(r_end), e, t)])
+            .filter(|(s, e, _)| s < e)
+            .collect();
+    }
+    ranges
 }
 
 fn outside(start: u64, end: u64, mem_size: u64) -> LoadError {
@@ -339,6 +386,27 @@ mod tests {
     }
 
     #[test]
+    fn read_only_segments_lose_the_pages_writable_ones_share() {
+        let p = PAGE_SIZE;
+        let b = 0x40_0000;
+        // Text in pages 0..3, read-only data in 3..5, data sharing page 4 and on to 7.
+        let ro = vec![(b, b + 3 * p, true), (b + 3 * p, b + 5 * p, false)];
+        let rw = [(b + 4 * p, b + 7 * p)];
+        assert_eq!(
+            less_pages_of(ro.clone(), &rw),
+            vec![(b, b + 3 * p, true), (b + 3 * p, b + 4 * p, false)]
+        );
+        // A writable segment inside a read-only one splits it; one covering it removes it.
+        let inside = [(b + p, b + 2 * p)];
+        assert_eq!(
+            less_pages_of(vec![ro[0]], &inside),
+            vec![(b, b + p, true), (b + 2 * p, b + 3 * p, true)]
+        );
+        assert_eq!(less_pages_of(vec![ro[0]], &[(0, 1 << 30)]), vec![]);
+        assert_eq!(less_pages_of(ro.clone(), &[]), ro);
+    }
+
+    #[test]
     fn stack_holds_argc_argv_envp_and_auxv() {
         let mem = GuestMemory::anonymous(16 << 20).unwrap();
         let program = LoadedProgram {
@@ -347,6 +415,8 @@ mod tests {
             phent: 56,
             phnum: 9,
             end: 0x50_0000,
+            read_only: Vec::new(),
+            writable_exec: Vec::new(),
         };
         let args = vec!["fn".to_string(), "-v".to_string()];
         let env = vec!["A=1".to_string()];
@@ -718,6 +788,18 @@ mod proptests {
         }
 
         let end = loads.iter().map(|l| base + l.0 + l.3).max().unwrap();
+        let loads_pages = loads
+            .iter()
+            .map(|l| {
+                let start = base + l.0;
+                (
+                    page_align_down(start),
+                    page_align_up(start + l.3).unwrap(),
+                    true,
+                )
+            })
+            .filter(|(s, e, _)| s < e)
+            .collect();
         let loads = loads
             .into_iter()
             .map(|(vaddr, offset, filesz, memsz)| (base + vaddr, offset, filesz, memsz))
@@ -732,6 +814,9 @@ mod proptests {
                 phent: PHDR as u64,
                 phnum: phnum as u64,
                 end: page_align_up(end).unwrap(),
+                // Every segment is PF_R | PF_X.
+                read_only: loads_pages,
+                writable_exec: Vec::new(),
             },
         }
     }

@@ -70,13 +70,19 @@ pub enum GuestFault {
     /// The run's time limit passed.
     #[error("guest ran past its time limit of {0:?}")]
     Timeout(Duration),
-    /// The program sent itself a fatal signal (`abort()`, `kill`).
-    #[error("guest was killed by signal {signal} ({name})")]
+    /// The program sent itself a fatal signal (`abort()`, `kill`), or did what Linux
+    /// answers with one: a stack overflow into the guard gap, an access a page's
+    /// protection forbids (`SIGSEGV`).
+    #[error("guest was killed by signal {signal} ({name}){detail}")]
     Signal {
         /// The signal number.
         signal: i32,
         /// Its name (`SIGABRT`, …), or "signal".
         name: &'static str,
+        /// What the program did, when the VMM raised the signal: ": stack overflow:
+        /// write to 0x… in the stack guard gap at RIP 0x…". Empty for a signal the
+        /// program sent itself.
+        detail: String,
     },
     /// The program waits for something that can never happen (a futex or poll with no
     /// timeout and no other thread).
@@ -190,7 +196,21 @@ impl MicroVm {
         let vm = Vm::new(&memory)?;
         let vcpu = Vcpu::new(&vm.kvm, &vm.fd)?;
         let cpuid = arch::configure_vcpu(&vm.kvm, &vcpu.fd, program.entry, rsp)?;
-        let os = GuestOs::new(AddressSpace::new(mem_size, program.end), stdout, stderr);
+        let mut space = AddressSpace::new(mem_size, program.end);
+        for &(start, end, exec) in &program.read_only {
+            let protection = if exec {
+                arch::Protection::ReadExec
+            } else {
+                arch::Protection::Read
+            };
+            space.set_protection(start, end, protection);
+        }
+        for &(start, end) in &program.writable_exec {
+            space.set_protection(start, end, arch::Protection::ReadWriteExec);
+        }
+        let mut os = GuestOs::new(space, stdout, stderr);
+        os.write_page_tables(&memory)
+            .map_err(|_| VmError::MemSize(mem_size >> 20))?;
         Ok(Self {
             vcpu,
             _vm: vm,
@@ -338,7 +358,13 @@ impl MicroVm {
             nr: regs.rax,
             args: [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
         };
-        match self.os.syscall(&self.memory, &call) {
+        let outcome = self.os.syscall(&self.memory, &call);
+        // A page that lost a permission must not keep it through a translation KVM
+        // cached before the page tables changed.
+        for (start, end) in self.os.take_lowered() {
+            self.memory.drop_translations(start, end)?;
+        }
+        match outcome {
             Outcome::Return(value) => {
                 arch::return_from_syscall(&mut regs, &mut sregs, value as u64);
                 if let Some((fs, gs)) = self.os.take_changed_bases() {
@@ -361,6 +387,7 @@ impl MicroVm {
             Outcome::Signal(signal) => Err(GuestFault::Signal {
                 signal,
                 name: signal_name(signal),
+                detail: String::new(),
             }
             .into()),
             Outcome::Fatal(why) => Err(GuestFault::Stuck(why).into()),
@@ -376,6 +403,9 @@ impl MicroVm {
             rdx: regs.rdx,
             cr2: sregs.cr2,
         };
+        if let Some(fault) = self.segfault(vector, &at) {
+            return Ok(fault);
+        }
         let read = |addr, buf: &mut [u8]| self.memory.read(addr, buf).ok();
         Ok(match arch::decode_exception(vector, &at, read) {
             arch::ExceptionReport::StrayIo { port, rip } => GuestFault::StrayIo { port, rip },
@@ -390,6 +420,50 @@ impl MicroVm {
                 detail,
                 rip,
             },
+        })
+    }
+
+    /// A page fault that Linux answers with `SIGSEGV` and the VMM's page tables made: an
+    /// access to the stack guard gap (a stack overflow) or one the page's protection
+    /// forbids. Other exceptions (page faults in the system area, null pointers) are
+    /// reported as crashes.
+    fn segfault(&self, vector: u8, at: &arch::FaultRegs) -> Option<GuestFault> {
+        if vector != arch::PAGE_FAULT {
+            return None;
+        }
+        let frame = arch::read_exception_frame(vector, at.rsp, |addr| {
+            let mut word = [0u8; 8];
+            self.memory.read(addr, &mut word).ok()?;
+            Some(u64::from_le_bytes(word))
+        })?;
+        let fault = arch::PageFault::decode(frame.error_code?, at.cr2);
+        let (guard, guard_end) = self.os.mm.stack_guard();
+        let in_user_memory = (layout::SYSTEM_AREA_END..self.memory.size()).contains(&fault.addr);
+        let protection = self.os.mm.protection_at(fault.addr);
+        let detail = if (guard..guard_end).contains(&fault.addr) {
+            format!(
+                ": stack overflow: {} in the stack guard gap at RIP {:#x}",
+                fault.describe_access(),
+                frame.rip
+            )
+        } else if in_user_memory && !protection.allows(fault.access) {
+            let what = match (protection, fault.access) {
+                (arch::Protection::None, _) => "a PROT_NONE page",
+                (_, arch::Access::Execute) => "a non-executable page",
+                _ => "a read-only page",
+            };
+            format!(
+                ": page fault: {} ({what}) at RIP {:#x}",
+                fault.describe_access(),
+                frame.rip
+            )
+        } else {
+            return None;
+        };
+        Some(GuestFault::Signal {
+            signal: libc::SIGSEGV,
+            name: "SIGSEGV",
+            detail,
         })
     }
 

@@ -6,12 +6,23 @@
 //! mappings reads as zero. Whatever leaves the heap or a mapping is reported to the
 //! caller as a range to discard (zero), so a later mapping starts out zeroed as Linux
 //! guarantees.
+//!
+//! The address space also keeps each page's protection (`mmap`'s and `mprotect`'s
+//! `prot`; read-write where none was asked for) and the stack guard gap below the stack,
+//! which is never mapped. The page tables follow: a 2 MiB range with one protection is
+//! one large page, a range with several gets a 4 KiB page table from the pool in the
+//! system area. The caller writes the entries [`take_page_table_writes`]
+//! (AddressSpace::take_page_table_writes) returns into guest memory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::arch::layout::{PAGE_SIZE, STACK_SIZE, SYSTEM_AREA_END, page_align_down, page_align_up};
+use crate::arch::layout::{
+    LARGE_PAGE_SIZE, PAGE_SIZE, PT_POOL_END, PT_POOL_START, STACK_GUARD_GAP, STACK_SIZE,
+    SYSTEM_AREA_END, page_align_down, page_align_up,
+};
+use crate::arch::{self, Protection};
 
 /// A failed memory request, answered to the guest as this errno.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,9 +44,23 @@ pub type Discards = Vec<(u64, u64)>;
 /// discards, and the ranges to zero.
 pub type Remap = (u64, Option<(u64, u64, u64)>, Discards);
 
-/// The program's address space: where its heap ends and which ranges it has mapped.
-/// Only the bookkeeping: guest memory itself is changed by the caller, from the
-/// ranges the methods return.
+/// Pages in a 2 MiB range: entries in one page table.
+const PAGES_PER_TABLE: usize = 512;
+const _: () = assert!(PAGES_PER_TABLE as u64 * PAGE_SIZE == LARGE_PAGE_SIZE);
+
+/// Page-table entries to write after a change of protections.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PageTableWrites {
+    /// (guest address, value) of each 8-byte entry, in the order to write them.
+    pub entries: Vec<(u64, u64)>,
+    /// Page ranges where some page lost a permission it had: translations the vCPU
+    /// may have cached for them must be dropped before the guest runs again.
+    pub lowered: Vec<(u64, u64)>,
+}
+
+/// The program's address space: where its heap ends, which ranges it has mapped, and
+/// the protection of each page. Only the bookkeeping: guest memory itself (page tables
+/// included) is changed by the caller, from the ranges and entries the methods return.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AddressSpace {
     mem_size: u64,
@@ -43,17 +68,41 @@ pub struct AddressSpace {
     brk: u64,
     /// Anonymous mappings: start -> end, non-overlapping, page-aligned.
     mappings: BTreeMap<u64, u64>,
+    /// Ranges whose protection is not read-write: start -> (end, protection);
+    /// non-overlapping, page-aligned, adjacent ranges of one protection merged. The
+    /// stack guard gap is not listed: it is always `Protection::None`.
+    protections: BTreeMap<u64, (u64, Protection)>,
+    /// The page table of each 2 MiB range that has (or had) pages of different
+    /// protections: range start -> table address in the pool. A table stays with its
+    /// range for good, so the translations a vCPU caches never mix two ranges.
+    page_tables: BTreeMap<u64, u64>,
+    /// 2 MiB ranges whose entries must be rewritten.
+    #[serde(skip)]
+    dirty: BTreeSet<u64>,
+    /// Ranges where some page lost a permission since the last
+    /// `take_page_table_writes`.
+    #[serde(skip)]
+    lowered: Vec<(u64, u64)>,
 }
 
 impl AddressSpace {
     /// `program_end` is the first page after the loaded program.
+    /// The page tables must be the ones `arch::write_page_tables` writes (all of guest
+    /// memory read-write); the entries for the stack guard gap are pending.
     pub fn new(mem_size: u64, program_end: u64) -> Self {
-        Self {
+        let mut space = Self {
             mem_size,
             brk_start: program_end,
             brk: program_end,
             mappings: BTreeMap::new(),
-        }
+            protections: BTreeMap::new(),
+            page_tables: BTreeMap::new(),
+            dirty: BTreeSet::new(),
+            lowered: Vec::new(),
+        };
+        let (guard, guard_end) = space.stack_guard();
+        space.mark_dirty(guard, guard_end);
+        space
     }
 
     /// Size of the guest memory this address space lies in.
@@ -67,7 +116,8 @@ impl AddressSpace {
     /// page aligned, not empty, disjoint, and in guest memory above the system area.
     /// (Fixed mappings may cover the program, the heap or the stack.)
     pub fn check(&self) -> Result<(), &'static str> {
-        if !self.mem_size.is_multiple_of(PAGE_SIZE) || self.mem_size < SYSTEM_AREA_END + STACK_SIZE
+        if !self.mem_size.is_multiple_of(LARGE_PAGE_SIZE)
+            || self.mem_size < SYSTEM_AREA_END + STACK_GUARD_GAP + STACK_SIZE
         {
             return Err("guest memory cannot hold the system area and the stack");
         }
@@ -90,12 +140,212 @@ impl AddressSpace {
             }
             free_from = end;
         }
+        let (guard, guard_end) = self.stack_guard();
+        let mut free_from = SYSTEM_AREA_END;
+        let mut last = None;
+        for (&start, &(end, protection)) in &self.protections {
+            if !start.is_multiple_of(PAGE_SIZE)
+                || !end.is_multiple_of(PAGE_SIZE)
+                || start < free_from
+                || end <= start
+                || end > self.mem_size
+                || (start < guard_end && guard < end)
+                || protection == Protection::ReadWrite
+                || (start == free_from && last == Some(protection))
+            {
+                return Err(
+                    "a protected range is misaligned, empty, overlapping, unmerged or outside guest memory",
+                );
+            }
+            free_from = end;
+            last = Some(protection);
+        }
+        let mut tables = BTreeSet::new();
+        for (&region, &table) in &self.page_tables {
+            if !region.is_multiple_of(LARGE_PAGE_SIZE)
+                || region < SYSTEM_AREA_END
+                || region >= self.mem_size
+                || !table.is_multiple_of(PAGE_SIZE)
+                || !(PT_POOL_START..PT_POOL_END).contains(&table)
+                || !tables.insert(table)
+            {
+                return Err("a page table is misplaced or shared");
+            }
+        }
         Ok(())
     }
 
-    /// Top of the area mappings may use: the stack is above it.
+    /// Top of the area mappings may use: the stack guard gap and the stack are above it.
     fn mmap_top(&self) -> u64 {
-        self.mem_size - STACK_SIZE
+        self.mem_size - STACK_SIZE - STACK_GUARD_GAP
+    }
+
+    /// The stack guard gap: (start, end). Never mapped.
+    pub fn stack_guard(&self) -> (u64, u64) {
+        let end = self.mem_size - STACK_SIZE;
+        (end - STACK_GUARD_GAP, end)
+    }
+
+    /// The protection of the page that holds `addr`.
+    pub fn protection_at(&self, addr: u64) -> Protection {
+        let (guard, guard_end) = self.stack_guard();
+        if (guard..guard_end).contains(&addr) {
+            return Protection::None;
+        }
+        self.protections
+            .range(..=addr)
+            .next_back()
+            .filter(|&(_, &(end, _))| end > addr)
+            .map_or(Protection::ReadWrite, |(_, &(_, p))| p)
+    }
+
+    /// Sets the protection of the pages `start..end` (page aligned), except those of
+    /// the stack guard gap and outside user memory, and marks their page-table entries
+    /// for rewriting if it changed.
+    pub fn set_protection(&mut self, start: u64, end: u64, protection: Protection) {
+        let start = start.max(SYSTEM_AREA_END);
+        let end = end.min(self.mem_size);
+        let (guard, guard_end) = self.stack_guard();
+        for (s, e) in [(start, end.min(guard)), (start.max(guard_end), end)] {
+            if s < e {
+                self.set_protection_in(s, e, protection);
+            }
+        }
+    }
+
+    fn set_protection_in(&mut self, start: u64, end: u64, protection: Protection) {
+        let hit: Vec<(u64, u64, Protection)> = self
+            .protections
+            .range(..end)
+            .filter(|&(_, &(e, _))| e > start)
+            .map(|(&s, &(e, p))| (s, e, p))
+            .collect();
+        let mut listed = 0;
+        let mut lowered = false;
+        for &(s, e, p) in &hit {
+            listed += e.min(end) - s.max(start);
+            lowered |= p.loses_to(protection);
+        }
+        let unlisted = listed < end - start;
+        lowered |= unlisted && Protection::ReadWrite.loses_to(protection);
+        if lowered {
+            self.lowered.push((start, end));
+        }
+        if !unlisted && hit.iter().all(|&(_, _, p)| p == protection) {
+            return;
+        }
+        if hit.is_empty() && protection == Protection::ReadWrite {
+            return;
+        }
+        for &(s, e, p) in &hit {
+            self.protections.remove(&s);
+            if s < start {
+                self.protections.insert(s, (start, p));
+            }
+            if e > end {
+                self.protections.insert(end, (e, p));
+            }
+        }
+        if protection != Protection::ReadWrite {
+            self.protections.insert(start, (end, protection));
+            self.mark_dirty(start, end);
+        } else {
+            // Only the listed parts change: the rest was read-write already.
+            for &(s, e, _) in &hit {
+                self.mark_dirty(s.max(start), e.min(end));
+            }
+        }
+        // Merge with equal neighbours.
+        let mut merged: BTreeMap<u64, (u64, Protection)> = BTreeMap::new();
+        for (&s, &(e, p)) in &self.protections {
+            if let Some((_, (last_end, last_p))) = merged.iter_mut().next_back()
+                && *last_end == s
+                && *last_p == p
+            {
+                *last_end = e;
+                continue;
+            }
+            merged.insert(s, (e, p));
+        }
+        self.protections = merged;
+    }
+
+    fn mark_dirty(&mut self, start: u64, end: u64) {
+        let mut region = start - start % LARGE_PAGE_SIZE;
+        while region < end {
+            self.dirty.insert(region);
+            region += LARGE_PAGE_SIZE;
+        }
+    }
+
+    /// The page-table entries to write for the protections changed since the last call,
+    /// and whether cached translations must be dropped. A 2 MiB range of one protection
+    /// is one large page; a range of several uses its page table from the pool (taken
+    /// the first time). When the pool is empty, the range stays one large page with the
+    /// most permissive of its protections (never less than the program asked for).
+    pub fn take_page_table_writes(&mut self) -> PageTableWrites {
+        let mut entries = Vec::new();
+        for region in std::mem::take(&mut self.dirty) {
+            let region_end = region + LARGE_PAGE_SIZE;
+            let mut pages = [Protection::ReadWrite; PAGES_PER_TABLE];
+            let (guard, guard_end) = self.stack_guard();
+            let listed = self
+                .protections
+                .range(..region_end)
+                .rev()
+                .take_while(|&(_, &(end, _))| end > region)
+                .map(|(&start, &(end, p))| (start, end, p));
+            for (start, end, p) in listed.chain([(guard, guard_end, Protection::None)]) {
+                for (i, page) in pages.iter_mut().enumerate() {
+                    let addr = region + i as u64 * PAGE_SIZE;
+                    if (start..end).contains(&addr) {
+                        *page = p;
+                    }
+                }
+            }
+            let first = pages[0];
+            let uniform = pages.iter().all(|&p| p == first);
+            let table = if uniform {
+                None
+            } else if let Some(&table) = self.page_tables.get(&region) {
+                Some(table)
+            } else if let Some(table) = self.free_table() {
+                self.page_tables.insert(region, table);
+                Some(table)
+            } else {
+                tracing::warn!(
+                    "no page table left for the 2 MiB range at {region:#x}: its protections are not enforced"
+                );
+                None
+            };
+            let pde = match table {
+                Some(table) => {
+                    for (i, &p) in pages.iter().enumerate() {
+                        let page = region + i as u64 * PAGE_SIZE;
+                        entries.push((arch::pte_addr(table, page), arch::pte(page, p)));
+                    }
+                    arch::table_pde(table)
+                }
+                None => {
+                    let most = pages.iter().fold(Protection::None, |a, &p| a.union(p));
+                    arch::large_pde(region, most)
+                }
+            };
+            entries.push((arch::pde_addr(region), pde));
+        }
+        PageTableWrites {
+            entries,
+            lowered: std::mem::take(&mut self.lowered),
+        }
+    }
+
+    /// The lowest page of the pool no range uses.
+    fn free_table(&self) -> Option<u64> {
+        let used: BTreeSet<u64> = self.page_tables.values().copied().collect();
+        (0..)
+            .map(|i| PT_POOL_START + i * PAGE_SIZE)
+            .take_while(|&t| t < PT_POOL_END)
+            .find(|t| !used.contains(t))
     }
 
     /// The first page after the heap.
@@ -134,8 +384,10 @@ impl AddressSpace {
         }
         let discards = if new_end < old_end {
             self.remove(new_end, old_end);
+            self.set_protection(new_end, old_end, Protection::ReadWrite);
             vec![(new_end, old_end)]
         } else {
+            self.set_protection(old_end, new_end, Protection::ReadWrite);
             Vec::new()
         };
         self.brk = request;
@@ -168,6 +420,11 @@ impl AddressSpace {
             if noreplace && self.overlaps_used(addr, end) {
                 return Err(MmError::Exists);
             }
+            // Nothing is ever mapped in the stack guard gap.
+            let (guard, guard_end) = self.stack_guard();
+            if addr < guard_end && guard < end {
+                return Err(MmError::NoMemory);
+            }
             self.remove(addr, end);
             self.insert(addr, end);
             // Whatever was there before reads as zero now.
@@ -198,6 +455,7 @@ impl AddressSpace {
         let end = page_align_up(len)
             .and_then(|l| addr.checked_add(l))
             .ok_or(MmError::Invalid)?;
+        self.set_protection(addr, end, Protection::ReadWrite);
         Ok(self.remove(addr, end))
     }
 
@@ -393,7 +651,7 @@ mod tests {
         let mut a = space();
         let (m1, d) = a.mmap(0, 5000, false, false).unwrap();
         assert!(d.is_empty());
-        assert_eq!(m1, MEM - STACK_SIZE - 8192);
+        assert_eq!(m1, MEM - STACK_SIZE - STACK_GUARD_GAP - 8192);
         let (m2, _) = a.mmap(0, 4096, false, false).unwrap();
         assert_eq!(m2, m1 - 4096);
         assert_eq!(a.munmap(m1, 4096).unwrap(), vec![(m1, m1 + 4096)]);
@@ -411,7 +669,7 @@ mod tests {
     #[test]
     fn mmap_runs_out_of_memory_and_brk_cannot_cross_mappings() {
         let mut a = space();
-        let free = MEM - STACK_SIZE - END;
+        let free = MEM - STACK_SIZE - STACK_GUARD_GAP - END;
         assert_eq!(a.mmap(0, free + 4096, false, false), Err(MmError::NoMemory));
         let (m, _) = a.mmap(0, free - 4096, false, false).unwrap();
         assert_eq!(m, END + 4096);
@@ -531,7 +789,7 @@ mod tests {
             "heap grows above it"
         );
         let heap_end = END + 2 * 4096;
-        let free = MEM - STACK_SIZE - heap_end;
+        let free = MEM - STACK_SIZE - STACK_GUARD_GAP - heap_end;
         assert_eq!(
             a.mmap(0, free + 4096, false, false),
             Err(MmError::NoMemory),
@@ -564,5 +822,249 @@ mod tests {
         let (n, copy, _) = a.mremap(END + 4096, 4096, 8192, true, None).unwrap();
         assert!(n >= END + 4 * 4096, "moved above the heap");
         assert_eq!(copy, Some((END + 4096, n, 4096)));
+    }
+
+    /// The entries of `writes` as a map, applied over `base`.
+    fn apply(base: &mut BTreeMap<u64, u64>, writes: &PageTableWrites) {
+        base.extend(writes.entries.iter().copied());
+    }
+
+    /// The protection the entries in `tables` give the page at `addr` (above the
+    /// system area): the large page's, or the 4 KiB page's.
+    fn mapped(tables: &BTreeMap<u64, u64>, addr: u64) -> Protection {
+        let pde = tables.get(&arch::pde_addr(addr)).copied().unwrap_or(0);
+        let entry = if pde & 1 == 0 || pde & (1 << 7) != 0 {
+            pde
+        } else {
+            let table = pde & !0xfff;
+            tables
+                .get(&arch::pte_addr(table, addr))
+                .copied()
+                .unwrap_or(0)
+        };
+        match (entry & 1 != 0, entry & 2 != 0) {
+            (false, _) => Protection::None,
+            (true, false) => Protection::Read,
+            (true, true) => Protection::ReadWrite,
+        }
+    }
+
+    /// A fresh address space with its pending entries applied over read-write large pages.
+    fn space_and_tables() -> (AddressSpace, BTreeMap<u64, u64>) {
+        let mut a = space();
+        let mut tables = BTreeMap::new();
+        let mut region = SYSTEM_AREA_END;
+        while region < MEM {
+            tables.insert(
+                arch::pde_addr(region),
+                arch::large_pde(region, Protection::ReadWrite),
+            );
+            region += LARGE_PAGE_SIZE;
+        }
+        let writes = a.take_page_table_writes();
+        apply(&mut tables, &writes);
+        (a, tables)
+    }
+
+    #[test]
+    fn the_stack_guard_gap_is_never_mapped() {
+        let (mut a, tables) = space_and_tables();
+        let (guard, guard_end) = a.stack_guard();
+        assert_eq!(guard_end, MEM - STACK_SIZE);
+        assert_eq!(guard_end - guard, 256 * PAGE_SIZE);
+        for addr in [guard, guard + 0x1234, guard_end - 1] {
+            assert_eq!(mapped(&tables, addr), Protection::None, "{addr:#x}");
+            assert_eq!(a.protection_at(addr), Protection::None);
+        }
+        assert_eq!(mapped(&tables, guard - 1), Protection::ReadWrite);
+        assert_eq!(
+            mapped(&tables, guard_end),
+            Protection::ReadWrite,
+            "the stack"
+        );
+        // mmap never places anything there, fixed or not; mprotect cannot open it.
+        assert_eq!(
+            a.mmap(guard, PAGE_SIZE, true, false),
+            Err(MmError::NoMemory)
+        );
+        assert_eq!(
+            a.mmap(guard - PAGE_SIZE, 2 * PAGE_SIZE, true, false),
+            Err(MmError::NoMemory)
+        );
+        let (m, _) = a.mmap(guard, PAGE_SIZE, false, false).unwrap();
+        assert!(m + PAGE_SIZE <= guard, "a hint in the gap is not taken");
+        a.set_protection(guard, guard_end, Protection::ReadWrite);
+        assert_eq!(a.protection_at(guard), Protection::None);
+        assert_eq!(
+            a.brk(guard + PAGE_SIZE).0,
+            END,
+            "the heap cannot grow into it"
+        );
+    }
+
+    #[test]
+    fn protections_split_a_large_page_and_merge_back() {
+        let (mut a, mut tables) = space_and_tables();
+        let m = 0x80_0000 + PAGE_SIZE;
+        a.mmap(m, 3 * PAGE_SIZE, true, false).unwrap();
+        let region = 0x80_0000;
+        let before = a.page_tables.len();
+        a.set_protection(m + PAGE_SIZE, m + 2 * PAGE_SIZE, Protection::Read);
+        let writes = a.take_page_table_writes();
+        assert!(!writes.lowered.is_empty(), "write permission taken away");
+        assert_eq!(writes.entries.len(), 513, "one table and its PDE");
+        assert_eq!(
+            writes.entries.last(),
+            Some(&(
+                arch::pde_addr(region),
+                arch::table_pde(PT_POOL_START + before as u64 * PAGE_SIZE)
+            ))
+        );
+        apply(&mut tables, &writes);
+        assert_eq!(mapped(&tables, m), Protection::ReadWrite);
+        assert_eq!(mapped(&tables, m + PAGE_SIZE), Protection::Read);
+        assert_eq!(mapped(&tables, m + 2 * PAGE_SIZE), Protection::ReadWrite);
+        assert_eq!(mapped(&tables, region), Protection::ReadWrite);
+        // Back to read-write: one large page again, no flush needed, and the table
+        // stays with its range.
+        a.set_protection(m + PAGE_SIZE, m + 2 * PAGE_SIZE, Protection::ReadWrite);
+        let writes = a.take_page_table_writes();
+        assert!(writes.lowered.is_empty());
+        assert_eq!(
+            writes.entries,
+            vec![(
+                arch::pde_addr(region),
+                arch::large_pde(region, Protection::ReadWrite)
+            )]
+        );
+        apply(&mut tables, &writes);
+        assert_eq!(mapped(&tables, m + PAGE_SIZE), Protection::ReadWrite);
+        assert_eq!(a.page_tables.len(), before + 1);
+        // Nothing changed, nothing to write.
+        a.set_protection(m, m + PAGE_SIZE, Protection::ReadWrite);
+        assert_eq!(a.take_page_table_writes(), PageTableWrites::default());
+        assert_eq!(a.check(), Ok(()));
+    }
+
+    #[test]
+    fn protections_across_a_2_mib_boundary_and_whole_large_pages() {
+        let (mut a, mut tables) = space_and_tables();
+        let boundary = 0x100_0000;
+        a.set_protection(boundary - PAGE_SIZE, boundary + PAGE_SIZE, Protection::None);
+        let writes = a.take_page_table_writes();
+        assert!(!writes.lowered.is_empty());
+        apply(&mut tables, &writes);
+        assert_eq!(
+            mapped(&tables, boundary - 2 * PAGE_SIZE),
+            Protection::ReadWrite
+        );
+        assert_eq!(mapped(&tables, boundary - 1), Protection::None);
+        assert_eq!(mapped(&tables, boundary), Protection::None);
+        assert_eq!(mapped(&tables, boundary + PAGE_SIZE), Protection::ReadWrite);
+        // A whole 2 MiB range of one protection is one large page.
+        a.set_protection(boundary, boundary + LARGE_PAGE_SIZE, Protection::Read);
+        let writes = a.take_page_table_writes();
+        assert!(
+            !writes.lowered.is_empty(),
+            "most of the range loses write permission"
+        );
+        apply(&mut tables, &writes);
+        assert_eq!(mapped(&tables, boundary), Protection::Read);
+        assert_eq!(mapped(&tables, boundary - 1), Protection::None);
+        assert_eq!(
+            tables.get(&arch::pde_addr(boundary)),
+            Some(&arch::large_pde(boundary, Protection::Read))
+        );
+        assert_eq!(a.check(), Ok(()));
+    }
+
+    #[test]
+    fn munmap_and_brk_leave_no_protection_behind() {
+        let (mut a, mut tables) = space_and_tables();
+        let (m, _) = a.mmap(0, 2 * PAGE_SIZE, false, false).unwrap();
+        a.set_protection(m, m + 2 * PAGE_SIZE, Protection::None);
+        apply(&mut tables, &a.take_page_table_writes());
+        assert_eq!(mapped(&tables, m), Protection::None);
+        a.munmap(m, PAGE_SIZE).unwrap();
+        let writes = a.take_page_table_writes();
+        assert!(writes.lowered.is_empty());
+        apply(&mut tables, &writes);
+        assert_eq!(mapped(&tables, m), Protection::ReadWrite);
+        assert_eq!(mapped(&tables, m + PAGE_SIZE), Protection::None);
+        // The heap: read-only pages released by shrinking come back read-write.
+        a.brk(END + 4 * PAGE_SIZE);
+        a.set_protection(END, END + 4 * PAGE_SIZE, Protection::Read);
+        a.brk(END);
+        a.brk(END + 4 * PAGE_SIZE);
+        apply(&mut tables, &a.take_page_table_writes());
+        assert_eq!(mapped(&tables, END + PAGE_SIZE), Protection::ReadWrite);
+        assert_eq!(a.protection_at(END + PAGE_SIZE), Protection::ReadWrite);
+    }
+
+    #[test]
+    fn without_page_tables_left_a_range_keeps_its_most_permissive_protection() {
+        let mem = 2 << 30;
+        let mut a = AddressSpace::new(mem, END);
+        a.take_page_table_writes();
+        let pool = ((PT_POOL_END - PT_POOL_START) / PAGE_SIZE) as usize;
+        let mut region = 0x80_0000;
+        for _ in 0..pool + 2 {
+            a.set_protection(region, region + PAGE_SIZE, Protection::None);
+            region += LARGE_PAGE_SIZE;
+        }
+        let writes = a.take_page_table_writes();
+        assert_eq!(a.page_tables.len(), pool, "the guard gap took one");
+        let last = region - LARGE_PAGE_SIZE;
+        assert!(writes.entries.contains(&(
+            arch::pde_addr(last),
+            arch::large_pde(last, Protection::ReadWrite)
+        )));
+        assert_eq!(a.check(), Ok(()));
+    }
+
+    #[test]
+    fn a_large_munmap_rewrites_only_the_ranges_that_change() {
+        let mem = 4 << 30;
+        let mut a = AddressSpace::new(mem, END);
+        a.take_page_table_writes();
+        a.set_protection(0x8000_0000, 0x8000_1000, Protection::None);
+        assert_eq!(a.take_page_table_writes().entries.len(), 513);
+        let (guard, _) = a.stack_guard();
+        a.munmap(SYSTEM_AREA_END, guard - SYSTEM_AREA_END).unwrap();
+        let writes = a.take_page_table_writes();
+        assert!(writes.lowered.is_empty());
+        assert_eq!(
+            writes.entries,
+            vec![(
+                arch::pde_addr(0x8000_0000),
+                arch::large_pde(0x8000_0000, Protection::ReadWrite)
+            )]
+        );
+    }
+
+    #[test]
+    fn check_refuses_bad_protections_and_tables() {
+        let mut a = space();
+        a.set_protection(0x80_0000, 0x80_1000, Protection::Read);
+        a.take_page_table_writes();
+        assert_eq!(a.check(), Ok(()));
+        let json = serde_json::to_string(&a).unwrap();
+        let back: AddressSpace = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, a);
+        let mut bad = a.clone();
+        bad.protections
+            .insert(0x90_0000, (0x90_0800, Protection::None));
+        assert!(bad.check().is_err(), "misaligned");
+        let mut bad = a.clone();
+        let (guard, _) = a.stack_guard();
+        bad.protections
+            .insert(guard, (guard + PAGE_SIZE, Protection::None));
+        assert!(bad.check().is_err(), "in the guard gap");
+        let mut bad = a.clone();
+        bad.page_tables.insert(0x60_0000, PT_POOL_START);
+        assert!(bad.check().is_err(), "shared table");
+        let mut bad = a.clone();
+        bad.page_tables.insert(0x60_0000, 0x1000);
+        assert!(bad.check().is_err(), "table outside the pool");
     }
 }

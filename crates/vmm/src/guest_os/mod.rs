@@ -127,6 +127,9 @@ pub struct GuestOs {
     unsupported: UnsupportedCalls,
     /// Sleeps end no later than this (the run's time limit).
     deadline: Option<Instant>,
+    /// Ranges where a page lost a permission: translations the vCPU may cache for them
+    /// must be dropped.
+    lowered: Vec<(u64, u64)>,
 }
 
 impl GuestOs {
@@ -147,6 +150,7 @@ impl GuestOs {
             warned_rest: false,
             unsupported: UnsupportedCalls::default(),
             deadline: None,
+            lowered: Vec::new(),
         }
     }
 
@@ -213,6 +217,25 @@ impl GuestOs {
     /// The FS and GS bases if a system call changed them since the last call.
     pub fn take_changed_bases(&mut self) -> Option<(u64, u64)> {
         std::mem::take(&mut self.bases_changed).then_some((self.fs_base, self.gs_base))
+    }
+
+    /// The page ranges where a page lost a permission since the last call: the VMM must
+    /// drop the translations the vCPU may have cached for them before the guest runs
+    /// again.
+    pub fn take_lowered(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.lowered)
+    }
+
+    /// Writes the page-table entries the address space has pending into `mem` (at boot:
+    /// the stack guard gap).
+    pub fn write_page_tables(
+        &mut self,
+        mem: &crate::vstate::memory::GuestMemory,
+    ) -> Result<(), crate::vstate::memory::Efault> {
+        for (addr, value) in self.mm.take_page_table_writes().entries {
+            mem.write_obj(addr, value)?;
+        }
+        Ok(())
     }
 
     /// The FS base the program set.

@@ -12,6 +12,7 @@ use libc::c_long;
 use super::abi::*;
 use super::mm::{Discards, MmError};
 use super::{GuestOs, MAX_LOGGED_UNSUPPORTED, Outcome, Syscall};
+use crate::arch::Protection;
 use crate::arch::layout::PAGE_SIZE;
 use crate::vstate::memory::{Efault, GuestMemory};
 
@@ -101,10 +102,10 @@ impl GuestOs {
                 self.on_std_fd(uint(a0), libc::ESPIPE)
             }
             libc::SYS_brk => Ok(self.brk(mem, a0)),
-            libc::SYS_mmap => self.mmap(mem, a0, a1, int(a3), int(a4)),
+            libc::SYS_mmap => self.mmap(mem, a0, a1, a2, int(a3), int(a4)),
             libc::SYS_munmap => self.munmap(mem, a0, a1),
             libc::SYS_mremap => self.mremap(mem, a0, a1, a2, a3, a4),
-            libc::SYS_mprotect => mprotect(mem, a0, a1, a2),
+            libc::SYS_mprotect => self.mprotect(mem, a0, a1, a2),
             libc::SYS_madvise => self.madvise(mem, a0, a1, int(a2)),
             libc::SYS_mlock | libc::SYS_munlock | libc::SYS_mlockall | libc::SYS_munlockall => {
                 Ok(0)
@@ -362,10 +363,21 @@ impl GuestOs {
         if Self::discard(mem, discards).is_err() {
             tracing::error!("could not zero memory released by brk");
         }
+        if self.sync_page_tables(mem).is_err() {
+            tracing::error!("could not update the page tables after brk");
+        }
         brk
     }
 
-    fn mmap(&mut self, mem: &GuestMemory, addr: u64, len: u64, flags: i32, fd: i32) -> SysResult {
+    fn mmap(
+        &mut self,
+        mem: &GuestMemory,
+        addr: u64,
+        len: u64,
+        prot: u64,
+        flags: i32,
+        fd: i32,
+    ) -> SysResult {
         if flags & libc::MAP_ANONYMOUS == 0 {
             return Err(Errno(if (0..=2).contains(&fd) {
                 libc::ENODEV
@@ -385,13 +397,47 @@ impl GuestOs {
         let noreplace = flags & libc::MAP_FIXED_NOREPLACE != 0;
         let (at, discards) = self.mm.mmap(addr, len, fixed, noreplace)?;
         Self::discard(mem, discards)?;
+        // `mm.mmap` accepted the length, so rounding it up cannot overflow.
+        let end = at + crate::arch::layout::page_align_up(len).unwrap_or(len);
+        self.mm.set_protection(at, end, Protection::from_prot(prot));
+        self.sync_page_tables(mem)?;
         Ok(at)
     }
 
     fn munmap(&mut self, mem: &GuestMemory, addr: u64, len: u64) -> SysResult {
         let discards = self.mm.munmap(addr, len)?;
         Self::discard(mem, discards)?;
+        self.sync_page_tables(mem)?;
         Ok(0)
+    }
+
+    /// `mprotect(addr, len, prot)`, checked as Linux does. Memory outside user memory
+    /// and the stack guard gap count as unmapped (ENOMEM).
+    fn mprotect(&mut self, mem: &GuestMemory, addr: u64, len: u64, prot: u64) -> SysResult {
+        let end = check_mprotect(mem, addr, len, prot)?;
+        let (guard, guard_end) = self.mm.stack_guard();
+        if addr < guard_end && guard < end {
+            return Err(Errno(libc::ENOMEM));
+        }
+        self.mm
+            .set_protection(addr, end, Protection::from_prot(prot));
+        self.sync_page_tables(mem)?;
+        Ok(0)
+    }
+
+    /// Writes the page-table entries of the protections the address space changed;
+    /// the VMM drops cached translations before the guest runs again if one lost a
+    /// permission.
+    fn sync_page_tables(&mut self, mem: &GuestMemory) -> Result<(), Errno> {
+        let writes = self.mm.take_page_table_writes();
+        for (addr, value) in writes.entries {
+            mem.write_obj(addr, value).map_err(|e| {
+                tracing::error!("cannot write a page-table entry: {e}");
+                Errno(libc::ENOMEM)
+            })?;
+        }
+        self.lowered.extend(writes.lowered);
+        Ok(())
     }
 
     fn mremap(
@@ -409,6 +455,7 @@ impl GuestOs {
             return Err(Errno(libc::EINVAL));
         }
         let fixed_to = (flags & FIXED != 0).then_some(new_addr);
+        let protection = self.mm.protection_at(old);
         let (at, copy, discards) =
             self.mm
                 .mremap(old, old_len, new_len, flags & MAYMOVE != 0, fixed_to)?;
@@ -422,7 +469,16 @@ impl GuestOs {
                 done += n;
             }
         }
+        let discards_copy = discards.clone();
         Self::discard(mem, discards)?;
+        // The ranges that left the mapping are unmapped, the new range has the old one's
+        // protection (mremap never splits a mapping's protection: it takes the first).
+        for &(start, end) in &discards_copy {
+            self.mm.set_protection(start, end, Protection::ReadWrite);
+        }
+        let new_end = at + crate::arch::layout::page_align_up(new_len).unwrap_or(new_len);
+        self.mm.set_protection(at, new_end, protection);
+        self.sync_page_tables(mem)?;
         Ok(at)
     }
 
@@ -851,14 +907,14 @@ fn access_ok(addr: u64, len: u64) -> Result<(), Errno> {
     }
 }
 
-/// `mprotect(addr, len, prot)`: checked as Linux does, with no effect (there are no page
-/// protections). Memory outside user memory counts as unmapped (ENOMEM).
-fn mprotect(mem: &GuestMemory, addr: u64, len: u64, prot: u64) -> SysResult {
+/// Checks `mprotect(addr, len, prot)` as Linux does and returns the end of the range.
+/// Memory outside user memory counts as unmapped (ENOMEM).
+fn check_mprotect(mem: &GuestMemory, addr: u64, len: u64, prot: u64) -> Result<u64, Errno> {
     if !addr.is_multiple_of(PAGE_SIZE) {
         return Err(Errno(libc::EINVAL));
     }
     if len == 0 {
-        return Ok(0);
+        return Ok(addr);
     }
     let end = crate::arch::layout::page_align_up(len)
         .and_then(|len| addr.checked_add(len))
@@ -874,7 +930,7 @@ fn mprotect(mem: &GuestMemory, addr: u64, len: u64, prot: u64) -> SysResult {
     }
     mem.check_user(addr, end - addr)
         .map_err(|_| Errno(libc::ENOMEM))?;
-    Ok(0)
+    Ok(end)
 }
 
 /// Reads `count` iovecs at `iov` as Linux's `import_iovec` does: at most `IOV_MAX`

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"REAPSNAP";
 /// Format version this build writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Header: magic, version (u32), flags (u32, zero), payload length (u64), CRC-32 of
 /// the payload (u32), reserved (u32, zero). Little-endian.
 pub const HEADER_LEN: usize = 32;
@@ -162,11 +162,16 @@ mod tests {
             decode::<Sample>(&corrupt).unwrap_err(),
             StateFormatError::Checksum
         );
-        let mut v2 = good.clone();
-        v2[8] = 2;
+        let mut other = good.clone();
+        other[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
         assert_eq!(
-            decode::<Sample>(&v2).unwrap_err(),
-            StateFormatError::Version { found: 2 }
+            decode::<Sample>(&other).unwrap_err(),
+            StateFormatError::Version { found: VERSION + 1 }
+        );
+        other[8..12].copy_from_slice(&(VERSION - 1).to_le_bytes());
+        assert_eq!(
+            decode::<Sample>(&other).unwrap_err(),
+            StateFormatError::Version { found: VERSION - 1 }
         );
         let mut huge = good.clone();
         huge[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());

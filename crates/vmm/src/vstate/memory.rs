@@ -37,6 +37,17 @@ pub enum MemoryError {
         #[source]
         source: io::Error,
     },
+    /// Changing the host protection of a range (to drop KVM's translations) failed.
+    #[error("cannot change the host protection of guest pages {start:#x}..{end:#x}")]
+    Protect {
+        /// The range's first page.
+        start: u64,
+        /// Its end.
+        end: u64,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// A guest address range the guest asked the VMM to access lies (partly) outside the
@@ -219,6 +230,44 @@ impl GuestMemory {
             addr,
             len: out.len() as u64,
         })
+    }
+
+    /// Makes KVM drop its translations of the pages `start..end` (page aligned, inside
+    /// guest memory) without changing them: the host range is made read-only and
+    /// read-write again, and the host kernel tells KVM (its MMU notifier) to zap every
+    /// mapping of those pages. Needed after the VMM took a permission away in the guest's
+    /// page tables: KVM with shadow paging (this host's `kvm_pvm`) notices the guest's
+    /// own writes to its page tables but not the VMM's.
+    pub fn drop_translations(&self, start: u64, end: u64) -> Result<(), MemoryError> {
+        assert!(
+            start.is_multiple_of(PAGE_SIZE)
+                && end.is_multiple_of(PAGE_SIZE)
+                && start <= end
+                && end <= self.size
+        );
+        if start == end {
+            return Ok(());
+        }
+        for prot in [libc::PROT_READ, libc::PROT_READ | libc::PROT_WRITE] {
+            // SAFETY: the range lies inside the mapping this struct owns (asserted above);
+            // no other thread writes guest memory meanwhile (the vCPU is stopped, and a
+            // page server fills pages with UFFDIO_COPY, which a read-only range accepts).
+            let ret = unsafe {
+                libc::mprotect(
+                    self.host.add(start as usize).cast(),
+                    (end - start) as usize,
+                    prot,
+                )
+            };
+            if ret != 0 {
+                return Err(MemoryError::Protect {
+                    start,
+                    end,
+                    source: io::Error::last_os_error(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Makes the pages of `start..end` (page-aligned, inside guest memory) read as zero

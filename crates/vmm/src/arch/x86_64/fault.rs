@@ -110,6 +110,16 @@ impl PageFault {
         }
     }
 
+    /// The access and the address: "write to 0x10", "read from 0x7000", ….
+    pub fn describe_access(&self) -> String {
+        let access = match self.access {
+            Access::Execute => "instruction fetch from",
+            Access::Write => "write to",
+            Access::Read => "read from",
+        };
+        format!("{access} {:#x}", self.addr)
+    }
+
     /// Whether the address lies in page 0: the program followed a null pointer.
     pub fn is_null_pointer(&self) -> bool {
         self.addr < PAGE_SIZE
@@ -119,11 +129,6 @@ impl PageFault {
 impl std::fmt::Display for PageFault {
     /// "write to 0x10 (null pointer)", "read from 0x7000 (unmapped)", ….
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let access = match self.access {
-            Access::Execute => "instruction fetch from",
-            Access::Write => "write to",
-            Access::Read => "read from",
-        };
         let what = if self.is_null_pointer() {
             "null pointer"
         } else if self.present {
@@ -131,7 +136,7 @@ impl std::fmt::Display for PageFault {
         } else {
             "unmapped"
         };
-        write!(f, "{access} {:#x} ({what})", self.addr)
+        write!(f, "{} ({what})", self.describe_access())
     }
 }
 

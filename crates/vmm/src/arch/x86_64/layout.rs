@@ -57,8 +57,17 @@ pub const EXCEPTION_PORT: u16 = 0x11;
 
 /// Where a position-independent executable is loaded.
 pub const PIE_LOAD_BASE: u64 = 0x40_0000;
-/// Stack reserved at the top of guest memory (not handed out by mmap).
+/// Stack reserved at the top of guest memory (not handed out by mmap): its maximum
+/// size, as RLIMIT_STACK's default on Linux.
 pub const STACK_SIZE: u64 = 8 << 20;
+/// The guard gap below the stack, as Linux's default `stack_guard_gap` (256 pages): never
+/// mapped, so that a stack overflow faults instead of running into other memory.
+pub const STACK_GUARD_GAP: u64 = 256 * PAGE_SIZE;
+/// Page tables for 2 MiB ranges of user memory that need 4 KiB pages are taken from
+/// this pool in the system area, one 4 KiB page each.
+pub const PT_POOL_START: u64 = 0x1_0000;
+/// End of the page-table pool.
+pub const PT_POOL_END: u64 = SYSTEM_AREA_END;
 
 // The system structures fit in the system area without overlapping, and page 0 stays
 // unmapped.
@@ -73,6 +82,8 @@ const _: () = {
     assert!(STUB_PAGE >= IDT_ADDR + 32 * 16);
     assert!(EXCEPTION_STACK >= STUB_PAGE + PAGE_SIZE);
     assert!(EXCEPTION_STACK_TOP <= SYSTEM_AREA_END);
+    assert!(PT_POOL_START >= EXCEPTION_STACK_TOP && PT_POOL_START.is_multiple_of(PAGE_SIZE));
+    assert!(MIN_MEM_SIZE >= SYSTEM_AREA_END + STACK_GUARD_GAP + STACK_SIZE);
     assert!(MAX_MEM_SIZE == PD_COUNT << 30);
 };
 

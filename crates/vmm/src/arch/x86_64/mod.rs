@@ -19,7 +19,7 @@ pub use fault::{
     Access, ExceptionFrame, ExceptionReport, FaultRegs, GENERAL_PROTECTION, PAGE_FAULT, PageFault,
     decode_exception, exception_name, io_instruction_port, read_exception_frame,
 };
-pub use paging::write_page_tables;
+pub use paging::{Protection, large_pde, pde_addr, pte, pte_addr, table_pde, write_page_tables};
 pub use regs::{
     CpuSetupError, configure_vcpu, return_from_syscall, supported_xcr0, user_cs, user_ss,
 };

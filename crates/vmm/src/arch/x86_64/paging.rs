@@ -1,11 +1,149 @@
 //! The guest's identity-mapped page tables.
 
+use serde::{Deserialize, Serialize};
+
+use super::fault::Access;
 use super::layout::*;
 
 const PRESENT: u64 = 1 << 0;
 const WRITABLE: u64 = 1 << 1;
 const USER: u64 = 1 << 2;
 const LARGE: u64 = 1 << 7;
+/// Accessed and dirty, preset in the entries the VMM writes for user memory so that
+/// neither the CPU nor a shadowing KVM has to write them back into the tables on the
+/// first access to each page.
+const ACCESSED: u64 = 1 << 5;
+const DIRTY: u64 = 1 << 6;
+/// No-execute (with `EFER.NXE`).
+const NO_EXECUTE: u64 = 1 << 63;
+
+/// What the program may do with a page of user memory, as its page-table entry
+/// enforces it (with `EFER.NXE` set, so a page without execute permission has the
+/// no-execute bit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Protection {
+    /// Not present: every access faults (`PROT_NONE`, the stack guard gap).
+    None,
+    /// Present, not writable, not executable (`PROT_READ`).
+    Read,
+    /// Present, not writable, executable (`PROT_EXEC`, with or without `PROT_READ`: x86
+    /// cannot map execute-only).
+    ReadExec,
+    /// Present, writable, not executable (`PROT_WRITE` with or without `PROT_READ`;
+    /// x86 cannot map write-only).
+    ReadWrite,
+    /// Present, writable and executable (`PROT_WRITE | PROT_EXEC`).
+    ReadWriteExec,
+}
+
+impl Protection {
+    /// The protection that enforces the `prot` of `mmap`/`mprotect` (`PROT_*` bits).
+    pub fn from_prot(prot: u64) -> Self {
+        const READ: u64 = libc::PROT_READ as u64;
+        const WRITE: u64 = libc::PROT_WRITE as u64;
+        const EXEC: u64 = libc::PROT_EXEC as u64;
+        match (prot & WRITE != 0, prot & EXEC != 0, prot & READ != 0) {
+            (true, true, _) => Self::ReadWriteExec,
+            (true, false, _) => Self::ReadWrite,
+            (false, true, _) => Self::ReadExec,
+            (false, false, true) => Self::Read,
+            (false, false, false) => Self::None,
+        }
+    }
+
+    /// (readable, writable, executable).
+    fn rights(self) -> (bool, bool, bool) {
+        match self {
+            Self::None => (false, false, false),
+            Self::Read => (true, false, false),
+            Self::ReadExec => (true, false, true),
+            Self::ReadWrite => (true, true, false),
+            Self::ReadWriteExec => (true, true, true),
+        }
+    }
+
+    fn from_rights(read: bool, write: bool, exec: bool) -> Self {
+        match (read || write || exec, write, exec) {
+            (false, _, _) => Self::None,
+            (true, false, false) => Self::Read,
+            (true, false, true) => Self::ReadExec,
+            (true, true, false) => Self::ReadWrite,
+            (true, true, true) => Self::ReadWriteExec,
+        }
+    }
+
+    /// Whether an access of this kind (read, write or instruction fetch) is allowed.
+    pub fn allows(self, access: Access) -> bool {
+        let (read, write, exec) = self.rights();
+        match access {
+            Access::Read => read,
+            Access::Write => write,
+            Access::Execute => exec,
+        }
+    }
+
+    /// Whether going from `self` to `to` takes a permission away.
+    pub fn loses_to(self, to: Self) -> bool {
+        let (r, w, x) = self.rights();
+        let (tr, tw, tx) = to.rights();
+        (r && !tr) || (w && !tw) || (x && !tx)
+    }
+
+    /// Every permission either has.
+    pub fn union(self, other: Self) -> Self {
+        let (r, w, x) = self.rights();
+        let (or, ow, ox) = other.rights();
+        Self::from_rights(r || or, w || ow, x || ox)
+    }
+
+    fn bits(self) -> u64 {
+        let (read, write, exec) = self.rights();
+        if !read {
+            return 0;
+        }
+        let mut bits = PRESENT | USER | ACCESSED | DIRTY;
+        if write {
+            bits |= WRITABLE;
+        }
+        if !exec {
+            bits |= NO_EXECUTE;
+        }
+        bits
+    }
+}
+
+/// The address of the page-directory entry that maps the 2 MiB range at `region`.
+pub fn pde_addr(region: u64) -> u64 {
+    // The page directories are contiguous, so entry n of the whole set is at PD_ADDR + 8n.
+    PD_ADDR + region / LARGE_PAGE_SIZE * 8
+}
+
+/// A page-directory entry mapping the 2 MiB range at `region` as one large page.
+pub fn large_pde(region: u64, protection: Protection) -> u64 {
+    match protection {
+        Protection::None => 0,
+        p => region | p.bits() | LARGE,
+    }
+}
+
+/// A page-directory entry pointing to the 4 KiB page table at `table`. The table's
+/// entries decide each page's protection.
+pub fn table_pde(table: u64) -> u64 {
+    table | PRESENT | WRITABLE | USER | ACCESSED
+}
+
+/// The address of the entry for `page` in the page table at `table`.
+pub fn pte_addr(table: u64, page: u64) -> u64 {
+    table + (page % LARGE_PAGE_SIZE) / PAGE_SIZE * 8
+}
+
+/// A page-table entry mapping the 4 KiB page at `page`.
+pub fn pte(page: u64, protection: Protection) -> u64 {
+    match protection {
+        Protection::None => 0,
+        p => page | p.bits(),
+    }
+}
 
 /// Pages of the system area the guest's address space maps, with whether they are
 /// writable. Everything else below `SYSTEM_AREA_END` (page 0 included) is unmapped.
@@ -21,7 +159,9 @@ const SYSTEM_PAGES: [(u64, bool); 5] = [
 
 /// Returns the page-table entries to write, as (guest address, value) pairs, for guest
 /// memory of `mem_size` bytes (a multiple of 2 MiB between `MIN_MEM_SIZE` and
-/// `MAX_MEM_SIZE`): 4 KiB pages for the system area, 2 MiB user pages above it.
+/// `MAX_MEM_SIZE`): 4 KiB pages for the system area, 2 MiB read-write user pages above
+/// it. The address space (`guest_os::mm`) then changes the entries of the ranges whose
+/// protection differs (the stack guard gap from the start) with the functions below.
 pub fn page_table_entries(mem_size: u64) -> Vec<(u64, u64)> {
     debug_assert!(mem_size.is_multiple_of(LARGE_PAGE_SIZE) && mem_size <= MAX_MEM_SIZE);
     let mut entries = vec![(PML4_ADDR, PDPT_ADDR | PRESENT | WRITABLE | USER)];
@@ -40,12 +180,7 @@ pub fn page_table_entries(mem_size: u64) -> Vec<(u64, u64)> {
     }
     let mut addr = LARGE_PAGE_SIZE;
     while addr < mem_size {
-        // The page directories are contiguous, so entry n of the whole set is at PD_ADDR + 8n.
-        let index = addr / LARGE_PAGE_SIZE;
-        entries.push((
-            PD_ADDR + index * 8,
-            addr | PRESENT | WRITABLE | USER | LARGE,
-        ));
+        entries.push((pde_addr(addr), large_pde(addr, Protection::ReadWrite)));
         addr += LARGE_PAGE_SIZE;
     }
     entries
@@ -97,7 +232,10 @@ mod tests {
             return None;
         }
         assert!(pte & USER != 0);
-        Some(((pte & !0xfff) + (va & 0xfff), pte & WRITABLE != 0))
+        Some((
+            (pte & !0xfff & !NO_EXECUTE) + (va & 0xfff),
+            pte & WRITABLE != 0,
+        ))
     }
 
     #[test]
@@ -124,6 +262,79 @@ mod tests {
             assert_eq!(translate(&tables, va), Some((va, true)));
         }
         assert_eq!(translate(&tables, mem), None);
+    }
+
+    #[test]
+    fn a_split_range_maps_each_page_with_its_protection() {
+        let mem = 64 << 20;
+        let mut tables: HashMap<u64, u64> = page_table_entries(mem).into_iter().collect();
+        let region = 0x60_0000;
+        let table = PT_POOL_START;
+        for i in 0..512 {
+            let page = region + i * PAGE_SIZE;
+            let protection = match i {
+                0 => Protection::None,
+                1 | 511 => Protection::Read,
+                _ => Protection::ReadWrite,
+            };
+            tables.insert(pte_addr(table, page), pte(page, protection));
+        }
+        tables.insert(pde_addr(region), table_pde(table));
+        assert_eq!(translate(&tables, region + 8), None, "PROT_NONE");
+        assert_eq!(
+            translate(&tables, region + 0x1008),
+            Some((region + 0x1008, false))
+        );
+        assert_eq!(
+            translate(&tables, region + 0x2008),
+            Some((region + 0x2008, true))
+        );
+        assert_eq!(
+            translate(&tables, region + LARGE_PAGE_SIZE - 1),
+            Some((region + LARGE_PAGE_SIZE - 1, false))
+        );
+        // The neighbouring large pages are untouched.
+        assert_eq!(translate(&tables, region - 1), Some((region - 1, true)));
+        assert_eq!(
+            translate(&tables, region + LARGE_PAGE_SIZE),
+            Some((region + LARGE_PAGE_SIZE, true))
+        );
+        // Merged back into one read-only large page, then one not present.
+        tables.insert(pde_addr(region), large_pde(region, Protection::Read));
+        assert_eq!(translate(&tables, region + 8), Some((region + 8, false)));
+        tables.insert(pde_addr(region), large_pde(region, Protection::None));
+        assert_eq!(translate(&tables, region + 0x2008), None);
+    }
+
+    #[test]
+    fn prot_bits_map_to_protections() {
+        use libc::{PROT_EXEC, PROT_NONE, PROT_READ, PROT_WRITE};
+        let p = |bits: i32| Protection::from_prot(bits as u64);
+        assert_eq!(p(PROT_NONE), Protection::None);
+        assert_eq!(p(PROT_READ), Protection::Read);
+        assert_eq!(p(PROT_EXEC), Protection::ReadExec);
+        assert_eq!(p(PROT_READ | PROT_EXEC), Protection::ReadExec);
+        assert_eq!(p(PROT_WRITE), Protection::ReadWrite);
+        assert_eq!(
+            p(PROT_READ | PROT_WRITE | PROT_EXEC),
+            Protection::ReadWriteExec
+        );
+        assert!(!Protection::None.allows(Access::Read));
+        assert!(Protection::Read.allows(Access::Read));
+        assert!(!Protection::Read.allows(Access::Write));
+        assert!(!Protection::Read.allows(Access::Execute));
+        assert!(Protection::ReadExec.allows(Access::Execute));
+        assert!(Protection::ReadWrite.allows(Access::Write));
+        assert!(!Protection::ReadWrite.allows(Access::Execute));
+        assert!(Protection::ReadWrite.loses_to(Protection::ReadExec));
+        assert!(!Protection::Read.loses_to(Protection::ReadWriteExec));
+        assert_eq!(
+            Protection::ReadWrite.union(Protection::ReadExec),
+            Protection::ReadWriteExec
+        );
+        // Only pages without execute permission get the no-execute bit.
+        assert_eq!(pte(0x40_0000, Protection::ReadExec) & NO_EXECUTE, 0);
+        assert_ne!(pte(0x40_0000, Protection::ReadWrite) & NO_EXECUTE, 0);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use libc::c_long;
 use vm_memory::ByteValued;
 
-use crate::arch::layout::{GDT_ADDR, PAGE_SIZE, STACK_SIZE, SYSTEM_AREA_END};
+use crate::arch::layout::{GDT_ADDR, PAGE_SIZE, STACK_GUARD_GAP, STACK_SIZE, SYSTEM_AREA_END};
 use crate::guest_os::abi::{Iovec, KernelSigaction, PollFd, Rlimit, SigStack, Timespec, Utsname};
 use crate::guest_os::mm::AddressSpace;
 use crate::guest_os::{GuestOs, Outcome, Syscall};
@@ -21,7 +21,7 @@ const MEM: u64 = 32 << 20;
 /// The first page after the "program": the heap starts here.
 const PROGRAM_END: u64 = 0x40_0000;
 /// Where mappings end: the stack is above.
-const MMAP_TOP: u64 = MEM - STACK_SIZE;
+const MMAP_TOP: u64 = MEM - STACK_SIZE - STACK_GUARD_GAP;
 /// Scratch memory in the program's data for the tests' buffers.
 const BUF: u64 = 0x30_0000;
 /// A second scratch area (iovec arrays, pollfds, timespecs).
@@ -1123,14 +1123,81 @@ fn mremap_refuses_what_linux_refuses() {
     }
 }
 
+/// The page-table entry that maps `addr` in `g`'s guest memory: the 2 MiB page's, or
+/// the 4 KiB page's when its range has a table.
+fn entry(g: &Guest, addr: u64) -> u64 {
+    let pde: u64 = g.get(crate::arch::pde_addr(addr));
+    if pde & 1 == 0 || pde & (1 << 7) != 0 {
+        return pde;
+    }
+    g.get(crate::arch::pte_addr(pde & !0xfff, addr))
+}
+
+/// (present, writable) of the page at `addr`.
+fn mapped(g: &Guest, addr: u64) -> (bool, bool) {
+    let e = entry(g, addr);
+    (e & 1 != 0, e & 2 != 0)
+}
+
 #[test]
-fn mprotect_is_checked_but_protects_nothing() {
+fn mmap_mprotect_munmap_and_mremap_keep_the_page_tables_in_sync() {
+    use libc::{PROT_NONE, PROT_READ, SYS_mprotect, SYS_mremap, SYS_munmap};
+    let mut g = Guest::new();
+    g.os.take_lowered();
+    let m = addr(g.mmap(0, 3 * PAGE, ANON));
+    assert_eq!(g.ret(SYS_mprotect, &[m + PAGE, PAGE, PROT_READ as u64]), 0);
+    assert_eq!(mapped(&g, m), (true, true));
+    assert_eq!(mapped(&g, m + PAGE), (true, false), "read-only");
+    assert_eq!(mapped(&g, m + 2 * PAGE), (true, true));
+    assert_eq!(g.os.take_lowered(), vec![(m + PAGE, m + 2 * PAGE)]);
+    assert_eq!(g.ret(SYS_mprotect, &[m, PAGE, PROT_NONE as u64]), 0);
+    assert_eq!(mapped(&g, m), (false, false), "PROT_NONE");
+    assert_eq!(g.ret(SYS_mprotect, &[m, 2 * PAGE, RW]), 0);
+    assert_eq!(mapped(&g, m), (true, true));
+    assert_eq!(mapped(&g, m + PAGE), (true, true));
+    assert!(
+        g.os.take_lowered().len() == 1,
+        "only the PROT_NONE took a permission"
+    );
+    // A PROT_NONE mapping is not present; munmap makes it read-write again.
+    let n = addr(g.ret(
+        libc::SYS_mmap,
+        &[0, PAGE, PROT_NONE as u64, ANON, u64::MAX, 0],
+    ));
+    assert_eq!(mapped(&g, n), (false, false));
+    assert_eq!(g.ret(SYS_munmap, &[n, PAGE]), 0);
+    assert_eq!(mapped(&g, n), (true, true));
+    // mremap moves the protection with the pages and leaves the old range read-write.
+    assert_eq!(g.ret(SYS_mprotect, &[m, 3 * PAGE, PROT_READ as u64]), 0);
+    let to = addr(g.ret(SYS_mremap, &[m, 3 * PAGE, 64 * PAGE, 1, 0]));
+    assert_ne!(to, m);
+    assert_eq!(mapped(&g, to), (true, false));
+    assert_eq!(mapped(&g, to + 63 * PAGE), (true, false));
+    assert_eq!(mapped(&g, m), (true, true));
+}
+
+#[test]
+fn the_stack_guard_gap_cannot_be_mapped_or_unprotected() {
+    use libc::{ENOMEM, SYS_mprotect};
+    let mut g = Guest::new();
+    let gap = MMAP_TOP;
+    assert_eq!(g.mmap(gap, PAGE, FIXED), errno(ENOMEM));
+    assert_eq!(g.ret(SYS_mprotect, &[gap, PAGE, RW]), errno(ENOMEM));
+    assert_eq!(
+        g.ret(SYS_mprotect, &[gap - PAGE, 2 * PAGE, RW]),
+        errno(ENOMEM),
+        "overlapping"
+    );
+    assert_eq!(g.brk(gap + PAGE), PROGRAM_END, "the heap stops below it");
+    assert!(addr(g.mmap(0, PAGE, ANON)) + PAGE <= gap);
+}
+
+#[test]
+fn mprotect_is_checked_as_linux_does() {
     use libc::{EINVAL, ENOMEM, PROT_GROWSDOWN, PROT_GROWSUP, PROT_NONE, SYS_mprotect};
     let mut g = Guest::new();
     let m = addr(g.mmap(0, PAGE, ANON));
     assert_eq!(g.ret(SYS_mprotect, &[m, PAGE, PROT_NONE as u64]), 0);
-    // reap has no page protections (guest-abi.md): the page stays writable.
-    g.put_bytes(m, b"still");
     assert_eq!(
         g.ret(SYS_mprotect, &[m + 1, PAGE, 0]),
         errno(EINVAL),
