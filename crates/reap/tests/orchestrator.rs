@@ -346,6 +346,18 @@ fn errors_are_answered_and_the_server_goes_on() {
     assert_eq!(not_json.status, 400);
     assert_eq!(not_json.json()["kind"], "bad_request");
 
+    // A stack overflow ends in the guard gap as SIGSEGV: 502, and the next request is
+    // answered by a good instance (the crashed one is discarded, never reused).
+    let overflow = server.invoke("fn", r#"{"do":"overflow"}"#);
+    assert_eq!(overflow.status, 502, "{}", overflow.body);
+    assert_eq!(overflow.json()["kind"], "crash", "{}", overflow.body);
+    assert!(
+        overflow.body.contains("stack overflow") && overflow.body.contains("SIGSEGV"),
+        "{}",
+        overflow.body
+    );
+    ok(&server);
+
     let crash = server.invoke("fn", r#"{"do":"crash"}"#);
     assert_eq!(crash.status, 502, "{}", crash.body);
     assert!(

@@ -232,6 +232,18 @@ impl GuestMemory {
         })
     }
 
+    /// Asserts that `start..end` is page-aligned and inside guest memory (callers pass
+    /// ranges the address space checked); returns whether it is empty.
+    fn page_range(&self, start: u64, end: u64) -> bool {
+        assert!(
+            start.is_multiple_of(PAGE_SIZE)
+                && end.is_multiple_of(PAGE_SIZE)
+                && start <= end
+                && end <= self.size
+        );
+        start == end
+    }
+
     /// Makes KVM drop its translations of the pages `start..end` (page aligned, inside
     /// guest memory) without changing them: the host range is made read-only and
     /// read-write again, and the host kernel tells KVM (its MMU notifier) to zap every
@@ -239,13 +251,7 @@ impl GuestMemory {
     /// page tables: KVM with shadow paging (this host's `kvm_pvm`) notices the guest's
     /// own writes to its page tables but not the VMM's.
     pub fn drop_translations(&self, start: u64, end: u64) -> Result<(), MemoryError> {
-        assert!(
-            start.is_multiple_of(PAGE_SIZE)
-                && end.is_multiple_of(PAGE_SIZE)
-                && start <= end
-                && end <= self.size
-        );
-        if start == end {
+        if self.page_range(start, end) {
             return Ok(());
         }
         for prot in [libc::PROT_READ, libc::PROT_READ | libc::PROT_WRITE] {
@@ -276,13 +282,7 @@ impl GuestMemory {
     /// (where `MADV_DONTNEED` would bring back file contents) and memory served by a
     /// page server (the new pages are no longer registered with it).
     pub fn discard(&self, start: u64, end: u64) -> Result<(), MemoryError> {
-        assert!(
-            start.is_multiple_of(PAGE_SIZE)
-                && end.is_multiple_of(PAGE_SIZE)
-                && start <= end
-                && end <= self.size
-        );
-        if start == end {
+        if self.page_range(start, end) {
             return Ok(());
         }
         // SAFETY: the range lies inside the mapping this struct owns (asserted above), so
