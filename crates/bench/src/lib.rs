@@ -126,6 +126,11 @@ pub struct BenchArgs {
     /// that technique.
     #[arg(long)]
     pub served_holes: bool,
+    /// Decode the snapshot's state file on every cold start instead of reusing the
+    /// state this process decoded from the same bytes: the behaviour without that
+    /// technique.
+    #[arg(long)]
+    pub no_state_cache: bool,
     /// Skip the input-sensitivity cold starts (working set recorded with a function's
     /// first sample request, cold starts with its second).
     #[arg(long)]
@@ -217,6 +222,8 @@ pub struct BenchPlan {
     pub keep_snapshots: bool,
     /// `--quick` was given (recorded in the report).
     pub quick: bool,
+    /// Reuse decoded state files across cold starts (off with `--no-state-cache`).
+    pub state_cache: bool,
 }
 
 impl BenchPlan {
@@ -321,6 +328,7 @@ impl BenchPlan {
             out,
             keep_snapshots: args.keep_snapshots,
             quick: args.quick,
+            state_cache: !args.no_state_cache,
         })
     }
 }
@@ -360,6 +368,7 @@ pub struct Outputs {
 
 /// Runs the whole benchmark of `plan` and writes its files.
 pub fn run(plan: &BenchPlan, show_progress: bool) -> Result<Outputs, BenchError> {
+    reap_vmm::snapshot::set_state_cache(plan.state_cache);
     let started_at = SystemTime::now();
     let started = Instant::now();
     let environment = Environment::detect(started_at);
@@ -454,6 +463,7 @@ pub fn run(plan: &BenchPlan, show_progress: bool) -> Result<Outputs, BenchError>
             .unwrap_or_default(),
         disk_probe_mib: plan.disk_mib,
         holes: p.holes,
+        state_cache: plan.state_cache,
     };
     let report = Report::new(
         environment,

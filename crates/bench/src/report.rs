@@ -148,6 +148,14 @@ pub struct RunConfig {
     /// cold starts (`kernel` unless `--served-holes`).
     #[serde(default)]
     pub holes: Holes,
+    /// Decoded state files were reused across cold starts (off with
+    /// `--no-state-cache`).
+    #[serde(default = "yes")]
+    pub state_cache: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Medians of one mode's cold starts (times in ms).
@@ -1148,6 +1156,7 @@ mod tests {
             sweep_levels: vec![1, 2],
             disk_probe_mib: 256,
             holes: Holes::Kernel,
+            state_cache: true,
         };
         let batches = [1usize, 2]
             .into_iter()

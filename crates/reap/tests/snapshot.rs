@@ -220,7 +220,7 @@ fn state_file_round_trips() {
     drop(deploy("helloworld", &dir));
     let bytes = std::fs::read(dir.state()).unwrap();
     let state = dir.read_state().unwrap();
-    assert_eq!(reap_vmm::snapshot::state::encode(&state).unwrap(), bytes);
+    assert_eq!(reap_vmm::snapshot::state::encode(&*state).unwrap(), bytes);
     assert_eq!(state.memory_len, 256 << 20);
     assert!(state.memory_data_bytes > 0 && state.memory_data_bytes < state.memory_len);
     std::fs::remove_dir_all(&tmp).unwrap();

@@ -13,9 +13,11 @@
 pub mod state;
 
 use reap_error::PathIoError;
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use reap_pager::memfile::MemoryFile;
@@ -214,7 +216,7 @@ impl SnapshotDir {
     }
 
     /// Reads and checks the state file.
-    pub fn read_state(&self) -> Result<SnapshotState, SnapshotError> {
+    pub fn read_state(&self) -> Result<Arc<SnapshotState>, SnapshotError> {
         let path = self.state();
         let io_err = |what| {
             let path = path.clone();
@@ -231,15 +233,40 @@ impl SnapshotDir {
                 source: StateFormatError::TooLarge(len),
             });
         }
-        let bytes = fs::read(&path).map_err(io_err("cannot read the snapshot state"))?;
+        let mut bytes = Vec::new();
+        // At most one byte past the cap: a file that grew since is refused by `decode`.
+        io::Read::read_to_end(
+            &mut io::Read::take(&file, state::MAX_PAYLOAD + state::HEADER_LEN as u64 + 1),
+            &mut bytes,
+        )
+        .map_err(io_err("cannot read the snapshot state"))?;
+        // The same bytes as a file decoded and checked before: the same state. (Keyed by
+        // contents, not by times: a file rewritten in place within the clock's
+        // granularity keeps its times.)
+        let cache = STATE_CACHE.load(std::sync::atomic::Ordering::Relaxed);
+        if cache
+            && let Some((cached, state)) = states().get(&path)
+            && *cached == bytes
+        {
+            return Ok(Arc::clone(state));
+        }
         let state: SnapshotState =
             state::decode(&bytes).map_err(|source| SnapshotError::Format {
                 path: path.clone(),
                 source,
             })?;
-        state
-            .check()
-            .map_err(|what| SnapshotError::Inconsistent { path, what })?;
+        state.check().map_err(|what| SnapshotError::Inconsistent {
+            path: path.clone(),
+            what,
+        })?;
+        let state = Arc::new(state);
+        if cache {
+            let mut states = states();
+            if states.len() >= MAX_CACHED_STATES {
+                states.clear();
+            }
+            states.insert(path, (bytes, Arc::clone(&state)));
+        }
         Ok(state)
     }
 
@@ -459,32 +486,73 @@ fn memory_tag(memory: &MemoryFile) -> io::Result<u32> {
     Ok(crc32fast::hash(&page))
 }
 
-/// What identifies a memory file as verified against its checksums in this process:
-/// device, inode, size, modification and change times (the change time cannot be set
-/// by hand, and every write or truncation moves it), and the checksums' CRC.
+/// What identifies a file's contents in this process: device, inode, size,
+/// modification and change times (the change time cannot be set by hand, and every write
+/// or truncation moves it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Stamp {
+struct FileId {
     dev: u64,
     ino: u64,
     size: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
-    sums_crc: u32,
 }
 
-impl Stamp {
-    fn of(memory: &MemoryFile, sums: &PageSums) -> io::Result<Stamp> {
+impl FileId {
+    fn of(m: &fs::Metadata) -> FileId {
         use std::os::unix::fs::MetadataExt;
-        let m = memory.file().metadata()?;
-        Ok(Stamp {
+        FileId {
             dev: m.dev(),
             ino: m.ino(),
             size: m.size(),
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
+        }
+    }
+}
+
+/// What identifies a memory file as verified against its checksums in this process:
+/// the file and the checksums' CRC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Stamp {
+    file: FileId,
+    sums_crc: u32,
+}
+
+impl Stamp {
+    fn of(memory: &MemoryFile, sums: &PageSums) -> io::Result<Stamp> {
+        Ok(Stamp {
+            file: FileId::of(&memory.file().metadata()?),
             sums_crc: sums.file_crc(),
         })
     }
+}
+
+/// Decoded state files by path.
+type StateCache = HashMap<PathBuf, (Vec<u8>, Arc<SnapshotState>)>;
+
+/// Whether [`SnapshotDir::read_state`] reuses states it decoded before (on by default).
+static STATE_CACHE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Turns the process's cache of decoded state files on or off (off: every
+/// [`SnapshotDir::read_state`] reads and decodes the file, e.g. to measure the cache).
+pub fn set_state_cache(enabled: bool) {
+    STATE_CACHE.store(enabled, std::sync::atomic::Ordering::Relaxed);
+    if !enabled {
+        states().clear();
+    }
+}
+
+/// Most state files the cache keeps; past it, it starts afresh.
+const MAX_CACHED_STATES: usize = 256;
+
+/// The state files this process decoded and checked, by path, with their bytes.
+fn states() -> std::sync::MutexGuard<'static, StateCache> {
+    static STATES: std::sync::OnceLock<std::sync::Mutex<StateCache>> = std::sync::OnceLock::new();
+    STATES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
 }
 
 /// The memory files verified (or written) by this process, in their state then.
@@ -825,6 +893,33 @@ mod proptests {
     }
 
     #[test]
+    fn a_state_is_decoded_once_until_its_bytes_change() {
+        let d = dir("cache");
+        let first = state();
+        fs::write(d.0.state(), state::encode(&first).unwrap()).unwrap();
+        let a = d.0.read_state().unwrap();
+        let b = d.0.read_state().unwrap();
+        assert!(Arc::ptr_eq(&a, &b), "the same bytes are decoded once");
+        // Rewritten at once with the same length: read again, never the cached state.
+        let mut second = state();
+        second.created_unix = first.created_unix + 1;
+        let bytes = state::encode(&second).unwrap();
+        assert_eq!(bytes.len(), state::encode(&first).unwrap().len());
+        fs::write(d.0.state(), &bytes).unwrap();
+        let c = d.0.read_state().unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        assert_eq!(c.created_unix, second.created_unix);
+        // A flipped byte is refused, though a good state of that file is cached.
+        let mut damaged = bytes.clone();
+        let last = damaged.len() - 2;
+        damaged[last] ^= 0x01;
+        fs::write(d.0.state(), &damaged).unwrap();
+        assert!(d.0.read_state().is_err());
+        fs::write(d.0.state(), &bytes).unwrap();
+        assert!(Arc::ptr_eq(&c, &d.0.read_state().unwrap()));
+    }
+
+    #[test]
     fn changed_payloads_are_refused_or_usable() {
         let d = dir("payload");
         let base = serde_json::to_value(state()).unwrap();
@@ -890,7 +985,7 @@ mod proptests {
         fs::write(d.0.state(), &bytes).unwrap();
         let s = d.0.read_state().unwrap();
         assert_eq!(
-            serde_json::to_value(&s).unwrap(),
+            serde_json::to_value(&*s).unwrap(),
             serde_json::to_value(state()).unwrap()
         );
         TestRunner::new(config(256))
