@@ -879,3 +879,71 @@ fn many_distinct_unknown_syscalls_are_logged_briefly_and_counted() {
     assert_eq!(metric("1016"), None);
     assert_eq!(metric("other"), Some(2 * (5000 - 16)));
 }
+
+#[test]
+fn a_function_larger_than_the_memory_budget_gets_503_while_a_small_one_answers() {
+    // Charges: 256 + 8 MiB for "big" (over the budget), 32 + 8 MiB for "small".
+    let server = Server::start(
+        "budget",
+        &["--memory-budget", "200", "--max-instances", "4"],
+    );
+    let deploy = |name: &str, mem: u32| {
+        request(
+            "PUT",
+            &format!("{}/functions/{name}?mem={mem}", server.base),
+            &std::fs::read(guest("helloworld")).unwrap(),
+        )
+    };
+    // Deploys boot the function in the server too, outside the budget: they still work.
+    assert_eq!(deploy("big", 256).status, 201);
+    assert_eq!(deploy("small", 32).status, 201);
+    assert_eq!(
+        server.metric("reap_memory_budget_bytes"),
+        Some(200 << 20),
+        "the budget is shown"
+    );
+
+    let base = server.base.clone();
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let base = base.clone();
+            let name = if i % 2 == 0 { "big" } else { "small" };
+            std::thread::spawn(move || {
+                let r = request(
+                    "POST",
+                    &format!("{base}/functions/{name}/invoke"),
+                    br#"{"name": "Ada"}"#,
+                );
+                (name, r.status, r.body)
+            })
+        })
+        .collect();
+    for t in threads {
+        let (name, status, body) = t.join().unwrap();
+        if name == "big" {
+            assert_eq!(status, 503, "{body}");
+            let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(
+                error["error"],
+                "not enough memory for function \"big\": \
+                 needs 264 MiB, more than the whole budget of 200 MiB"
+            );
+            assert_eq!(error["kind"], "busy");
+        } else {
+            assert_eq!(status, 200, "{body}");
+        }
+    }
+    // The server survives and goes on answering.
+    let again = server.invoke("small", r#"{"name": "Bob"}"#);
+    assert_eq!(again.status, 200, "{}", again.body);
+    let charged = server.metric("reap_memory_charged_bytes").unwrap();
+    assert!(
+        charged > 0 && charged <= 200 << 20 && charged.is_multiple_of(40 << 20),
+        "{charged} bytes charged: small instances of 40 MiB only"
+    );
+    assert!(
+        server.metric("reap_invocation_errors_total{function=\"big\",kind=\"busy\"}") == Some(4),
+        "{}",
+        server.log()
+    );
+}
