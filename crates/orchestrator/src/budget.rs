@@ -12,10 +12,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 /// What an instance costs besides its guest memory, in MiB: the VMM's own memory per
-/// instance (page tables, the vCPU's kernel state and `kvm_run`, the page server's
-/// bitmaps and buffers, thread stacks). Measured as the RSS of `reap serve` holding
-/// N idle helloworld instances minus the RSS with none, per instance, rounded up with
-/// a margin (docs/orchestrator.md gives the figures).
+/// instance (the vCPU's kernel state and `kvm_run`, KVM's page tables, the page
+/// server's bitmaps and buffers, thread stacks). Measured with 32 idle helloworld
+/// instances: 0.25 MiB of the server's RSS and 0.1 to 1.3 MiB of the host's
+/// `MemAvailable` each; 8 MiB leaves room for a busy instance's buffers and larger
+/// working sets (docs/orchestrator.md gives the figures).
 pub const INSTANCE_OVERHEAD_MIB: u64 = 8;
 
 /// Most acquirers waiting for memory at once; more fail at once.
