@@ -228,7 +228,7 @@ const SERVER_OOM_SCORE_ADJ: &str = "-500";
 /// goes on if it cannot.
 fn shield_from_oom_killer() {
     if let Err(e) = std::fs::write("/proc/self/oom_score_adj", SERVER_OOM_SCORE_ADJ) {
-        tracing::info!(error = %e, "cannot lower oom_score_adj");
+        tracing::warn!(error = %e, "cannot lower oom_score_adj");
     }
 }
 
