@@ -50,7 +50,7 @@ pub struct MemoryBudget {
     budget_mib: u64,
     on_change: Box<dyn Fn(u64) + Send + Sync>,
     state: Mutex<State>,
-    /// Signalled when a charge is released.
+    /// Signalled when a charge is released or an instance went idle.
     released: Condvar,
 }
 
@@ -151,6 +151,13 @@ impl MemoryBudget {
             // Instances may have gone idle meanwhile.
             can_evict = true;
         }
+    }
+
+    /// Wakes the acquirers waiting for memory to try evicting again: an instance went
+    /// idle, so it can be evicted.
+    pub fn instance_went_idle(&self) {
+        let _state = self.lock();
+        self.released.notify_all();
     }
 
     fn release(&self, mib: u64) {
@@ -268,6 +275,35 @@ mod tests {
         drop(held);
         assert_eq!(waiter.join().unwrap(), Ok(50));
         assert_eq!(budget.charged_mib(), 0);
+    }
+
+    #[test]
+    fn a_waiter_evicts_an_instance_that_went_idle_meanwhile() {
+        let budget = Arc::new(MemoryBudget::new(100));
+        // A busy instance's charge, which becomes evictable when it goes idle.
+        let idle: Arc<Mutex<Option<Charge>>> = Arc::default();
+        let busy = budget.admit(80, NO_WAIT, never_evict).unwrap();
+        let waiter = {
+            let (budget, idle) = (Arc::clone(&budget), Arc::clone(&idle));
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                let charge = budget.admit(50, LONG, || idle.lock().unwrap().take().is_some());
+                (charge.map(|c| c.mib()), started.elapsed())
+            })
+        };
+        let deadline = Instant::now() + LONG;
+        while budget.waiting() == 0 {
+            assert!(Instant::now() < deadline, "the waiter never waited");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        *idle.lock().unwrap() = Some(busy);
+        budget.instance_went_idle();
+        let (charge, waited) = waiter.join().unwrap();
+        assert_eq!(charge, Ok(50));
+        assert!(
+            waited < LONG / 2,
+            "woken when the instance went idle: {waited:?}"
+        );
     }
 
     #[test]

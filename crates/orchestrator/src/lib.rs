@@ -359,6 +359,9 @@ impl Orchestrator {
                 let rerecord =
                     self.check_working_set(name, &deployed, cold_start.as_ref(), &invocation);
                 lease.release(instance);
+                if let Some(budget) = &self.budget {
+                    budget.instance_went_idle();
+                }
                 let total = started.elapsed();
                 let labels = StartLabels {
                     function: name.into(),
