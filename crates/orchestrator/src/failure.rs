@@ -29,8 +29,9 @@ pub enum FailureKind {
     TooLarge,
     /// The client sent its request body too slowly.
     SlowClient,
-    /// The function is at its instance limit and none became free in time, or the
-    /// runtime is shutting down.
+    /// The function is at its instance limit and none became free in time, a new
+    /// instance's memory did not fit in the memory budget in time (or never can), or
+    /// the runtime is shutting down.
     Busy,
     /// The function ran past its time limit.
     Timeout,

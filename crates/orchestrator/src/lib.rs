@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod budget;
 pub mod client;
 mod failure;
 pub mod metrics;
@@ -20,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use self::budget::{BudgetError, Charge, INSTANCE_OVERHEAD_MIB, MemoryBudget};
 use self::metrics::{ErrorLabels, FunctionLabels, Metrics, ModeLabels, StartLabels};
 use self::pool::{Pool, PoolError};
 use self::store::{Deployed, FunctionStore, StoreError};
@@ -41,6 +43,9 @@ pub struct PoolConfig {
     /// A prefetching cold start that serves more lazy faults than this fraction of
     /// the working set's pages drops the WS file, so the next cold start re-records.
     pub rerecord_fraction: f64,
+    /// The memory of all instances together, in MiB: an instance is charged its
+    /// guest memory plus [`INSTANCE_OVERHEAD_MIB`]; `None` means no limit.
+    pub memory_budget_mib: Option<u64>,
 }
 
 impl Default for PoolConfig {
@@ -51,6 +56,7 @@ impl Default for PoolConfig {
             invoke_timeout: Duration::from_secs(60),
             queue_timeout: Duration::from_secs(30),
             rerecord_fraction: 0.25,
+            memory_budget_mib: None,
         }
     }
 }
@@ -91,6 +97,16 @@ pub enum InvokeError {
         /// Its instance limit.
         limit: usize,
     },
+    /// A new instance's memory did not fit in the budget, even after evicting the idle
+    /// instances, for the whole queue timeout (or can never fit).
+    #[error("not enough memory for function {name:?}")]
+    NoMemory {
+        /// The function.
+        name: String,
+        /// The figures.
+        #[source]
+        source: BudgetError,
+    },
     /// The orchestrator is shutting down and takes no more invocations.
     #[error("the runtime is shutting down")]
     ShuttingDown,
@@ -121,7 +137,9 @@ impl InvokeError {
         match self {
             InvokeError::Store(e) => e.kind(),
             InvokeError::BadRequest(_) => FailureKind::BadRequest,
-            InvokeError::Busy { .. } | InvokeError::ShuttingDown => FailureKind::Busy,
+            InvokeError::Busy { .. } | InvokeError::NoMemory { .. } | InvokeError::ShuttingDown => {
+                FailureKind::Busy
+            }
             InvokeError::Function { source, .. } => match source {
                 InstanceError::Vm(VmError::Guest(GuestFault::Timeout(_))) => FailureKind::Timeout,
                 InstanceError::Vm(_) | InstanceError::Exited(_) => FailureKind::Crash,
@@ -179,13 +197,22 @@ pub struct Orchestrator {
     pub config: PoolConfig,
     /// What `GET /metrics` shows.
     pub metrics: Metrics,
+    /// The memory budget of all instances together, if limited.
+    budget: Option<Arc<MemoryBudget>>,
     pools: Mutex<Pools>,
+}
+
+/// An instance with the memory charged for it: the charge is released when the
+/// instance is gone (fields drop in order).
+pub struct Charged {
+    instance: Instance,
+    _charge: Option<Charge>,
 }
 
 /// The pool of each function invoked so far.
 #[derive(Default)]
 struct Pools {
-    by_name: HashMap<String, Arc<Pool<Instance>>>,
+    by_name: HashMap<String, Arc<Pool<Charged>>>,
     shutting_down: bool,
 }
 
@@ -193,10 +220,19 @@ impl Orchestrator {
     /// An orchestrator over `store`, with a thread that expires idle instances while
     /// it lives.
     pub fn new(store: FunctionStore, config: PoolConfig) -> Arc<Self> {
+        let metrics = Metrics::default();
+        let budget = config.memory_budget_mib.map(|mib| {
+            metrics.memory_budget.set(mib_to_bytes(mib));
+            let charged = metrics.memory_charged.clone();
+            Arc::new(MemoryBudget::new(mib).on_change(move |mib| {
+                charged.set(mib_to_bytes(mib));
+            }))
+        });
         let orchestrator = Arc::new(Self {
             store,
             config,
-            metrics: Metrics::default(),
+            metrics,
+            budget,
             pools: Mutex::new(Pools::default()),
         });
         spawn_reaper(Arc::downgrade(&orchestrator));
@@ -208,7 +244,7 @@ impl Orchestrator {
     }
 
     /// The pool of `name`, created on first use; an error once shutting down.
-    fn pool(&self, name: &str) -> Result<Arc<Pool<Instance>>, InvokeError> {
+    fn pool(&self, name: &str) -> Result<Arc<Pool<Charged>>, InvokeError> {
         let mut pools = self.pools();
         if pools.shutting_down {
             return Err(InvokeError::ShuttingDown);
@@ -263,11 +299,23 @@ impl Orchestrator {
         // is gone before its slot is handed on.
         let (mut instance, start) = match lease.take_warm() {
             Some(instance) => (instance, Start::Warm),
-            None => match Instance::restore(
-                &deployed.snapshot(),
-                options.memory,
-                self.store.log_sink(name),
-            ) {
+            None => match self
+                .admit(name, deployed.manifest.mem_mib)
+                .and_then(|charge| {
+                    Instance::restore(
+                        &deployed.snapshot(),
+                        options.memory,
+                        self.store.log_sink(name),
+                    )
+                    .map(|instance| Charged {
+                        instance,
+                        _charge: charge,
+                    })
+                    .map_err(|source| InvokeError::Runtime {
+                        name: name.into(),
+                        source,
+                    })
+                }) {
                 Ok(instance) => {
                     self.metrics
                         .cold_starts
@@ -278,13 +326,16 @@ impl Orchestrator {
                         .inc();
                     (instance, Start::Cold)
                 }
-                Err(source) => {
+                Err(err) => {
                     drop(lease);
-                    let err = InvokeError::Runtime {
-                        name: name.into(),
-                        source,
-                    };
                     self.count_error(name, err.kind());
+                    if matches!(err, InvokeError::NoMemory { .. }) {
+                        tracing::warn!(
+                            function = name,
+                            error = error_chain(&err),
+                            "invocation refused"
+                        );
+                    }
                     return Err(err);
                 }
             },
@@ -294,19 +345,23 @@ impl Orchestrator {
             .invoke_timeout
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(1));
-        let result = instance.invoke(&request, Some(remaining));
+        let result = instance.instance.invoke(&request, Some(remaining));
         self.metrics
-            .count_unknown_syscalls(name, &instance.take_unsupported_syscalls());
+            .count_unknown_syscalls(name, &instance.instance.take_unsupported_syscalls());
         match result {
             Ok((mut response, invocation)) => {
                 response.pop_if(|b| *b == b'\n');
                 let cold_start = instance
+                    .instance
                     .cold_start()
                     .filter(|_| start == Start::Cold)
                     .cloned();
                 let rerecord =
                     self.check_working_set(name, &deployed, cold_start.as_ref(), &invocation);
                 lease.release(instance);
+                if let Some(budget) = &self.budget {
+                    budget.instance_went_idle();
+                }
                 let total = started.elapsed();
                 let labels = StartLabels {
                     function: name.into(),
@@ -364,6 +419,48 @@ impl Orchestrator {
                 Err(err)
             }
         }
+    }
+
+    /// The memory charge of a new instance of `name` with `mem_mib` of guest memory
+    /// (`None` without a budget); evicts idle instances of any function, least
+    /// recently used first, to make room, then waits up to the queue timeout.
+    fn admit(&self, name: &str, mem_mib: u64) -> Result<Option<Charge>, InvokeError> {
+        let Some(budget) = &self.budget else {
+            return Ok(None);
+        };
+        budget
+            .admit(
+                mem_mib.saturating_add(INSTANCE_OVERHEAD_MIB),
+                self.config.queue_timeout,
+                || self.evict_least_recently_used(),
+            )
+            .map(Some)
+            .map_err(|source| InvokeError::NoMemory {
+                name: name.into(),
+                source,
+            })
+    }
+
+    /// Drops the least recently used idle instance of any function. Returns whether
+    /// there was one.
+    fn evict_least_recently_used(&self) -> bool {
+        let pools: Vec<_> = self.pools().by_name.values().cloned().collect();
+        let oldest = pools
+            .iter()
+            .filter_map(|p| p.oldest_idle_since().map(|since| (since, p)))
+            .min_by_key(|(since, _)| *since);
+        match oldest {
+            Some((_, pool)) => {
+                // Another acquirer may have taken it meanwhile: then try the next.
+                pool.evict_oldest() || pools.iter().any(|p| p.evict_oldest())
+            }
+            None => false,
+        }
+    }
+
+    /// MiB charged to the memory budget now (0 without a budget).
+    pub fn memory_charged_mib(&self) -> u64 {
+        self.budget.as_ref().map_or(0, |b| b.charged_mib())
     }
 
     fn count_error(&self, name: &str, kind: FailureKind) {
@@ -455,6 +552,10 @@ impl Orchestrator {
     fn is_shutting_down(&self) -> bool {
         self.pools().shutting_down
     }
+}
+
+fn mib_to_bytes(mib: u64) -> i64 {
+    i64::try_from(mib.saturating_mul(1 << 20)).unwrap_or(i64::MAX)
 }
 
 /// Checks that a request is one JSON value and returns it as one compact line.

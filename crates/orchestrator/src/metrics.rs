@@ -83,6 +83,12 @@ pub struct Metrics {
     /// `reap_unknown_syscalls_total`: system calls the VMM does not support (or
     /// refuses), by number; see [`count_unknown_syscalls`](Self::count_unknown_syscalls).
     pub unknown_syscalls: Family<SyscallLabels, Counter>,
+    /// `reap_memory_budget_bytes`: the memory budget of all instances together (0
+    /// without a budget).
+    pub memory_budget: Gauge,
+    /// `reap_memory_charged_bytes`: the memory charged to the budget by live
+    /// instances.
+    pub memory_charged: Gauge,
     /// The numbers labelled so far, per function.
     syscall_labels: Mutex<HashMap<String, BTreeSet<u64>>>,
 }
@@ -147,8 +153,22 @@ impl Default for Metrics {
             "Guest system calls the VMM does not support, by number",
             unknown_syscalls.clone(),
         );
+        let memory_budget = Gauge::default();
+        registry.register(
+            "memory_budget_bytes",
+            "Memory budget of all instances together (0: no budget)",
+            memory_budget.clone(),
+        );
+        let memory_charged = Gauge::default();
+        registry.register(
+            "memory_charged_bytes",
+            "Memory charged to the budget by live instances: guest memory plus overhead",
+            memory_charged.clone(),
+        );
         Self {
             registry,
+            memory_budget,
+            memory_charged,
             unknown_syscalls,
             syscall_labels: Mutex::default(),
             invocations,

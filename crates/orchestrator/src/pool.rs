@@ -244,6 +244,27 @@ impl<I> Pool<I> {
         n
     }
 
+    /// When the least recently used idle instance went idle, if any.
+    pub fn oldest_idle_since(&self) -> Option<Instant> {
+        self.lock().idle.first().map(|i| i.since)
+    }
+
+    /// Drops the least recently used idle instance, to make room for another
+    /// (memory, say). Returns whether there was one.
+    pub fn evict_oldest(&self) -> bool {
+        let mut state = self.lock();
+        if state.idle.is_empty() {
+            return false;
+        }
+        let oldest = state.idle.remove(0);
+        let live = state.live - 1;
+        self.set_live(&mut state, live);
+        drop(state);
+        drop(oldest);
+        self.freed.notify_one();
+        true
+    }
+
     /// Drops the idle instances and forgets the current version, so instances out on
     /// lease are dropped when they come back (the function was removed or redeployed).
     pub fn retire(&self) {
@@ -674,5 +695,35 @@ mod tests {
         drop(b);
         assert_eq!(pool.expire_idle(), 1);
         assert_eq!(*seen.lock().unwrap(), [1, 2, 1, 0]);
+    }
+
+    #[test]
+    fn evicting_drops_the_least_recently_used_idle_instance() {
+        let alive = Arc::new(AtomicUsize::new(0));
+        let clock = ManualClock::new();
+        let pool = Pool::new(3, LONG).with_clock(clock.clone());
+        let mut a = pool.acquire("v1", false, NO_WAIT).unwrap();
+        let mut b = pool.acquire("v1", false, NO_WAIT).unwrap();
+        assert!(a.take_warm().is_none() && b.take_warm().is_none());
+        let first = clock.now();
+        a.release(Dummy::new(1, &alive));
+        clock.advance(Duration::from_secs(1));
+        b.release(Dummy::new(2, &alive));
+        assert_eq!(pool.oldest_idle_since(), Some(first));
+
+        assert!(pool.evict_oldest());
+        assert_eq!(
+            (pool.idle(), pool.live(), alive.load(Ordering::SeqCst)),
+            (1, 1, 1)
+        );
+        let mut lease = pool.acquire("v1", false, NO_WAIT).unwrap();
+        assert_eq!(
+            lease.take_warm().map(|d| d.id),
+            Some(2),
+            "the newer one stays"
+        );
+        drop(lease);
+        assert!(!pool.evict_oldest(), "nothing idle is left");
+        assert_eq!(pool.oldest_idle_since(), None);
     }
 }

@@ -218,6 +218,20 @@ fn raise_fd_limit() {
     }
 }
 
+/// What `reap serve` sets its `oom_score_adj` to: the kernel's OOM killer picks other
+/// processes first. Instances run inside the server today, so this shields it from
+/// the memory of other processes only, not from its own instances (the memory
+/// budget does that).
+const SERVER_OOM_SCORE_ADJ: &str = "-500";
+
+/// Lowers the server's `oom_score_adj` (needs root, or `CAP_SYS_RESOURCE`); logs and
+/// goes on if it cannot.
+fn shield_from_oom_killer() {
+    if let Err(e) = std::fs::write("/proc/self/oom_score_adj", SERVER_OOM_SCORE_ADJ) {
+        tracing::warn!(error = %e, "cannot lower oom_score_adj");
+    }
+}
+
 pub fn serve(
     listen: SocketAddr,
     config: PoolConfig,
@@ -226,6 +240,10 @@ pub fn serve(
 ) -> anyhow::Result<()> {
     let store = open_store()?.with_log_max_bytes(log_max_bytes);
     raise_fd_limit();
+    shield_from_oom_killer();
+    if let Some(mib) = config.memory_budget_mib {
+        tracing::info!(memory_budget_mib = mib, "memory budget");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

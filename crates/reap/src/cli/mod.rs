@@ -165,6 +165,11 @@ pub enum Command {
         /// NAME.log.1, so a function's logs take at most twice this.
         #[arg(long, default_value_t = reap_orchestrator::store::DEFAULT_LOG_MAX_BYTES)]
         log_max_bytes: u64,
+        /// Memory of all instances together, in MiB: each is charged its guest memory
+        /// plus 8 MiB; a cold start that does not fit evicts idle instances, then
+        /// waits, then gets 503. Default: 75% of the host's RAM minus 256 MiB.
+        #[arg(long, value_name = "MIB")]
+        memory_budget: Option<u64>,
     },
     /// Measure cold starts per memory mode against warm (the paper's benchmark): table
     /// on stdout; JSON, CSV and plots in the output directory.
@@ -228,11 +233,14 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             max_connections,
             max_uploads,
             log_max_bytes,
+            memory_budget,
         } => report((|| {
             let config = reap_orchestrator::PoolConfig {
                 keep_alive: seconds(keep_alive, "--keep-alive")?,
                 max_instances: max_instances.max(1),
                 invoke_timeout: seconds(timeout, "--timeout")?,
+                memory_budget_mib: memory_budget
+                    .or_else(reap_orchestrator::budget::default_budget_mib),
                 ..Default::default()
             };
             let limits = reap_orchestrator::api::HttpLimits {
