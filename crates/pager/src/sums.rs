@@ -159,27 +159,46 @@ fn chunk_extents(memory: &MemoryFile) -> Vec<(u64, u64)> {
     out
 }
 
+/// Reads the byte ranges `extents` of `memory`, [`READ_CHUNK`] bytes at a time, handing
+/// each piece and its offset to `f`; `what` names the reading in an I/O error. Returns
+/// the bytes read.
+fn read_extents(
+    memory: &MemoryFile,
+    extents: impl IntoIterator<Item = (u64, u64)>,
+    what: &'static str,
+    mut f: impl FnMut(u64, &[u8]) -> Result<(), SumsError>,
+) -> Result<u64, SumsError> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut read = 0;
+    for (s, e) in extents {
+        let mut at = s;
+        while at < e {
+            let n = in_memory((e - at).min(READ_CHUNK as u64));
+            memory
+                .read_at(at, &mut buf[..n])
+                .map_err(|e| SumsError::Io(PathIoError::on(memory.path(), what)(e)))?;
+            f(at, &buf[..n])?;
+            read += n as u64;
+            at += n as u64;
+        }
+    }
+    Ok(read)
+}
+
 impl PageSums {
     /// Computes the checksums of `memory`'s data pages, reading them (1 MiB at a time).
     pub fn compute(memory: &MemoryFile) -> Result<PageSums, SumsError> {
         let extents = chunk_extents(memory);
         let mut sums = Vec::new();
-        let mut buf = vec![0u8; READ_CHUNK];
-        for &(s, e) in &extents {
-            let mut at = s;
-            while at < e {
-                let n = in_memory((e - at).min(READ_CHUNK as u64));
-                memory.read_at(at, &mut buf[..n]).map_err(|source| {
-                    SumsError::Io(PathIoError {
-                        path: memory.path().to_path_buf(),
-                        what: "cannot read the memory file to checksum it",
-                        source,
-                    })
-                })?;
-                sums.extend(buf[..n].chunks(in_memory(CHUNK)).map(chunk_crc));
-                at += n as u64;
-            }
-        }
+        read_extents(
+            memory,
+            extents.iter().copied(),
+            "cannot read the memory file to checksum it",
+            |_, bytes| {
+                sums.extend(bytes.chunks(in_memory(CHUNK)).map(chunk_crc));
+                Ok(())
+            },
+        )?;
         Self::new(memory.len(), extents, sums)
     }
 
@@ -324,26 +343,15 @@ impl PageSums {
     /// that the kernel faults in without asking anyone). Returns the bytes read.
     pub fn verify_file(&self, memory: &MemoryFile) -> Result<u64, SumsError> {
         self.check_map(memory)?;
-        let mut buf = vec![0u8; READ_CHUNK];
-        let mut read = 0;
-        for &(s, e) in memory.data_extents() {
-            let (s, e) = (s - s % CHUNK, e.next_multiple_of(CHUNK));
-            let mut at = s;
-            while at < e {
-                let n = in_memory((e - at).min(READ_CHUNK as u64));
-                memory.read_at(at, &mut buf[..n]).map_err(|source| {
-                    SumsError::Io(PathIoError {
-                        path: memory.path().to_path_buf(),
-                        what: "cannot read the memory file to verify it",
-                        source,
-                    })
-                })?;
-                self.verify(memory.path(), at, &buf[..n])?;
-                read += n as u64;
-                at += n as u64;
-            }
-        }
-        Ok(read)
+        read_extents(
+            memory,
+            memory
+                .data_extents()
+                .iter()
+                .map(|&(s, e)| (s - s % CHUNK, e.next_multiple_of(CHUNK))),
+            "cannot read the memory file to verify it",
+            |at, bytes| Ok(self.verify(memory.path(), at, bytes)?),
+        )
     }
 
     /// The file image.
