@@ -141,11 +141,11 @@ pub enum Refusal {
 /// done). Blocks `SIGUSR1`, `SIGINT` and `SIGTERM` in the calling thread, which should
 /// be the only thread of the process (it is in `reap uffd-server`).
 pub fn run(config: Config) -> Result<(), ServerError> {
-    match WsPolicy::new(config.mode, config.ws.clone()) {
-        Ok(Some(_)) => {}
+    let policy = match WsPolicy::new(config.mode, config.ws.clone()) {
+        Ok(Some(policy)) => policy,
         Ok(None) => return Err(ServerError::FileMode),
         Err(RecordWithoutWs) => return Err(ServerError::RecordWithoutWs),
-    }
+    };
     let memory = MemoryFile::open(&config.memory).map_err(ServerError::Memory)?;
     match (config.mode, &config.ws) {
         (MemoryMode::Lazy, Some(ws)) => {
@@ -168,6 +168,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let mut server = Server {
         memory_len: memory.len(),
         config,
+        policy,
         listener,
         signals,
         pending: VecDeque::new(),
@@ -270,6 +271,8 @@ enum Report<'a> {
 
 struct Server {
     config: Config,
+    /// What the configuration asks for the working set (resolved per peer).
+    policy: WsPolicy,
     memory_len: u64,
     listener: UnixListener,
     signals: Signals,
@@ -673,13 +676,8 @@ impl Server {
 
     /// The mode for the next peer, from the configuration and whether the WS exists.
     fn session_mode(&self) -> Resolved {
-        // `run` refused the configurations without a policy.
-        let policy = WsPolicy::new(self.config.mode, self.config.ws.clone())
-            .ok()
-            .flatten()
-            .unwrap_or(WsPolicy::Lazy);
-        let resolved = policy.resolve();
-        if let (WsPolicy::Reap { ws }, true) = (&policy, resolved.recording()) {
+        let resolved = self.policy.resolve();
+        if let (WsPolicy::Reap { ws }, true) = (&self.policy, resolved.recording()) {
             tracing::info!(
                 "reap mode: {} does not exist yet; recording this peer into it",
                 ws.display()

@@ -486,49 +486,35 @@ fn memory_tag(memory: &MemoryFile) -> io::Result<u32> {
     Ok(crc32fast::hash(&page))
 }
 
-/// What identifies a file's contents in this process: device, inode, size,
-/// modification and change times (the change time cannot be set by hand, and every write
-/// or truncation moves it).
+/// What identifies a memory file as verified against its checksums in this process:
+/// device, inode, size, modification and change times (the change time cannot be set
+/// by hand, and every write or truncation moves it), and the checksums' CRC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct FileId {
+struct Stamp {
     dev: u64,
     ino: u64,
     size: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
-}
-
-impl FileId {
-    fn of(m: &fs::Metadata) -> FileId {
-        use std::os::unix::fs::MetadataExt;
-        FileId {
-            dev: m.dev(),
-            ino: m.ino(),
-            size: m.size(),
-            mtime: (m.mtime(), m.mtime_nsec()),
-            ctime: (m.ctime(), m.ctime_nsec()),
-        }
-    }
-}
-
-/// What identifies a memory file as verified against its checksums in this process:
-/// the file and the checksums' CRC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Stamp {
-    file: FileId,
     sums_crc: u32,
 }
 
 impl Stamp {
     fn of(memory: &MemoryFile, sums: &PageSums) -> io::Result<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = memory.file().metadata()?;
         Ok(Stamp {
-            file: FileId::of(&memory.file().metadata()?),
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
             sums_crc: sums.file_crc(),
         })
     }
 }
 
-/// Decoded state files by path.
+/// Decoded state files by path, with the bytes they were decoded from.
 type StateCache = HashMap<PathBuf, (Vec<u8>, Arc<SnapshotState>)>;
 
 /// Whether [`SnapshotDir::read_state`] reuses states it decoded before (on by default).
