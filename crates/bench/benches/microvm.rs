@@ -190,11 +190,11 @@ fn boot_steps(image: &[u8]) -> [f64; 6] {
     let vm_t = t.elapsed();
 
     let t = Instant::now();
-    let vcpu = Vcpu::new(&vm.kvm, &vm.fd).expect("vCPU");
+    let vcpu = Vcpu::new(vm.kvm, &vm.fd).expect("vCPU");
     let vcpu_t = t.elapsed();
 
     let t = Instant::now();
-    arch::configure_vcpu(&vm.kvm, &vcpu.fd, program.entry, rsp).expect("vCPU setup");
+    arch::configure_vcpu(vm.kvm, &vcpu.fd, program.entry, rsp).expect("vCPU setup");
     let setup_t = t.elapsed();
 
     // The vCPU and VM go before the memory they use.
@@ -214,7 +214,7 @@ fn entry_point(image: &[u8]) -> u64 {
 fn has_sync_regs() -> bool {
     let memory = GuestMemory::anonymous(16 << 20).expect("guest memory");
     let vm = Vm::new(&memory).expect("KVM VM");
-    let vcpu = Vcpu::new(&vm.kvm, &vm.fd).expect("vCPU");
+    let vcpu = Vcpu::new(vm.kvm, &vm.fd).expect("vCPU");
     vcpu.has_sync_regs()
 }
 

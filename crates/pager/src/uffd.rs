@@ -329,6 +329,33 @@ impl Event {
     }
 }
 
+/// This process's `/dev/userfaultfd`, opened on first use and kept: a jailed process
+/// opens it (with [`open_device`]) before its root and privileges are taken away.
+static DEV_USERFAULTFD: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+/// Opens `/dev/userfaultfd` for this process's later [`Uffd::new`] calls, if it is not
+/// open yet; an error if it cannot be opened.
+pub fn open_device() -> io::Result<()> {
+    if DEV_USERFAULTFD.get().is_none() {
+        let dev = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/userfaultfd")?;
+        // Another thread may have opened it meanwhile: either descriptor will do.
+        let _ = DEV_USERFAULTFD.set(dev.into());
+    }
+    Ok(())
+}
+
+fn dev_userfaultfd() -> Result<BorrowedFd<'static>, Errno> {
+    open_device().map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    Ok(DEV_USERFAULTFD
+        .get()
+        .expect("open_device() succeeded")
+        .as_fd())
+}
+
 /// An owned userfaultfd in non-blocking, close-on-exec mode.
 #[derive(Debug)]
 pub struct Uffd {
@@ -381,12 +408,7 @@ impl Uffd {
     }
 
     fn create_dev(flags: i32) -> Result<OwnedFd, Errno> {
-        let dev = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open("/dev/userfaultfd")
-            .map_err(|e| Errno(e.raw_os_error().unwrap_or(libc::EIO)))?;
+        let dev = dev_userfaultfd()?;
         // SAFETY: `dev` is an open /dev/userfaultfd; USERFAULTFD_IOC_NEW takes the
         // flags by value and returns a new descriptor or -1.
         let fd = unsafe { libc::ioctl(dev.as_raw_fd(), sys::USERFAULTFD_IOC_NEW as _, flags) };

@@ -194,8 +194,8 @@ impl MicroVm {
         let rsp = loader::build_stack(&memory, mem_size, &program, &inputs)?;
 
         let vm = Vm::new(&memory)?;
-        let vcpu = Vcpu::new(&vm.kvm, &vm.fd)?;
-        let cpuid = arch::configure_vcpu(&vm.kvm, &vcpu.fd, program.entry, rsp)?;
+        let vcpu = Vcpu::new(vm.kvm, &vm.fd)?;
+        let cpuid = arch::configure_vcpu(vm.kvm, &vcpu.fd, program.entry, rsp)?;
         let mut space = AddressSpace::new(mem_size, program.end);
         for &(start, end, exec) in &program.read_only {
             let protection = if exec {
@@ -228,7 +228,7 @@ impl MicroVm {
             return Err(VmError::NotReady);
         }
         let (regs, sregs) = self.vcpu.regs()?;
-        let vcpu = arch::save_vcpu(&self._vm.kvm, &self.vcpu.fd, &self.cpuid, regs, sregs)?;
+        let vcpu = arch::save_vcpu(self._vm.kvm, &self.vcpu.fd, &self.cpuid, regs, sregs)?;
         Ok(VmState {
             mem_size: self.memory.size(),
             vcpu,
@@ -249,8 +249,8 @@ impl MicroVm {
             return Err(VmError::MemSize(state.mem_size >> 20));
         }
         let vm = Vm::new(&memory)?;
-        let mut vcpu = Vcpu::new(&vm.kvm, &vm.fd)?;
-        let cpuid = arch::restore_vcpu(&vm.kvm, &vcpu.fd, &state.vcpu)?;
+        let mut vcpu = Vcpu::new(vm.kvm, &vm.fd)?;
+        let cpuid = arch::restore_vcpu(vm.kvm, &vcpu.fd, &state.vcpu)?;
         vcpu.invalidate_sync();
         let os = GuestOs::from_state(state.os.clone(), stdout, stderr);
         Ok(Self {

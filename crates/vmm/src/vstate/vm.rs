@@ -1,6 +1,8 @@
 //! The KVM VM: one memory slot covering all of guest memory.
 
 use kvm_bindings::kvm_userspace_memory_region;
+use std::sync::OnceLock;
+
 use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use super::memory::GuestMemory;
@@ -30,24 +32,39 @@ pub enum VmError {
 
 /// The KVM VM of a microVM.
 pub struct Vm {
-    /// The open `/dev/kvm`.
-    pub kvm: Kvm,
+    /// This process's `/dev/kvm` ([`kvm`]).
+    pub kvm: &'static Kvm,
     /// The VM.
     pub fd: VmFd,
+}
+
+/// This process's `/dev/kvm`, opened once (by [`kvm`]) and shared by all its VMs: a
+/// jailed process opens it before its root and privileges are taken away.
+static KVM: OnceLock<Kvm> = OnceLock::new();
+
+/// This process's `/dev/kvm`, opened on first use, with the capabilities the VMM needs
+/// checked then.
+pub fn kvm() -> Result<&'static Kvm, VmError> {
+    if let Some(kvm) = KVM.get() {
+        return Ok(kvm);
+    }
+    let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
+    for (cap, name) in [
+        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        (Cap::Xcrs, "KVM_CAP_XCRS"),
+    ] {
+        if !kvm.check_extension(cap) {
+            return Err(VmError::MissingCap(name));
+        }
+    }
+    // Another thread may have opened it meanwhile: either handle will do.
+    Ok(KVM.get_or_init(|| kvm))
 }
 
 impl Vm {
     /// Creates a VM whose guest-physical memory is `memory`.
     pub fn new(memory: &GuestMemory) -> Result<Self, VmError> {
-        let kvm = Kvm::new().map_err(VmError::OpenKvm)?;
-        for (cap, name) in [
-            (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
-            (Cap::Xcrs, "KVM_CAP_XCRS"),
-        ] {
-            if !kvm.check_extension(cap) {
-                return Err(VmError::MissingCap(name));
-            }
-        }
+        let kvm = kvm()?;
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
         let region = kvm_userspace_memory_region {
             slot: 0,
