@@ -572,7 +572,7 @@ mod tests {
             let root = std::env::temp_dir().join(format!("reap-api-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&root);
             let (store, _) = FunctionStore::open(&root).unwrap();
-            let orchestrator = Orchestrator::new(store, PoolConfig::default());
+            let orchestrator = Orchestrator::new(store, PoolConfig::default()).unwrap();
             let limits = HttpLimits {
                 header_timeout: Duration::from_millis(500),
                 body_timeout: Duration::from_millis(500),

@@ -25,8 +25,9 @@ use self::budget::{BudgetError, Charge, INSTANCE_OVERHEAD_MIB, MemoryBudget};
 use self::metrics::{ErrorLabels, FunctionLabels, Metrics, ModeLabels, StartLabels};
 use self::pool::{Pool, PoolError};
 use self::store::{Deployed, FunctionStore, StoreError};
-use reap_vmm::instance::{ColdStart, Instance, InstanceError, Invocation, MemoryMode};
-use reap_vmm::microvm::{GuestFault, VmError};
+use reap_pager::ServeOptions;
+use reap_vmm::instance::{ColdStart, Invocation, MemoryMode};
+use reap_worker::{Fault, RemoteInstance, WorkerConfig, WorkerError, Workers};
 
 /// How many instances each function may have, how long they stay warm, and the
 /// time limits of an invocation.
@@ -46,6 +47,8 @@ pub struct PoolConfig {
     /// The memory of all instances together, in MiB: an instance is charged its
     /// guest memory plus [`INSTANCE_OVERHEAD_MIB`]; `None` means no limit.
     pub memory_budget_mib: Option<u64>,
+    /// How instance processes are started and jailed.
+    pub workers: WorkerConfig,
 }
 
 impl Default for PoolConfig {
@@ -57,6 +60,13 @@ impl Default for PoolConfig {
             queue_timeout: Duration::from_secs(30),
             rerecord_fraction: 0.25,
             memory_budget_mib: None,
+            // This program, run as `reap worker`; none started ahead until asked.
+            workers: WorkerConfig {
+                prestart: 0,
+                ..WorkerConfig::new(
+                    std::env::current_exe().unwrap_or_else(|_| std::path::PathBuf::from("reap")),
+                )
+            },
         }
     }
 }
@@ -117,7 +127,7 @@ pub enum InvokeError {
         name: String,
         /// What it did.
         #[source]
-        source: InstanceError,
+        source: WorkerError,
     },
     /// The runtime could not restore or run an instance, through no fault of the
     /// function.
@@ -127,7 +137,7 @@ pub enum InvokeError {
         name: String,
         /// What failed.
         #[source]
-        source: InstanceError,
+        source: WorkerError,
     },
 }
 
@@ -140,11 +150,12 @@ impl InvokeError {
             InvokeError::Busy { .. } | InvokeError::NoMemory { .. } | InvokeError::ShuttingDown => {
                 FailureKind::Busy
             }
-            InvokeError::Function { source, .. } => match source {
-                InstanceError::Vm(VmError::Guest(GuestFault::Timeout(_))) => FailureKind::Timeout,
-                InstanceError::Vm(_) | InstanceError::Exited(_) => FailureKind::Crash,
+            InvokeError::Function { source, .. } => match source.fault() {
+                Fault::Timeout => FailureKind::Timeout,
+                Fault::Crash => FailureKind::Crash,
                 // No answer, several lines, too much, or gone before its ready point.
-                _ => FailureKind::BadResponse,
+                Fault::BadResponse => FailureKind::BadResponse,
+                Fault::Runtime => FailureKind::Runtime,
             },
             InvokeError::Runtime { .. } => FailureKind::Runtime,
         }
@@ -200,12 +211,14 @@ pub struct Orchestrator {
     /// The memory budget of all instances together, if limited.
     budget: Option<Arc<MemoryBudget>>,
     pools: Mutex<Pools>,
+    /// The instance processes.
+    workers: Workers,
 }
 
 /// An instance with the memory charged for it: the charge is released when the
 /// instance is gone (fields drop in order).
 pub struct Charged {
-    instance: Instance,
+    instance: RemoteInstance,
     _charge: Option<Charge>,
 }
 
@@ -219,7 +232,9 @@ struct Pools {
 impl Orchestrator {
     /// An orchestrator over `store`, with a thread that expires idle instances while
     /// it lives.
-    pub fn new(store: FunctionStore, config: PoolConfig) -> Arc<Self> {
+    ///
+    /// Fails if the threads that start and end instance processes cannot be started.
+    pub fn new(store: FunctionStore, config: PoolConfig) -> std::io::Result<Arc<Self>> {
         let metrics = Metrics::default();
         let budget = config.memory_budget_mib.map(|mib| {
             metrics.memory_budget.set(mib_to_bytes(mib));
@@ -228,15 +243,17 @@ impl Orchestrator {
                 charged.set(mib_to_bytes(mib));
             }))
         });
+        let workers = Workers::new(config.workers.clone())?;
         let orchestrator = Arc::new(Self {
             store,
             config,
             metrics,
             budget,
             pools: Mutex::new(Pools::default()),
+            workers,
         });
         spawn_reaper(Arc::downgrade(&orchestrator));
-        orchestrator
+        Ok(orchestrator)
     }
 
     fn pools(&self) -> MutexGuard<'_, Pools> {
@@ -302,19 +319,22 @@ impl Orchestrator {
             None => match self
                 .admit(name, deployed.manifest.mem_mib)
                 .and_then(|charge| {
-                    Instance::restore(
-                        &deployed.snapshot(),
-                        options.memory,
-                        self.store.log_sink(name),
-                    )
-                    .map(|instance| Charged {
-                        instance,
-                        _charge: charge,
-                    })
-                    .map_err(|source| InvokeError::Runtime {
-                        name: name.into(),
-                        source,
-                    })
+                    self.workers
+                        .restore(
+                            &deployed.snapshot(),
+                            options.memory,
+                            ServeOptions::default(),
+                            self.store.log_sink(name),
+                            self.config.invoke_timeout.saturating_sub(started.elapsed()),
+                        )
+                        .map(|instance| Charged {
+                            instance,
+                            _charge: charge,
+                        })
+                        .map_err(|source| InvokeError::Runtime {
+                            name: name.into(),
+                            source,
+                        })
                 }) {
                 Ok(instance) => {
                     self.metrics
@@ -345,7 +365,7 @@ impl Orchestrator {
             .invoke_timeout
             .saturating_sub(started.elapsed())
             .max(Duration::from_millis(1));
-        let result = instance.instance.invoke(&request, Some(remaining));
+        let result = instance.instance.invoke(&request, remaining);
         self.metrics
             .count_unknown_syscalls(name, &instance.instance.take_unsupported_syscalls());
         match result {
@@ -398,7 +418,7 @@ impl Orchestrator {
             Err(source) => {
                 drop(instance);
                 drop(lease);
-                let function_fault = source.is_function_fault();
+                let function_fault = source.fault().is_function_fault();
                 let err = if function_fault {
                     InvokeError::Function {
                         name: name.into(),
@@ -607,16 +627,22 @@ mod tests {
         ));
     }
 
-    fn function_error(source: InstanceError) -> InvokeError {
+    fn function_error(source: WorkerError) -> InvokeError {
         InvokeError::Function {
             name: "f".into(),
             source,
         }
     }
 
+    fn instance_error(fault: Fault) -> InvokeError {
+        function_error(WorkerError::Instance {
+            fault,
+            message: "m".into(),
+        })
+    }
+
     #[test]
     fn invoke_errors_have_the_kinds_of_their_causes() {
-        let guest = |fault| function_error(InstanceError::Vm(VmError::Guest(fault)));
         let cases = [
             (
                 InvokeError::Store(StoreError::NotFound("f".into())),
@@ -642,31 +668,27 @@ mod tests {
                 FailureKind::Busy,
             ),
             (InvokeError::ShuttingDown, FailureKind::Busy),
+            (instance_error(Fault::Timeout), FailureKind::Timeout),
+            (instance_error(Fault::Crash), FailureKind::Crash),
+            (instance_error(Fault::BadResponse), FailureKind::BadResponse),
             (
-                guest(GuestFault::Timeout(Duration::from_secs(2))),
-                FailureKind::Timeout,
-            ),
-            (
-                guest(GuestFault::TripleFault { rip: 0x1000 }),
+                function_error(WorkerError::Died {
+                    how: "was killed by signal 9 (SIGKILL)".into(),
+                }),
                 FailureKind::Crash,
             ),
-            (function_error(InstanceError::Exited(3)), FailureKind::Crash),
             (
-                function_error(InstanceError::ResponseLines(3)),
-                FailureKind::BadResponse,
+                function_error(WorkerError::Protocol("garbage".into())),
+                FailureKind::Crash,
             ),
             (
-                function_error(InstanceError::NoResponse),
-                FailureKind::BadResponse,
-            ),
-            (
-                function_error(InstanceError::ResponseTooLarge),
-                FailureKind::BadResponse,
+                function_error(WorkerError::Unresponsive(Duration::from_secs(1))),
+                FailureKind::Timeout,
             ),
             (
                 InvokeError::Runtime {
                     name: "f".into(),
-                    source: InstanceError::NotReady,
+                    source: WorkerError::Start("no process".into()),
                 },
                 FailureKind::Runtime,
             ),
@@ -680,7 +702,7 @@ mod tests {
     fn invoking_a_bad_name_is_a_bad_request() {
         let root = std::env::temp_dir().join(format!("reap-orch-names-{}", std::process::id()));
         let (store, _) = FunctionStore::open(&root).unwrap();
-        let o = Orchestrator::new(store, PoolConfig::default());
+        let o = Orchestrator::new(store, PoolConfig::default()).unwrap();
         for name in ["../..", "Hello", &"x".repeat(65)] {
             let err = o.invoke(name, b"{}", InvokeOptions::default()).unwrap_err();
             assert_eq!(err.kind(), FailureKind::BadRequest, "{name}");
@@ -724,7 +746,7 @@ mod tests {
             queue_timeout: Duration::ZERO,
             ..PoolConfig::default()
         };
-        let o = Orchestrator::new(store, config);
+        let o = Orchestrator::new(store, config).unwrap();
         for _ in 0..5 {
             let err = o.invoke("f", b"{}", InvokeOptions::default()).unwrap_err();
             assert_eq!(err.kind(), FailureKind::Runtime, "{}", error_chain(&err));
@@ -736,6 +758,6 @@ mod tests {
     #[test]
     fn instances_can_move_between_threads() {
         fn assert_send<T: Send>() {}
-        assert_send::<Instance>();
+        assert_send::<RemoteInstance>();
     }
 }

@@ -107,6 +107,19 @@ pub struct Pagemap {
     buf: Vec<u8>,
 }
 
+/// This process's own page map, opened ahead by [`open_own`] (a jailed process has no
+/// `/proc`).
+static OWN: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+
+/// Opens this process's page map (`/proc/self/pagemap`) now, for the later scans of
+/// [`Owner::This`]: a process about to lose its `/proc` (a jail) calls it first.
+pub fn open_own() -> std::io::Result<()> {
+    if OWN.get().is_none() {
+        let _ = OWN.set(File::open("/proc/self/pagemap")?);
+    }
+    Ok(())
+}
+
 impl Pagemap {
     /// Opens the page map of `owner`. For another process, the pid is checked to still
     /// name the owner after the open (its pidfd has not fired): the open file then
@@ -117,7 +130,11 @@ impl Pagemap {
             Owner::Pid { pid, .. } => (PathBuf::from(format!("/proc/{pid}/pagemap")), Some(*pid)),
             Owner::Unknown => return Err(PagemapError::UnknownOwner),
         };
-        let file = File::open(&path)
+        let opened = match (owner, OWN.get()) {
+            (Owner::This, Some(own)) => own.try_clone(),
+            _ => File::open(&path),
+        };
+        let file = opened
             .map_err(|e| PagemapError::Io(PathIoError::on(&path, "cannot open the page map")(e)))?;
         if let Owner::Pid { pid, pidfd } = owner
             && Owner::has_exited(pidfd.as_fd())

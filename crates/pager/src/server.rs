@@ -91,7 +91,7 @@ impl Holes {
 
 /// How [`PageServer::start_with`] serves, beyond the [`Mode`].
 /// `ServeOptions::default()` is what [`PageServer::start`] uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct ServeOptions {
     /// What happens to holes of the memory file.
@@ -644,6 +644,14 @@ impl PageServer {
     /// found by earlier scans only (one warning per server). Recording goes on; call it
     /// again to write a longer set.
     pub fn write_ws(&self, path: &Path) -> Result<WsSummary, PagerError> {
+        let offsets = self.recorded_ws()?;
+        Ok(ws::write_ws(path, self.page_size, &offsets, &self.memory)?)
+    }
+
+    /// The pages [`PageServer::write_ws`] would write now, as memory-file offsets in
+    /// their order: for a caller that writes the WS file elsewhere (with
+    /// [`ws::write_ws`]), e.g. a process that cannot write the snapshot's directory.
+    pub fn recorded_ws(&self) -> Result<Vec<u64>, PagerError> {
         if !self.recording {
             return Err(PagerError::NotRecording);
         }
@@ -662,7 +670,7 @@ impl PageServer {
         }
         let mut offsets = self.recorded_offsets();
         offsets.extend(self.recorded_hole_offsets());
-        Ok(ws::write_ws(path, self.page_size, &offsets, &self.memory)?)
+        Ok(offsets)
     }
 
     /// Stops the fault loop, waits for its thread, and returns the final counters.

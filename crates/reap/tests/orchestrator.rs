@@ -526,7 +526,7 @@ fn cli_works_without_a_server_and_graceful_shutdown_cleans_up() {
 #[test]
 fn working_set_is_rerecorded_when_it_stops_fitting() {
     use reap_orchestrator::store::FunctionStore;
-    use reap_orchestrator::{InvokeOptions, Orchestrator, PoolConfig};
+    use reap_orchestrator::{InvokeOptions, Orchestrator};
     let home = temp_dir("rerecord");
     let (store, _) = FunctionStore::open(&home).unwrap();
     let image = std::fs::read(guest("misbehave")).unwrap();
@@ -534,7 +534,7 @@ fn working_set_is_rerecorded_when_it_stops_fitting() {
         .deploy("table", &image, 128, Vec::new(), Duration::from_secs(60))
         .unwrap();
     let snapshot = store.get("table").unwrap().snapshot();
-    let o = Orchestrator::new(store, PoolConfig::default());
+    let o = Orchestrator::new(store, pool_config()).unwrap();
     let cold = InvokeOptions {
         force_cold: true,
         ..Default::default()
@@ -631,11 +631,11 @@ fn leftovers(home: &Path) -> Vec<String> {
 #[test]
 fn concurrent_deploys_of_one_name_in_one_process_leave_a_working_function() {
     use reap_orchestrator::store::FunctionStore;
-    use reap_orchestrator::{InvokeOptions, Orchestrator, PoolConfig};
+    use reap_orchestrator::{InvokeOptions, Orchestrator};
     let home = temp_dir("deploys-threads");
     let (store, _) = FunctionStore::open(&home).unwrap();
     let image = std::fs::read(guest("helloworld")).unwrap();
-    let o = Orchestrator::new(store.clone(), PoolConfig::default());
+    let o = Orchestrator::new(store.clone(), pool_config()).unwrap();
     for round in 0..20 {
         let versions: Vec<String> = std::thread::scope(|s| {
             let threads: Vec<_> = (0..8)
@@ -989,4 +989,12 @@ fn idle_instances_of_other_functions_are_evicted_to_make_room_in_the_memory_budg
             server.log()
         );
     }
+}
+
+/// The orchestrator's defaults, its instance processes run from the `reap` binary (this
+/// test program is not one).
+fn pool_config() -> reap_orchestrator::PoolConfig {
+    let mut config = reap_orchestrator::PoolConfig::default();
+    config.workers.exe = reap_test_support::reap_binary();
+    config
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reap_pager::{PageServer, PagerStats, ServeOptions, StopReason};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::guest_os::Sink;
 use crate::microvm::{MicroVm, MicroVmConfig, RunExit, VmError};
@@ -109,7 +109,7 @@ impl Write for Capture {
 }
 
 /// How a cold start went, up to the point the guest can run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ColdStart {
     /// The memory mode of the restore.
     pub mode: MemoryMode,
@@ -156,7 +156,7 @@ pub struct Deployed {
 }
 
 /// One invocation's figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Invocation {
     /// The first invocation after a restore (part of a cold start).
     pub cold: bool,
@@ -181,6 +181,10 @@ pub struct Instance {
     stdout: Capture,
     /// Where to write the working set after the first invocation (recording).
     record_ws: Option<PathBuf>,
+    /// The working set is kept for [`Instance::take_recorded_ws`] instead of written.
+    record_elsewhere: bool,
+    /// The working set recorded by the first invocation, not written.
+    recorded: Option<Vec<u64>>,
     cold_start: Option<ColdStart>,
     invocations: u64,
 }
@@ -207,6 +211,8 @@ impl Instance {
             pager: None,
             stdout,
             record_ws: None,
+            record_elsewhere: false,
+            recorded: None,
             cold_start: None,
             invocations: 0,
         })
@@ -292,9 +298,24 @@ impl Instance {
             pager,
             stdout,
             record_ws,
+            record_elsewhere: false,
+            recorded: None,
             cold_start: Some(cold_start),
             invocations: 0,
         })
+    }
+
+    /// A recording instance keeps the working set its first invocation records, for
+    /// [`Instance::take_recorded_ws`], instead of writing the WS file itself (a process
+    /// that cannot write the snapshot's directory hands it to one that can).
+    pub fn keep_recorded_ws(&mut self) {
+        self.record_elsewhere = true;
+    }
+
+    /// The working set the first invocation recorded, as memory-file offsets in WS
+    /// order (after [`Instance::keep_recorded_ws`]), once.
+    pub fn take_recorded_ws(&mut self) -> Option<Vec<u64>> {
+        self.recorded.take()
     }
 
     /// The cold start with its first invocation `inv`, if `inv` was that invocation.
@@ -383,6 +404,13 @@ impl Instance {
         // A working set that cannot be written costs the next cold start speed, not
         // this invocation its answer.
         let ws_pages_written = match (self.record_ws.take(), &self.pager) {
+            (Some(_), Some(pager)) if self.record_elsewhere => {
+                match pager.recorded_ws() {
+                    Ok(offsets) => self.recorded = Some(offsets),
+                    Err(e) => tracing::warn!("cannot take the working set: {e:#}"),
+                }
+                None
+            }
             (Some(path), Some(pager)) => match pager.write_ws(&path) {
                 Ok(summary) => Some(summary.pages),
                 Err(e) => {

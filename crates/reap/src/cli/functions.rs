@@ -58,13 +58,18 @@ pub fn invoke(
     cold: bool,
     memory: Option<MemoryMode>,
     json: bool,
+    workers: reap_worker::WorkerConfig,
 ) -> anyhow::Result<()> {
     let store = open_store()?;
     if let Some(server) = client::running_server(&store) {
         return invoke_remote(&server, name, data, cold, memory, json);
     }
     // No server: a one-off instance in this process (always a cold start).
-    let orchestrator = Orchestrator::new(store, PoolConfig::default());
+    let config = PoolConfig {
+        workers,
+        ..PoolConfig::default()
+    };
+    let orchestrator = Orchestrator::new(store, config).context("cannot start the orchestrator")?;
     let options = InvokeOptions {
         force_cold: cold,
         memory: memory.unwrap_or(MemoryMode::Reap),
@@ -255,7 +260,8 @@ pub fn serve(
         let server_file = store.server_file();
         std::fs::write(&server_file, serde_json::to_vec(&info)?)
             .with_context(|| format!("cannot write {}", server_file.display()))?;
-        let orchestrator = Orchestrator::new(store, config);
+        let orchestrator =
+            Orchestrator::new(store, config).context("cannot start the orchestrator")?;
         tracing::info!(%local, "serving");
         eprintln!("reap: serving on http://{local}");
         let shutdown = async {

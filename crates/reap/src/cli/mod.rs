@@ -3,6 +3,7 @@
 pub mod functions;
 pub mod run;
 pub mod snapshot;
+pub mod worker;
 
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -93,6 +94,8 @@ pub enum Command {
         /// Limit in seconds on each invocation.
         #[arg(long, default_value_t = 60.0)]
         timeout: f64,
+        #[command(flatten)]
+        jail: worker::JailArgs,
     },
     /// Deploy a function into the store: boot it, wait for its ready point, snapshot it.
     Deploy {
@@ -126,6 +129,8 @@ pub enum Command {
         /// Print the response with the invocation's breakdown as one JSON object.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        jail: worker::JailArgs,
     },
     /// List the deployed functions.
     Ls,
@@ -170,6 +175,11 @@ pub enum Command {
         /// waits, then gets 503. Default: 75% of the host's RAM minus 256 MiB.
         #[arg(long, value_name = "MIB")]
         memory_budget: Option<u64>,
+        /// Instance processes kept started and jailed, ready for a cold start.
+        #[arg(long, default_value_t = 2)]
+        prestart: usize,
+        #[command(flatten)]
+        jail: worker::JailArgs,
     },
     /// Measure cold starts per memory mode against warm (the paper's benchmark): table
     /// on stdout; JSON, CSV and plots in the output directory.
@@ -177,6 +187,9 @@ pub enum Command {
     /// Serve the memory of a Firecracker microVM restored with a Uffd memory backend:
     /// lazily, recording its working set, or prefetching it (REAP).
     UffdServer(reap_uffd_server::UffdServerArgs),
+    /// An instance process, started by the server on a socket (descriptor 3).
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
 }
 
 /// Runs the parsed command line; returns the process's exit status.
@@ -202,7 +215,10 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             evict_cache,
             json,
             timeout,
-        } => report(snapshot::restore(dir, memory, evict_cache, json, timeout)),
+            jail,
+        } => report(jail.config(0).and_then(|workers| {
+            snapshot::restore(dir, memory, evict_cache, json, timeout, workers)
+        })),
         Command::Deploy {
             name,
             binary,
@@ -219,7 +235,11 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             cold,
             memory,
             json,
-        } => report(functions::invoke(&name, &data, cold, memory, json)),
+            jail,
+        } => report(
+            jail.config(0)
+                .and_then(|workers| functions::invoke(&name, &data, cold, memory, json, workers)),
+        ),
         Command::Ls => report(functions::list()),
         Command::Rm { name } => report(functions::remove(&name)),
         Command::Logs { name } => report(functions::logs(&name)),
@@ -234,8 +254,11 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             max_uploads,
             log_max_bytes,
             memory_budget,
+            prestart,
+            jail,
         } => report((|| {
             let config = reap_orchestrator::PoolConfig {
+                workers: jail.config(prestart)?,
                 keep_alive: seconds(keep_alive, "--keep-alive")?,
                 max_instances: max_instances.max(1),
                 invoke_timeout: seconds(timeout, "--timeout")?,
@@ -254,6 +277,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         })()),
         Command::Bench(args) => report(reap_bench::main(args).map_err(Into::into)),
         Command::UffdServer(args) => report(reap_uffd_server::main(args).map_err(Into::into)),
+        Command::Worker(args) => worker::worker(&args),
     }
 }
 

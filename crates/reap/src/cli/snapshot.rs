@@ -62,13 +62,23 @@ pub fn restore(
     evict_cache: bool,
     json: bool,
     timeout: f64,
+    workers: reap_worker::WorkerConfig,
 ) -> anyhow::Result<()> {
     let limit = seconds(timeout, "--timeout")?;
     let snapshot = SnapshotDir::new(&dir);
     if evict_cache {
         snapshot.evict_from_page_cache()?;
     }
-    let mut instance = Instance::restore(&snapshot, mode, Box::new(io::stderr()))
+    let workers = reap_worker::Workers::new(workers)
+        .context("cannot start the threads of instance processes")?;
+    let mut instance = workers
+        .restore(
+            &snapshot,
+            mode,
+            reap_pager::ServeOptions::default(),
+            Box::new(io::stderr()),
+            limit,
+        )
         .with_context(|| format!("cannot restore {}", dir.display()))?;
     if instance.cold_start().is_some_and(|c| c.ws_fell_back) {
         eprintln!(
@@ -84,7 +94,7 @@ pub fn restore(
         if io::BufRead::read_until(&mut stdin.lock(), b'\n', &mut line)? == 0 {
             return Ok(());
         }
-        let (response, inv) = instance.invoke(&line, Some(limit))?;
+        let (response, inv) = instance.invoke(&line, limit)?;
         stdout.write_all(&response)?;
         stdout.flush()?;
         let report = instance.cold_start_report(&inv);

@@ -326,8 +326,17 @@ impl SnapshotDir {
     /// and the same checksums. Returns whether it read the file. A snapshot without
     /// checksums is not verified.
     pub fn verify_for_mapping(&self, memory: &MemoryFile) -> Result<bool, SnapshotError> {
+        Ok(self.verified_stamp(memory)?.is_some_and(|(_, read)| read))
+    }
+
+    /// [`SnapshotDir::verify_for_mapping`], returning the stamp of the verified file and
+    /// whether it was read now (`None` for a snapshot without checksums).
+    pub fn verified_stamp(
+        &self,
+        memory: &MemoryFile,
+    ) -> Result<Option<(Stamp, bool)>, SnapshotError> {
         let Some(sums) = memory.sums() else {
-            return Ok(false);
+            return Ok(None);
         };
         let io_err = |source| {
             SnapshotError::Io(PathIoError {
@@ -338,12 +347,12 @@ impl SnapshotDir {
         };
         let stamp = Stamp::of(memory, sums).map_err(io_err)?;
         if verified().contains(&stamp) {
-            return Ok(false);
+            return Ok(Some((stamp, false)));
         }
         sums.verify_file(memory)
             .map_err(SnapshotError::MemoryDamaged)?;
         verified().insert(stamp);
-        Ok(true)
+        Ok(Some((stamp, true)))
     }
 
     /// Drops the snapshot's files from the page cache, to measure a cold start.
@@ -489,14 +498,23 @@ fn memory_tag(memory: &MemoryFile) -> io::Result<u32> {
 /// What identifies a memory file as verified against its checksums in this process:
 /// device, inode, size, modification and change times (the change time cannot be set
 /// by hand, and every write or truncation moves it), and the checksums' CRC.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Stamp {
+///
+/// A process that verified a file can hand its stamp to another ([`trust_verified`]),
+/// which then skips the verification as long as the file it opens has the same stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Stamp {
     dev: u64,
     ino: u64,
     size: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
     sums_crc: u32,
+}
+
+/// Takes `stamp` as verified in this process: [`SnapshotDir::verify_for_mapping`] skips
+/// a memory file with this very stamp (a process that verified it sent it).
+pub fn trust_verified(stamp: Stamp) {
+    verified().insert(stamp);
 }
 
 impl Stamp {

@@ -1,0 +1,304 @@
+//! The instance process (`reap worker`): sets up its jail, tells the server it is
+//! ready, then restores one snapshot and serves its invocations until the server
+//! closes the socket.
+
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use reap_vmm::instance::{Instance, InstanceError};
+use reap_vmm::microvm::{GuestFault, VmError};
+use reap_vmm::snapshot::{self, SnapshotDir};
+
+use crate::jail::{self, Ids};
+use crate::protocol::{self, Fault, FrameError, Reply, ReplyHeader, Request, Trailer};
+
+/// The descriptor the server puts the socket on.
+pub const SOCKET_FD: i32 = 3;
+
+/// How the instance process runs.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Jailed as these ids (namespaces, empty root, seccomp); `None` runs unconfined,
+    /// for hosts without namespaces and for debugging.
+    pub jail: Option<Ids>,
+    /// The seccomp filter logs forbidden calls instead of killing.
+    pub seccomp_log: bool,
+}
+
+/// Fault injection for the tests of the server's handling of a broken instance
+/// process (`REAP_WORKER_FAULT`): `panic-on-invoke` panics in the invocation path.
+const FAULT_ENV: &str = "REAP_WORKER_FAULT";
+
+/// Runs the instance process on the socket at [`SOCKET_FD`].
+pub fn main(options: &Options) -> ExitCode {
+    // SAFETY: the server put our end of the socket on this descriptor, and nothing
+    // else in this process owns it.
+    let sock = unsafe { UnixStream::from_raw_fd(SOCKET_FD) };
+    if options.jail.is_some() {
+        // The namespaces were unshared before exec; the PID namespace takes its first
+        // process at the next fork.
+        match enter_pid_namespace() {
+            Ok(true) => {}
+            Ok(false) => unreachable!("the outer process does not return"),
+            Err(e) => return fail(&sock, &format!("cannot enter the PID namespace: {e}")),
+        }
+        if let Err(e) = jail::prepare() {
+            return fail(&sock, &format!("cannot set up the jail: {e}"));
+        }
+    }
+    if let Err(e) = send(&sock, Reply::Ready, &[], Trailer::default()) {
+        eprintln!("reap worker: {e}");
+        return ExitCode::FAILURE;
+    }
+    match serve(&sock, options) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("reap worker: {}", reap_error::chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Forks: the child, the first process of the new PID namespace, returns `true`; the
+/// parent waits for it and ends the way it ended.
+fn enter_pid_namespace() -> io::Result<bool> {
+    // SAFETY: the process has one thread here.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid == 0 {
+        // SAFETY: plain prctl; killed with the outer process.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
+        return Ok(true);
+    }
+    // The outer process keeps no socket: the server sees EOF when the inner one ends.
+    // SAFETY: closing our copy of the socket descriptor, which nothing here uses.
+    unsafe { libc::close(SOCKET_FD) };
+    let mut status = 0;
+    loop {
+        // SAFETY: waiting for our child.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            break;
+        }
+        if rc < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            std::process::exit(1);
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        let signal = libc::WTERMSIG(status);
+        let no_core = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: resetting the signal's action and raising it on ourselves, so the
+        // server sees the signal that ended the instance; no core file.
+        unsafe {
+            libc::setrlimit(libc::RLIMIT_CORE, &no_core);
+            libc::signal(signal, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, signal);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            libc::raise(signal);
+        }
+    }
+    std::process::exit(libc::WEXITSTATUS(status));
+}
+
+fn fail(sock: &UnixStream, message: &str) -> ExitCode {
+    let _ = send(
+        sock,
+        Reply::Failed {
+            fault: Fault::Runtime,
+            message: message.to_owned(),
+        },
+        &[],
+        Trailer::default(),
+    );
+    eprintln!("reap worker: {message}");
+    ExitCode::FAILURE
+}
+
+/// The guest's stderr, kept until the next reply, at most [`protocol::MAX_STDERR`].
+#[derive(Clone, Default)]
+struct Stderr(Arc<Mutex<(Vec<u8>, u64)>>);
+
+impl Stderr {
+    fn take(&self) -> (Vec<u8>, u64) {
+        std::mem::take(&mut *self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl Write for Stderr {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (kept, dropped) = &mut *g;
+        let room = (protocol::MAX_STDERR as usize).saturating_sub(kept.len());
+        let n = buf.len().min(room);
+        kept.extend_from_slice(&buf[..n]);
+        *dropped += (buf.len() - n) as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn send(
+    sock: &UnixStream,
+    reply: Reply,
+    payload: &[u8],
+    trailer: Trailer,
+) -> Result<(), FrameError> {
+    protocol::send(sock, &ReplyHeader { reply, trailer }, &[payload], &[])
+}
+
+/// Sends `reply` with the stderr and unsupported calls gathered since the last one.
+fn reply(
+    sock: &UnixStream,
+    reply: Reply,
+    payload: &[u8],
+    stderr: &Stderr,
+    instance: Option<&mut Instance>,
+) -> Result<(), FrameError> {
+    let (err, stderr_dropped) = stderr.take();
+    let mut trailer = Trailer {
+        stderr_len: err.len() as u32,
+        stderr_dropped,
+        ..Trailer::default()
+    };
+    if let Some(instance) = instance {
+        let calls = instance.take_unsupported_syscalls();
+        trailer.unsupported = calls.by_nr.into_iter().collect();
+        trailer.unsupported_other = calls.other;
+    }
+    protocol::send(sock, &ReplyHeader { reply, trailer }, &[payload, &err], &[])
+}
+
+/// The kind of an instance's failure.
+pub fn fault_of(e: &InstanceError) -> Fault {
+    match e {
+        InstanceError::Vm(VmError::Guest(GuestFault::Timeout(_))) => Fault::Timeout,
+        e if !e.is_function_fault() => Fault::Runtime,
+        InstanceError::Vm(_) | InstanceError::Exited(_) => Fault::Crash,
+        _ => Fault::BadResponse,
+    }
+}
+
+fn failed(e: &InstanceError) -> Reply {
+    Reply::Failed {
+        fault: fault_of(e),
+        message: reap_error::chain(e),
+    }
+}
+
+fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
+    let stderr = Stderr::default();
+    let panic_on_invoke = std::env::var(FAULT_ENV).is_ok_and(|v| v == "panic-on-invoke");
+    let mut instance: Option<Instance> = None;
+    loop {
+        let (request, payload, mut fds) = match protocol::recv::<Request>(sock) {
+            Ok(r) => r,
+            Err(FrameError::Closed) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match request {
+            Request::Restore {
+                mode,
+                serve,
+                verified,
+            } => {
+                if instance.is_some() || fds.len() != 1 {
+                    return Err(FrameError::Bad(
+                        "a restore needs one directory and no instance yet".into(),
+                    ));
+                }
+                let dir = match enter(fds.remove(0), options) {
+                    Ok(dir) => dir,
+                    Err(e) => {
+                        let message = format!("cannot confine the instance: {e}");
+                        send(
+                            sock,
+                            Reply::Failed {
+                                fault: Fault::Runtime,
+                                message,
+                            },
+                            &[],
+                            Trailer::default(),
+                        )?;
+                        continue;
+                    }
+                };
+                if let Some(stamp) = verified {
+                    snapshot::trust_verified(stamp);
+                }
+                match Instance::restore_with(&dir, mode, Box::new(stderr.clone()), serve) {
+                    Ok(mut restored) => {
+                        restored.keep_recorded_ws();
+                        let cold_start = restored
+                            .cold_start()
+                            .cloned()
+                            .expect("a restored instance has a cold start");
+                        reply(
+                            sock,
+                            Reply::Restored { cold_start },
+                            &[],
+                            &stderr,
+                            Some(&mut restored),
+                        )?;
+                        instance = Some(restored);
+                    }
+                    Err(e) => reply(sock, failed(&e), &[], &stderr, None)?,
+                }
+            }
+            Request::Invoke { limit_us } => {
+                let Some(inst) = instance.as_mut() else {
+                    return Err(FrameError::Bad("an invocation before a restore".into()));
+                };
+                if panic_on_invoke {
+                    panic!("{FAULT_ENV}=panic-on-invoke");
+                }
+                let limit = Duration::from_micros(limit_us);
+                match inst.invoke(&payload, Some(limit)) {
+                    Ok((response, invocation)) => {
+                        let recorded_ws = inst.take_recorded_ws();
+                        reply(
+                            sock,
+                            Reply::Answered {
+                                invocation,
+                                recorded_ws,
+                            },
+                            &response,
+                            &stderr,
+                            Some(inst),
+                        )?;
+                    }
+                    Err(e) => reply(sock, failed(&e), &[], &stderr, Some(inst))?,
+                }
+            }
+        }
+    }
+}
+
+/// Makes the snapshot directory `dir` this process's root (jailed) or working
+/// directory (unconfined), and returns it as a [`SnapshotDir`].
+fn enter(dir: OwnedFd, options: &Options) -> io::Result<SnapshotDir> {
+    let Some(ids) = options.jail else {
+        // SAFETY: fchdir on a descriptor we own.
+        if unsafe { libc::fchdir(dir.as_raw_fd()) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(SnapshotDir::new("."));
+    };
+    jail::confine(dir, ids)?;
+    let program = jail::seccomp::filter(options.seccomp_log).map_err(io::Error::other)?;
+    jail::seccomp::install(&program).map_err(io::Error::other)?;
+    Ok(SnapshotDir::new("/"))
+}

@@ -1,0 +1,129 @@
+//! The seccomp filter of an instance process: the system calls its VMM makes once the
+//! snapshot's directory is its root (restore, the page server, the vCPU, the watchdog,
+//! the socket to the server), and nothing else. Any other call kills the process
+//! (`SECCOMP_RET_KILL_PROCESS`, seen by the server as `SIGSYS`). The list was found by
+//! tracing instance processes through every memory mode (`strace -f`); `docs/jail.md`
+//! says how to find what a new feature needs (`REAP_SECCOMP_LOG=1` logs instead of
+//! killing, to the kernel log).
+
+use std::collections::BTreeMap;
+
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+
+/// The system calls allowed, by name, for the messages that list them.
+pub const ALLOWED: &[(i64, &str)] = &[
+    // Memory: guest memory, the heap, thread stacks.
+    (libc::SYS_mmap, "mmap"),
+    (libc::SYS_munmap, "munmap"),
+    (libc::SYS_mprotect, "mprotect"),
+    (libc::SYS_madvise, "madvise"),
+    (libc::SYS_mremap, "mremap"),
+    (libc::SYS_brk, "brk"),
+    // KVM and userfaultfd ioctls, on descriptors opened before the jail.
+    (libc::SYS_ioctl, "ioctl"),
+    // The snapshot's files, in the root the snapshot directory became.
+    (libc::SYS_openat, "openat"),
+    (libc::SYS_close, "close"),
+    (libc::SYS_read, "read"),
+    (libc::SYS_pread64, "pread64"),
+    (libc::SYS_readv, "readv"),
+    (libc::SYS_preadv, "preadv"),
+    (libc::SYS_write, "write"),
+    (libc::SYS_writev, "writev"),
+    (libc::SYS_lseek, "lseek"),
+    (libc::SYS_fstat, "fstat"),
+    (libc::SYS_newfstatat, "newfstatat"),
+    (libc::SYS_statx, "statx"),
+    (libc::SYS_fadvise64, "fadvise64"),
+    (libc::SYS_fcntl, "fcntl"),
+    // The socket to the server.
+    (libc::SYS_sendmsg, "sendmsg"),
+    (libc::SYS_recvmsg, "recvmsg"),
+    (libc::SYS_recvfrom, "recvfrom"),
+    (libc::SYS_sendto, "sendto"),
+    // Threads: the page server, the watchdog.
+    (libc::SYS_clone, "clone"),
+    (libc::SYS_clone3, "clone3"),
+    (libc::SYS_futex, "futex"),
+    (libc::SYS_set_robust_list, "set_robust_list"),
+    (libc::SYS_rseq, "rseq"),
+    (libc::SYS_prctl, "prctl"),
+    (libc::SYS_sched_getaffinity, "sched_getaffinity"),
+    (libc::SYS_sched_yield, "sched_yield"),
+    (libc::SYS_gettid, "gettid"),
+    (libc::SYS_getpid, "getpid"),
+    (libc::SYS_exit, "exit"),
+    (libc::SYS_exit_group, "exit_group"),
+    // Signals: the watchdog kicks the vCPU thread out of KVM_RUN.
+    (libc::SYS_rt_sigaction, "rt_sigaction"),
+    (libc::SYS_rt_sigprocmask, "rt_sigprocmask"),
+    (libc::SYS_rt_sigreturn, "rt_sigreturn"),
+    (libc::SYS_sigaltstack, "sigaltstack"),
+    (libc::SYS_tgkill, "tgkill"),
+    // Waiting and time.
+    (libc::SYS_poll, "poll"),
+    (libc::SYS_ppoll, "ppoll"),
+    (libc::SYS_eventfd2, "eventfd2"),
+    (libc::SYS_clock_gettime, "clock_gettime"),
+    (libc::SYS_clock_nanosleep, "clock_nanosleep"),
+    (libc::SYS_nanosleep, "nanosleep"),
+    (libc::SYS_getrandom, "getrandom"),
+];
+
+/// Why the filter could not be built or installed.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// The rules do not compile.
+    #[error("cannot build the seccomp filter")]
+    Build(#[from] seccompiler::BackendError),
+    /// The kernel refused the filter.
+    #[error("cannot install the seccomp filter")]
+    Install(#[from] seccompiler::Error),
+}
+
+/// The filter: [`ALLOWED`] calls pass, any other kills the process (or, with `log`,
+/// is logged by the kernel and allowed, to find what a change needs).
+pub fn filter(log: bool) -> Result<BpfProgram, SeccompError> {
+    let rules: BTreeMap<i64, Vec<SeccompRule>> =
+        ALLOWED.iter().map(|&(nr, _)| (nr, Vec::new())).collect();
+    let mismatch = if log {
+        SeccompAction::Log
+    } else {
+        SeccompAction::KillProcess
+    };
+    let filter = SeccompFilter::new(rules, mismatch, SeccompAction::Allow, TargetArch::x86_64)?;
+    Ok(filter.try_into()?)
+}
+
+/// Installs `program` on every thread of the process (there is one when it is
+/// called). Needs `no_new_privs` (set by [`super::confine`]).
+pub fn install(program: &BpfProgram) -> Result<(), SeccompError> {
+    seccompiler::apply_filter_all_threads(program)?;
+    Ok(())
+}
+
+/// The name of system call `nr` if the filter allows it.
+pub fn allowed_name(nr: i64) -> Option<&'static str> {
+    ALLOWED
+        .iter()
+        .find(|(n, _)| *n == nr)
+        .map(|(_, name)| *name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_filter_builds_and_lists_each_call_once() {
+        let program = filter(false).unwrap();
+        assert!(program.len() > ALLOWED.len(), "one jump at least per call");
+        let mut nrs: Vec<i64> = ALLOWED.iter().map(|(nr, _)| *nr).collect();
+        nrs.sort_unstable();
+        nrs.dedup();
+        assert_eq!(nrs.len(), ALLOWED.len());
+        assert_eq!(allowed_name(libc::SYS_ioctl), Some("ioctl"));
+        assert_eq!(allowed_name(libc::SYS_execve), None);
+        assert_eq!(allowed_name(libc::SYS_socket), None);
+    }
+}
