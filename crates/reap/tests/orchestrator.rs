@@ -998,3 +998,106 @@ fn pool_config() -> reap_orchestrator::PoolConfig {
     config.workers.exe = reap_test_support::reap_binary();
     config
 }
+
+/// The pids of the children of `pid` (all its threads').
+fn children(pid: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        pids.extend(
+            list.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok()),
+        );
+    }
+    pids
+}
+
+#[test]
+fn a_killed_or_panicking_instance_process_fails_one_invocation_and_the_function_keeps_serving() {
+    let server = Server::start(
+        "process",
+        &["--prestart", "0", "--timeout", "20", "--max-instances", "2"],
+    );
+    assert_eq!(server.deploy("m", &guest("misbehave")).status, 201);
+    assert_eq!(server.deploy("hello", &guest("helloworld")).status, 201);
+    assert_eq!(server.invoke("hello", r#"{"name":"a"}"#).status, 200);
+    let before = children(server.child.id());
+    assert_eq!(before.len(), 1, "hello's idle instance process");
+
+    // A guest looping forever; its instance process is killed from outside.
+    let base = server.base.clone();
+    let looping = std::thread::spawn(move || {
+        request(
+            "POST",
+            &format!("{base}/functions/m/invoke"),
+            br#"{"do":"loop"}"#,
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let victim = loop {
+        // The looping instance's process: the child that is not hello's idle one.
+        if let Some(&p) = children(server.child.id())
+            .iter()
+            .find(|p| !before.contains(p))
+        {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "no instance process of m");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: sending SIGKILL to a process of this test's server.
+    assert_eq!(unsafe { libc::kill(victim as i32, libc::SIGKILL) }, 0);
+    let killed = looping.join().unwrap();
+    assert_eq!(killed.status, 502, "{}", killed.body);
+    assert!(
+        killed.body.contains("was killed by signal 9 (SIGKILL)"),
+        "{}",
+        killed.body
+    );
+    assert_eq!(killed.json()["kind"], "crash");
+    // The function and the others go on.
+    let again = server.invoke("m", r#"{"do":"log"}"#);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(server.invoke("hello", r#"{"name":"b"}"#).status, 200);
+}
+
+#[test]
+fn a_panic_in_the_invocation_path_fails_that_invocation_only() {
+    let home = temp_dir("orch-panic");
+    std::fs::create_dir_all(&home).unwrap();
+    let log = std::fs::File::create(home.join("serve.stderr")).unwrap();
+    let child = Command::new(common::reap_binary())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("REAP_HOME", &home)
+        .env("REAP_WORKER_FAULT", "panic-on-request:boom")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let base = loop {
+        if let Ok(bytes) = std::fs::read(home.join("server.json"))
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&bytes)
+        {
+            break format!("http://{}", v["listen"].as_str().unwrap());
+        }
+        assert!(Instant::now() < deadline, "server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let server = Server { child, home, base };
+    assert_eq!(server.deploy("hello", &guest("helloworld")).status, 201);
+    // More panics than the function has instance slots (8): none is lost.
+    for i in 0..10 {
+        let r = server.invoke("hello", r#"{"name":"boom"}"#);
+        assert_eq!(r.status, 502, "{i}: {}", r.body);
+        assert!(r.body.contains("panicked"), "{}", r.body);
+        let ok = server.invoke("hello", r#"{"name":"Ada"}"#);
+        assert_eq!(ok.status, 200, "{i}: {}", ok.body);
+        assert_eq!(ok.body, r#"{"greeting":"Hello, Ada!"}"#);
+    }
+}

@@ -29,8 +29,72 @@ pub struct Options {
     pub seccomp_log: bool,
 }
 
+/// What `reap worker --check-jail DIR` does: enters the jail exactly as a restore of
+/// the snapshot in `dir` would, then reports what the process can do there.
+#[derive(Debug, Clone, Default)]
+pub struct Check {
+    /// The directory that becomes the root.
+    pub dir: std::path::PathBuf,
+    /// Paths to try to open (read-only), each reported.
+    pub open: Vec<String>,
+    /// A system call to make last (with zero arguments): one outside the seccomp
+    /// filter's list kills the process with `SIGSYS`.
+    pub syscall: Option<i64>,
+}
+
+/// Runs [`Check`] jailed as `ids`, printing one line per finding on stdout; the exit
+/// status is the process's (killed by `SIGSYS` if `check.syscall` is forbidden).
+pub fn check_jail(check: &Check, ids: Ids, seccomp_log: bool) -> ExitCode {
+    let mut out = io::stdout().lock();
+    // As `enter` does, with the ids and capabilities read between the drop of
+    // privileges and the filter (which allows neither query).
+    let setup = |out: &mut io::StdoutLock<'_>| -> io::Result<()> {
+        let dir = std::fs::File::open(&check.dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", check.dir.display())))?;
+        enter_namespaces()?;
+        jail::prepare()?;
+        jail::confine(dir.into(), ids)?;
+        // SAFETY: plain id queries.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        writeln!(out, "uid {uid} gid {gid}")?;
+        let [e, p, i] = jail::capabilities()?;
+        writeln!(
+            out,
+            "capabilities effective {e:#x} permitted {p:#x} inheritable {i:#x}"
+        )?;
+        out.flush()?;
+        let program = jail::seccomp::filter(seccomp_log).map_err(io::Error::other)?;
+        jail::seccomp::install(&program).map_err(io::Error::other)
+    };
+    if let Err(e) = setup(&mut out) {
+        eprintln!("reap worker: cannot enter the jail: {e}");
+        return ExitCode::FAILURE;
+    }
+    for path in &check.open {
+        match std::fs::read(path) {
+            Ok(bytes) => {
+                let _ = writeln!(out, "open {path}: read {} bytes", bytes.len());
+            }
+            Err(e) => {
+                let _ = writeln!(out, "open {path}: {e}");
+            }
+        }
+    }
+    if let Some(nr) = check.syscall {
+        let _ = writeln!(out, "syscall {nr}");
+        let _ = out.flush();
+        // SAFETY: a system call with zero arguments, to see whether the filter kills
+        // the process; with the listed calls it fails harmlessly (bad descriptors and
+        // addresses).
+        let rc = unsafe { libc::syscall(nr, 0, 0, 0, 0, 0, 0) };
+        let _ = writeln!(out, "syscall {nr} returned {rc}");
+    }
+    ExitCode::SUCCESS
+}
+
 /// Fault injection for the tests of the server's handling of a broken instance
-/// process (`REAP_WORKER_FAULT`): `panic-on-invoke` panics in the invocation path.
+/// process (`REAP_WORKER_FAULT`): `panic-on-request:TEXT` panics in the invocation path
+/// when a request contains TEXT.
 const FAULT_ENV: &str = "REAP_WORKER_FAULT";
 
 /// Runs the instance process on the socket at [`SOCKET_FD`].
@@ -39,12 +103,8 @@ pub fn main(options: &Options) -> ExitCode {
     // else in this process owns it.
     let sock = unsafe { UnixStream::from_raw_fd(SOCKET_FD) };
     if options.jail.is_some() {
-        // The namespaces were unshared before exec; the PID namespace takes its first
-        // process at the next fork.
-        match enter_pid_namespace() {
-            Ok(true) => {}
-            Ok(false) => unreachable!("the outer process does not return"),
-            Err(e) => return fail(&sock, &format!("cannot enter the PID namespace: {e}")),
+        if let Err(e) = enter_namespaces() {
+            return fail(&sock, &format!("cannot enter the jail's namespaces: {e}"));
         }
         if let Err(e) = jail::prepare() {
             return fail(&sock, &format!("cannot set up the jail: {e}"));
@@ -63,9 +123,10 @@ pub fn main(options: &Options) -> ExitCode {
     }
 }
 
-/// Forks: the child, the first process of the new PID namespace, returns `true`; the
-/// parent waits for it and ends the way it ended.
-fn enter_pid_namespace() -> io::Result<bool> {
+/// Unshares the jail's namespaces and forks: the child, the first process of the new
+/// PID namespace, returns; the parent waits for it and ends the way it ended.
+fn enter_namespaces() -> io::Result<()> {
+    jail::unshare()?;
     // SAFETY: the process has one thread here.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -74,10 +135,11 @@ fn enter_pid_namespace() -> io::Result<bool> {
     if pid == 0 {
         // SAFETY: plain prctl; killed with the outer process.
         unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-        return Ok(true);
+        return Ok(());
     }
     // The outer process keeps no socket: the server sees EOF when the inner one ends.
-    // SAFETY: closing our copy of the socket descriptor, which nothing here uses.
+    // SAFETY: closing our copy of the socket descriptor (if any), which nothing here
+    // uses.
     unsafe { libc::close(SOCKET_FD) };
     let mut status = 0;
     loop {
@@ -201,7 +263,13 @@ fn failed(e: &InstanceError) -> Reply {
 
 fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
     let stderr = Stderr::default();
-    let panic_on_invoke = std::env::var(FAULT_ENV).is_ok_and(|v| v == "panic-on-invoke");
+    let panic_on = std::env::var(FAULT_ENV)
+        .ok()
+        .and_then(|v| {
+            v.strip_prefix("panic-on-request:")
+                .map(|t| t.as_bytes().to_vec())
+        })
+        .filter(|t| !t.is_empty());
     let mut instance: Option<Instance> = None;
     loop {
         let (request, payload, mut fds) = match protocol::recv::<Request>(sock) {
@@ -262,8 +330,10 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                 let Some(inst) = instance.as_mut() else {
                     return Err(FrameError::Bad("an invocation before a restore".into()));
                 };
-                if panic_on_invoke {
-                    panic!("{FAULT_ENV}=panic-on-invoke");
+                if let Some(text) = &panic_on
+                    && payload.windows(text.len()).any(|w| w == text.as_slice())
+                {
+                    panic!("{FAULT_ENV}: a request with the text that makes it panic");
                 }
                 let limit = Duration::from_micros(limit_us);
                 match inst.invoke(&payload, Some(limit)) {

@@ -151,7 +151,8 @@ struct Shared {
 pub struct Workers {
     shared: Arc<Shared>,
     jobs: Mutex<mpsc::Sender<Job>>,
-    reaper: Mutex<mpsc::Sender<Worker>>,
+    reaper: Mutex<mpsc::Sender<Option<Worker>>>,
+    reaper_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 /// Figures of [`Workers`].
@@ -191,15 +192,19 @@ impl Workers {
             taken_ready: AtomicU64::new(0),
         });
         let (jobs, job_rx) = mpsc::channel::<Job>();
-        let (reaper, reap_rx) = mpsc::channel::<Worker>();
+        if let Some(root) = &shared.cgroups {
+            root.remove_stale();
+        }
+        let (reaper, reap_rx) = mpsc::channel::<Option<Worker>>();
         let s = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("reap-spawner".into())
             .spawn(move || spawner(&s, &job_rx))?;
-        std::thread::Builder::new()
+        let reaper_thread = std::thread::Builder::new()
             .name("reap-reaper".into())
             .spawn(move || {
-                for worker in reap_rx {
+                // `None`: the server is going; instances still out end themselves.
+                while let Ok(Some(worker)) = reap_rx.recv() {
                     end(worker);
                 }
             })?;
@@ -208,6 +213,7 @@ impl Workers {
             shared,
             jobs: Mutex::new(jobs),
             reaper: Mutex::new(reaper),
+            reaper_thread: Some(reaper_thread),
         })
     }
 
@@ -279,10 +285,12 @@ impl Workers {
         limit: Duration,
     ) -> Result<RemoteInstance, WorkerError> {
         let started = Instant::now();
+        // The state first: the process needs it too, but a missing or damaged snapshot
+        // is better told here, and the state gives the memory limit.
+        let state = dir.read_state().map_err(runtime)?;
         // What the process cannot check without reading all of it: the server does, once
         // per file (`file` mode maps the file, and the kernel reads it unchecked).
         let verified = if mode == MemoryMode::File {
-            let state = dir.read_state().map_err(runtime)?;
             let memory = dir.open_memory(&state).map_err(runtime)?;
             let stamp = dir.verified_stamp(&memory).map_err(runtime)?;
             stamp.map(|(s, _)| s)
@@ -313,7 +321,6 @@ impl Workers {
         };
         let w = instance.worker.as_ref().expect("just set");
         if let Some(cgroup) = &w.cgroup {
-            let state = dir.read_state().map_err(runtime)?;
             let limit_bytes = state
                 .memory_len
                 .saturating_add(ws_len)
@@ -387,8 +394,21 @@ fn spawner(shared: &Arc<Shared>, jobs: &mpsc::Receiver<Job>) {
             },
         }
     }
-    // The server is going: the processes waiting die with this thread.
-    lock(&shared.ready).clear();
+}
+
+impl Drop for Workers {
+    /// Ends the processes started ahead and those handed to the reaper, removing their
+    /// cgroups, before returning.
+    fn drop(&mut self) {
+        let ready: Vec<Worker> = lock(&self.shared.ready).drain(..).collect();
+        for worker in ready {
+            end(worker);
+        }
+        let _ = lock(&self.reaper).send(None);
+        if let Some(t) = self.reaper_thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Starts one process and waits for it to report ready.
@@ -434,17 +454,11 @@ fn spawn(shared: &Shared) -> Result<Worker, WorkerError> {
         .stderr(Stdio::inherit());
     let socket_fd = theirs.as_raw_fd();
     let procs_fds: Vec<i32> = procs.iter().map(AsRawFd::as_raw_fd).collect();
-    let namespaces = config.jail.is_some();
     // SAFETY: the closure only makes async-signal-safe system calls on descriptors
     // that stay open until the spawn returns (`theirs`, `procs`), with data allocated
     // before the fork.
     unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            jail::pre_exec(socket_fd, &procs_fds, namespaces)
-        });
+        cmd.pre_exec(move || jail::pre_exec(socket_fd, &procs_fds));
     }
     let child = cmd
         .spawn()
@@ -549,7 +563,7 @@ fn end_now(worker: &mut Worker) {
 /// An instance in its own process: restored, serving invocations one at a time.
 pub struct RemoteInstance {
     worker: Option<Worker>,
-    reaper: mpsc::Sender<Worker>,
+    reaper: mpsc::Sender<Option<Worker>>,
     stderr: Sink,
     dir: SnapshotDir,
     mode: MemoryMode,
@@ -709,7 +723,7 @@ impl RemoteInstance {
                         self.limit_mib.unwrap_or(0)
                     );
                 }
-                let _ = self.reaper.send(w);
+                self.hand_to_reaper(w);
                 WorkerError::Died { how }
             }
         }
@@ -723,7 +737,14 @@ impl RemoteInstance {
     /// Hands the process to the reaper.
     fn retire(&mut self) {
         if let Some(w) = self.worker.take() {
-            let _ = self.reaper.send(w);
+            self.hand_to_reaper(w);
+        }
+    }
+
+    /// Has the reaper end `w`, or ends it now if the reaper is gone.
+    fn hand_to_reaper(&self, w: Worker) {
+        if let Err(mpsc::SendError(Some(w))) = self.reaper.send(Some(w)) {
+            end(w);
         }
     }
 }

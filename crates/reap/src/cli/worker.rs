@@ -61,10 +61,32 @@ pub struct WorkerArgs {
     /// Log forbidden system calls (kernel log) instead of killing the process.
     #[arg(long)]
     pub seccomp_log: bool,
+    /// Enter the jail with this directory as the root, as for a restore, and report
+    /// what the process can do there instead of serving.
+    #[arg(long, value_name = "DIR")]
+    pub check_jail: Option<std::path::PathBuf>,
+    /// With --check-jail: a path to try to open.
+    #[arg(long, value_name = "PATH", requires = "check_jail")]
+    pub open: Vec<String>,
+    /// With --check-jail: a system call number to make last.
+    #[arg(long, value_name = "NR", requires = "check_jail")]
+    pub syscall: Option<i64>,
 }
 
 /// Runs the instance process on the socket the server passed as descriptor 3.
 pub fn worker(args: &WorkerArgs) -> ExitCode {
+    if let Some(dir) = &args.check_jail {
+        let check = reap_worker::child::Check {
+            dir: dir.clone(),
+            open: args.open.clone(),
+            syscall: args.syscall,
+        };
+        let ids = Ids {
+            uid: args.uid,
+            gid: args.gid,
+        };
+        return reap_worker::child::check_jail(&check, ids, args.seccomp_log);
+    }
     let options = reap_worker::child::Options {
         jail: (!args.no_jail).then_some(Ids {
             uid: args.uid,

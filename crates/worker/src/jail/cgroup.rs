@@ -71,6 +71,38 @@ impl CgroupRoot {
         &self.hierarchy
     }
 
+    /// Removes the empty groups under `reap` left by servers that are gone (named
+    /// `PID-N` after their server's pid).
+    pub fn remove_stale(&self) {
+        let parents: Vec<PathBuf> = match &self.hierarchy {
+            Hierarchy::V1(mount) => CONTROLLERS
+                .iter()
+                .map(|c| mount.join(c).join("reap"))
+                .collect(),
+            Hierarchy::V2(mount) => vec![mount.join("reap")],
+        };
+        for parent in parents {
+            let Ok(entries) = fs::read_dir(&parent) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name
+                    .to_str()
+                    .and_then(|n| n.split_once('-'))
+                    .map(|(p, _)| p)
+                else {
+                    continue;
+                };
+                let alive = Path::new("/proc").join(pid).exists();
+                if !alive && entry.path().is_dir() {
+                    // Fails, harmlessly, if a process is still in it.
+                    let _ = fs::remove_dir(entry.path());
+                }
+            }
+        }
+    }
+
     /// Makes the group `name` under `reap` (removing a stale one of that name).
     pub fn create(&self, name: &str) -> io::Result<Cgroup> {
         let dirs = match &self.hierarchy {
@@ -224,9 +256,9 @@ impl Cgroup {
                 match fs::remove_dir(dir) {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(_) if tries < 50 => {
+                    Err(_) if tries < 200 => {
                         tries += 1;
-                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        std::thread::sleep(std::time::Duration::from_millis(5));
                     }
                     Err(e) => return Err(io_err(dir, "cannot remove the cgroup")(e)),
                 }

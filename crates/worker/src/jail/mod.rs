@@ -199,21 +199,25 @@ pub fn capabilities() -> io::Result<[u64; 3]> {
     ])
 }
 
+/// Unshares [`NAMESPACES`] (the PID namespace takes effect for the next child).
+pub fn unshare() -> io::Result<()> {
+    // SAFETY: a plain system call.
+    check(unsafe { libc::unshare(NAMESPACES) }, "unshare")
+}
+
 /// What the forked child does before it runs `reap worker` (it must not allocate: the
-/// parent may have other threads): puts the socket on descriptor 3, asks to be killed
-/// with its parent, joins the instance's cgroup (`procs`: open `cgroup.procs` files)
-/// and, with `namespaces`, unshares [`NAMESPACES`].
+/// parent may have other threads): starts a session of its own (no terminal, no
+/// signals of the server's process group), puts the socket on descriptor 3, asks to be
+/// killed with its parent, and joins the instance's cgroup (`procs`: open
+/// `cgroup.procs` files), so that all its descendants are in it.
 ///
 /// # Safety
 /// Only between `fork` and `exec` (`Command::pre_exec`), with descriptors that stay
 /// open until then.
-pub unsafe fn pre_exec(
-    socket: libc::c_int,
-    procs: &[libc::c_int],
-    namespaces: bool,
-) -> io::Result<()> {
+pub unsafe fn pre_exec(socket: libc::c_int, procs: &[libc::c_int]) -> io::Result<()> {
     // SAFETY: async-signal-safe system calls on descriptors the caller keeps open.
     unsafe {
+        check(libc::setsid(), "setsid")?;
         if socket == 3 {
             check(libc::fcntl(3, libc::F_SETFD, 0), "fcntl")?;
         } else {
@@ -228,9 +232,6 @@ pub unsafe fn pre_exec(
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
-        }
-        if namespaces {
-            check(libc::unshare(NAMESPACES), "unshare")?;
         }
     }
     Ok(())
