@@ -551,6 +551,12 @@ fn end(mut worker: Worker) {
 }
 
 fn end_now(worker: &mut Worker) {
+    // Its process group: the outer process (which made the group) and the process in
+    // the PID namespace it started.
+    if let Ok(pgid) = i32::try_from(worker.child.id()) {
+        // SAFETY: a signal to the process group of our own child, not yet waited for.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    }
     let _ = worker.child.kill();
     let _ = worker.child.wait();
     if let Some(cgroup) = worker.cgroup.take()

@@ -152,6 +152,12 @@ pub fn confine(dir: OwnedFd, ids: Ids) -> io::Result<()> {
         check(libc::setgroups(0, std::ptr::null()), "setgroups")?;
         check(libc::setresgid(ids.gid, ids.gid, ids.gid), "setresgid")?;
         check(libc::setresuid(ids.uid, ids.uid, ids.uid), "setresuid")?;
+        // Changing credentials clears the parent-death signal: set it again, so the
+        // process dies with its outer process (which the server kills to end it).
+        check(
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
+            "PR_SET_PDEATHSIG",
+        )?;
         check(
             libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0),
             "PR_SET_NO_NEW_PRIVS",
