@@ -266,6 +266,14 @@ fn failed(e: &InstanceError) -> Reply {
 
 fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
     let stderr = Stderr::default();
+    // Compiled ahead: only its installation is on the cold start's path.
+    let filter = match options.jail {
+        Some(_) => Some(
+            jail::seccomp::filter(options.seccomp_log)
+                .map_err(|e| FrameError::Bad(format!("the seccomp filter: {e}")))?,
+        ),
+        None => None,
+    };
     let panic_on = std::env::var(FAULT_ENV)
         .ok()
         .and_then(|v| {
@@ -291,7 +299,7 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                         "a restore needs one directory and no instance yet".into(),
                     ));
                 }
-                let dir = match enter(fds.remove(0), options) {
+                let dir = match enter(fds.remove(0), options, filter.as_ref()) {
                     Ok(dir) => dir,
                     Err(e) => {
                         let message = format!("cannot confine the instance: {e}");
@@ -362,8 +370,12 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
 
 /// Makes the snapshot directory `dir` this process's root (jailed) or working
 /// directory (unconfined), and returns it as a [`SnapshotDir`].
-fn enter(dir: OwnedFd, options: &Options) -> io::Result<SnapshotDir> {
-    let Some(ids) = options.jail else {
+fn enter(
+    dir: OwnedFd,
+    options: &Options,
+    filter: Option<&seccompiler::BpfProgram>,
+) -> io::Result<SnapshotDir> {
+    let (Some(ids), Some(filter)) = (options.jail, filter) else {
         // SAFETY: fchdir on a descriptor we own.
         if unsafe { libc::fchdir(dir.as_raw_fd()) } < 0 {
             return Err(io::Error::last_os_error());
@@ -371,7 +383,6 @@ fn enter(dir: OwnedFd, options: &Options) -> io::Result<SnapshotDir> {
         return Ok(SnapshotDir::new("."));
     };
     jail::confine(dir, ids)?;
-    let program = jail::seccomp::filter(options.seccomp_log).map_err(io::Error::other)?;
-    jail::seccomp::install(&program).map_err(io::Error::other)?;
+    jail::seccomp::install(filter).map_err(io::Error::other)?;
     Ok(SnapshotDir::new("/"))
 }

@@ -318,6 +318,7 @@ impl Workers {
             unsupported: UnsupportedCalls::default(),
             invocations: 0,
             limit_mib: None,
+            hop_us: 0,
         };
         let w = instance.worker.as_ref().expect("just set");
         if let Some(cgroup) = &w.cgroup {
@@ -346,7 +347,8 @@ impl Workers {
                 // hop to it.
                 let total = micros(started.elapsed());
                 let inner = cold_start.restore_us + cold_start.fetch_us + cold_start.install_us;
-                cold_start.restore_us += total.saturating_sub(inner);
+                instance.hop_us = total.saturating_sub(inner);
+                cold_start.restore_us += instance.hop_us;
                 instance.cold_start = Some(cold_start);
                 Ok(instance)
             }
@@ -578,6 +580,9 @@ pub struct RemoteInstance {
     invocations: u64,
     /// The cgroup's memory limit.
     limit_mib: Option<u64>,
+    /// Of the restore's time, what the process did not measure itself: taking the
+    /// process, the server's checks, the socket, confining the process.
+    hop_us: u64,
 }
 
 impl RemoteInstance {
@@ -598,6 +603,19 @@ impl RemoteInstance {
     /// The unsupported system calls the guest made since the last call.
     pub fn take_unsupported_syscalls(&mut self) -> UnsupportedCalls {
         std::mem::take(&mut self.unsupported)
+    }
+
+    /// Of the restore's time (in [`ColdStart::restore_us`]), what the process did not
+    /// measure itself: taking the process, the server's checks, the socket round trip,
+    /// confining the process.
+    pub fn hop_us(&self) -> u64 {
+        self.hop_us
+    }
+
+    /// The peak memory use of the process's cgroup, in bytes (jailed with cgroups
+    /// only).
+    pub fn memory_peak(&self) -> Option<u64> {
+        self.worker.as_ref()?.cgroup.as_ref()?.memory_peak()
     }
 
     /// The process's pid (of its outer process, in the server's PID namespace).
