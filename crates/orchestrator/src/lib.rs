@@ -211,8 +211,8 @@ pub struct Orchestrator {
     /// The memory budget of all instances together, if limited.
     budget: Option<Arc<MemoryBudget>>,
     pools: Mutex<Pools>,
-    /// The instance processes.
-    workers: Workers,
+    /// The instance processes (of restores, and of the store's deploys).
+    workers: Arc<Workers>,
 }
 
 /// An instance with the memory charged for it: the charge is released when the
@@ -243,7 +243,8 @@ impl Orchestrator {
                 charged.set(mib_to_bytes(mib));
             }))
         });
-        let workers = Workers::new(config.workers.clone())?;
+        let workers = Arc::new(Workers::new(config.workers.clone())?);
+        let store = store.with_workers(Arc::clone(&workers));
         let orchestrator = Arc::new(Self {
             store,
             config,

@@ -36,7 +36,7 @@ use sha2::{Digest, Sha256};
 
 use crate::FailureKind;
 use reap_vmm::guest_os::Sink;
-use reap_vmm::instance::{Instance, InstanceError};
+use reap_vmm::instance::Instance;
 use reap_vmm::microvm::MicroVmConfig;
 use reap_vmm::snapshot::SnapshotDir;
 
@@ -90,7 +90,7 @@ pub enum StoreError {
     BadEnv(String),
     /// The binary did not boot to its ready point or could not be snapshotted.
     #[error("the function did not deploy")]
-    Deploy(#[source] InstanceError),
+    Deploy(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl StoreError {
@@ -167,6 +167,9 @@ pub struct FunctionStore {
     /// of its `current` link: a version directory never changes once it is live, so
     /// [`FunctionStore::get`] reads a manifest once per version, not per invocation.
     manifests: Arc<Mutex<HashMap<String, (PathBuf, Manifest)>>>,
+    /// Where deploys boot the function: jailed instance processes, or (without) this
+    /// process.
+    workers: Option<Arc<reap_worker::Workers>>,
 }
 
 /// Checks a function name: it becomes a directory and a URL path segment.
@@ -202,6 +205,7 @@ impl FunctionStore {
             root: root.into(),
             log_max_bytes: DEFAULT_LOG_MAX_BYTES,
             manifests: Arc::default(),
+            workers: None,
         };
         for dir in [
             store.functions_dir(),
@@ -243,6 +247,12 @@ impl FunctionStore {
             }
         }
         Ok((store, notes))
+    }
+
+    /// The store booting deploys in `workers`' jailed processes instead of this one.
+    pub fn with_workers(mut self, workers: Arc<reap_worker::Workers>) -> Self {
+        self.workers = Some(workers);
+        self
     }
 
     /// Caps each function's log at `bytes` (at least 4 KiB): past it, the log is
@@ -548,16 +558,34 @@ impl FunctionStore {
             args: vec![name.to_owned()],
             env: env.clone(),
         };
-        let deployed = Instance::deploy(
-            binary,
-            &config,
-            self.log_sink(name),
-            Some(init_limit),
-            &SnapshotDir::new(staged.join("snapshot")),
-        )
-        .map_err(StoreError::Deploy)?;
-        let init_ms = deployed.boot.as_secs_f64() * 1e3;
-        let state = deployed.state;
+        let (boot, memory_data_bytes) = match &self.workers {
+            Some(workers) => {
+                // The process gets a directory of its own as its root: the staged
+                // version holds the binary too.
+                let boot_dir = staged.join("boot");
+                fs::create_dir(&boot_dir).map_err(StoreError::io(&boot_dir, "cannot create"))?;
+                let report = workers
+                    .deploy(binary, &config, self.log_sink(name), init_limit, &boot_dir)
+                    .map_err(|e| StoreError::Deploy(Box::new(e)))?;
+                let snapshot = staged.join("snapshot");
+                fs::rename(boot_dir.join("snapshot"), &snapshot)
+                    .map_err(StoreError::io(&snapshot, "cannot move the snapshot"))?;
+                fs::remove_dir(&boot_dir).map_err(StoreError::io(&boot_dir, "cannot remove"))?;
+                (report.boot, report.memory_data_bytes)
+            }
+            None => {
+                let deployed = Instance::deploy(
+                    binary,
+                    &config,
+                    self.log_sink(name),
+                    Some(init_limit),
+                    &SnapshotDir::new(staged.join("snapshot")),
+                )
+                .map_err(|e| StoreError::Deploy(Box::new(e)))?;
+                (deployed.boot, deployed.state.memory_data_bytes)
+            }
+        };
+        let init_ms = boot.as_secs_f64() * 1e3;
         let manifest = Manifest {
             format: MANIFEST_VERSION,
             name: name.to_owned(),
@@ -571,7 +599,7 @@ impl FunctionStore {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             init_ms,
-            snapshot_data_bytes: state.memory_data_bytes,
+            snapshot_data_bytes: memory_data_bytes,
         };
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
         write_synced(&staged.join("manifest.json"), &json)?;
@@ -784,7 +812,9 @@ mod tests {
             (StoreError::BadName("F".into()), FailureKind::BadRequest),
             (StoreError::BadEnv("=1".into()), FailureKind::BadRequest),
             (
-                StoreError::Deploy(InstanceError::ExitedBeforeReady(1)),
+                StoreError::Deploy(Box::new(
+                    reap_vmm::instance::InstanceError::ExitedBeforeReady(1),
+                )),
                 FailureKind::BadRequest,
             ),
             (StoreError::BinaryTooLarge(1 << 30), FailureKind::TooLarge),

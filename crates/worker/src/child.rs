@@ -63,7 +63,7 @@ pub fn check_jail(check: &Check, ids: Ids, seccomp_log: bool) -> ExitCode {
             "capabilities effective {e:#x} permitted {p:#x} inheritable {i:#x}"
         )?;
         out.flush()?;
-        let program = jail::seccomp::filter(seccomp_log).map_err(io::Error::other)?;
+        let program = jail::seccomp::filter(seccomp_log, false).map_err(io::Error::other)?;
         jail::seccomp::install(&program).map_err(io::Error::other)
     };
     if let Err(e) = setup(&mut out) {
@@ -267,13 +267,14 @@ fn failed(e: &InstanceError) -> Reply {
 fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
     let stderr = Stderr::default();
     // Compiled ahead: only its installation is on the cold start's path.
-    let filter = match options.jail {
-        Some(_) => Some(
-            jail::seccomp::filter(options.seccomp_log)
-                .map_err(|e| FrameError::Bad(format!("the seccomp filter: {e}")))?,
-        ),
-        None => None,
+    let compile = |deploy| match options.jail {
+        Some(_) => jail::seccomp::filter(options.seccomp_log, deploy)
+            .map(Some)
+            .map_err(|e| FrameError::Bad(format!("the seccomp filter: {e}"))),
+        None => Ok(None),
     };
+    let filter = compile(false)?;
+    let deploy_filter = compile(true)?;
     let panic_on = std::env::var(FAULT_ENV)
         .ok()
         .and_then(|v| {
@@ -336,6 +337,59 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                     }
                     Err(e) => reply(sock, failed(&e), &[], &stderr, None)?,
                 }
+            }
+            Request::Deploy {
+                mem_mib,
+                args,
+                env,
+                limit_us,
+            } => {
+                if instance.is_some() || fds.len() != 1 {
+                    return Err(FrameError::Bad(
+                        "a deploy needs one directory and no instance".into(),
+                    ));
+                }
+                let dir = match enter(fds.remove(0), options, deploy_filter.as_ref()) {
+                    Ok(_) => SnapshotDir::new(if options.jail.is_some() {
+                        "/snapshot"
+                    } else {
+                        "snapshot"
+                    }),
+                    Err(e) => {
+                        let message = format!("cannot confine the deploy: {e}");
+                        send(
+                            sock,
+                            Reply::Failed {
+                                fault: Fault::Runtime,
+                                message,
+                            },
+                            &[],
+                            Trailer::default(),
+                        )?;
+                        continue;
+                    }
+                };
+                let config = reap_vmm::microvm::MicroVmConfig { mem_mib, args, env };
+                let limit = Duration::from_micros(limit_us);
+                let result = Instance::deploy(
+                    &payload,
+                    &config,
+                    Box::new(stderr.clone()),
+                    Some(limit),
+                    &dir,
+                );
+                let reply_to = match result {
+                    Ok(deployed) => Reply::Deployed {
+                        boot_us: u64::try_from(deployed.boot.as_micros()).unwrap_or(u64::MAX),
+                        snapshot_us: u64::try_from(deployed.snapshot.as_micros())
+                            .unwrap_or(u64::MAX),
+                        memory_data_bytes: deployed.state.memory_data_bytes,
+                    },
+                    Err(e) => failed(&e),
+                };
+                reply(sock, reply_to, &[], &stderr, None)?;
+                // One deploy per process: its VM and memory go with it.
+                return Ok(());
             }
             Request::Invoke { limit_us } => {
                 let Some(inst) = instance.as_mut() else {

@@ -16,5 +16,5 @@ pub mod parent;
 pub mod protocol;
 
 pub use jail::Ids;
-pub use parent::{RemoteInstance, WorkerConfig, WorkerError, WorkerStats, Workers};
+pub use parent::{DeployReport, RemoteInstance, WorkerConfig, WorkerError, WorkerStats, Workers};
 pub use protocol::Fault;

@@ -358,6 +358,121 @@ impl Workers {
     }
 }
 
+/// A function booted and snapshotted in an instance process ([`Workers::deploy`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DeployReport {
+    /// Boot until the ready point.
+    pub boot: Duration,
+    /// Writing the snapshot.
+    pub snapshot: Duration,
+    /// Bytes of guest memory that hold data.
+    pub memory_data_bytes: u64,
+}
+
+impl Workers {
+    /// Boots `image` with `config` to its ready point (within `limit`) in a jailed
+    /// process and snapshots it into `staging/snapshot`: the process gets `staging`
+    /// (which must hold nothing else) as its root, writable by its uid for the time of
+    /// the deploy; the snapshot's files are then given back to the server's user, so
+    /// that no instance process can change them.
+    pub fn deploy(
+        &self,
+        image: &[u8],
+        config: &reap_vmm::microvm::MicroVmConfig,
+        stderr: Sink,
+        limit: Duration,
+        staging: &std::path::Path,
+    ) -> Result<DeployReport, WorkerError> {
+        let directory = std::fs::File::open(staging).map_err(|e| {
+            runtime(format!(
+                "cannot open the staging directory {}: {e}",
+                staging.display()
+            ))
+        })?;
+        // SAFETY: plain id queries.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        if let Some(ids) = self.shared.config.jail {
+            std::os::unix::fs::fchown(&directory, Some(ids.uid), Some(ids.gid)).map_err(|e| {
+                runtime(format!(
+                    "cannot lend {} to the deploy: {e}",
+                    staging.display()
+                ))
+            })?;
+        }
+        let worker = self.take()?;
+        let mut instance = RemoteInstance {
+            worker: Some(worker),
+            reaper: lock(&self.reaper).clone(),
+            stderr,
+            dir: SnapshotDir::new(staging.join("snapshot")),
+            mode: MemoryMode::File,
+            cold_start: None,
+            unsupported: UnsupportedCalls::default(),
+            invocations: 0,
+            limit_mib: None,
+            hop_us: 0,
+        };
+        let w = instance.worker.as_ref().expect("just set");
+        if let Some(cgroup) = &w.cgroup {
+            let limit_bytes =
+                (config.mem_mib << 20).saturating_add(self.shared.config.overhead_mib << 20);
+            cgroup
+                .set_memory_limit(limit_bytes)
+                .map_err(|e| WorkerError::Start(e.to_string()))?;
+            instance.limit_mib = Some(limit_bytes >> 20);
+        }
+        let request = Request::Deploy {
+            mem_mib: config.mem_mib,
+            args: config.args.clone(),
+            env: config.env.clone(),
+            limit_us: micros(limit),
+        };
+        let sent = protocol::send(&w.sock, &request, &[image], &[directory.as_fd()]);
+        let result = match sent {
+            Err(e) => Err(instance.broken(e, limit)),
+            Ok(()) => match instance.receive(limit + Duration::from_secs(30)) {
+                Ok((
+                    Reply::Deployed {
+                        boot_us,
+                        snapshot_us,
+                        memory_data_bytes,
+                    },
+                    _,
+                )) => Ok(DeployReport {
+                    boot: Duration::from_micros(boot_us),
+                    snapshot: Duration::from_micros(snapshot_us),
+                    memory_data_bytes,
+                }),
+                Ok((Reply::Failed { fault, message }, _)) => {
+                    Err(WorkerError::Instance { fault, message })
+                }
+                Ok((other, _)) => {
+                    Err(instance.protocol(format!("unexpected reply to a deploy: {other:?}")))
+                }
+                Err(e) => Err(e),
+            },
+        };
+        drop(instance);
+        // Back to the server's user, whatever happened.
+        let mut back = vec![staging.to_path_buf()];
+        if let Ok(entries) = std::fs::read_dir(staging) {
+            for entry in entries.flatten() {
+                back.push(entry.path());
+                if entry.file_type().is_ok_and(|t| t.is_dir())
+                    && let Ok(inner) = std::fs::read_dir(entry.path())
+                {
+                    back.extend(inner.flatten().map(|e| e.path()));
+                }
+            }
+        }
+        for path in back {
+            std::os::unix::fs::lchown(&path, Some(uid), Some(gid))
+                .map_err(|e| runtime(format!("cannot take back {}: {e}", path.display())))?;
+        }
+        result
+    }
+}
+
 fn runtime(e: impl std::fmt::Display) -> WorkerError {
     WorkerError::Instance {
         fault: Fault::Runtime,
@@ -395,6 +510,15 @@ fn spawner(shared: &Arc<Shared>, jobs: &mpsc::Receiver<Job>) {
                 }
             },
         }
+    }
+}
+
+impl std::fmt::Debug for Workers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workers")
+            .field("config", &self.shared.config)
+            .field("stats", &self.stats())
+            .finish()
     }
 }
 

@@ -45,6 +45,19 @@ pub enum Request {
         /// mode): the process skips the verification if its file has this stamp.
         verified: Option<Stamp>,
     },
+    /// Boot the function whose program is the payload to its ready point and snapshot
+    /// it into `snapshot` in the directory that comes with the frame (one descriptor,
+    /// writable by the process's uid): the process makes it its root first.
+    Deploy {
+        /// Guest memory, argv and environment.
+        mem_mib: u64,
+        /// argv, including `argv[0]`.
+        args: Vec<String>,
+        /// The environment, `KEY=VALUE`.
+        env: Vec<String>,
+        /// Limit on the function's initialization, in microseconds.
+        limit_us: u64,
+    },
     /// Invoke the restored function with the payload as its request.
     Invoke {
         /// The invocation's time limit, in microseconds.
@@ -61,6 +74,15 @@ pub enum Reply {
     Restored {
         /// How it went.
         cold_start: ColdStart,
+    },
+    /// The function was booted and snapshotted into `snapshot` under the root.
+    Deployed {
+        /// Boot until the ready point, in microseconds.
+        boot_us: u64,
+        /// Writing the snapshot, in microseconds.
+        snapshot_us: u64,
+        /// Bytes of guest memory that hold data.
+        memory_data_bytes: u64,
     },
     /// The function answered; the payload holds the response line (then stderr).
     Answered {

@@ -70,6 +70,25 @@ pub const ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_getrandom, "getrandom"),
 ];
 
+/// The calls a deploy adds (writing the snapshot into its directory, and removing a
+/// half-written one).
+pub const DEPLOY_EXTRA: &[(i64, &str)] = &[
+    (libc::SYS_pwrite64, "pwrite64"),
+    (libc::SYS_ftruncate, "ftruncate"),
+    (libc::SYS_fsync, "fsync"),
+    (libc::SYS_fdatasync, "fdatasync"),
+    (libc::SYS_mkdir, "mkdir"),
+    (libc::SYS_mkdirat, "mkdirat"),
+    (libc::SYS_rename, "rename"),
+    (libc::SYS_renameat, "renameat"),
+    (libc::SYS_renameat2, "renameat2"),
+    (libc::SYS_unlink, "unlink"),
+    (libc::SYS_unlinkat, "unlinkat"),
+    (libc::SYS_rmdir, "rmdir"),
+    (libc::SYS_getdents64, "getdents64"),
+    (libc::SYS_mincore, "mincore"),
+];
+
 /// Why the filter could not be built or installed.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
@@ -81,11 +100,16 @@ pub enum SeccompError {
     Install(#[from] seccompiler::Error),
 }
 
-/// The filter: [`ALLOWED`] calls pass, any other kills the process (or, with `log`,
-/// is logged by the kernel and allowed, to find what a change needs).
-pub fn filter(log: bool) -> Result<BpfProgram, SeccompError> {
-    let rules: BTreeMap<i64, Vec<SeccompRule>> =
-        ALLOWED.iter().map(|&(nr, _)| (nr, Vec::new())).collect();
+/// The filter: [`ALLOWED`] calls pass (and [`DEPLOY_EXTRA`] with `deploy`), any other
+/// kills the process (or, with `log`, is logged by the kernel and allowed, to find what
+/// a change needs).
+pub fn filter(log: bool, deploy: bool) -> Result<BpfProgram, SeccompError> {
+    let extra: &[(i64, &str)] = if deploy { DEPLOY_EXTRA } else { &[] };
+    let rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED
+        .iter()
+        .chain(extra)
+        .map(|&(nr, _)| (nr, Vec::new()))
+        .collect();
     let mismatch = if log {
         SeccompAction::Log
     } else {
@@ -116,12 +140,17 @@ mod tests {
 
     #[test]
     fn the_filter_builds_and_lists_each_call_once() {
-        let program = filter(false).unwrap();
+        let program = filter(false, false).unwrap();
         assert!(program.len() > ALLOWED.len(), "one jump at least per call");
-        let mut nrs: Vec<i64> = ALLOWED.iter().map(|(nr, _)| *nr).collect();
+        assert!(filter(false, true).unwrap().len() > program.len());
+        let mut nrs: Vec<i64> = ALLOWED
+            .iter()
+            .chain(DEPLOY_EXTRA)
+            .map(|(nr, _)| *nr)
+            .collect();
         nrs.sort_unstable();
         nrs.dedup();
-        assert_eq!(nrs.len(), ALLOWED.len());
+        assert_eq!(nrs.len(), ALLOWED.len() + DEPLOY_EXTRA.len());
         assert_eq!(allowed_name(libc::SYS_ioctl), Some("ioctl"));
         assert_eq!(allowed_name(libc::SYS_execve), None);
         assert_eq!(allowed_name(libc::SYS_socket), None);
