@@ -180,6 +180,21 @@ fn deploy_then_invoke_cold_then_warm() {
     let deployed = server.deploy("hello", &guest("helloworld"));
     assert_eq!(deployed.status, 201, "{}", deployed.body);
     assert_eq!(deployed.json()["name"], "hello");
+    // The deploy booted in a jailed process: the version holds the binary, the
+    // manifest and the snapshot only, all given back to the server's user (no instance
+    // process, running as another uid, can change them).
+    let version = server.home.join("functions/hello/current");
+    let mut names: Vec<String> = std::fs::read_dir(&version)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["binary", "manifest.json", "snapshot"]);
+    for entry in std::fs::read_dir(version.join("snapshot")).unwrap() {
+        use std::os::unix::fs::MetadataExt;
+        let meta = entry.unwrap().metadata().unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (0, 0));
+    }
 
     let cold = server.invoke("hello", r#"{"name": "Ada"}"#);
     assert_eq!(cold.status, 200, "{}", cold.body);
