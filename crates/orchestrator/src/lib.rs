@@ -156,7 +156,11 @@ impl InvokeError {
                 // No answer, several lines, too much, or gone before its ready point.
                 Fault::BadResponse => FailureKind::BadResponse,
                 Fault::Runtime => FailureKind::Runtime,
+                Fault::Damaged => FailureKind::Store,
             },
+            InvokeError::Runtime { source, .. } if source.fault() == Fault::Damaged => {
+                FailureKind::Store
+            }
             InvokeError::Runtime { .. } => FailureKind::Runtime,
         }
     }
@@ -349,6 +353,8 @@ impl Orchestrator {
                 }
                 Err(err) => {
                     drop(lease);
+                    self.mark_if_damaged(name, &deployed, &err);
+                    self.mark_if_damaged(name, &deployed, &err);
                     self.count_error(name, err.kind());
                     if matches!(err, InvokeError::NoMemory { .. }) {
                         tracing::warn!(
@@ -431,6 +437,7 @@ impl Orchestrator {
                         source,
                     }
                 };
+                self.mark_if_damaged(name, &deployed, &err);
                 self.count_error(name, err.kind());
                 tracing::warn!(
                     function = name,
@@ -482,6 +489,27 @@ impl Orchestrator {
     /// MiB charged to the memory budget now (0 without a budget).
     pub fn memory_charged_mib(&self) -> u64 {
         self.budget.as_ref().map_or(0, |b| b.charged_mib())
+    }
+
+    /// Marks the deployed version damaged if `err` says its snapshot is: later
+    /// invocations are refused at once, until a new deploy.
+    fn mark_if_damaged(&self, name: &str, deployed: &Deployed, err: &InvokeError) {
+        let (InvokeError::Function { source, .. } | InvokeError::Runtime { source, .. }) = err
+        else {
+            return;
+        };
+        if source.fault() != Fault::Damaged {
+            return;
+        }
+        match self.store.mark_damaged(deployed, &source.to_string()) {
+            Ok(()) => tracing::error!(
+                function = name,
+                version = deployed.manifest.version,
+                error = error_chain(err),
+                "the function's snapshot is damaged: it is refused until deployed again"
+            ),
+            Err(e) => tracing::error!(function = name, "cannot mark the function damaged: {e}"),
+        }
     }
 
     fn count_error(&self, name: &str, kind: FailureKind) {

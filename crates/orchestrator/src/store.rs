@@ -172,6 +172,9 @@ pub struct FunctionStore {
     workers: Option<Arc<reap_worker::Workers>>,
 }
 
+/// The file in a version's directory that marks it damaged, holding why.
+const DAMAGED_FILE: &str = "damaged";
+
 /// Checks a function name: it becomes a directory and a URL path segment.
 pub fn check_name(name: &str) -> Result<(), StoreError> {
     let ok = (1..=64).contains(&name.len())
@@ -367,6 +370,16 @@ impl FunctionStore {
             Err(e) => return Err(StoreError::io(&current, "cannot read")(e)),
         };
         let dir = fn_dir.join(&target);
+        match fs::read(dir.join(DAMAGED_FILE)) {
+            Ok(why) => {
+                return Err(StoreError::Damaged {
+                    name: name.into(),
+                    why: String::from_utf8_lossy(&why[..why.len().min(4096)]).into_owned(),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StoreError::io(&dir.join(DAMAGED_FILE), "cannot read")(e)),
+        }
         if let Some((cached_target, manifest)) = self.cached_manifests().get(name)
             && *cached_target == target
         {
@@ -605,6 +618,17 @@ impl FunctionStore {
         write_synced(&staged.join("manifest.json"), &json)?;
         sync_dir(staged);
         Ok(manifest)
+    }
+
+    /// Marks the version `deployed` damaged, saying `why`: [`FunctionStore::get`] refuses
+    /// it from then on (a new deploy makes a new, healthy version).
+    pub fn mark_damaged(&self, deployed: &Deployed, why: &str) -> Result<(), StoreError> {
+        let path = deployed.dir.join(DAMAGED_FILE);
+        let tmp = deployed
+            .dir
+            .join(format!(".{DAMAGED_FILE}.{}", std::process::id()));
+        write_synced(&tmp, format!("its snapshot is damaged: {why}").as_bytes())?;
+        fs::rename(&tmp, &path).map_err(StoreError::io(&path, "cannot write"))
     }
 
     /// Removes `name` (all versions and its log).

@@ -1116,3 +1116,69 @@ fn a_panic_in_the_invocation_path_fails_that_invocation_only() {
         assert_eq!(ok.body, r#"{"greeting":"Hello, Ada!"}"#);
     }
 }
+
+#[test]
+fn a_damaged_snapshot_marks_the_function_damaged_until_it_is_deployed_again() {
+    use reap_orchestrator::store::FunctionStore;
+    use reap_orchestrator::{FailureKind, InvokeOptions, Orchestrator};
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::fd::AsRawFd;
+    let home = temp_dir("damaged");
+    let (store, _) = FunctionStore::open(&home).unwrap();
+    let image = std::fs::read(guest("helloworld")).unwrap();
+    store
+        .deploy("hello", &image, 64, Vec::new(), Duration::from_secs(60))
+        .unwrap();
+    let snapshot = store.get("hello").unwrap().snapshot();
+    // Flip a byte of the memory file's first data page.
+    let mut memory = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(snapshot.memory())
+        .unwrap();
+    // SAFETY: lseek on a file we own.
+    let data = unsafe { libc::lseek(memory.as_raw_fd(), 0, libc::SEEK_DATA) };
+    assert!(data >= 0);
+    let at = data as u64 + 100;
+    let mut byte = [0u8];
+    memory.seek(SeekFrom::Start(at)).unwrap();
+    memory.read_exact(&mut byte).unwrap();
+    memory.seek(SeekFrom::Start(at)).unwrap();
+    memory.write_all(&[byte[0] ^ 0xff]).unwrap();
+    drop(memory);
+
+    let o = Orchestrator::new(store.clone(), pool_config()).unwrap();
+    let file = InvokeOptions {
+        force_cold: true,
+        memory: reap_vmm::instance::MemoryMode::File,
+    };
+    let err = o.invoke("hello", br#"{"name":"x"}"#, file).unwrap_err();
+    assert_eq!(err.kind(), FailureKind::Store, "{err:?}");
+    assert!(
+        format!("{err:?}").contains("does not match its checksum"),
+        "{err:?}"
+    );
+    // From then on refused at once, in every mode, with the reason.
+    for memory in [
+        reap_vmm::instance::MemoryMode::Reap,
+        reap_vmm::instance::MemoryMode::Lazy,
+    ] {
+        let options = InvokeOptions {
+            force_cold: true,
+            memory,
+        };
+        let err = o.invoke("hello", br#"{"name":"x"}"#, options).unwrap_err();
+        assert_eq!(err.kind(), FailureKind::Store);
+        let text = reap_error::chain(&err);
+        assert!(text.contains("snapshot is damaged"), "{text}");
+    }
+    // A new deploy is a new, healthy version.
+    store
+        .deploy("hello", &image, 64, Vec::new(), Duration::from_secs(60))
+        .unwrap();
+    let answer = o
+        .invoke("hello", br#"{"name":"x"}"#, InvokeOptions::default())
+        .unwrap();
+    assert_eq!(answer.response, br#"{"greeting":"Hello, x!"}"#);
+    std::fs::remove_dir_all(&home).unwrap();
+}

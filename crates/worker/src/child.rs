@@ -250,10 +250,30 @@ fn reply(
 /// The kind of an instance's failure.
 pub fn fault_of(e: &InstanceError) -> Fault {
     match e {
+        InstanceError::Snapshot(s) => snapshot_fault(s),
+        // The page server stops on a page that fails its checksum, saying the memory
+        // file is damaged (`reap_pager::sums`).
+        InstanceError::PageServer(why) if why.contains("damaged") => Fault::Damaged,
         InstanceError::Vm(VmError::Guest(GuestFault::Timeout(_))) => Fault::Timeout,
         e if !e.is_function_fault() => Fault::Runtime,
         InstanceError::Vm(_) | InstanceError::Exited(_) => Fault::Crash,
         _ => Fault::BadResponse,
+    }
+}
+
+/// The kind of a snapshot's failure: damaged files, or the runtime's (e.g. an I/O
+/// error).
+pub fn snapshot_fault(e: &reap_vmm::snapshot::SnapshotError) -> Fault {
+    use reap_vmm::snapshot::SnapshotError as S;
+    match e {
+        S::Format { .. }
+        | S::MemorySize { .. }
+        | S::MemoryMismatch { .. }
+        | S::Inconsistent { .. }
+        | S::Sums { .. }
+        | S::SumsMismatch { .. }
+        | S::MemoryDamaged(_) => Fault::Damaged,
+        S::Io(_) | S::Vm(_) => Fault::Runtime,
     }
 }
 

@@ -287,12 +287,12 @@ impl Workers {
         let started = Instant::now();
         // The state first: the process needs it too, but a missing or damaged snapshot
         // is better told here, and the state gives the memory limit.
-        let state = dir.read_state().map_err(runtime)?;
+        let state = dir.read_state().map_err(snapshot)?;
         // What the process cannot check without reading all of it: the server does, once
         // per file (`file` mode maps the file, and the kernel reads it unchecked).
         let verified = if mode == MemoryMode::File {
-            let memory = dir.open_memory(&state).map_err(runtime)?;
-            let stamp = dir.verified_stamp(&memory).map_err(runtime)?;
+            let memory = dir.open_memory(&state).map_err(snapshot)?;
+            let stamp = dir.verified_stamp(&memory).map_err(snapshot)?;
             stamp.map(|(s, _)| s)
         } else {
             None
@@ -470,6 +470,13 @@ impl Workers {
                 .map_err(|e| runtime(format!("cannot take back {}: {e}", path.display())))?;
         }
         result
+    }
+}
+
+fn snapshot(e: reap_vmm::snapshot::SnapshotError) -> WorkerError {
+    WorkerError::Instance {
+        fault: crate::child::snapshot_fault(&e),
+        message: reap_error::chain(&e),
     }
 }
 

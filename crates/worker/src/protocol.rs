@@ -110,14 +110,17 @@ pub enum Fault {
     Crash,
     /// The function did not answer with exactly one line.
     BadResponse,
-    /// The runtime failed (the snapshot, guest memory, the VMM), not the function.
+    /// The runtime failed (guest memory, the VMM), not the function.
     Runtime,
+    /// The snapshot's files are damaged (a checksum does not match, a file does not
+    /// belong to the others): no cold start from them can succeed.
+    Damaged,
 }
 
 impl Fault {
     /// Whether the function, not the runtime, is at fault.
     pub fn is_function_fault(self) -> bool {
-        self != Fault::Runtime
+        !matches!(self, Fault::Runtime | Fault::Damaged)
     }
 }
 
