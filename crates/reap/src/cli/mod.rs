@@ -175,6 +175,10 @@ pub enum Command {
         /// waits, then gets 503. Default: 75% of the host's RAM minus 256 MiB.
         #[arg(long, value_name = "MIB")]
         memory_budget: Option<u64>,
+        /// Seconds an invocation waits for a free instance slot or for memory in the
+        /// budget before it gets 503.
+        #[arg(long, default_value_t = 30.0)]
+        queue_timeout: f64,
         /// Instance processes kept started and jailed, ready for a cold start.
         #[arg(long, default_value_t = 2)]
         prestart: usize,
@@ -254,6 +258,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             max_uploads,
             log_max_bytes,
             memory_budget,
+            queue_timeout,
             prestart,
             jail,
         } => report((|| {
@@ -262,6 +267,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
                 keep_alive: seconds(keep_alive, "--keep-alive")?,
                 max_instances: max_instances.max(1),
                 invoke_timeout: seconds(timeout, "--timeout")?,
+                queue_timeout: seconds(queue_timeout, "--queue-timeout")?,
                 memory_budget_mib: memory_budget
                     .or_else(reap_orchestrator::budget::default_budget_mib),
                 ..Default::default()
