@@ -414,11 +414,20 @@ impl MicroVm {
                 name,
                 detail,
                 rip,
-            } => GuestFault::Exception {
-                vector,
-                name,
-                detail,
-                rip,
+            } => match linux_signal(vector) {
+                // What Linux does with the exception: a signal, which ends a program
+                // that does not catch it (and guests' handlers are never run).
+                Some(signal) => GuestFault::Signal {
+                    signal,
+                    name: signal_name(signal),
+                    detail: format!(": {name}{detail} at RIP {rip:#x}"),
+                },
+                None => GuestFault::Exception {
+                    vector,
+                    name,
+                    detail,
+                    rip,
+                },
             },
         })
     }
@@ -470,6 +479,19 @@ impl MicroVm {
     /// Whether the guest is at its ready point (a read of stdin pending).
     pub fn is_waiting_for_input(&self) -> bool {
         self.pending
+    }
+}
+
+/// The signal Linux sends a user program for CPU exception `vector` (as its
+/// `arch/x86/kernel/traps.c` does), if it sends one.
+fn linux_signal(vector: u8) -> Option<i32> {
+    match vector {
+        0 | 16 | 19 => Some(libc::SIGFPE),                // #DE, #MF, #XM
+        1 | 3 => Some(libc::SIGTRAP),                     // #DB, #BP
+        4 | 5 | 11 | 12 | 13 | 14 => Some(libc::SIGSEGV), // #OF, #BR, #NP, #SS, #GP, #PF
+        6 => Some(libc::SIGILL),                          // #UD
+        17 => Some(libc::SIGBUS),                         // #AC
+        _ => None,
     }
 }
 
