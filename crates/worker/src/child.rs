@@ -27,6 +27,9 @@ pub struct Options {
     pub jail: Option<Ids>,
     /// The seccomp filter logs forbidden calls instead of killing.
     pub seccomp_log: bool,
+    /// The process deploys (boots and snapshots) instead of restoring: its filter
+    /// allows writing the snapshot.
+    pub deploy: bool,
 }
 
 /// What `reap worker --check-jail DIR` does: enters the jail exactly as a restore of
@@ -53,6 +56,8 @@ pub fn check_jail(check: &Check, ids: Ids, seccomp_log: bool) -> ExitCode {
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", check.dir.display())))?;
         enter_namespaces()?;
         jail::prepare()?;
+        let program = jail::seccomp::filter(seccomp_log, false).map_err(io::Error::other)?;
+        jail::seccomp::install(&program).map_err(io::Error::other)?;
         jail::confine(dir.into(), ids)?;
         // SAFETY: plain id queries.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -62,9 +67,7 @@ pub fn check_jail(check: &Check, ids: Ids, seccomp_log: bool) -> ExitCode {
             out,
             "capabilities effective {e:#x} permitted {p:#x} inheritable {i:#x}"
         )?;
-        out.flush()?;
-        let program = jail::seccomp::filter(seccomp_log, false).map_err(io::Error::other)?;
-        jail::seccomp::install(&program).map_err(io::Error::other)
+        out.flush()
     };
     if let Err(e) = setup(&mut out) {
         eprintln!("reap worker: cannot enter the jail: {e}");
@@ -111,6 +114,14 @@ pub fn main(options: &Options) -> ExitCode {
         }
         if let Err(e) = jail::prepare() {
             return fail(&sock, &format!("cannot set up the jail: {e}"));
+        }
+        // Installed now, while the process waits: it allows the confinement's calls,
+        // which do nothing once the privileges are gone.
+        let installed = jail::seccomp::filter(options.seccomp_log, options.deploy)
+            .map_err(io::Error::other)
+            .and_then(|program| jail::seccomp::install(&program).map_err(io::Error::other));
+        if let Err(e) = installed {
+            return fail(&sock, &format!("cannot install the seccomp filter: {e}"));
         }
     }
     if let Err(e) = send(&sock, Reply::Ready, &[], Trailer::default()) {
@@ -286,15 +297,6 @@ fn failed(e: &InstanceError) -> Reply {
 
 fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
     let stderr = Stderr::default();
-    // Compiled ahead: only its installation is on the cold start's path.
-    let compile = |deploy| match options.jail {
-        Some(_) => jail::seccomp::filter(options.seccomp_log, deploy)
-            .map(Some)
-            .map_err(|e| FrameError::Bad(format!("the seccomp filter: {e}"))),
-        None => Ok(None),
-    };
-    let filter = compile(false)?;
-    let deploy_filter = compile(true)?;
     let panic_on = std::env::var(FAULT_ENV)
         .ok()
         .and_then(|v| {
@@ -315,12 +317,14 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                 serve,
                 verified,
             } => {
-                if instance.is_some() || fds.len() != 1 {
+                if instance.is_some() || fds.len() != 1 || options.deploy {
                     return Err(FrameError::Bad(
-                        "a restore needs one directory and no instance yet".into(),
+                        "a restore needs one directory, no instance yet, and a process \
+                         started for restores"
+                            .into(),
                     ));
                 }
-                let dir = match enter(fds.remove(0), options, filter.as_ref()) {
+                let dir = match enter(fds.remove(0), options) {
                     Ok(dir) => dir,
                     Err(e) => {
                         let message = format!("cannot confine the instance: {e}");
@@ -364,12 +368,14 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                 env,
                 limit_us,
             } => {
-                if instance.is_some() || fds.len() != 1 {
+                if instance.is_some() || fds.len() != 1 || !options.deploy {
                     return Err(FrameError::Bad(
-                        "a deploy needs one directory and no instance".into(),
+                        "a deploy needs one directory, no instance, and a process started \
+                         for deploys"
+                            .into(),
                     ));
                 }
-                let dir = match enter(fds.remove(0), options, deploy_filter.as_ref()) {
+                let dir = match enter(fds.remove(0), options) {
                     Ok(_) => SnapshotDir::new(if options.jail.is_some() {
                         "/snapshot"
                     } else {
@@ -444,12 +450,8 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
 
 /// Makes the snapshot directory `dir` this process's root (jailed) or working
 /// directory (unconfined), and returns it as a [`SnapshotDir`].
-fn enter(
-    dir: OwnedFd,
-    options: &Options,
-    filter: Option<&seccompiler::BpfProgram>,
-) -> io::Result<SnapshotDir> {
-    let (Some(ids), Some(filter)) = (options.jail, filter) else {
+fn enter(dir: OwnedFd, options: &Options) -> io::Result<SnapshotDir> {
+    let Some(ids) = options.jail else {
         // SAFETY: fchdir on a descriptor we own.
         if unsafe { libc::fchdir(dir.as_raw_fd()) } < 0 {
             return Err(io::Error::last_os_error());
@@ -457,6 +459,5 @@ fn enter(
         return Ok(SnapshotDir::new("."));
     };
     jail::confine(dir, ids)?;
-    jail::seccomp::install(filter).map_err(io::Error::other)?;
     Ok(SnapshotDir::new("/"))
 }

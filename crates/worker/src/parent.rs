@@ -130,8 +130,8 @@ struct Worker {
 enum Job {
     /// Start processes until [`WorkerConfig::prestart`] are ready.
     Refill,
-    /// Start one now and hand it over.
-    Now(mpsc::Sender<Result<Worker, WorkerError>>),
+    /// Start one now (for a deploy, with `true`) and hand it over.
+    Now(mpsc::Sender<Result<Worker, WorkerError>>, bool),
 }
 
 struct Shared {
@@ -256,16 +256,21 @@ impl Workers {
             .map_err(|_| WorkerError::Start("the spawner thread is gone".into()))
     }
 
-    /// A started process: a ready one if there is, else one started now.
-    fn take(&self) -> Result<Worker, WorkerError> {
-        let ready = lock(&self.shared.ready).pop_front();
+    /// A started process: a ready one if there is, else one started now; for a deploy
+    /// (`deploy`), always one started now (its filter differs).
+    fn take(&self, deploy: bool) -> Result<Worker, WorkerError> {
+        let ready = if deploy {
+            None
+        } else {
+            lock(&self.shared.ready).pop_front()
+        };
         if let Some(worker) = ready {
             self.shared.taken_ready.fetch_add(1, Ordering::Relaxed);
             let _ = self.job(Job::Refill);
             return Ok(worker);
         }
         let (tx, rx) = mpsc::channel();
-        self.job(Job::Now(tx))?;
+        self.job(Job::Now(tx, deploy))?;
         let worker = rx
             .recv()
             .map_err(|_| WorkerError::Start("the spawner thread is gone".into()))?;
@@ -307,7 +312,7 @@ impl Workers {
             Some(WsPolicy::Reap { ws }) => std::fs::metadata(ws).map(|m| m.len()).unwrap_or(0),
             _ => 0,
         };
-        let worker = self.take()?;
+        let worker = self.take(false)?;
         let mut instance = RemoteInstance {
             worker: Some(worker),
             reaper: lock(&self.reaper).clone(),
@@ -399,7 +404,7 @@ impl Workers {
                 ))
             })?;
         }
-        let worker = self.take()?;
+        let worker = self.take(true)?;
         let mut instance = RemoteInstance {
             worker: Some(worker),
             reaper: lock(&self.reaper).clone(),
@@ -498,14 +503,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn spawner(shared: &Arc<Shared>, jobs: &mpsc::Receiver<Job>) {
     for job in jobs {
         match job {
-            Job::Now(reply) => {
-                let _ = reply.send(spawn(shared));
+            Job::Now(reply, deploy) => {
+                let _ = reply.send(spawn(shared, deploy));
             }
             Job::Refill => loop {
                 if lock(&shared.ready).len() >= shared.config.prestart {
                     break;
                 }
-                match spawn(shared) {
+                match spawn(shared, false) {
                     Ok(worker) => {
                         lock(&shared.ready).push_back(worker);
                         shared.started.notify_all();
@@ -545,7 +550,7 @@ impl Drop for Workers {
 }
 
 /// Starts one process and waits for it to report ready.
-fn spawn(shared: &Shared) -> Result<Worker, WorkerError> {
+fn spawn(shared: &Shared, deploy: bool) -> Result<Worker, WorkerError> {
     let config = &shared.config;
     let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
     let start_err =
@@ -581,6 +586,9 @@ fn spawn(shared: &Shared) -> Result<Worker, WorkerError> {
     }
     if config.seccomp_log {
         cmd.arg("--seccomp-log");
+    }
+    if deploy {
+        cmd.arg("--for-deploy");
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())

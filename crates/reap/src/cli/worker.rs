@@ -61,6 +61,9 @@ pub struct WorkerArgs {
     /// Log forbidden system calls (kernel log) instead of killing the process.
     #[arg(long)]
     pub seccomp_log: bool,
+    /// Deploy (boot and snapshot) instead of restoring.
+    #[arg(long)]
+    pub for_deploy: bool,
     /// Enter the jail with this directory as the root, as for a restore, and report
     /// what the process can do there instead of serving.
     #[arg(long, value_name = "DIR")]
@@ -93,6 +96,7 @@ pub fn worker(args: &WorkerArgs) -> ExitCode {
             gid: args.gid,
         }),
         seccomp_log: args.seccomp_log,
+        deploy: args.for_deploy,
     };
     reap_worker::child::main(&options)
 }

@@ -68,6 +68,18 @@ pub const ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_clock_nanosleep, "clock_nanosleep"),
     (libc::SYS_nanosleep, "nanosleep"),
     (libc::SYS_getrandom, "getrandom"),
+    // The confinement, made after the filter is installed (while the process waits for
+    // a snapshot); once the privileges are dropped these can only fail (`EPERM`), and
+    // `chroot`, `chdir` and `fchdir` stay inside the root.
+    (libc::SYS_fchdir, "fchdir"),
+    (libc::SYS_chdir, "chdir"),
+    (libc::SYS_chroot, "chroot"),
+    (libc::SYS_setgroups, "setgroups"),
+    (libc::SYS_setresgid, "setresgid"),
+    (libc::SYS_setresuid, "setresuid"),
+    (libc::SYS_capget, "capget"),
+    (libc::SYS_getuid, "getuid"),
+    (libc::SYS_getgid, "getgid"),
 ];
 
 /// The calls a deploy adds (writing the snapshot into its directory, and removing a
