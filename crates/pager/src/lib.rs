@@ -77,7 +77,7 @@
 //!              lazy_faults_file, lazy_faults_zero, faults_already_present, remove_events,
 //!              prefetched_pages, prefetched_zero_pages, ws_zero_pages_unregistered,
 //!              install_ioctls, bytes_read_fetch, background_install_ns,
-//!              background_installed_pages, ws_faults,
+//!              background_installed_pages, install_planned_pages, ws_faults,
 //!              bytes_read_lazy, fetch_ns, verify_ns, install_ns, fault_serve_ns,
 //!              fetch_direct, recorded_pages, recorded_hole_pages, hole_scan_ns,
 //!              prefetch_fell_back, fallback_reason,

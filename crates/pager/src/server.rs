@@ -276,6 +276,10 @@ pub struct PagerStats {
     pub background_install_ns: u64,
     /// Pages of the working set installed after the guest was let run.
     pub background_installed_pages: u64,
+    /// Pages of the working set the install fills, before the guest runs and while it
+    /// runs (known once [`PageServer::start`] has returned; zero pages left to the
+    /// kernel are not among them).
+    pub install_planned_pages: u64,
     /// Faults on pages of the working set that the concurrent install had not
     /// installed yet, served from the fetched set (not counted as lazy faults).
     pub ws_faults: u64,
@@ -321,6 +325,7 @@ struct Counters {
     install_ns: AtomicU64,
     background_install_ns: AtomicU64,
     background_installed_pages: AtomicU64,
+    install_planned_pages: AtomicU64,
     ws_faults: AtomicU64,
     fault_serve_ns: AtomicU64,
     recorded_hole_pages: AtomicU64,
@@ -617,6 +622,7 @@ impl PageServer {
             install_ns: get(&c.install_ns),
             background_install_ns: get(&c.background_install_ns),
             background_installed_pages: get(&c.background_installed_pages),
+            install_planned_pages: get(&c.install_planned_pages),
             ws_faults: get(&c.ws_faults),
             fault_serve_ns: get(&c.fault_serve_ns),
             recorded_pages: lock(&self.shared.recorded).len() as u64,
@@ -1002,6 +1008,10 @@ impl FaultLoop {
         lock(&self.shared.info).fetch_direct = f.direct;
         let t = Instant::now();
         let mut steps = self.plan(&ws);
+        add(
+            &self.shared.counters.install_planned_pages,
+            steps.iter().map(|s| s.pages).sum(),
+        );
         let head = if self.options.concurrent_install {
             let mut pages = 0;
             steps

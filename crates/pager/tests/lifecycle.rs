@@ -23,6 +23,9 @@ fn open_fds() -> usize {
 fn stop_and_drop_end_the_fault_thread_and_close_the_uffd() {
     let mem = memory_file("lifecycle", 16, |_| false);
     assert_eq!(pager_threads(), 0);
+    // The process's /dev/userfaultfd handle, opened on first use and kept, is not a
+    // server's.
+    drop(reap_pager::Uffd::new().unwrap());
     let fds_before = open_fds();
 
     let (uffd, m, regions) = registered(16);

@@ -39,6 +39,18 @@ fn answer(instance: &mut Instance, request: &str) -> String {
     String::from_utf8(resp).unwrap().trim_end().to_owned()
 }
 
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t with CPU 0 set, for the calling thread (pid 0).
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set),
+            0
+        );
+    }
+}
+
 /// One function runs in a shell, which then serves another function's restore: the
 /// second sees its own snapshot's memory in every page and its own vCPU state, never
 /// the first one's. (Its own guest-memory size, so that no other test takes these
@@ -47,6 +59,9 @@ fn answer(instance: &mut Instance, request: &str) -> String {
 fn a_reused_shell_carries_no_memory_or_registers_of_the_last_function() {
     const MIB: u64 = 48;
     let tmp = temp_dir("shell-reuse");
+    // The CPUID of a snapshot holds the APIC ID of the host CPU it booted on, and a
+    // shell only serves snapshots with the CPUID its vCPU ran with: both boot on CPU 0.
+    pin_to_cpu0();
     let first = SnapshotDir::new(tmp.join("page_order"));
     let second = SnapshotDir::new(tmp.join("helloworld"));
     deploy("page_order", MIB, &first);
@@ -54,7 +69,11 @@ fn a_reused_shell_carries_no_memory_or_registers_of_the_last_function() {
     let hello = requests("helloworld");
     let native = native_answers("helloworld");
     assert!(shell::enabled());
-
+    let (a, b) = (first.read_state().unwrap(), second.read_state().unwrap());
+    assert_eq!(
+        a.vm.vcpu.cpuid, b.vm.vcpu.cpuid,
+        "both booted on CPU 0: the same CPUID, so one's shell can serve the other"
+    );
     for mode in [MemoryMode::File, MemoryMode::Lazy, MemoryMode::Reap] {
         // The first function writes its pattern all over its memory and runs.
         let mut a = restore(&first, mode);

@@ -124,7 +124,8 @@ pub struct ColdStart {
     pub fetch_us: u64,
     /// Installing the working set into guest memory.
     pub install_us: u64,
-    /// Pages of the working set installed before the guest ran (zero pages included).
+    /// Pages of the working set installed, before the guest ran or (concurrent install)
+    /// while it runs (zero pages included).
     pub prefetched_pages: u64,
     /// This cold start records the working set (reap mode, no WS file yet).
     pub recording: bool,
@@ -325,7 +326,7 @@ impl Instance {
             restore_us: micros(total.saturating_sub(fetch + install)),
             fetch_us: micros(fetch),
             install_us: micros(install),
-            prefetched_pages: stats.prefetched_pages + stats.prefetched_zero_pages,
+            prefetched_pages: stats.install_planned_pages,
             recording: record_ws.is_some(),
             ws_fell_back: stats.prefetch_fell_back,
             restore_lazy_faults: stats.lazy_faults_file + stats.lazy_faults_zero,

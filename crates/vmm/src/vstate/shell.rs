@@ -232,7 +232,6 @@ pub struct ShellStats {
 enum Job {
     Fill(u64),
     Reset(Box<Shell>),
-    Destroy(Box<Shell>),
     Sync(mpsc::SyncSender<()>),
 }
 
@@ -314,23 +313,24 @@ fn send(pool: &Pool, job: Job) {
     let _ = lock(&pool.jobs).send(job);
 }
 
-/// A ready shell with `size` bytes of guest memory whose vCPU can take `cpuid`, if
-/// the pool has one; either way the background thread tops the pool up. (A shell
-/// whose vCPU ran with another CPUID is destroyed.)
+/// A ready shell with `size` bytes of guest memory whose vCPU can take `cpuid` (a new
+/// one, or one that ran with the same CPUID), if the pool has one; either way the
+/// background thread tops the pool up.
 pub fn take(size: u64, cpuid: &[kvm_cpuid_entry2]) -> Option<Shell> {
     if !enabled() {
         return None;
     }
     let pool = pool()?;
-    let shell = loop {
-        let Some(shell) = lock(&pool.ready).get_mut(&size).and_then(Vec::pop) else {
-            break None;
-        };
-        if shell.cpuid.as_deref().is_none_or(|c| c == cpuid) {
-            break Some(shell);
-        }
-        DESTROYED.fetch_add(1, Ordering::Relaxed);
-        send(pool, Job::Destroy(Box::new(shell)));
+    // The most recently kept shell that fits: shells whose vCPU ran with another CPUID
+    // stay for the snapshots that have it.
+    let shell = {
+        let mut ready = lock(&pool.ready);
+        ready.get_mut(&size).and_then(|shells| {
+            let i = shells
+                .iter()
+                .rposition(|s| s.cpuid.as_deref().is_none_or(|c| c == cpuid))?;
+            Some(shells.remove(i))
+        })
     };
     match shell {
         Some(_) => TAKEN.fetch_add(1, Ordering::Relaxed),
@@ -383,7 +383,6 @@ fn work(rx: mpsc::Receiver<Job>) {
                     }
                 }
             }
-            Job::Destroy(shell) => drop(shell),
             Job::Sync(done) => {
                 let _ = done.send(());
             }
