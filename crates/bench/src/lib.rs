@@ -40,7 +40,7 @@ use reap_vmm::snapshot::SnapshotError;
 
 use self::progress::Progress;
 use self::report::{Environment, Report, RunConfig, SweepReport};
-use self::run::{FunctionSpec, RunParams};
+use self::run::{FunctionSpec, RunParams, Techniques};
 
 /// The paper's ten functions, in its order.
 pub const SUITE: [&str; 10] = [
@@ -135,6 +135,23 @@ pub struct BenchArgs {
     /// first sample request, cold starts with its second).
     #[arg(long)]
     pub no_input_sensitivity: bool,
+    /// Restores create their KVM VM instead of taking a ready VM shell from the pool:
+    /// the behaviour without that technique.
+    #[arg(long)]
+    pub no_shells: bool,
+    /// Install the whole working set before the guest runs, instead of its first pages
+    /// and the rest while it runs: the behaviour without that technique.
+    #[arg(long)]
+    pub no_concurrent_install: bool,
+    /// The recording cold start writes the working set before answering, instead of
+    /// after, in the background: the behaviour without that technique.
+    #[arg(long)]
+    pub no_background_record: bool,
+    /// Also measure each technique off (the rest on) in interleaved reap cold starts
+    /// of every function, recording cold starts with the working set written before
+    /// and after the answer, and the sweep with every technique off as well.
+    #[arg(long)]
+    pub ablation: bool,
 }
 
 /// Why `reap bench` failed.
@@ -322,6 +339,14 @@ impl BenchPlan {
                     reap_pager::Holes::Kernel
                 },
                 input_sensitivity: !args.no_input_sensitivity,
+                techniques: Techniques {
+                    kernel_holes: !args.served_holes,
+                    state_cache: !args.no_state_cache,
+                    shells: !args.no_shells,
+                    concurrent_install: !args.no_concurrent_install,
+                    background_record: !args.no_background_record,
+                },
+                ablation: args.ablation,
             },
             sweep,
             disk_mib: args.disk_mib,
@@ -368,7 +393,7 @@ pub struct Outputs {
 
 /// Runs the whole benchmark of `plan` and writes its files.
 pub fn run(plan: &BenchPlan, show_progress: bool) -> Result<Outputs, BenchError> {
-    reap_vmm::snapshot::set_state_cache(plan.state_cache);
+    plan.params.techniques.apply();
     let started_at = SystemTime::now();
     let started = Instant::now();
     let environment = Environment::detect(started_at);
@@ -386,10 +411,9 @@ pub fn run(plan: &BenchPlan, show_progress: bool) -> Result<Outputs, BenchError>
         .map(|f| run::function_steps(f, p))
         .sum::<u64>()
         + u64::from(plan.disk_mib > 0)
-        + plan
-            .sweep
-            .as_ref()
-            .map_or(0, |(_, levels)| run::sweep_steps(levels, p.iterations));
+        + plan.sweep.as_ref().map_or(0, |(_, levels)| {
+            run::sweep_steps(levels, p.iterations, p.ablation)
+        });
     let progress = Progress::new(steps, show_progress);
 
     let disk = if plan.disk_mib > 0 {
@@ -464,6 +488,8 @@ pub fn run(plan: &BenchPlan, show_progress: bool) -> Result<Outputs, BenchError>
         disk_probe_mib: plan.disk_mib,
         holes: p.holes,
         state_cache: plan.state_cache,
+        techniques: p.techniques,
+        ablation: p.ablation,
     };
     let report = Report::new(
         environment,

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::disk::DiskResult;
-use super::run::{ColdSample, FunctionRun, SweepBatch, WarmSample};
+use super::run::{ColdSample, FunctionRun, SweepBatch, Techniques, WarmSample};
 use super::stats::{self, Summary};
 use reap_pager::Holes;
 use reap_vmm::instance::MemoryMode;
@@ -152,6 +152,23 @@ pub struct RunConfig {
     /// `--no-state-cache`).
     #[serde(default = "yes")]
     pub state_cache: bool,
+    /// The techniques of the measured cold starts.
+    #[serde(default = "all_techniques")]
+    pub techniques: Techniques,
+    /// The ablation ran (`--ablation`).
+    #[serde(default)]
+    pub ablation: bool,
+}
+
+/// The ablation variant with every technique on.
+const ALL_ON: &str = "all on";
+/// How the ablation's recording variants start.
+const RECORDING: &str = "recording";
+/// The recording variant with the default, background write.
+const RECORDING_BACKGROUND: &str = "recording, background write";
+
+fn all_techniques() -> Techniques {
+    Techniques::ALL
 }
 
 fn yes() -> bool {
@@ -552,6 +569,20 @@ impl Report {
             ));
         }
 
+        if let Some(t) = self.ablation_table() {
+            out.push((
+                "Ablation: reap cold starts with each technique off (the rest on), interleaved, page cache evicted; ms: median; last row: geometric mean of variant / all on. Recording: the first cold start, working set written after or before the answer".into(),
+                t,
+            ));
+        }
+
+        if let Some(t) = self.throughput_table() {
+            out.push((
+                "Concurrency sweep: cold starts per second per core (k / wall time of the batch / CPUs), median over repetitions; \"before\": every technique off".into(),
+                t,
+            ));
+        }
+
         if let Some(sweep) = &self.sweep {
             let mut t = Table::new(&["concurrent", "file ms", "reap ms", "file/reap"]);
             for l in &sweep.levels {
@@ -571,6 +602,110 @@ impl Report {
             ));
         }
         out
+    }
+
+    /// The ablation's variants: `all on` first, the others in the order they first
+    /// ran, the recording cold starts last.
+    fn ablation_variants(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for f in &self.functions {
+            for a in &f.run.ablation {
+                if !names.contains(&a.variant) {
+                    names.push(a.variant.clone());
+                }
+            }
+        }
+        names.sort_by_key(|n| (n != ALL_ON, n.starts_with(RECORDING)));
+        names
+    }
+
+    /// The ablation table, if the run has one.
+    fn ablation_table(&self) -> Option<Table> {
+        let variants = self.ablation_variants();
+        if variants.is_empty() {
+            return None;
+        }
+        let mut header = vec!["function"];
+        header.extend(variants.iter().map(String::as_str));
+        let mut t = Table::new(&header);
+        let mut ratios: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+        for f in &self.functions {
+            if f.run.ablation.is_empty() {
+                continue;
+            }
+            let median = |v: &str| {
+                let lat: Vec<f64> = f
+                    .run
+                    .ablation
+                    .iter()
+                    .filter(|a| a.variant == v)
+                    .map(|a| a.sample.latency_us as f64 / 1e3)
+                    .collect();
+                stats::median(&lat)
+            };
+            let mut row = vec![f.run.name.clone()];
+            for (i, v) in variants.iter().enumerate() {
+                let m = median(v);
+                row.push(m.map_or("-".into(), ms));
+                // A recording compares with the recording of the default (background
+                // write), the others with every technique on.
+                let base = if v.starts_with(RECORDING) {
+                    median(RECORDING_BACKGROUND)
+                } else {
+                    median(ALL_ON)
+                };
+                if let (Some(m), Some(b)) = (m, base) {
+                    ratios[i].push(m / b);
+                }
+            }
+            t.row(row);
+        }
+        let mut row = vec!["geomean ratio".to_string()];
+        for r in &ratios {
+            row.push(stats::geomean(r).map_or("-".into(), |g| format!("{g:.2}x")));
+        }
+        t.row(row);
+        Some(t)
+    }
+
+    /// Cold starts per second per core of each sweep level, techniques on and off.
+    fn throughput_table(&self) -> Option<Table> {
+        let sweep = self.sweep.as_ref()?;
+        if sweep.batches.iter().all(|b| b.wall_us == 0) {
+            return None;
+        }
+        let cpus = self.environment.cpus.max(1) as f64;
+        let before = sweep.batches.iter().any(|b| !b.techniques_on);
+        let mut header = vec!["concurrent", "file", "reap"];
+        if before {
+            header.extend(["file, before", "reap, before"]);
+        }
+        let mut t = Table::new(&header);
+        let mut levels: Vec<usize> = sweep.batches.iter().map(|b| b.concurrency).collect();
+        levels.dedup();
+        for k in levels {
+            let rate = |mode: MemoryMode, on: bool| {
+                let r: Vec<f64> = sweep
+                    .batches
+                    .iter()
+                    .filter(|b| b.concurrency == k && b.mode == mode && b.techniques_on == on)
+                    .filter(|b| b.wall_us > 0)
+                    .map(|b| b.samples.len() as f64 / (b.wall_us as f64 / 1e6) / cpus)
+                    .collect();
+                stats::median(&r).map_or("-".into(), |m| format!("{m:.0}"))
+            };
+            let mut row = vec![
+                k.to_string(),
+                rate(MemoryMode::File, true),
+                rate(MemoryMode::Reap, true),
+            ];
+            if before {
+                row.push(rate(MemoryMode::File, false));
+                row.push(rate(MemoryMode::Reap, false));
+            }
+            t.row(row);
+        }
+        Some(t)
     }
 
     /// The input-sensitivity table, if any function has those cold starts.
@@ -653,8 +788,16 @@ impl Report {
             .collect();
         if let Some(g) = stats::geomean(&floors) {
             lines.push(format!(
-                "reap cold start / floor: geometric mean {g:.1}x (median {:.1}x)",
+                "reap cold start / floor: geometric mean {g:.2}x (median {:.2}x; target 1.5x or less)",
                 stats::median(&floors).unwrap_or(0.0)
+            ));
+        }
+        if let Some(h) = self.functions.iter().find(|f| f.run.name == "helloworld") {
+            let r = &h.summary.reap;
+            lines.push(format!(
+                "helloworld reap cold start: median {} ms (target 0.5 ms or less); restore + fetch {} ms (medians; target 0.25 ms or less)",
+                ms(r.latency_ms.median),
+                ms(r.restore_ms + r.fetch_ms)
             ));
         }
         lines
@@ -1057,8 +1200,8 @@ fn csv_field(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::InputSensitivity;
     use crate::run::WsInfo;
+    use crate::run::{AblationSample, InputSensitivity};
 
     fn cold(mode: MemoryMode, latency_us: u64, lazy_faults: u64) -> ColdSample {
         ColdSample {
@@ -1113,6 +1256,16 @@ mod tests {
                     .collect(),
             }),
             cold: cold_samples,
+            ablation: ["no shells", "all on", "all off"]
+                .iter()
+                .enumerate()
+                .flat_map(|(i, v)| {
+                    (0..3).map(move |j| AblationSample {
+                        variant: (*v).into(),
+                        sample: cold(MemoryMode::Reap, reap_us * (i as u64 + 1) + j, 2),
+                    })
+                })
+                .collect(),
             warm: (0..3)
                 .map(|i| WarmSample {
                     latency_us: 1000 + i,
@@ -1157,6 +1310,8 @@ mod tests {
             disk_probe_mib: 256,
             holes: Holes::Kernel,
             state_cache: true,
+            techniques: Techniques::ALL,
+            ablation: true,
         };
         let batches = [1usize, 2]
             .into_iter()
@@ -1165,6 +1320,8 @@ mod tests {
                     concurrency: k,
                     repetition: 0,
                     mode: m,
+                    techniques_on: true,
+                    wall_us: 4000,
                     samples: (0..k)
                         .map(|_| cold(m, if m == MemoryMode::File { 8000 } else { 2000 }, 0))
                         .collect(),
@@ -1284,6 +1441,51 @@ mod tests {
         let sweep = r.sweep_csv().unwrap();
         // (1 + 2) × 2 modes + header.
         assert_eq!(sweep.lines().count(), 7);
+    }
+
+    #[test]
+    fn ablation_table_has_a_column_per_variant_and_the_geomean_ratio() {
+        let r = report();
+        let t = r.ablation_table().unwrap();
+        let text = t.render_text();
+        let header = text.lines().next().unwrap();
+        let columns: Vec<&str> = header
+            .split("  ")
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        assert_eq!(columns, ["function", "all on", "no shells", "all off"]);
+        // Function a's variants ran at 1x (no shells), 2x (all on) and 3x (all off) of
+        // its reap latency: ratios to "all on".
+        let geo = text
+            .lines()
+            .find(|l| l.starts_with("geomean ratio"))
+            .unwrap();
+        let cells: Vec<&str> = geo.split_whitespace().skip(2).collect();
+        assert_eq!(cells, ["1.00x", "0.50x", "1.50x"]);
+    }
+
+    #[test]
+    fn throughput_is_cold_starts_per_second_per_core() {
+        let r = report();
+        let text = r.throughput_table().unwrap().render_text();
+        // k cold starts in 4 ms on 2 CPUs: 125 k per second per core.
+        let one = text
+            .lines()
+            .find(|l| l.trim_start().starts_with('1'))
+            .unwrap();
+        assert_eq!(
+            one.split_whitespace().collect::<Vec<_>>(),
+            ["1", "125", "125"]
+        );
+        let two = text
+            .lines()
+            .find(|l| l.trim_start().starts_with('2'))
+            .unwrap();
+        assert_eq!(
+            two.split_whitespace().collect::<Vec<_>>(),
+            ["2", "250", "250"]
+        );
     }
 
     #[test]

@@ -49,13 +49,111 @@ pub struct RunParams {
     pub holes: Holes,
     /// Run the input-sensitivity cold starts (functions with a second sample request).
     pub input_sensitivity: bool,
+    /// The techniques of the measured cold starts (`holes` and the state cache are set
+    /// apart, above and by the caller).
+    pub techniques: Techniques,
+    /// Run the ablation rounds (each technique off, the rest on) and the sweep before
+    /// and after.
+    pub ablation: bool,
 }
 
 impl RunParams {
     /// The page server's options for the measured cold starts.
     pub fn serve_options(&self) -> ServeOptions {
-        ServeOptions::default().holes(self.holes)
+        ServeOptions::default()
+            .holes(self.holes)
+            .concurrent_install(self.techniques.concurrent_install)
     }
+}
+
+/// The cold-start techniques that can be turned off, each to measure what it brings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Techniques {
+    /// Holes of the memory file left to the kernel (off: served by the page server).
+    pub kernel_holes: bool,
+    /// Decoded state files reused across cold starts.
+    pub state_cache: bool,
+    /// VM shells: pre-created KVM VMs taken by restores.
+    pub shells: bool,
+    /// The working set installed concurrently with the guest.
+    pub concurrent_install: bool,
+    /// The recorded working set written after the answer, in the background.
+    pub background_record: bool,
+}
+
+impl Techniques {
+    /// Every technique on.
+    pub const ALL: Techniques = Techniques {
+        kernel_holes: true,
+        state_cache: true,
+        shells: true,
+        concurrent_install: true,
+        background_record: true,
+    };
+
+    /// Every technique off: the cold start of reap before them.
+    pub const NONE: Techniques = Techniques {
+        kernel_holes: false,
+        state_cache: false,
+        shells: false,
+        concurrent_install: false,
+        background_record: false,
+    };
+
+    /// Makes this process's cold starts use these techniques (the page server's part is
+    /// in [`Techniques::serve_options`]).
+    pub fn apply(&self) {
+        reap_vmm::snapshot::set_state_cache(self.state_cache);
+        reap_vmm::vstate::shell::set_enabled(self.shells);
+        reap_vmm::instance::set_background_record(self.background_record);
+    }
+
+    /// The page server's options with these techniques.
+    pub fn serve_options(&self) -> ServeOptions {
+        ServeOptions::default()
+            .holes(if self.kernel_holes {
+                Holes::Kernel
+            } else {
+                Holes::Served
+            })
+            .concurrent_install(self.concurrent_install)
+    }
+
+    /// The ablation's variants of `self`: itself, then each technique it has on turned
+    /// off alone, then all off; each with its name.
+    pub fn ablation(&self) -> Vec<(&'static str, Techniques)> {
+        let mut out = vec![("all on", *self)];
+        let off: [(&'static str, TechniqueField); 4] = [
+            ("holes served", |t| &mut t.kernel_holes),
+            ("no state cache", |t| &mut t.state_cache),
+            ("no shells", |t| &mut t.shells),
+            ("no concurrent install", |t| &mut t.concurrent_install),
+        ];
+        for (name, field) in off {
+            let mut t = *self;
+            if std::mem::replace(field(&mut t), false) {
+                out.push((name, t));
+            }
+        }
+        out.push(("all off", Techniques::NONE));
+        out
+    }
+}
+
+/// One technique's switch in [`Techniques`].
+type TechniqueField = fn(&mut Techniques) -> &mut bool;
+
+/// The samples and answers of a batch of concurrent cold starts, and its wall time.
+type Batch = (Vec<(ColdSample, Vec<u8>)>, Duration);
+
+/// One cold start of the ablation: a variant of the techniques and its sample.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AblationSample {
+    /// The variant's name (`all on`, `no shells`, ..., `all off`; `recording,
+    /// background write` and `recording, foreground write` for recording cold starts).
+    pub variant: String,
+    /// The cold start.
+    pub sample: ColdSample,
 }
 
 /// One cold start: restore plus the first invocation.
@@ -84,8 +182,8 @@ pub struct ColdSample {
     pub lazy_faults: u64,
     /// Of `lazy_faults`, those served with a zero page, without a read.
     pub lazy_faults_zero: u64,
-    /// Pages of the WS file installed before the guest ran, data and zero pages (0
-    /// unless the working set was prefetched).
+    /// Pages of the WS file installed, before the guest ran or (concurrent install)
+    /// while it ran, data and zero pages (0 unless the working set was prefetched).
     pub prefetched_pages: u64,
     /// Page faults the host kernel counted on the vCPU thread during restore and
     /// invocation (guest memory faults included; in file mode, the kernel's own
@@ -151,6 +249,10 @@ pub struct FunctionRun {
     /// `--no-input-sensitivity`).
     #[serde(default)]
     pub input_sensitivity: Option<InputSensitivity>,
+    /// The ablation's reap cold starts, in the order they ran (empty without
+    /// `--ablation`).
+    #[serde(default)]
+    pub ablation: Vec<AblationSample>,
 }
 
 /// The paper's input-sensitivity experiment: the working set is recorded with the
@@ -181,8 +283,20 @@ pub struct SweepBatch {
     pub repetition: usize,
     /// The memory mode of all its cold starts (file or reap).
     pub mode: MemoryMode,
+    /// The techniques were all on (`true`) or all off (the sweep "before", with
+    /// `--ablation`).
+    #[serde(default = "yes")]
+    pub techniques_on: bool,
+    /// Wall time of the batch: from the release of its threads until the last one had
+    /// its answer, µs.
+    #[serde(default)]
+    pub wall_us: u64,
     /// One sample per cold start of the batch, in thread order.
     pub samples: Vec<ColdSample>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Boots `spec` and snapshots it into `dir`.
@@ -391,6 +505,14 @@ pub fn function(
         }
     }
 
+    let ablation = if params.ablation {
+        let r = ablation(spec, &dir, &expected, params, progress);
+        params.techniques.apply();
+        r?
+    } else {
+        Vec::new()
+    };
+
     let input_sensitivity = match (&spec.second_request, params.input_sensitivity) {
         (Some(second), true) => Some(input_sensitivity(spec, &dir, second, params, progress)?),
         _ => None,
@@ -408,7 +530,101 @@ pub fn function(
         cold,
         warm,
         input_sensitivity,
+        ablation,
     })
+}
+
+/// The ablation of `spec` from `dir` (working set recorded): `warmup + iterations`
+/// rounds, each one reap cold start per variant of the techniques (the order rotating
+/// from round to round), then one recording cold start with the working set written in
+/// the background and one with it written before the answer (the WS file removed
+/// before each). Leaves the techniques as the variant last run: the caller applies its
+/// own again.
+fn ablation(
+    spec: &FunctionSpec,
+    dir: &SnapshotDir,
+    expected: &[u8],
+    params: &RunParams,
+    progress: &Progress,
+) -> Result<Vec<AblationSample>, BenchError> {
+    let name = spec.name.as_str();
+    let request = spec.request.as_bytes();
+    let variants = params.techniques.ablation();
+    let rounds = params.warmup + params.iterations;
+    let mut out = Vec::new();
+    let check = |mode: MemoryMode, response: &[u8]| {
+        if response == expected {
+            return Ok(());
+        }
+        Err(BenchError::WrongAnswer {
+            function: name.to_owned(),
+            mode: mode.name(),
+            expected: String::from_utf8_lossy(expected).trim_end().to_owned(),
+            got: String::from_utf8_lossy(response).trim_end().to_owned(),
+        })
+    };
+    for round in 0..rounds {
+        for i in 0..variants.len() {
+            let (label, t) = variants[(i + round) % variants.len()];
+            progress.set_message(format!("{name}: ablation, {label} {}/{rounds}", round + 1));
+            t.apply();
+            evict(dir)?;
+            let (sample, response, instance) = cold_start(
+                dir,
+                MemoryMode::Reap,
+                request,
+                params.limit,
+                t.serve_options(),
+            )
+            .map_err(function_err(name, "ablation cold start failed"))?;
+            drop(instance);
+            check(MemoryMode::Reap, &response)?;
+            if round >= params.warmup {
+                out.push(AblationSample {
+                    variant: label.to_owned(),
+                    sample,
+                });
+            }
+        }
+        for background in [round % 2 == 0, round % 2 != 0] {
+            let label = if background {
+                "recording, background write"
+            } else {
+                "recording, foreground write"
+            };
+            progress.set_message(format!("{name}: ablation, {label} {}/{rounds}", round + 1));
+            let t = Techniques {
+                background_record: background,
+                ..params.techniques
+            };
+            t.apply();
+            dir.drop_working_set()
+                .map_err(|source| BenchError::Snapshot {
+                    what: "cannot remove the working set",
+                    source,
+                })?;
+            evict(dir)?;
+            let (sample, response, instance) = cold_start(
+                dir,
+                MemoryMode::Reap,
+                request,
+                params.limit,
+                t.serve_options(),
+            )
+            .map_err(function_err(name, "ablation recording cold start failed"))?;
+            // Waits for the background write.
+            drop(instance);
+            check(MemoryMode::Reap, &response)?;
+            if round >= params.warmup {
+                out.push(AblationSample {
+                    variant: label.to_owned(),
+                    sample,
+                });
+            }
+        }
+        progress.inc();
+    }
+    Ok(out)
 }
 
 /// Rounds of the input-sensitivity experiment: as many as the main rounds, unmeasured
@@ -518,7 +734,8 @@ pub fn function_steps(spec: &FunctionSpec, params: &RunParams) -> u64 {
     } else {
         0
     };
-    1 + (params.iterations as u64 + 1) + 1 + rounds * MODES.len() as u64 + input
+    let ablation = if params.ablation { rounds } else { 0 };
+    1 + (params.iterations as u64 + 1) + 1 + rounds * MODES.len() as u64 + input + ablation
 }
 
 fn ws_info(dir: &SnapshotDir, memory_len: u64) -> Result<WsInfo, BenchError> {
@@ -596,6 +813,11 @@ pub fn sweep(
     let (_, expected) = record(&dir, name, request, params.limit, params.serve_options())?;
     progress.inc();
 
+    let configs: &[bool] = if params.ablation {
+        &[true, false]
+    } else {
+        &[true]
+    };
     let mut batches = Vec::new();
     for &k in levels {
         for repetition in 0..repetitions {
@@ -604,7 +826,21 @@ pub fn sweep(
             } else {
                 [MemoryMode::Reap, MemoryMode::File]
             };
-            for mode in order {
+            for (mode, on) in order
+                .into_iter()
+                .flat_map(|m| configs.iter().map(move |&on| (m, on)))
+            {
+                let mut params = params.clone();
+                params.techniques = if on {
+                    params.techniques
+                } else {
+                    Techniques::NONE
+                };
+                if !on {
+                    params.holes = Holes::Served;
+                }
+                params.techniques.apply();
+                let params = &params;
                 progress.set_message(format!(
                     "sweep {name}: {k} concurrent, {} {}/{}",
                     mode.name(),
@@ -612,7 +848,7 @@ pub fn sweep(
                     repetitions
                 ));
                 evict(&dir)?;
-                let samples = concurrent_cold_starts(&dir, mode, request, k, params)
+                let (samples, wall) = concurrent_cold_starts(&dir, mode, request, k, params)
                     .map_err(function_err(name, "concurrent cold start failed"))?;
                 for (_, response) in &samples {
                     if *response != expected {
@@ -628,18 +864,21 @@ pub fn sweep(
                     concurrency: k,
                     repetition,
                     mode,
+                    techniques_on: on,
+                    wall_us: wall.as_micros() as u64,
                     samples: samples.into_iter().map(|(s, _)| s).collect(),
                 });
                 progress.inc();
             }
         }
     }
+    params.techniques.apply();
     Ok((batches, warm))
 }
 
-/// Progress steps of [`sweep`].
-pub fn sweep_steps(levels: &[usize], repetitions: usize) -> u64 {
-    1 + (levels.len() * repetitions * 2) as u64
+/// Progress steps of [`sweep`] (`ablation`: before and after).
+pub fn sweep_steps(levels: &[usize], repetitions: usize, ablation: bool) -> u64 {
+    1 + (levels.len() * repetitions * if ablation { 4 } else { 2 }) as u64
 }
 
 fn concurrent_cold_starts(
@@ -648,21 +887,23 @@ fn concurrent_cold_starts(
     request: &[u8],
     k: usize,
     params: &RunParams,
-) -> Result<Vec<(ColdSample, Vec<u8>)>, InstanceError> {
+) -> Result<Batch, InstanceError> {
     let start = Barrier::new(k);
     let done = Barrier::new(k);
-    std::thread::scope(|s| {
+    let results: Vec<_> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..k)
             .map(|_| {
                 s.spawn(|| {
                     start.wait();
+                    let released = Instant::now();
                     let result =
                         cold_start(dir, mode, request, params.limit, params.serve_options());
+                    let answered = Instant::now();
                     // Every thread reaches this barrier, failed or not.
                     done.wait();
                     result.map(|(sample, response, instance)| {
                         drop(instance);
-                        (sample, response)
+                        (sample, response, released, answered)
                     })
                 })
             })
@@ -673,8 +914,18 @@ fn concurrent_cold_starts(
                 Ok(r) => r,
                 Err(panic) => std::panic::resume_unwind(panic),
             })
-            .collect()
-    })
+            .collect::<Result<_, _>>()
+    })?;
+    let first = results.iter().map(|r| r.2).min();
+    let last = results.iter().map(|r| r.3).max();
+    let wall = match (first, last) {
+        (Some(a), Some(b)) => b.duration_since(a),
+        _ => Duration::ZERO,
+    };
+    Ok((
+        results.into_iter().map(|(s, r, _, _)| (s, r)).collect(),
+        wall,
+    ))
 }
 
 #[cfg(test)]

@@ -44,15 +44,18 @@
 //! WsPolicy::new(MemoryMode, Option<PathBuf>) -> Result<Option<WsPolicy>, RecordWithoutWs>
 //! WsPolicy::Lazy | Record { ws } | Reap { ws }; WsPolicy::resolve(&self) -> Resolved { mode, record_into }
 //! policy::ws_exists(path) -> bool; policy::remove_ws(path) -> io::Result<bool>
+//! policy::WsWriting::start(path) (a guard) / ws_being_written(path) / wait_for_ws_writes()
+//!     // a WS file written in the background: REAP resolves to lazy meanwhile
 //!
 //! // the server
 //! PageServer::start(Uffd, Vec<Region>, MemoryFile, Mode) -> Result<PageServer, PagerError>
 //! PageServer::start_with(Uffd, Vec<Region>, MemoryFile, Mode, ServeOptions) -> Result<..>
 //! Mode::Lazy | Mode::Record | Mode::Prefetch { ws: PathBuf }
-//! ServeOptions { holes: Holes, max_hole_ranges: usize, min_installed_zero_run: u64 }
+//! ServeOptions { holes: Holes, max_hole_ranges: usize, min_installed_zero_run: u64,
+//!                concurrent_install: bool, first_install_pages: u64 }
 //!     // non_exhaustive, built as ServeOptions::default().holes(Holes::Served)...
 //!     // (one builder method per field); defaults: Kernel, MAX_HOLE_RANGES = 1024,
-//!     // MIN_INSTALLED_ZERO_RUN = 32 KiB
+//!     // MIN_INSTALLED_ZERO_RUN = 32 KiB, concurrent install on, FIRST_INSTALL_PAGES = 64
 //! Holes::Kernel (holes unregistered at start) | Holes::Served (served as zero pages)
 //! PageServer::stats(&self) -> PagerStats               // while running
 //! PageServer::is_running(&self) -> bool
@@ -64,6 +67,8 @@
 //! PageServer::recorded_hole_offsets(&self) -> Vec<u64> // those, address order
 //! PageServer::write_ws(&self, path: &Path) -> Result<WsSummary, PagerError> // record mode:
 //!     // scan, then the faulting pages in fault order and the holes touched
+//! PageServer::ws_writer(&self) -> WsWriter             // scan now, write later:
+//!     // WsWriter::write(&self, path) on any thread; WsWriter::pages()
 //! PageServer::stop(self) -> PagerStats                 // Drop stops it too
 //!
 //! PageServer::memory_file(&self) -> &MemoryFile
@@ -71,7 +76,8 @@
 //!              hole_ranges_served, hole_unregister_errors, unregister_ns,
 //!              lazy_faults_file, lazy_faults_zero, faults_already_present, remove_events,
 //!              prefetched_pages, prefetched_zero_pages, ws_zero_pages_unregistered,
-//!              install_ioctls, bytes_read_fetch,
+//!              install_ioctls, bytes_read_fetch, background_install_ns,
+//!              background_installed_pages, install_planned_pages, ws_faults,
 //!              bytes_read_lazy, fetch_ns, verify_ns, install_ns, fault_serve_ns,
 //!              fetch_direct, recorded_pages, recorded_hole_pages, hole_scan_ns,
 //!              prefetch_fell_back, fallback_reason,
@@ -118,7 +124,11 @@
 //!   owner lives), as zero pages.
 //! - [`Mode::Prefetch`]: [`PageServer::start`] reads the WS file with one `O_DIRECT`
 //!   read, checks it, and installs it (one ioctl per contiguous run) before returning;
-//!   the rest is served lazily and counted ([`PagerStats::lazy_faults_file`] is the
+//!   with [`ServeOptions::concurrent_install`] (the default) only its first
+//!   [`ServeOptions::first_install_pages`] pages, in recorded fault order, and the fault
+//!   loop installs the rest while the guest runs, serving the faults that arrive
+//!   meanwhile first (from the fetched set for its pages, counted as
+//!   [`PagerStats::ws_faults`]); what the set does not hold is served lazily and counted ([`PagerStats::lazy_faults_file`] is the
 //!   signal for re-recording). A WS file that is refused (damaged, truncated, foreign,
 //!   not fitting the memory file or the regions) makes the server warn and serve
 //!   lazily, with [`PagerStats::prefetch_fell_back`] set: it costs speed, never
@@ -169,8 +179,9 @@ pub use memfile::{MemoryFile, MemoryFileError, PageReadError};
 pub use policy::{MemoryMode, RecordWithoutWs, Resolved, UnknownMode, WsPolicy};
 pub use region::{PAGE_2M, PAGE_4K, Region, RegionError};
 pub use server::{
-    Holes, IDLE_CHECK_MS, MAX_HOLE_RANGES, MIN_INSTALLED_ZERO_RUN, Mode, PageServer, PagerError,
-    PagerStats, ServeOptions, StopReason,
+    FIRST_INSTALL_PAGES, Holes, IDLE_CHECK_MS, INSTALL_CHUNK_PAGES, MAX_HOLE_RANGES,
+    MIN_INSTALLED_ZERO_RUN, Mode, PageServer, PagerError, PagerStats, ServeOptions, StopReason,
+    WsWriter,
 };
 pub use sums::{Mismatch, PageSums, SumsError};
 pub use uffd::{Errno, Event, FillError, Uffd, UffdError};

@@ -10,6 +10,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Condvar, Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -124,8 +125,13 @@ impl WsPolicy {
     }
 
     /// Decides, now, what the page server does: prefetch an existing WS file, record
-    /// into one, or serve lazily.
+    /// into one, or serve lazily. A REAP working set that this process is writing in
+    /// the background ([`WsWriting`]) is waited for, then prefetched: never read half
+    /// written, nor recorded again.
     pub fn resolve(&self) -> Resolved {
+        if let WsPolicy::Reap { ws } = self {
+            wait_for_ws(ws);
+        }
         match self {
             WsPolicy::Lazy => Resolved {
                 mode: Mode::Lazy,
@@ -163,6 +169,60 @@ impl Resolved {
 /// reported as unusable rather than silently re-recorded over).
 pub fn ws_exists(path: &Path) -> bool {
     std::fs::symlink_metadata(path).is_ok()
+}
+
+/// The WS files this process is writing in the background ([`WsWriting`]).
+static WRITING: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+/// Signalled when a background write ends.
+static WRITTEN: Condvar = Condvar::new();
+
+fn writing() -> MutexGuard<'static, Vec<PathBuf>> {
+    WRITING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Whether this process is writing the WS file at `path` in the background.
+pub fn ws_being_written(path: &Path) -> bool {
+    writing().iter().any(|p| p == path)
+}
+
+/// Waits until this process is not writing the WS file `path` in the background.
+pub fn wait_for_ws(path: &Path) {
+    let mut w = writing();
+    while w.iter().any(|p| p == path) {
+        w = WRITTEN.wait(w).unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+/// Waits until this process writes no WS file in the background.
+pub fn wait_for_ws_writes() {
+    let mut w = writing();
+    while !w.is_empty() {
+        w = WRITTEN.wait(w).unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+/// A WS file being written in the background, from [`WsWriting::start`] until drop:
+/// meanwhile [`WsPolicy::resolve`] waits for it.
+#[derive(Debug)]
+pub struct WsWriting(PathBuf);
+
+impl WsWriting {
+    /// Marks `path` as being written.
+    pub fn start(path: &Path) -> WsWriting {
+        writing().push(path.to_path_buf());
+        WsWriting(path.to_path_buf())
+    }
+}
+
+impl Drop for WsWriting {
+    fn drop(&mut self) {
+        let mut w = writing();
+        if let Some(i) = w.iter().position(|p| *p == self.0) {
+            w.swap_remove(i);
+        }
+        drop(w);
+        WRITTEN.notify_all();
+    }
 }
 
 /// Removes the WS file at `path`; `Ok(false)` if there was none.
@@ -235,6 +295,35 @@ mod tests {
         assert!(remove_ws(&ws).unwrap());
         assert!(!remove_ws(&ws).unwrap());
         assert_eq!(WsPolicy::Lazy.resolve().mode, Mode::Lazy);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reap_waits_for_a_ws_written_in_the_background_then_prefetches_it() {
+        let dir = std::env::temp_dir().join(format!("reap-policy-bg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ws = dir.join("ws");
+        let _ = std::fs::remove_file(&ws);
+        let reap = WsPolicy::Reap { ws: ws.clone() };
+        let writing = WsWriting::start(&ws);
+        assert!(ws_being_written(&ws));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let resolver = std::thread::spawn(move || {
+            let r = reap.resolve();
+            tx.send(()).unwrap();
+            r
+        });
+        // Still writing: the resolve waits.
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(100))
+                .is_err()
+        );
+        std::fs::write(&ws, b"x").unwrap();
+        drop(writing);
+        let resolved = resolver.join().unwrap();
+        assert_eq!(resolved.mode, Mode::Prefetch { ws: ws.clone() });
+        assert!(!ws_being_written(&ws));
+        wait_for_ws_writes();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

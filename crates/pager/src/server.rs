@@ -1,6 +1,6 @@
 //! The page server: a fault loop on its own thread, in lazy, record or prefetch mode.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -106,7 +106,24 @@ pub struct ServeOptions {
     /// their hole and left to the kernel. 0 installs every zero page of the set;
     /// `u64::MAX` leaves all of them to the kernel.
     pub min_installed_zero_run: u64,
+    /// In prefetch mode, install the working set concurrently with the guest:
+    /// [`PageServer::start`] returns once the first
+    /// [`ServeOptions::first_install_pages`] pages of the set (in recorded fault
+    /// order) are in, and the fault loop installs the rest in chunks of
+    /// [`INSTALL_CHUNK_PAGES`], serving the faults that arrive meanwhile first (a
+    /// fault on a page of the set not yet installed is served from the fetched set).
+    /// Off, the whole set is installed before [`PageServer::start`] returns.
+    pub concurrent_install: bool,
+    /// With [`ServeOptions::concurrent_install`], the pages installed before
+    /// [`PageServer::start`] returns.
+    pub first_install_pages: u64,
 }
+
+/// The default of [`ServeOptions::first_install_pages`].
+pub const FIRST_INSTALL_PAGES: u64 = 64;
+
+/// Pages the concurrent install fills between two looks at the fault queue.
+pub const INSTALL_CHUNK_PAGES: u64 = 64;
 
 /// The default of [`ServeOptions::max_hole_ranges`].
 pub const MAX_HOLE_RANGES: usize = 1024;
@@ -120,6 +137,8 @@ impl Default for ServeOptions {
             holes: Holes::default(),
             max_hole_ranges: MAX_HOLE_RANGES,
             min_installed_zero_run: MIN_INSTALLED_ZERO_RUN,
+            concurrent_install: true,
+            first_install_pages: FIRST_INSTALL_PAGES,
         }
     }
 }
@@ -134,6 +153,18 @@ impl ServeOptions {
     /// Sets [`ServeOptions::max_hole_ranges`].
     pub fn max_hole_ranges(mut self, max: usize) -> ServeOptions {
         self.max_hole_ranges = max;
+        self
+    }
+
+    /// Sets [`ServeOptions::concurrent_install`].
+    pub fn concurrent_install(mut self, on: bool) -> ServeOptions {
+        self.concurrent_install = on;
+        self
+    }
+
+    /// Sets [`ServeOptions::first_install_pages`].
+    pub fn first_install_pages(mut self, pages: u64) -> ServeOptions {
+        self.first_install_pages = pages;
         self
     }
 
@@ -237,8 +268,21 @@ pub struct PagerStats {
     pub verify_ns: u64,
     /// The WS file was read with `O_DIRECT`.
     pub fetch_direct: bool,
-    /// Time to install the working set.
+    /// Time to install the working set before the guest may run (with
+    /// [`ServeOptions::concurrent_install`], its first pages only).
     pub install_ns: u64,
+    /// Time the concurrent install took after the guest was let run, faults served
+    /// in between included.
+    pub background_install_ns: u64,
+    /// Pages of the working set installed after the guest was let run.
+    pub background_installed_pages: u64,
+    /// Pages of the working set the install fills, before the guest runs and while it
+    /// runs (known once [`PageServer::start`] has returned; zero pages left to the
+    /// kernel are not among them).
+    pub install_planned_pages: u64,
+    /// Faults on pages of the working set that the concurrent install had not
+    /// installed yet, served from the fetched set (not counted as lazy faults).
+    pub ws_faults: u64,
     /// Time spent serving faults: from taking a fault off the queue to its page being
     /// filled (the file read included).
     pub fault_serve_ns: u64,
@@ -279,6 +323,10 @@ struct Counters {
     fetch_ns: AtomicU64,
     verify_ns: AtomicU64,
     install_ns: AtomicU64,
+    background_install_ns: AtomicU64,
+    background_installed_pages: AtomicU64,
+    install_planned_pages: AtomicU64,
+    ws_faults: AtomicU64,
     fault_serve_ns: AtomicU64,
     recorded_hole_pages: AtomicU64,
     hole_scan_ns: AtomicU64,
@@ -379,6 +427,33 @@ impl TouchedHoles {
 /// memory, which the process maps, so the index fits a `usize`.
 fn bit_word(k: u64) -> usize {
     in_memory(k / 64)
+}
+
+/// A recorded working set to write ([`PageServer::ws_writer`]).
+#[derive(Debug)]
+pub struct WsWriter {
+    offsets: Vec<u64>,
+    page_size: u64,
+    memory: Arc<MemoryFile>,
+}
+
+impl WsWriter {
+    /// Pages it writes.
+    pub fn pages(&self) -> u64 {
+        self.offsets.len() as u64
+    }
+
+    /// The pages, as memory-file offsets in WS order: for a caller that has the WS file
+    /// written elsewhere (with [`ws::write_ws`]), e.g. by a process that can write the
+    /// snapshot's directory when this one cannot.
+    pub fn offsets(&self) -> &[u64] {
+        &self.offsets
+    }
+
+    /// Writes the WS file `path` atomically (temporary file, then rename).
+    pub fn write(&self, path: &Path) -> Result<WsSummary, WsWriteError> {
+        ws::write_ws(path, self.page_size, &self.offsets, &self.memory)
+    }
 }
 
 /// A running page server. Dropping it stops the fault loop (like [`PageServer::stop`]).
@@ -491,6 +566,7 @@ impl PageServer {
             page_buf: AlignedBuf::zeroed(in_memory(page_size)).map_err(PagerError::Spawn)?,
             zero_buf,
             install_zeros: None,
+            background: None,
         };
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
@@ -551,6 +627,10 @@ impl PageServer {
             verify_ns: get(&c.verify_ns),
             fetch_direct: info.fetch_direct,
             install_ns: get(&c.install_ns),
+            background_install_ns: get(&c.background_install_ns),
+            background_installed_pages: get(&c.background_installed_pages),
+            install_planned_pages: get(&c.install_planned_pages),
+            ws_faults: get(&c.ws_faults),
             fault_serve_ns: get(&c.fault_serve_ns),
             recorded_pages: lock(&self.shared.recorded).len() as u64,
             recorded_hole_pages: get(&c.recorded_hole_pages),
@@ -644,18 +724,18 @@ impl PageServer {
     /// found by earlier scans only (one warning per server). Recording goes on; call it
     /// again to write a longer set.
     pub fn write_ws(&self, path: &Path) -> Result<WsSummary, PagerError> {
-        let offsets = self.recorded_ws()?;
-        Ok(ws::write_ws(path, self.page_size, &offsets, &self.memory)?)
-    }
-
-    /// The pages [`PageServer::write_ws`] would write now, as memory-file offsets in
-    /// their order: for a caller that writes the WS file elsewhere (with
-    /// [`ws::write_ws`]), e.g. a process that cannot write the snapshot's directory.
-    pub fn recorded_ws(&self) -> Result<Vec<u64>, PagerError> {
         if !self.recording {
             return Err(PagerError::NotRecording);
         }
-        if let Err(e) = self.scan_touched_holes()
+        Ok(self.ws_writer().write(path)?)
+    }
+
+    /// What [`PageServer::write_ws`] would write now, as a [`WsWriter`] that writes it
+    /// later, on any thread, without the server (the owner's page map is read now,
+    /// while the owner's memory is there; the contents come from the memory file).
+    pub fn ws_writer(&self) -> WsWriter {
+        if self.recording
+            && let Err(e) = self.scan_touched_holes()
             && !self.scan_warned.swap(true, Ordering::Relaxed)
         {
             tracing::warn!(
@@ -670,7 +750,11 @@ impl PageServer {
         }
         let mut offsets = self.recorded_offsets();
         offsets.extend(self.recorded_hole_offsets());
-        Ok(offsets)
+        WsWriter {
+            offsets,
+            page_size: self.page_size,
+            memory: self.memory.clone(),
+        }
     }
 
     /// Stops the fault loop, waits for its thread, and returns the final counters.
@@ -762,6 +846,31 @@ struct FaultLoop {
     zero_buf: Option<AlignedBuf>,
     /// Zeros the install copies from (allocated when a working set has zero pages).
     install_zeros: Option<AlignedBuf>,
+    /// The working set while the concurrent install runs: faults on its pages are
+    /// served from it.
+    background: Option<Background>,
+}
+
+/// One step of an install: `pages` pages at host address `host`, from the data pages
+/// of the set from index `data` on, or zeros (`None`).
+#[derive(Debug, Clone, Copy)]
+struct Step {
+    host: u64,
+    data: Option<usize>,
+    pages: u64,
+}
+
+/// A working set fetched and partly installed, and the steps left.
+struct Prefetched {
+    ws: WorkingSet,
+    rest: Vec<Step>,
+}
+
+/// The working set of a concurrent install: for each page the install has not
+/// reached, its data index (`None`: a zero page).
+struct Background {
+    ws: WorkingSet,
+    index: HashMap<u64, Option<usize>>,
 }
 
 impl FaultLoop {
@@ -774,11 +883,20 @@ impl FaultLoop {
             }
         };
         let reason = match prepared {
-            Ok(ws) => {
+            Ok(prefetched) => {
                 let _ = ready.send(Ok(()));
-                // Unmapping the fetched image is not on the restore's critical path.
-                drop(ws);
-                self.serve_until_stopped()
+                let installed = match prefetched {
+                    Some(p) if !p.rest.is_empty() => self.install_in_background(p),
+                    // Unmapping the fetched image is not on the restore's critical path.
+                    p => {
+                        drop(p);
+                        Ok(())
+                    }
+                };
+                match installed {
+                    Ok(()) => self.serve_until_stopped(),
+                    Err(stop) => stop,
+                }
             }
             Err(reason) => {
                 let _ = ready.send(Err(reason.clone()));
@@ -870,7 +988,7 @@ impl FaultLoop {
     /// Fetches and installs the WS file; returns it so that its buffer is freed after
     /// the caller is released. The holes are unregistered in between, except the
     /// working set's pages.
-    fn prefetch(&mut self, path: &Path) -> Result<Option<WorkingSet>, Stop> {
+    fn prefetch(&mut self, path: &Path) -> Result<Option<Prefetched>, Stop> {
         let ws = match WorkingSet::load(path, &self.memory, self.page_size)
             .and_then(|ws| self.check_fits(ws))
         {
@@ -896,9 +1014,126 @@ impl FaultLoop {
         add(&c.verify_ns, f.verify_ns);
         lock(&self.shared.info).fetch_direct = f.direct;
         let t = Instant::now();
-        let result = self.install(&ws);
+        let mut steps = self.plan(&ws);
+        add(
+            &self.shared.counters.install_planned_pages,
+            steps.iter().map(|s| s.pages).sum(),
+        );
+        let head = if self.options.concurrent_install {
+            let mut pages = 0;
+            steps
+                .iter()
+                .position(|s| {
+                    pages += s.pages;
+                    pages >= self.options.first_install_pages
+                })
+                .map_or(steps.len(), |i| i + 1)
+        } else {
+            steps.len()
+        };
+        let rest = steps.split_off(head);
+        let result = steps.iter().try_for_each(|s| self.step(&ws, *s));
         add(&self.shared.counters.install_ns, nanos(t.elapsed()));
-        result.map(|()| Some(ws))
+        result.map(|()| Some(Prefetched { ws, rest }))
+    }
+
+    /// The concurrent install: the `rest` of the working set, in chunks, the faults
+    /// that arrived meanwhile served before each chunk (from the set, for its pages).
+    fn install_in_background(&mut self, p: Prefetched) -> Result<(), Stop> {
+        let t = Instant::now();
+        let ps = self.page_size;
+        let mut index = HashMap::new();
+        for s in &p.rest {
+            for k in 0..s.pages {
+                index.insert(s.host + k * ps, s.data.map(|i| i + in_memory(k)));
+            }
+        }
+        self.background = Some(Background { ws: p.ws, index });
+        let result = self.install_steps(&p.rest);
+        // Unmapping the fetched image is off the guest's path too.
+        self.background = None;
+        add(
+            &self.shared.counters.background_install_ns,
+            nanos(t.elapsed()),
+        );
+        result
+    }
+
+    fn install_steps(&mut self, rest: &[Step]) -> Result<(), Stop> {
+        for s in rest {
+            let mut done = 0;
+            while done < s.pages {
+                self.serve_pending_now()?;
+                let n = (s.pages - done).min(INSTALL_CHUNK_PAGES);
+                let chunk = Step {
+                    host: s.host + done * self.page_size,
+                    data: s.data.map(|i| i + in_memory(done)),
+                    pages: n,
+                };
+                let bg = self.background.take().expect("set by the caller");
+                let before = self.prefetched();
+                let r = self.step(&bg.ws, chunk);
+                add(
+                    &self.shared.counters.background_installed_pages,
+                    self.prefetched() - before,
+                );
+                self.background = Some(bg);
+                r?;
+                done += n;
+            }
+        }
+        Ok(())
+    }
+
+    fn prefetched(&self) -> u64 {
+        let c = &self.shared.counters;
+        c.prefetched_pages.load(Ordering::Relaxed) + c.prefetched_zero_pages.load(Ordering::Relaxed)
+    }
+
+    /// Without blocking: stops if asked to, reads the pending events and serves the
+    /// faults among them.
+    fn serve_pending_now(&mut self) -> Result<(), Stop> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.uffd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.stop_fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: `fds` is a live array of 2 pollfd structs.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, 0) };
+        if n > 0 {
+            if fds[1].revents != 0 {
+                return Err(Stop::Requested);
+            }
+            let rev = fds[0].revents;
+            if rev & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                return Err(Stop::Failed(format!("userfaultfd poll reported {rev:#x}")));
+            }
+            if rev != 0 {
+                self.drain_events()?;
+            }
+        }
+        while let Some(addr) = self.pending.pop_front() {
+            self.serve(addr)?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, ws: &WorkingSet, s: Step) -> Result<(), Stop> {
+        let page_len = in_memory(self.page_size);
+        match s.data {
+            Some(i) => {
+                let src = &ws.data()[i * page_len..(i + in_memory(s.pages)) * page_len];
+                self.install_run(s.host, Some(src), s.pages)
+            }
+            None => self.install_run(s.host, None, s.pages),
+        }
     }
 
     /// The host addresses (sorted) of the set's pages that must stay registered for the
@@ -946,19 +1181,15 @@ impl FaultLoop {
         Ok(ws)
     }
 
-    /// Installs the working set: data pages in table order, one `UFFDIO_COPY` per run of
-    /// entries that are contiguous both in the file and in memory; zero pages (but those
-    /// in unregistered holes) sorted and merged, each run filled by
-    /// [`FaultLoop::install_zeros`].
-    fn install(&mut self, ws: &WorkingSet) -> Result<(), Stop> {
+    /// The install of the working set, as steps: data pages in table order, one step
+    /// (one `UFFDIO_COPY`) per run of entries that are contiguous both in the file and
+    /// in memory; then zero pages (but those in unregistered holes) sorted and merged,
+    /// each run filled by [`FaultLoop::install_zeros`].
+    fn plan(&mut self, ws: &WorkingSet) -> Vec<Step> {
         let ps = self.page_size;
-        let page_len = in_memory(ps);
-        let data = ws.data();
-        // The contents of `n` data pages from data index `i`.
-        let contents = |i: usize, n: usize| &data[i * page_len..(i + n) * page_len];
+        let mut steps = Vec::new();
         let mut zeros = Vec::new();
-        // (host address, first data index, pages)
-        let mut run: Option<(u64, usize, usize)> = None;
+        let mut run: Option<Step> = None;
         let mut data_index = 0usize;
         for p in ws.pages() {
             let host = self.regions.host_addr_of(p.offset).unwrap_or_default();
@@ -967,18 +1198,22 @@ impl FaultLoop {
                 continue;
             }
             run = match run {
-                Some((h, i, n)) if h + n as u64 * ps == host => Some((h, i, n + 1)),
-                Some((h, i, n)) => {
-                    self.install_run(h, Some(contents(i, n)), n as u64)?;
-                    Some((host, data_index, 1))
+                Some(mut r) if r.host + r.pages * ps == host => {
+                    r.pages += 1;
+                    Some(r)
                 }
-                None => Some((host, data_index, 1)),
+                prev => {
+                    steps.extend(prev);
+                    Some(Step {
+                        host,
+                        data: Some(data_index),
+                        pages: 1,
+                    })
+                }
             };
             data_index += 1;
         }
-        if let Some((h, i, n)) = run {
-            self.install_run(h, Some(contents(i, n)), n as u64)?;
-        }
+        steps.extend(run);
         // Zero pages unregistered with their hole are the kernel's to fill.
         let before = zeros.len();
         zeros.retain(|&h| !self.unregistered.contains(h));
@@ -993,10 +1228,14 @@ impl FaultLoop {
             while i + n < zeros.len() && zeros[i + n] == zeros[i] + n as u64 * ps {
                 n += 1;
             }
-            self.install_run(zeros[i], None, n as u64)?;
+            steps.push(Step {
+                host: zeros[i],
+                data: None,
+                pages: n as u64,
+            });
             i += n;
         }
-        Ok(())
+        steps
     }
 
     /// Fills `pages` pages at `host` from `src` (or with zeros). Pages already present
@@ -1229,8 +1468,38 @@ impl FaultLoop {
         let mut have_data = false;
         let (removed, result) = loop {
             let removed = self.removed.contains(page);
+            // A page of the working set that the concurrent install has not reached.
+            let in_ws = match &self.background {
+                Some(bg) if !removed => bg.index.get(&page).copied(),
+                _ => None,
+            };
             let zero = removed || self.memory.is_hole(offset, ps);
-            let r = if zero {
+            let r = if let Some(data) = in_ws {
+                let bg = self.background.as_ref().expect("checked above");
+                let r = match data {
+                    Some(i) => {
+                        let len = in_memory(ps);
+                        self.uffd
+                            .copy(page, &bg.ws.data()[i * len..(i + 1) * len], false)
+                    }
+                    None => self.fill_zero(page, ps, false),
+                };
+                match r {
+                    Err(FillError {
+                        errno: Errno::EAGAIN,
+                        ..
+                    }) => {
+                        self.drain_before_retry()?;
+                        continue;
+                    }
+                    Ok(()) => {
+                        add(&c.ws_faults, 1);
+                        add(&c.fault_serve_ns, nanos(t.elapsed()));
+                        return self.wake_page(page);
+                    }
+                    Err(e) => Err(e),
+                }
+            } else if zero {
                 self.fill_zero(page, ps, false)
             } else {
                 if !have_data {
@@ -1283,7 +1552,11 @@ impl FaultLoop {
             Err(e) => return Err(Stop::Failed(format!("serving the fault at {addr:#x}: {e}"))),
         }
         add(&c.fault_serve_ns, nanos(t.elapsed()));
-        match self.uffd.wake(page, ps) {
+        self.wake_page(page)
+    }
+
+    fn wake_page(&self, page: u64) -> Result<(), Stop> {
+        match self.uffd.wake(page, self.page_size) {
             Ok(()) => Ok(()),
             Err(Errno::ESRCH) => Err(Stop::OwnerExited),
             Err(e) => Err(Stop::Failed(format!("waking {page:#x}: {e}"))),

@@ -562,6 +562,8 @@ fn working_set_is_rerecorded_when_it_stops_fitting() {
         first.cold_start.as_ref().unwrap().recording,
         "the first cold start records"
     );
+    // It answered before its working set was written (in the background).
+    reap_pager::policy::wait_for_ws_writes();
     assert!(snapshot.working_set().is_some());
     let fits = o.invoke("table", small, cold).unwrap();
     let c = fits.cold_start.as_ref().unwrap();
@@ -590,6 +592,7 @@ fn working_set_is_rerecorded_when_it_stops_fitting() {
         again.cold_start.as_ref().unwrap().recording,
         "the next cold start re-records"
     );
+    reap_pager::policy::wait_for_ws_writes();
     assert!(snapshot.working_set().is_some());
     let after = o.invoke("table", large, cold).unwrap();
     assert!(!after.rerecord);

@@ -4,9 +4,12 @@
 
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use reap_pager::policy::WsWriting;
 use reap_pager::{PageServer, PagerStats, ServeOptions, StopReason};
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +17,7 @@ use crate::guest_os::Sink;
 use crate::microvm::{MicroVm, MicroVmConfig, RunExit, VmError};
 use crate::persist::{self, FileMemoryError, PagedMemoryError};
 use crate::snapshot::{SnapshotDir, SnapshotError, SnapshotState};
+use crate::vstate::shell::{self, Shell};
 
 pub use reap_pager::MemoryMode;
 
@@ -120,7 +124,8 @@ pub struct ColdStart {
     pub fetch_us: u64,
     /// Installing the working set into guest memory.
     pub install_us: u64,
-    /// Pages of the working set installed before the guest ran (zero pages included).
+    /// Pages of the working set installed, before the guest ran or (concurrent install)
+    /// while it runs (zero pages included).
     pub prefetched_pages: u64,
     /// This cold start records the working set (reap mode, no WS file yet).
     pub recording: bool,
@@ -129,6 +134,9 @@ pub struct ColdStart {
     /// Faults the page server served during the restore, before the guest ran (the
     /// host kernel touching guest memory while the VM is set up).
     pub restore_lazy_faults: u64,
+    /// The VM came from the shell pool: how many restores used that shell before
+    /// (`None`: a VM made for this restore alone, shells off).
+    pub shell_uses: Option<u64>,
 }
 
 /// A cold start and its first invocation, as one flat record: what `reap restore
@@ -169,15 +177,18 @@ pub struct Invocation {
     pub lazy_faults_zero: u64,
     /// Guest system calls during this invocation.
     pub syscalls: u64,
-    /// Pages written to the WS file after this invocation (recording cold start).
+    /// Pages written to the WS file after this invocation (recording cold start; with
+    /// the background write, the pages being written after the answer).
     pub ws_pages_written: Option<u64>,
 }
 
 /// A function instance: a microVM at its ready point, with its page server (if any)
 /// and the capture of its stdout.
 pub struct Instance {
-    vm: MicroVm,
+    // Field order is drop order: the page server stops before the microVM hands its
+    // memory back (to the VM shell pool, which reuses it).
     pager: Option<PageServer>,
+    vm: MicroVm,
     stdout: Capture,
     /// Where to write the working set after the first invocation (recording).
     record_ws: Option<PathBuf>,
@@ -185,6 +196,8 @@ pub struct Instance {
     record_elsewhere: bool,
     /// The working set recorded by the first invocation, not written.
     recorded: Option<Vec<u64>>,
+    /// The background write of the recorded working set, joined at drop.
+    ws_write: Option<JoinHandle<()>>,
     cold_start: Option<ColdStart>,
     invocations: u64,
 }
@@ -207,12 +220,13 @@ impl Instance {
         // Whatever the program printed during init is not a response.
         let _ = stdout.take();
         Ok(Self {
-            vm,
             pager: None,
+            vm,
             stdout,
             record_ws: None,
             record_elsewhere: false,
             recorded: None,
+            ws_write: None,
             cold_start: None,
             invocations: 0,
         })
@@ -266,18 +280,48 @@ impl Instance {
         let started = Instant::now();
         let state = dir.read_state()?;
         let memory_file = dir.open_memory(&state)?;
+        let size = memory_file.len();
+        // A ready shell, else a new one (the same work as a new VM, and it joins the
+        // pool at teardown).
+        let shell = if shell::enabled() {
+            shell::take(size, &state.vm.vcpu.cpuid).or_else(|| Shell::new(size).ok())
+        } else {
+            None
+        };
         let (memory, pager, record_ws) = match dir.ws_policy(mode) {
             None => {
                 dir.verify_for_mapping(&memory_file)?;
-                (persist::from_file(&memory_file)?, None, None)
+                let memory = match &shell {
+                    Some(s) => s
+                        .memory
+                        .private_file(memory_file.file())
+                        .map_err(FileMemoryError::Map)?,
+                    None => persist::from_file(&memory_file)?,
+                };
+                (memory, None, None)
             }
             Some(policy) => {
-                let paged = persist::from_page_server(memory_file, &policy, options)?;
+                let paged = match &shell {
+                    Some(s) => {
+                        let guest = s.memory.anonymous().map_err(PagedMemoryError::Map)?;
+                        persist::from_page_server_over(memory_file, &policy, options, guest)?
+                    }
+                    None => persist::from_page_server(memory_file, &policy, options)?,
+                };
                 (paged.memory, Some(paged.server), paged.resolved.record_into)
             }
         };
         let stdout = Capture::default();
-        let vm = MicroVm::restore(memory, &state.vm, Box::new(stdout.clone()), stderr)?;
+        let vm = match shell {
+            Some(shell) => MicroVm::restore_in_shell(
+                shell,
+                memory,
+                &state.vm,
+                Box::new(stdout.clone()),
+                stderr,
+            )?,
+            None => MicroVm::restore(memory, &state.vm, Box::new(stdout.clone()), stderr)?,
+        };
         pager_failure(pager.as_ref())?;
         let stats = pager.as_ref().map(PageServer::stats).unwrap_or_default();
         let total = started.elapsed();
@@ -288,18 +332,20 @@ impl Instance {
             restore_us: micros(total.saturating_sub(fetch + install)),
             fetch_us: micros(fetch),
             install_us: micros(install),
-            prefetched_pages: stats.prefetched_pages + stats.prefetched_zero_pages,
+            prefetched_pages: stats.install_planned_pages,
             recording: record_ws.is_some(),
             ws_fell_back: stats.prefetch_fell_back,
             restore_lazy_faults: stats.lazy_faults_file + stats.lazy_faults_zero,
+            shell_uses: vm.shell_uses(),
         };
         Ok(Self {
-            vm,
             pager,
+            vm,
             stdout,
             record_ws,
             record_elsewhere: false,
             recorded: None,
+            ws_write: None,
             cold_start: Some(cold_start),
             invocations: 0,
         })
@@ -335,6 +381,11 @@ impl Instance {
     /// The page server's counters (lazy and reap modes).
     pub fn pager_stats(&self) -> Option<PagerStats> {
         self.pager.as_ref().map(PageServer::stats)
+    }
+
+    /// The guest's memory.
+    pub fn guest_memory(&self) -> &crate::vstate::memory::GuestMemory {
+        &self.vm.memory
     }
 
     /// Guest memory the program has mapped (heap and anonymous mappings).
@@ -405,11 +456,31 @@ impl Instance {
         // this invocation its answer.
         let ws_pages_written = match (self.record_ws.take(), &self.pager) {
             (Some(_), Some(pager)) if self.record_elsewhere => {
-                match pager.recorded_ws() {
-                    Ok(offsets) => self.recorded = Some(offsets),
-                    Err(e) => tracing::warn!("cannot take the working set: {e:#}"),
-                }
+                self.recorded = Some(pager.ws_writer().offsets().to_vec());
                 None
+            }
+            (Some(path), Some(pager)) if background_record() => {
+                let writer = pager.ws_writer();
+                let pages = writer.pages();
+                let writing = WsWriting::start(&path);
+                let spawned = std::thread::Builder::new()
+                    .name("reap-ws-write".into())
+                    .spawn(move || {
+                        if let Err(e) = writer.write(&path) {
+                            tracing::warn!(path = %path.display(), "cannot write the working set: {e:#}");
+                        }
+                        drop(writing);
+                    });
+                match spawned {
+                    Ok(handle) => {
+                        self.ws_write = Some(handle);
+                        Some(pages)
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot start the working-set writer thread: {e}");
+                        None
+                    }
+                }
             }
             (Some(path), Some(pager)) => match pager.write_ws(&path) {
                 Ok(summary) => Some(summary.pages),
@@ -437,6 +508,38 @@ impl Instance {
             },
         ))
     }
+}
+
+impl Instance {
+    /// Waits for the background write of the working set this instance recorded, if
+    /// one is under way (dropping the instance waits for it too).
+    pub fn wait_for_ws_write(&mut self) {
+        if let Some(handle) = self.ws_write.take() {
+            // The writer reports its own errors; a panic there is not this caller's.
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.wait_for_ws_write();
+    }
+}
+
+/// Whether a recording cold start writes its working set in the background (the
+/// default), answering its caller first.
+static BACKGROUND_RECORD: AtomicBool = AtomicBool::new(true);
+
+/// Makes recording cold starts write their working set in the background, after the
+/// answer (`true`, the default), or before returning the answer (`false`). Meanwhile a
+/// REAP cold start of the same snapshot in this process is served lazily.
+pub fn set_background_record(on: bool) {
+    BACKGROUND_RECORD.store(on, Ordering::Relaxed);
+}
+
+fn background_record() -> bool {
+    BACKGROUND_RECORD.load(Ordering::Relaxed)
 }
 
 /// The error to report if `pager` has stopped for any reason but a request (the

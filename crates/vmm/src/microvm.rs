@@ -1,6 +1,7 @@
 //! A microVM: guest memory, one KVM VM and vCPU, and the guest OS that runs a static
 //! Linux program in it; the run loop that turns vCPU exits into system calls.
 
+use std::mem::ManuallyDrop;
 use std::time::{Duration, Instant};
 
 use crate::arch::{self, layout};
@@ -8,6 +9,7 @@ use crate::guest_os::mm::AddressSpace;
 use crate::guest_os::{GuestOs, GuestOsState, Outcome, Sink, Syscall};
 use crate::loader::{self, LoadError, StackInputs};
 use crate::vstate::memory::{GuestMemory, MemoryError};
+use crate::vstate::shell::{self, Shell, ShellMemory};
 use crate::vstate::vcpu::{Exit, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError as KvmVmError};
 use crate::vstate::watchdog::Watchdog;
@@ -145,11 +147,15 @@ pub enum RunExit {
 /// A microVM: one KVM VM with one vCPU running one program, its guest memory and its
 /// guest OS.
 pub struct MicroVm {
-    // Field order is drop order: the vCPU and VM go before the memory they use.
-    vcpu: Vcpu,
-    _vm: Vm,
+    // Dropped by `Drop` (the vCPU, then the VM, or both back to the shell pool) before
+    // the fields below: the memory they use goes after them.
+    vcpu: ManuallyDrop<Vcpu>,
+    _vm: ManuallyDrop<Vm>,
     /// The guest's memory.
     pub memory: GuestMemory,
+    /// The VM shell's memory (and its earlier uses), when the VM came from the shell
+    /// pool: `memory` borrows it, and the shell goes back to the pool at drop.
+    shell: Option<(ShellMemory, u64)>,
     /// The guest's operating system (stdin, stdout, address space).
     pub os: GuestOs,
     /// A read of stdin is pending (the guest is at its ready point).
@@ -212,9 +218,10 @@ impl MicroVm {
         os.write_page_tables(&memory)
             .map_err(|_| VmError::MemSize(mem_size >> 20))?;
         Ok(Self {
-            vcpu,
-            _vm: vm,
+            vcpu: ManuallyDrop::new(vcpu),
+            _vm: ManuallyDrop::new(vm),
             memory,
+            shell: None,
             os,
             pending: false,
             cpuid,
@@ -249,19 +256,91 @@ impl MicroVm {
             return Err(VmError::MemSize(state.mem_size >> 20));
         }
         let vm = Vm::new(&memory)?;
-        let mut vcpu = Vcpu::new(vm.kvm, &vm.fd)?;
-        let cpuid = arch::restore_vcpu(vm.kvm, &vcpu.fd, &state.vcpu)?;
-        vcpu.invalidate_sync();
-        let os = GuestOs::from_state(state.os.clone(), stdout, stderr);
-        Ok(Self {
+        let vcpu = Vcpu::new(vm.kvm, &vm.fd)?;
+        Self::restore_on(vm, vcpu, memory, None, true, state, stdout, stderr)
+    }
+
+    /// [`MicroVm::restore`] on a VM shell from the pool ([`shell::take`]): `memory`
+    /// must be guest memory over `shell.memory` (the shell's own mapping). The shell
+    /// goes back to the pool when the microVM is dropped.
+    pub fn restore_in_shell(
+        shell: Shell,
+        memory: GuestMemory,
+        state: &VmState,
+        stdout: Sink,
+        stderr: Sink,
+    ) -> Result<Self, VmError> {
+        let Shell {
             vcpu,
-            _vm: vm,
+            vm,
+            memory: shell_memory,
+            uses,
+            cpuid,
+        } = shell;
+        if memory.size() != state.mem_size
+            || memory.host_addr() != shell_memory.host_addr()
+            || shell_memory.size() != memory.size()
+        {
+            shell::give_back(Shell {
+                vcpu,
+                vm,
+                memory: shell_memory,
+                uses,
+                cpuid,
+            });
+            return Err(VmError::MemSize(state.mem_size >> 20));
+        }
+        // A vCPU that has run keeps the CPUID it was given (KVM refuses another).
+        let set_cpuid = match &cpuid {
+            None => true,
+            Some(c) if *c == state.vcpu.cpuid => false,
+            Some(_) => {
+                return Err(VmError::Cpu(arch::CpuSetupError::SetCpuid(
+                    kvm_ioctls::Error::new(libc::EINVAL),
+                )));
+            }
+        };
+        Self::restore_on(
+            vm,
+            vcpu,
             memory,
-            os,
+            Some((shell_memory, uses)),
+            set_cpuid,
+            state,
+            stdout,
+            stderr,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn restore_on(
+        vm: Vm,
+        mut vcpu: Vcpu,
+        memory: GuestMemory,
+        shell: Option<(ShellMemory, u64)>,
+        set_cpuid: bool,
+        state: &VmState,
+        stdout: Sink,
+        stderr: Sink,
+    ) -> Result<Self, VmError> {
+        // On an error the shell is destroyed with the VM, not handed back.
+        let cpuid = arch::restore_vcpu_with(vm.kvm, &vcpu.fd, &state.vcpu, set_cpuid)?;
+        vcpu.invalidate_sync();
+        Ok(Self {
+            vcpu: ManuallyDrop::new(vcpu),
+            _vm: ManuallyDrop::new(vm),
+            memory,
+            shell,
+            os: GuestOs::from_state(state.os.clone(), stdout, stderr),
             pending: true,
             cpuid,
             watchdog: Watchdog::new(),
         })
+    }
+
+    /// Restores that used this microVM's VM shell before it (`None`: not from a shell).
+    pub fn shell_uses(&self) -> Option<u64> {
+        self.shell.as_ref().map(|(_, uses)| *uses)
     }
 
     /// Runs the guest until it waits for input, exits, or fails. `limit` bounds the
@@ -479,6 +558,33 @@ impl MicroVm {
     /// Whether the guest is at its ready point (a read of stdin pending).
     pub fn is_waiting_for_input(&self) -> bool {
         self.pending
+    }
+}
+
+impl Drop for MicroVm {
+    fn drop(&mut self) {
+        // SAFETY: both fields are taken here, once, and never used again.
+        let (vcpu, vm) = unsafe {
+            (
+                ManuallyDrop::take(&mut self.vcpu),
+                ManuallyDrop::take(&mut self._vm),
+            )
+        };
+        match self.shell.take() {
+            // `memory` borrows the shell's mapping and is dropped after this, which
+            // leaves the mapping alone; the pool resets it off this thread.
+            Some((memory, uses)) => shell::give_back(Shell {
+                vcpu,
+                vm,
+                memory,
+                uses,
+                cpuid: Some(self.cpuid.as_slice().to_vec()),
+            }),
+            None => {
+                drop(vcpu);
+                drop(vm);
+            }
+        }
     }
 }
 

@@ -30,6 +30,14 @@ pub enum PagedMemoryError {
     /// Registering guest memory with the userfaultfd failed.
     #[error("cannot register guest memory with userfaultfd (errno {0})")]
     Register(i32),
+    /// The guest memory given is not the size of the memory file.
+    #[error("guest memory of {guest} bytes for a memory file of {file} bytes")]
+    Size {
+        /// The guest memory's size.
+        guest: u64,
+        /// The memory file's.
+        file: u64,
+    },
     /// The page server did not start.
     #[error("page server")]
     Pager(#[source] PagerError),
@@ -60,8 +68,25 @@ pub fn from_page_server(
     policy: &WsPolicy,
     options: ServeOptions,
 ) -> Result<PagedMemory, PagedMemoryError> {
+    let guest = GuestMemory::anonymous(memory.len()).map_err(PagedMemoryError::Map)?;
+    from_page_server_over(memory, policy, options, guest)
+}
+
+/// [`from_page_server`] over `guest`, fresh anonymous guest memory the size of
+/// `memory` that the caller made (e.g. a VM shell's, [`crate::vstate::shell`]).
+pub fn from_page_server_over(
+    memory: MemoryFile,
+    policy: &WsPolicy,
+    options: ServeOptions,
+    guest: GuestMemory,
+) -> Result<PagedMemory, PagedMemoryError> {
     let size = memory.len();
-    let guest = GuestMemory::anonymous(size).map_err(PagedMemoryError::Map)?;
+    if guest.size() != size {
+        return Err(PagedMemoryError::Size {
+            guest: guest.size(),
+            file: size,
+        });
+    }
     let uffd = Uffd::new().map_err(PagedMemoryError::Uffd)?;
     uffd.register(guest.host_addr(), size)
         .map_err(|e| PagedMemoryError::Register(e.0))?;

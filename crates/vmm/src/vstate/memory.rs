@@ -109,6 +109,36 @@ impl GuestMemory {
         Self::from_region(region, size, Backing::PrivateFile)
     }
 
+    /// Guest memory over `size` bytes of an existing host mapping at `host` that this
+    /// value does not own (a VM shell's, [`super::shell`]): dropping it leaves the
+    /// mapping in place.
+    ///
+    /// # Safety
+    ///
+    /// `host..host+size` must be one readable and writable mapping that outlives the
+    /// returned value, made with the flags `backing` names.
+    pub unsafe fn borrowed(
+        host: *mut u8,
+        size: u64,
+        backing: Backing,
+    ) -> Result<Self, MemoryError> {
+        let flags = match backing {
+            Backing::Anonymous => libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            Backing::PrivateFile => libc::MAP_PRIVATE | libc::MAP_NORESERVE,
+        };
+        // SAFETY: the caller guarantees the mapping (see above).
+        let region = unsafe {
+            MmapRegion::build_raw(
+                host,
+                size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+            )
+        }
+        .map_err(|source| MemoryError::Map { size, source })?;
+        Self::from_region(region, size, backing)
+    }
+
     fn from_region(region: MmapRegion, size: u64, backing: Backing) -> Result<Self, MemoryError> {
         let host = region.as_ptr();
         let region = GuestRegionMmap::new(region, GuestAddress(0)).ok_or(MemoryError::Region)?;

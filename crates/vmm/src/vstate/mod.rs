@@ -2,6 +2,7 @@
 //! that interrupts the vCPU at a run's time limit.
 
 pub mod memory;
+pub mod shell;
 pub mod vcpu;
 pub mod vm;
 pub(crate) mod watchdog;

@@ -153,6 +153,14 @@ impl Vcpu {
         self.sync_regs
     }
 
+    /// Drops whatever register writes wait in the `kvm_run` sync area for the next
+    /// entry, and forgets that the area is current: a reused vCPU (a VM shell) must
+    /// not enter with the last guest's registers.
+    pub fn forget_pending(&mut self) {
+        self.fd.get_kvm_run().kvm_dirty_regs = 0;
+        self.synced = false;
+    }
+
     /// Forgets that the sync area is current: after registers were set with ioctls
     /// (restore), the next exit refills it.
     pub fn invalidate_sync(&mut self) {

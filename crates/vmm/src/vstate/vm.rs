@@ -64,22 +64,32 @@ pub fn kvm() -> Result<&'static Kvm, VmError> {
 impl Vm {
     /// Creates a VM whose guest-physical memory is `memory`.
     pub fn new(memory: &GuestMemory) -> Result<Self, VmError> {
+        // SAFETY: the host range is the mapping owned by `memory`; the caller keeps
+        // `memory` alive as long as this VM (both live in the same `MicroVm`, which drops
+        // the VM first).
+        unsafe { Self::over(memory.host_addr(), memory.size()) }
+    }
+
+    /// Creates a VM whose guest-physical memory is the `size` bytes of host memory at
+    /// `host_addr` (memory slot 0).
+    ///
+    /// # Safety
+    ///
+    /// `host_addr..host_addr+size` must stay mapped as long as the VM exists (the
+    /// mapping may be replaced in place: KVM follows the host's page tables).
+    pub unsafe fn over(host_addr: u64, size: u64) -> Result<Self, VmError> {
         let kvm = kvm()?;
         let fd = kvm.create_vm().map_err(VmError::CreateVm)?;
         let region = kvm_userspace_memory_region {
             slot: 0,
             flags: 0,
             guest_phys_addr: 0,
-            memory_size: memory.size(),
-            userspace_addr: memory.host_addr(),
+            memory_size: size,
+            userspace_addr: host_addr,
         };
-        // SAFETY: the host range is the mapping owned by `memory`; the caller keeps
-        // `memory` alive as long as this VM (both live in the same `MicroVm`, which drops
-        // the VM first).
-        unsafe { fd.set_user_memory_region(region) }.map_err(|source| VmError::SetMemory {
-            size: memory.size(),
-            source,
-        })?;
+        // SAFETY: the caller keeps the range mapped as long as the VM (see above).
+        unsafe { fd.set_user_memory_region(region) }
+            .map_err(|source| VmError::SetMemory { size, source })?;
         Ok(Self { kvm, fd })
     }
 }

@@ -23,5 +23,5 @@ pub use paging::{Protection, large_pde, pde_addr, pte, pte_addr, table_pde, writ
 pub use regs::{
     CpuSetupError, configure_vcpu, return_from_syscall, supported_xcr0, user_cs, user_ss,
 };
-pub use state::{VcpuState, restore_vcpu, save_vcpu};
+pub use state::{VcpuState, restore_vcpu, restore_vcpu_with, save_vcpu};
 pub use tables::write_system_tables;

@@ -97,10 +97,25 @@ pub fn save_vcpu(
 
 /// Loads `state` into a fresh vCPU. Returns the CPUID set it was given.
 pub fn restore_vcpu(kvm: &Kvm, vcpu: &VcpuFd, state: &VcpuState) -> Result<CpuId, CpuSetupError> {
+    restore_vcpu_with(kvm, vcpu, state, true)
+}
+
+/// [`restore_vcpu`], setting the CPUID only if `set_cpuid`: a vCPU that has run (a VM
+/// shell's) already has the snapshot's CPUID, and KVM refuses `KVM_SET_CPUID2` once a
+/// vCPU has run unless KVM finds it equal to the current one after its own runtime
+/// updates, which it does not always.
+pub fn restore_vcpu_with(
+    kvm: &Kvm,
+    vcpu: &VcpuFd,
+    state: &VcpuState,
+    set_cpuid: bool,
+) -> Result<CpuId, CpuSetupError> {
     check_xsave_size(kvm)?;
     let cpuid = CpuId::from_entries(&state.cpuid)
         .map_err(|_| CpuSetupError::SetCpuid(kvm_ioctls::Error::new(libc::E2BIG)))?;
-    vcpu.set_cpuid2(&cpuid).map_err(CpuSetupError::SetCpuid)?;
+    if set_cpuid {
+        vcpu.set_cpuid2(&cpuid).map_err(CpuSetupError::SetCpuid)?;
+    }
     vcpu.set_sregs(&state.sregs).map_err(ioctl("SET_SREGS"))?;
     vcpu.set_regs(&state.regs).map_err(ioctl("SET_REGS"))?;
     // XCR0 before XSAVE: the XSAVE area is checked against it.
