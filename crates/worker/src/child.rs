@@ -30,6 +30,9 @@ pub struct Options {
     /// The process deploys (boots and snapshots) instead of restoring: its filter
     /// allows writing the snapshot.
     pub deploy: bool,
+    /// Guest memory, in MiB, of the VM shell made while the process waits (the size
+    /// the server expects the next restore to have); none with `None`.
+    pub shell_mib: Option<u64>,
 }
 
 /// What `reap worker --check-jail DIR` does: enters the jail exactly as a restore of
@@ -115,6 +118,19 @@ pub fn main(options: &Options) -> ExitCode {
         if let Err(e) = jail::prepare() {
             return fail(&sock, &format!("cannot set up the jail: {e}"));
         }
+    }
+    // One restore per process: a shell made now (off the cold start's path) if the
+    // restore's size is the one expected, none made or kept after.
+    reap_vmm::vstate::shell::set_limit(0);
+    if let Some(mib) = options.shell_mib.filter(|_| !options.deploy)
+        && let Err(e) = reap_vmm::vstate::shell::prefill(mib << 20)
+    {
+        eprintln!("reap worker: no VM shell made ahead: {e}");
+    }
+    // Set up at a low priority (beside the cold starts of the processes before it);
+    // ready, at the normal one (a server that is not root cannot: it stays low).
+    let _ = jail::normal_priority();
+    if options.jail.is_some() {
         // Installed now, while the process waits: it allows the confinement's calls,
         // which do nothing once the privileges are gone.
         let installed = jail::seccomp::filter(options.seccomp_log, options.deploy)

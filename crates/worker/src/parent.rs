@@ -52,6 +52,9 @@ pub struct WorkerConfig {
     pub seccomp_log: bool,
     /// How long a process has to start and report ready.
     pub start_timeout: Duration,
+    /// Processes make a VM shell (a KVM VM, its memory slot and vCPU) while they wait,
+    /// of the size of the last restore.
+    pub shells: bool,
 }
 
 /// The default [`WorkerConfig::overhead_mib`]: the VMM's heap, stacks and page tables
@@ -72,6 +75,7 @@ impl WorkerConfig {
             cpu_millicores: None,
             seccomp_log: false,
             start_timeout: Duration::from_secs(10),
+            shells: true,
         }
     }
 }
@@ -143,6 +147,9 @@ struct Shared {
     next_id: AtomicU64,
     /// Processes started, and taken ready (the rest were started on demand).
     spawned: AtomicU64,
+    /// Guest memory (MiB) of the last restore: the size of the VM shell the next
+    /// processes make while they wait.
+    shell_mib: AtomicU64,
     taken_ready: AtomicU64,
 }
 
@@ -189,6 +196,7 @@ impl Workers {
             started: Condvar::new(),
             next_id: AtomicU64::new(0),
             spawned: AtomicU64::new(0),
+            shell_mib: AtomicU64::new(reap_vmm::microvm::DEFAULT_MEM_MIB),
             taken_ready: AtomicU64::new(0),
         });
         let (jobs, job_rx) = mpsc::channel::<Job>();
@@ -308,6 +316,9 @@ impl Workers {
                 dir.dir.display()
             ))
         })?;
+        self.shared
+            .shell_mib
+            .store(state.memory_len >> 20, Ordering::Relaxed);
         let ws_len = match dir.ws_policy(mode) {
             Some(WsPolicy::Reap { ws }) => std::fs::metadata(ws).map(|m| m.len()).unwrap_or(0),
             _ => 0,
@@ -589,6 +600,11 @@ fn spawn(shared: &Shared, deploy: bool) -> Result<Worker, WorkerError> {
     }
     if deploy {
         cmd.arg("--for-deploy");
+    } else if config.shells {
+        cmd.args([
+            "--shell-mib",
+            &shared.shell_mib.load(Ordering::Relaxed).to_string(),
+        ]);
     }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())

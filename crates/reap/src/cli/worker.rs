@@ -64,6 +64,9 @@ pub struct WorkerArgs {
     /// Deploy (boot and snapshot) instead of restoring.
     #[arg(long)]
     pub for_deploy: bool,
+    /// Make a VM shell of this much guest memory (MiB) while waiting.
+    #[arg(long, value_name = "MIB")]
+    pub shell_mib: Option<u64>,
     /// Enter the jail with this directory as the root, as for a restore, and report
     /// what the process can do there instead of serving.
     #[arg(long, value_name = "DIR")]
@@ -97,6 +100,7 @@ pub fn worker(args: &WorkerArgs) -> ExitCode {
         }),
         seccomp_log: args.seccomp_log,
         deploy: args.for_deploy,
+        shell_mib: args.shell_mib,
     };
     reap_worker::child::main(&options)
 }

@@ -340,6 +340,19 @@ pub fn take(size: u64, cpuid: &[kvm_cpuid_entry2]) -> Option<Shell> {
     shell
 }
 
+/// Creates a shell with `size` bytes of guest memory now, in this thread, and keeps it
+/// ready whatever the limit: for a process that restores once and makes its shell
+/// before the snapshot is known (an instance process waiting for work).
+pub fn prefill(size: u64) -> Result<(), ShellError> {
+    let Some(pool) = pool() else {
+        return Ok(());
+    };
+    let shell = Shell::new(size)?;
+    CREATED.fetch_add(1, Ordering::Relaxed);
+    lock(&pool.ready).entry(size).or_default().push(shell);
+    Ok(())
+}
+
 /// Hands `shell` back after its microVM is torn down: the background thread resets it
 /// and keeps it, or destroys it.
 pub fn give_back(shell: Shell) {

@@ -205,6 +205,19 @@ pub fn capabilities() -> io::Result<[u64; 3]> {
     ])
 }
 
+/// The nice value instance processes start at ([`pre_exec`]).
+pub const START_NICE: libc::c_int = 10;
+
+/// Back to the normal priority (nice 0), once the process is set up and waits for
+/// work; needs the privilege to lower a nice value (root, before [`confine`]).
+pub fn normal_priority() -> io::Result<()> {
+    // SAFETY: a plain system call on this process.
+    check(
+        unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 0) },
+        "setpriority",
+    )
+}
+
 /// Unshares [`NAMESPACES`] (the PID namespace takes effect for the next child).
 pub fn unshare() -> io::Result<()> {
     // SAFETY: a plain system call.
@@ -233,6 +246,10 @@ pub unsafe fn pre_exec(socket: libc::c_int, procs: &[libc::c_int]) -> io::Result
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0),
             "PR_SET_PDEATHSIG",
         )?;
+        // Started at a low priority: a process started ahead must not take the CPU
+        // from the cold start that took its predecessor; it returns to normal once
+        // ready ([`normal_priority`]).
+        libc::setpriority(libc::PRIO_PROCESS, 0, START_NICE);
         for &fd in procs {
             let n = libc::write(fd, b"0\n".as_ptr().cast(), 2);
             if n < 0 {
