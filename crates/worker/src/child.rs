@@ -61,7 +61,7 @@ pub fn check_jail(check: &Check, ids: Ids, seccomp_log: bool) -> ExitCode {
         jail::prepare()?;
         let program = jail::seccomp::filter(seccomp_log, false).map_err(io::Error::other)?;
         jail::seccomp::install(&program).map_err(io::Error::other)?;
-        jail::confine(dir.into(), ids)?;
+        jail::confine(dir.into(), ids, &[], false)?;
         // SAFETY: plain id queries.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         writeln!(out, "uid {uid} gid {gid}")?;
@@ -474,6 +474,6 @@ fn enter(dir: OwnedFd, options: &Options) -> io::Result<SnapshotDir> {
         }
         return Ok(SnapshotDir::new("."));
     };
-    jail::confine(dir, ids)?;
+    jail::confine(dir, ids, &[], options.deploy)?;
     Ok(SnapshotDir::new("/"))
 }

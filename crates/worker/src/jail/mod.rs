@@ -135,8 +135,11 @@ fn empty_root() -> io::Result<()> {
 }
 
 /// Step 2: makes `dir` (a directory descriptor the server sent) the root, drops to
-/// `ids` with no capabilities and `no_new_privs`. The seccomp filter comes after.
-pub fn confine(dir: OwnedFd, ids: Ids) -> io::Result<()> {
+/// `ids` with no capabilities and `no_new_privs`, and limits file access to reading
+/// beneath the root (also writing there, with `writable`: a deploy) and the
+/// directories `also` (Landlock: even a descriptor of a directory outside the root
+/// cannot reach its parent).
+pub fn confine(dir: OwnedFd, ids: Ids, also: &[OwnedFd], writable: bool) -> io::Result<()> {
     let dot = cstr(".");
     let root = cstr("/");
     // SAFETY: plain system calls on a descriptor we own, constant
@@ -163,11 +166,53 @@ pub fn confine(dir: OwnedFd, ids: Ids) -> io::Result<()> {
             "PR_SET_NO_NEW_PRIVS",
         )?;
     }
+    beneath(also, writable)?;
     let caps = capabilities()?;
     if caps != [0; 3] {
         return Err(io::Error::other(format!(
             "capabilities left after dropping privileges: effective {:#x}, permitted {:#x}, inheritable {:#x}",
             caps[0], caps[1], caps[2]
+        )));
+    }
+    Ok(())
+}
+
+/// Landlock: from now on this process may only read files and directories beneath
+/// its root (or also change them, with `writable`) and `also`, and nothing anywhere
+/// else (descriptors opened before, such as `/dev/kvm`, keep working). An error if the
+/// kernel enforces it only in part or not at all.
+fn beneath(also: &[OwnedFd], writable: bool) -> io::Result<()> {
+    use landlock::{
+        ABI, Access, AccessFs, PathBeneath, PathFd, Ruleset, RulesetAttr, RulesetCreatedAttr,
+        RulesetStatus,
+    };
+    let abi = ABI::V5;
+    let err = |e: landlock::RulesetError| io::Error::other(format!("landlock: {e}"));
+    let root = PathFd::new("/").map_err(|e| io::Error::other(format!("landlock: {e}")))?;
+    let mut ruleset = Ruleset::default()
+        .handle_access(AccessFs::from_all(abi))
+        .map_err(err)?
+        .create()
+        .map_err(err)?
+        .add_rule(PathBeneath::new(
+            root,
+            if writable {
+                AccessFs::from_all(abi)
+            } else {
+                AccessFs::from_read(abi)
+            },
+        ))
+        .map_err(err)?;
+    for dir in also {
+        ruleset = ruleset
+            .add_rule(PathBeneath::new(dir, AccessFs::from_read(abi)))
+            .map_err(err)?;
+    }
+    let status = ruleset.restrict_self().map_err(err)?;
+    if status.ruleset != RulesetStatus::FullyEnforced {
+        return Err(io::Error::other(format!(
+            "landlock is not fully enforced by this kernel ({:?})",
+            status.ruleset
         )));
     }
     Ok(())

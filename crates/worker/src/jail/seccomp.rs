@@ -80,6 +80,10 @@ pub const ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_capget, "capget"),
     (libc::SYS_getuid, "getuid"),
     (libc::SYS_getgid, "getgid"),
+    // Landlock, which can only take rights away.
+    (libc::SYS_landlock_create_ruleset, "landlock_create_ruleset"),
+    (libc::SYS_landlock_add_rule, "landlock_add_rule"),
+    (libc::SYS_landlock_restrict_self, "landlock_restrict_self"),
 ];
 
 /// The calls a deploy adds (writing the snapshot into its directory, and removing a
