@@ -16,6 +16,7 @@
 )]
 
 pub mod abi;
+pub mod fs;
 pub mod mm;
 mod syscalls;
 
