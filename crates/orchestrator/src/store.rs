@@ -547,6 +547,7 @@ impl FunctionStore {
             mem_mib,
             args: vec![name.to_owned()],
             env: env.clone(),
+            ..Default::default()
         };
         let deployed = Instance::deploy(
             binary,

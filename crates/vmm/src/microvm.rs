@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::arch::{self, layout};
+use crate::guest_os::fs::{RootFs, Vfs};
 use crate::guest_os::mm::AddressSpace;
 use crate::guest_os::{GuestOs, GuestOsState, Outcome, Sink, Syscall};
 use crate::loader::{self, LoadError, StackInputs};
@@ -24,6 +25,11 @@ pub struct MicroVmConfig {
     pub args: Vec<String>,
     /// The environment, as `KEY=VALUE` strings.
     pub env: Vec<String>,
+    /// The root file system and the program in it; `None` for a static program with
+    /// no file system.
+    pub rootfs: Option<RootFs>,
+    /// Print every system call to stderr, strace-style.
+    pub trace: bool,
 }
 
 impl Default for MicroVmConfig {
@@ -32,6 +38,19 @@ impl Default for MicroVmConfig {
             mem_mib: DEFAULT_MEM_MIB,
             args: vec!["function".into()],
             env: Vec::new(),
+            rootfs: None,
+            trace: false,
+        }
+    }
+}
+
+impl MicroVmConfig {
+    /// The bytes of the program `config.rootfs` names, read from its image (what
+    /// [`MicroVm::boot`] then takes as its `image`).
+    pub fn read_program(&self) -> Result<Vec<u8>, VmError> {
+        match &self.rootfs {
+            Some(root) => Ok(Vfs::boot(root)?.1),
+            None => Err(VmError::NoRootFs),
         }
     }
 }
@@ -124,12 +143,24 @@ pub enum VmError {
     /// The program could not be loaded.
     #[error("cannot load the program")]
     Load(#[from] LoadError),
+    /// [`MicroVmConfig::read_program`] without a root file system.
+    #[error("no root file system configured")]
+    NoRootFs,
+    /// The guest's file system could not be set up or brought back.
+    #[error(transparent)]
+    Fs(Box<crate::guest_os::fs::FsError>),
     /// [`MicroVm::save`] outside the ready point.
     #[error("the guest is not at its ready point (blocked reading stdin)")]
     NotReady,
     /// The watchdog thread that enforces a run's time limit could not be started.
     #[error("cannot start the watchdog thread")]
     Watchdog(#[source] std::io::Error),
+}
+
+impl From<crate::guest_os::fs::FsError> for VmError {
+    fn from(e: crate::guest_os::fs::FsError) -> Self {
+        Self::Fs(Box::new(e))
+    }
 }
 
 /// Why `run` returned without an error.
@@ -170,9 +201,12 @@ pub struct VmState {
 }
 
 impl MicroVm {
-    /// Boots `image` (a static x86-64 Linux executable): builds guest memory and page
-    /// tables, loads the program, and sets up the vCPU at its entry point. The program
-    /// starts running at the first [`run`](Self::run).
+    /// Boots `image` (an x86-64 Linux executable): builds guest memory and page tables,
+    /// loads the program (and its dynamic loader from the root file system, for a
+    /// dynamic one), and sets up the vCPU at its entry point. With `config.rootfs`,
+    /// `image` is the program as [`MicroVmConfig::read_program`] read it, and the
+    /// guest sees the image as its file system. The program starts running at the
+    /// first [`run`](Self::run).
     pub fn boot(
         image: &[u8],
         config: &MicroVmConfig,
@@ -180,9 +214,34 @@ impl MicroVm {
         stderr: Sink,
     ) -> Result<Self, VmError> {
         let mem_size = mem_size(config.mem_mib)?;
+        let (mut vfs, execfn) = match &config.rootfs {
+            Some(root) => {
+                let (vfs, _, path) = Vfs::boot(root)?;
+                (Some(vfs), Some(path))
+            }
+            None => (None, None),
+        };
         let memory = GuestMemory::anonymous(mem_size)?;
         write_system_area(&memory)?;
         let program = loader::load_elf(image, &memory)?;
+        let mut space = AddressSpace::new(mem_size, program.end);
+        protect_segments(&mut space, &program);
+        let mut entry = program.entry;
+        let mut interp_base = 0;
+        if let Some(interp_path) = &program.interp {
+            let Some(vfs) = vfs.as_mut() else {
+                return Err(LoadError::Dynamic(interp_path.clone()).into());
+            };
+            let (interp, shown) = vfs.read_whole(interp_path.as_bytes(), "the dynamic loader")?;
+            let span = loader::elf_span(&interp, &shown)?;
+            let (base, _) = space
+                .mmap(0, span, false, false)
+                .map_err(|_| VmError::MemSize(mem_size >> 20))?;
+            let loaded = loader::load_interpreter(&interp, &memory, base, &shown)?;
+            protect_segments(&mut space, &loaded);
+            entry = loaded.entry;
+            interp_base = base;
+        }
         let mut random = [0u8; 16];
         getrandom(&mut random);
         let inputs = StackInputs {
@@ -190,25 +249,19 @@ impl MicroVm {
             env: &config.env,
             hwcap: arch::hwcap(),
             random,
+            interp_base,
+            execfn: execfn.as_deref(),
         };
         let rsp = loader::build_stack(&memory, mem_size, &program, &inputs)?;
 
         let vm = Vm::new(&memory)?;
         let vcpu = Vcpu::new(vm.kvm, &vm.fd)?;
-        let cpuid = arch::configure_vcpu(vm.kvm, &vcpu.fd, program.entry, rsp)?;
-        let mut space = AddressSpace::new(mem_size, program.end);
-        for &(start, end, exec) in &program.read_only {
-            let protection = if exec {
-                arch::Protection::ReadExec
-            } else {
-                arch::Protection::Read
-            };
-            space.set_protection(start, end, protection);
-        }
-        for &(start, end) in &program.writable_exec {
-            space.set_protection(start, end, arch::Protection::ReadWriteExec);
-        }
+        let cpuid = arch::configure_vcpu(vm.kvm, &vcpu.fd, entry, rsp)?;
         let mut os = GuestOs::new(space, stdout, stderr);
+        if let Some(vfs) = vfs {
+            os.set_vfs(vfs);
+        }
+        os.set_trace(config.trace);
         os.write_page_tables(&memory)
             .map_err(|_| VmError::MemSize(mem_size >> 20))?;
         Ok(Self {
@@ -252,7 +305,7 @@ impl MicroVm {
         let mut vcpu = Vcpu::new(vm.kvm, &vm.fd)?;
         let cpuid = arch::restore_vcpu(vm.kvm, &vcpu.fd, &state.vcpu)?;
         vcpu.invalidate_sync();
-        let os = GuestOs::from_state(state.os.clone(), stdout, stderr);
+        let os = GuestOs::from_state(state.os.clone(), stdout, stderr)?;
         Ok(Self {
             vcpu,
             _vm: vm,
@@ -470,6 +523,22 @@ impl MicroVm {
     /// Whether the guest is at its ready point (a read of stdin pending).
     pub fn is_waiting_for_input(&self) -> bool {
         self.pending
+    }
+}
+
+/// Maps a loaded program's read-only and writable-executable segments with their
+/// protections.
+fn protect_segments(space: &mut AddressSpace, program: &loader::LoadedProgram) {
+    for &(start, end, exec) in &program.read_only {
+        let protection = if exec {
+            arch::Protection::ReadExec
+        } else {
+            arch::Protection::Read
+        };
+        space.set_protection(start, end, protection);
+    }
+    for &(start, end) in &program.writable_exec {
+        space.set_protection(start, end, arch::Protection::ReadWriteExec);
     }
 }
 

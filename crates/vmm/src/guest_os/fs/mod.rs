@@ -154,6 +154,18 @@ pub enum FsError {
     /// The image cannot be opened.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// A file the guest needs is not in the image.
+    #[error("{what} {path} is not in the image {}: {}", root.display(), std::io::Error::from_raw_os_error(*errno))]
+    Missing {
+        /// What it is ("the program", "the dynamic loader", ...).
+        what: &'static str,
+        /// The path in the image.
+        path: String,
+        /// The image root.
+        root: PathBuf,
+        /// Why (an errno).
+        errno: i32,
+    },
     /// An image file the snapshot depends on changed or is gone.
     #[error(
         "the image {root} changed since the snapshot was taken: {path} {what}; take the snapshot again"
@@ -166,6 +178,18 @@ pub enum FsError {
         /// What changed.
         what: String,
     },
+}
+
+/// A program in a root file system, as `reap run --rootfs DIR --workdir W -- PROGRAM`
+/// names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootFs {
+    /// The image: a directory on the host.
+    pub dir: PathBuf,
+    /// The program's path in the image (relative paths start at `workdir`).
+    pub program: String,
+    /// The working directory in the image.
+    pub workdir: String,
 }
 
 /// What a snapshot keeps of the file system.
@@ -235,6 +259,88 @@ impl Vfs {
             exe,
             ..Self::none()
         }
+    }
+
+    /// Opens the image of `root`, sets the working directory and reads the program;
+    /// returns the file system, the program's bytes and its canonical path.
+    pub fn boot(root: &RootFs) -> Result<(Self, Vec<u8>, String), FsError> {
+        let image = Image::open(&root.dir)?;
+        let mut vfs = Self::new(image, Vec::new(), b"/".to_vec());
+        let missing = |what, path: &str, errno| FsError::Missing {
+            what,
+            path: path.to_string(),
+            root: root.dir.clone(),
+            errno,
+        };
+        let wd = vfs
+            .resolve(b"/", root.workdir.as_bytes(), true)
+            .map_err(|e| missing("the working directory", &root.workdir, e))?;
+        match &wd.meta {
+            Some(m) if m.is_dir() => vfs.cwd = wd.path,
+            Some(_) => {
+                return Err(missing(
+                    "the working directory",
+                    &root.workdir,
+                    libc::ENOTDIR,
+                ));
+            }
+            None => {
+                return Err(missing(
+                    "the working directory",
+                    &root.workdir,
+                    libc::ENOENT,
+                ));
+            }
+        }
+        let (program, path) = vfs.read_whole(root.program.as_bytes(), "the program")?;
+        vfs.exe = path.clone().into_bytes();
+        Ok((vfs, program, path))
+    }
+
+    /// Reads the whole regular file `path` (relative to the working directory) for the
+    /// VMM (a program, a dynamic loader); returns it and its canonical path.
+    pub fn read_whole(
+        &mut self,
+        path: &[u8],
+        what: &'static str,
+    ) -> Result<(Vec<u8>, String), FsError> {
+        let shown = String::from_utf8_lossy(path).into_owned();
+        let root = self.root().map(Path::to_path_buf).unwrap_or_default();
+        let missing = |errno| FsError::Missing {
+            what,
+            path: shown.clone(),
+            root: root.clone(),
+            errno,
+        };
+        let cwd = self.cwd.clone();
+        let r = self.resolve(&cwd, path, true).map_err(missing)?;
+        let meta = r.meta.ok_or_else(|| missing(libc::ENOENT))?;
+        if meta.kind() != libc::S_IFREG {
+            return Err(missing(libc::EACCES));
+        }
+        let data = match meta.source {
+            Source::Layer(ino) => self
+                .layer
+                .inodes
+                .get(&ino)
+                .map(|i| i.data.clone())
+                .ok_or_else(|| missing(libc::EIO))?,
+            Source::Image => {
+                // The snapshot depends on it as on any file the guest opened.
+                const VMM_READ: u64 = u64::MAX;
+                self.open_image_file(VMM_READ, &r.path).map_err(missing)?;
+                let len = usize::try_from(meta.size).map_err(|_| missing(libc::EFBIG))?;
+                let mut data = vec![0u8; len];
+                let n = self
+                    .read_image(VMM_READ, &r.path, 0, &mut data)
+                    .map_err(missing)?;
+                self.drop_host(VMM_READ);
+                data.truncate(n);
+                data
+            }
+            Source::Synth(_) => return Err(missing(libc::EACCES)),
+        };
+        Ok((data, String::from_utf8_lossy(&r.path).into_owned()))
     }
 
     /// Whether there is a file system at all.

@@ -21,8 +21,11 @@ mod sys_system;
 mod sys_thread;
 mod sys_time;
 
-use self::{sys_file::*, sys_signal::*, sys_system::*, sys_thread::*, sys_time::*};
+use self::sys_read_write::MAX_LAYER_FILE;
+use self::{sys_signal::*, sys_system::*, sys_thread::*, sys_time::*};
 use super::abi::*;
+use super::fs::fd::{FileKind, OpenFile, PIPE_CAPACITY};
+use super::fs::synthetic::Generated;
 use super::mm::{Discards, MmError};
 use super::{GuestOs, MAX_LOGGED_UNSUPPORTED, Outcome, Syscall};
 use crate::arch::Protection;
@@ -100,22 +103,73 @@ impl GuestOs {
     /// Arguments are taken as Linux declares them: a C `int` or `unsigned int` is the
     /// low 32 bits of its register, and so is the call's number.
     pub fn syscall(&mut self, mem: &GuestMemory, call: &Syscall) -> Outcome {
+        let shown = self.trace.then(|| trace_call(mem, call));
+        let outcome = self.dispatch(mem, call);
+        if let Some(shown) = shown {
+            let result = match &outcome {
+                Outcome::Return(v) if *v < 0 && *v >= -4095 => {
+                    let e = i32::try_from(-v).unwrap_or(0);
+                    format!(
+                        "-1 {} ({})",
+                        errno_name(e),
+                        std::io::Error::from_raw_os_error(e)
+                    )
+                }
+                Outcome::Return(v) if *v > 0xffff => format!("{v:#x}"),
+                Outcome::Return(v) => v.to_string(),
+                Outcome::BlockOnStdin => "? <waits for input>".into(),
+                Outcome::Exit(c) => format!("? <exit {c}>"),
+                Outcome::Signal(s) => format!("? <signal {s}>"),
+                Outcome::Fatal(why) => format!("? <{why}>"),
+            };
+            eprintln!("{shown} = {result}");
+        }
+        outcome
+    }
+
+    fn dispatch(&mut self, mem: &GuestMemory, call: &Syscall) -> Outcome {
         self.counters.syscalls += 1;
         let [a0, a1, a2, a3, a4, a5] = call.args;
         let n = c_long::from(int(call.nr));
+        let fs = self.vfs.has_root();
+        const CWD: i32 = libc::AT_FDCWD;
         let result: SysResult = match n {
             libc::SYS_read => return self.read(mem, uint(a0), a1, a2),
             libc::SYS_write => self.write(mem, uint(a0), a1, a2),
-            libc::SYS_writev => self.writev(mem, uint(a0), a1, a2),
-            libc::SYS_readv => return self.readv(mem, uint(a0), a1, a2),
-            libc::SYS_pread64 | libc::SYS_pwrite64 if a3.cast_signed() < 0 => {
+            libc::SYS_writev => self.writev(mem, uint(a0), a1, a2, None),
+            libc::SYS_readv => return self.readv(mem, uint(a0), a1, a2, None),
+            libc::SYS_pread64
+            | libc::SYS_pwrite64
+            | libc::SYS_preadv
+            | libc::SYS_pwritev
+            | libc::SYS_preadv2
+            | libc::SYS_pwritev2
+                if a3.cast_signed() < 0 =>
+            {
                 Err(Errno(libc::EINVAL))
             }
-            libc::SYS_pread64 | libc::SYS_pwrite64 | libc::SYS_lseek => {
-                self.on_std_fd(uint(a0), libc::ESPIPE)
+            libc::SYS_pread64 | libc::SYS_pwrite64 | libc::SYS_preadv | libc::SYS_pwritev
+                if self.seekable(uint(a0)).is_err() =>
+            {
+                self.seekable(uint(a0))
             }
+            libc::SYS_pread64 => {
+                let r = self.file(uint(a0)).and_then(|(_, f)| {
+                    if f.readable() {
+                        Ok(())
+                    } else {
+                        Err(Errno(libc::EBADF))
+                    }
+                });
+                r.and_then(|()| access_ok(a1, a2))
+                    .and_then(|()| self.read_file(mem, uint(a0), a1, a2, Some(a3)))
+            }
+            libc::SYS_pwrite64 => self.write_at(mem, uint(a0), a1, a2, Some(a3)),
+            libc::SYS_preadv => return self.readv(mem, uint(a0), a1, a2, Some(a3)),
+            libc::SYS_pwritev => self.writev(mem, uint(a0), a1, a2, Some(a3)),
+            libc::SYS_lseek => self.lseek(uint(a0), a1, uint(a2)),
             libc::SYS_brk => Ok(self.brk(mem, a0)),
-            libc::SYS_mmap => self.mmap(mem, a0, a1, a2, int(a3), int(a4)),
+            libc::SYS_mmap => self.mmap(mem, a0, a1, a2, int(a3), int(a4), a5),
             libc::SYS_munmap => self.munmap(mem, a0, a1),
             libc::SYS_mremap => self.mremap(mem, a0, a1, a2, a3, a4),
             libc::SYS_mprotect => self.mprotect(mem, a0, a1, a2),
@@ -155,22 +209,87 @@ impl GuestOs {
             libc::SYS_getpid | libc::SYS_gettid | libc::SYS_getpgrp | libc::SYS_getsid => Ok(1),
             libc::SYS_getppid => Ok(0),
             libc::SYS_getuid | libc::SYS_geteuid | libc::SYS_getgid | libc::SYS_getegid => Ok(0),
+            libc::SYS_getgroups => Ok(0),
+            libc::SYS_getresuid | libc::SYS_getresgid => [a0, a1, a2]
+                .into_iter()
+                .try_for_each(|p| mem.write_user_obj(p, 0u32).map(|_| ()))
+                .map(|()| 0)
+                .map_err(Errno::from),
             libc::SYS_uname => uname(mem, a0),
-            libc::SYS_getcwd => getcwd(mem, a0, a1),
-            libc::SYS_readlink
-            | libc::SYS_open
-            | libc::SYS_access
-            | libc::SYS_stat
-            | libc::SYS_lstat => no_such_file(mem, a0),
-            libc::SYS_readlinkat
-            | libc::SYS_openat
-            | libc::SYS_faccessat
-            | libc::SYS_faccessat2 => no_such_file(mem, a1),
-            libc::SYS_close => self.on_std_fd(uint(a0), 0),
+            libc::SYS_sysinfo => self.sysinfo(mem, a0),
+            libc::SYS_umask => {
+                let old = self.vfs.umask;
+                self.vfs.umask = uint(a0) & 0o777;
+                Ok(u64::from(old))
+            }
+            libc::SYS_getcwd => self.getcwd(mem, a0, a1),
+            libc::SYS_chdir => self.chdir(mem, a0),
+            libc::SYS_fchdir => self.fchdir(uint(a0)),
+            libc::SYS_open => self.openat(mem, CWD, a0, int(a1), uint(a2)),
+            libc::SYS_creat => self.openat(
+                mem,
+                CWD,
+                a0,
+                libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+                uint(a1),
+            ),
+            libc::SYS_openat => self.openat(mem, int(a0), a1, int(a2), uint(a3)),
+            libc::SYS_openat2 => self.openat2(mem, int(a0), a1, a2, a3),
+            libc::SYS_close => self.close(int(a0)),
+            libc::SYS_dup => self.dup(int(a0)),
+            libc::SYS_dup2 => self.dup3(int(a0), int(a1), 0, true),
+            libc::SYS_dup3 => self.dup3(int(a0), int(a1), int(a2), false),
+            libc::SYS_pipe => self.pipe2(mem, a0, 0),
+            libc::SYS_pipe2 => self.pipe2(mem, a0, int(a1)),
+            libc::SYS_readlink => self.readlinkat(mem, CWD, a0, a1, a2),
+            libc::SYS_readlinkat => self.readlinkat(mem, int(a0), a1, a2, a3),
+            libc::SYS_access => self.faccessat(mem, CWD, a0, int(a1), 0),
+            libc::SYS_faccessat => self.faccessat(mem, int(a0), a1, int(a2), 0),
+            libc::SYS_faccessat2 => self.faccessat(mem, int(a0), a1, int(a2), int(a3)),
+            libc::SYS_stat => self.newfstatat(mem, CWD, a0, a1, 0),
+            libc::SYS_lstat => self.newfstatat(mem, CWD, a0, a1, libc::AT_SYMLINK_NOFOLLOW),
             libc::SYS_fstat => self.fstat(mem, uint(a0), a1),
             libc::SYS_newfstatat => self.newfstatat(mem, int(a0), a1, a2, int(a3)),
-            libc::SYS_ioctl => self.on_std_fd(uint(a0), libc::ENOTTY),
-            libc::SYS_fcntl => self.fcntl(uint(a0), int(a1)),
+            libc::SYS_statx if fs => self.statx(mem, int(a0), a1, int(a2), a4),
+            libc::SYS_statfs => self.statfs(mem, Ok(a0), a1),
+            libc::SYS_fstatfs => self.statfs(mem, Err(uint(a0)), a1),
+            libc::SYS_getdents64 => self.getdents64(mem, uint(a0), a1, a2),
+            libc::SYS_mkdir => self.mkdirat(mem, CWD, a0, uint(a1)),
+            libc::SYS_mkdirat => self.mkdirat(mem, int(a0), a1, uint(a2)),
+            libc::SYS_unlink => self.unlinkat(mem, CWD, a0, 0),
+            libc::SYS_rmdir => self.unlinkat(mem, CWD, a0, libc::AT_REMOVEDIR),
+            libc::SYS_unlinkat => self.unlinkat(mem, int(a0), a1, int(a2)),
+            libc::SYS_symlink => self.symlinkat(mem, a0, CWD, a1),
+            libc::SYS_symlinkat => self.symlinkat(mem, a0, int(a1), a2),
+            libc::SYS_rename => self.renameat2(mem, CWD, a0, CWD, a1, 0),
+            libc::SYS_renameat => self.renameat2(mem, int(a0), a1, int(a2), a3, 0),
+            libc::SYS_renameat2 => self.renameat2(mem, int(a0), a1, int(a2), a3, uint(a4)),
+            libc::SYS_ftruncate => self.truncate(mem, Ok(uint(a0)), a1),
+            libc::SYS_truncate => self.truncate(mem, Err(a0), a1),
+            libc::SYS_fsync | libc::SYS_fdatasync | libc::SYS_syncfs => {
+                self.file(uint(a0)).map(|_| 0)
+            }
+            libc::SYS_fadvise64 => self.file(uint(a0)).map(|_| 0),
+            libc::SYS_flock => self.file(uint(a0)).map(|_| 0),
+            // Permissions, owners and times are not kept: the entry must exist.
+            libc::SYS_chmod | libc::SYS_chown | libc::SYS_lchown => {
+                self.touch_path(mem, CWD, a0, n != libc::SYS_lchown)
+            }
+            libc::SYS_fchmod | libc::SYS_fchown => self.file(uint(a0)).map(|_| 0),
+            libc::SYS_fchmodat | libc::SYS_fchownat => self.touch_path(mem, int(a0), a1, true),
+            libc::SYS_utimensat => self.touch_path(mem, int(a0), a1, true),
+            // No extended attributes (no ACLs, no capabilities, no SELinux labels).
+            libc::SYS_getxattr | libc::SYS_listxattr => self
+                .existing_at(mem, CWD, a0, true)
+                .and(Err(Errno(libc::EOPNOTSUPP))),
+            libc::SYS_lgetxattr | libc::SYS_llistxattr => self
+                .existing_at(mem, CWD, a0, false)
+                .and(Err(Errno(libc::EOPNOTSUPP))),
+            libc::SYS_fgetxattr | libc::SYS_flistxattr => {
+                self.file(uint(a0)).and(Err(Errno(libc::EOPNOTSUPP)))
+            }
+            libc::SYS_ioctl => self.ioctl(mem, uint(a0), uint(a1), a2),
+            libc::SYS_fcntl => self.fcntl(mem, uint(a0), int(a1), a2),
             libc::SYS_poll => return self.poll(mem, a0, uint(a1), int(a2)),
             libc::SYS_ppoll => return self.ppoll(mem, a0, uint(a1), a2, a3, a4),
             libc::SYS_sigaltstack => sigaltstack(mem, a0, a1),
@@ -205,6 +324,17 @@ impl GuestOs {
         Outcome::Return(ret)
     }
 
+    /// Ok if `fd` is an open file with an offset (ESPIPE for streams and pipes).
+    fn seekable(&self, fd: u32) -> SysResult {
+        let (_, f) = self.file(fd)?;
+        match f.kind {
+            FileKind::Stdin | FileKind::Stdout | FileKind::Stderr | FileKind::Pipe { .. } => {
+                Err(Errno(libc::ESPIPE))
+            }
+            _ => Ok(0),
+        }
+    }
+
     /// Counts an unsupported call and logs its number the first time, for the first
     /// [`MAX_LOGGED_UNSUPPORTED`] distinct numbers; past them, one summary line.
     fn unsupported(&mut self, nr: u64, what: &str) {
@@ -223,15 +353,6 @@ impl GuestOs {
                     "guest made more than {MAX_LOGGED_UNSUPPORTED} distinct unsupported system calls; the others are not logged"
                 );
             }
-        }
-    }
-
-    /// Answers `ok` for the standard streams and EBADF for any other descriptor.
-    fn on_std_fd(&self, fd: u32, ok: i32) -> SysResult {
-        match fd {
-            0..=2 if ok == 0 => Ok(0),
-            0..=2 => Err(Errno(ok)),
-            _ => Err(Errno(libc::EBADF)),
         }
     }
 }
@@ -266,12 +387,6 @@ fn read_iovecs(mem: &GuestMemory, iov: u64, count: u64) -> Result<Vec<Iovec>, Er
         .collect()
 }
 
-/// The guest has no file system: any path it names does not exist.
-fn no_such_file(mem: &GuestMemory, path: u64) -> SysResult {
-    read_path(mem, path)?;
-    Err(Errno(libc::ENOENT))
-}
-
 /// Reads a path: EFAULT if it is not user memory, ENAMETOOLONG if its first
 /// `PATH_MAX` bytes hold no NUL.
 fn read_path(mem: &GuestMemory, path: u64) -> Result<Vec<u8>, Errno> {
@@ -282,6 +397,100 @@ fn read_path(mem: &GuestMemory, path: u64) -> Result<Vec<u8>, Errno> {
             Errno(libc::EFAULT)
         }
     })
+}
+
+/// The calls whose argument `i` is a path, for the trace.
+fn path_args(n: c_long) -> &'static [usize] {
+    match n {
+        libc::SYS_open
+        | libc::SYS_creat
+        | libc::SYS_stat
+        | libc::SYS_lstat
+        | libc::SYS_access
+        | libc::SYS_readlink
+        | libc::SYS_chdir
+        | libc::SYS_mkdir
+        | libc::SYS_rmdir
+        | libc::SYS_unlink
+        | libc::SYS_truncate
+        | libc::SYS_statfs
+        | libc::SYS_execve
+        | libc::SYS_chmod => &[0],
+        libc::SYS_rename | libc::SYS_symlink => &[0, 1],
+        libc::SYS_openat
+        | libc::SYS_openat2
+        | libc::SYS_newfstatat
+        | libc::SYS_statx
+        | libc::SYS_faccessat
+        | libc::SYS_faccessat2
+        | libc::SYS_readlinkat
+        | libc::SYS_mkdirat
+        | libc::SYS_unlinkat
+        | libc::SYS_fchmodat
+        | libc::SYS_utimensat => &[1],
+        libc::SYS_renameat | libc::SYS_renameat2 => &[1, 3],
+        libc::SYS_symlinkat => &[0, 2],
+        _ => &[],
+    }
+}
+
+/// `name(args...)` of a call, paths shown as strings.
+fn trace_call(mem: &GuestMemory, call: &Syscall) -> String {
+    let n = c_long::from(int(call.nr));
+    let name = names::name(call.nr).map_or_else(|| format!("syscall_{}", call.nr), str::to_string);
+    let paths = path_args(n);
+    let args: Vec<String> = call
+        .args
+        .iter()
+        .enumerate()
+        .map(|(i, &a)| {
+            if paths.contains(&i) && a != 0 {
+                match mem.read_user_cstr(a, PATH_MAX) {
+                    Ok(p) => format!("{:?}", String::from_utf8_lossy(&p)),
+                    Err(_) => format!("{a:#x}"),
+                }
+            } else if a > 0xffff && a.cast_signed() > -4096 && a.cast_signed() < 0 {
+                a.cast_signed().to_string()
+            } else if a > 0xffff {
+                format!("{a:#x}")
+            } else {
+                a.to_string()
+            }
+        })
+        .collect();
+    format!("{name}({})", args.join(", "))
+}
+
+/// The symbolic name of an errno.
+fn errno_name(e: i32) -> &'static str {
+    match e {
+        libc::EPERM => "EPERM",
+        libc::ENOENT => "ENOENT",
+        libc::EBADF => "EBADF",
+        libc::EAGAIN => "EAGAIN",
+        libc::ENOMEM => "ENOMEM",
+        libc::EACCES => "EACCES",
+        libc::EFAULT => "EFAULT",
+        libc::EEXIST => "EEXIST",
+        libc::ENOTDIR => "ENOTDIR",
+        libc::EISDIR => "EISDIR",
+        libc::EINVAL => "EINVAL",
+        libc::EMFILE => "EMFILE",
+        libc::ENOTTY => "ENOTTY",
+        libc::ESPIPE => "ESPIPE",
+        libc::EPIPE => "EPIPE",
+        libc::ERANGE => "ERANGE",
+        libc::ENOSYS => "ENOSYS",
+        libc::ENOTEMPTY => "ENOTEMPTY",
+        libc::ELOOP => "ELOOP",
+        libc::ENAMETOOLONG => "ENAMETOOLONG",
+        libc::EXDEV => "EXDEV",
+        libc::ENXIO => "ENXIO",
+        libc::ENODEV => "ENODEV",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EOPNOTSUPP => "EOPNOTSUPP",
+        _ => "E?",
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ impl GuestOs {
         brk
     }
 
+    #[allow(clippy::too_many_arguments)] // the six arguments of mmap
     pub(super) fn mmap(
         &mut self,
         mem: &GuestMemory,
@@ -32,14 +33,14 @@ impl GuestOs {
         prot: u64,
         flags: i32,
         fd: i32,
+        offset: u64,
     ) -> SysResult {
-        if flags & libc::MAP_ANONYMOUS == 0 {
-            return Err(Errno(if (0..=2).contains(&fd) {
-                libc::ENODEV
-            } else {
-                libc::EBADF
-            }));
-        }
+        // The file's bytes to copy in, for a file mapping.
+        let source = if flags & libc::MAP_ANONYMOUS == 0 {
+            Some(self.map_source(fd, prot, flags, offset)?)
+        } else {
+            None
+        };
         if len == 0 {
             return Err(Errno(libc::EINVAL));
         }
@@ -54,6 +55,24 @@ impl GuestOs {
         Self::discard(mem, discards)?;
         // `mm.mmap` accepted the length, so rounding it up cannot overflow.
         let end = at + crate::arch::layout::page_align_up(len).unwrap_or(len);
+        if let Some((fd, file_offset)) = source {
+            // A file mapping is a copy (MAP_SHARED too: the guest cannot write to the
+            // image, and a layer file's pages are not shared with later writes).
+            let mut done = 0u64;
+            let want = end - at;
+            while done < want {
+                let n = (want - done).min(IO_CHUNK);
+                let data = self.file_bytes(fd, file_offset.saturating_add(done), n)?;
+                if data.is_empty() {
+                    break;
+                }
+                mem.write(at + done, &data)?;
+                done += data.len() as u64;
+                if (data.len() as u64) < n {
+                    break;
+                }
+            }
+        }
         self.mm.set_protection(at, end, Protection::from_prot(prot));
         self.sync_page_tables(mem)?;
         Ok(at)
@@ -193,4 +212,57 @@ pub(super) fn check_mprotect(
     mem.check_user(addr, end - addr)
         .map_err(|_| Errno(libc::ENOMEM))?;
     Ok(end)
+}
+
+impl GuestOs {
+    /// Checks that `fd` can be mapped with `prot` and `flags` at `offset`; returns the
+    /// descriptor and offset to copy from.
+    fn map_source(&self, fd: i32, prot: u64, flags: i32, offset: u64) -> Result<(u32, u64), Errno> {
+        let ufd = fd.cast_unsigned();
+        let (_, file) = self.file(ufd)?;
+        match file.kind {
+            FileKind::Image | FileKind::Layer(_) | FileKind::Zero | FileKind::Generated(_) => {}
+            FileKind::Dir => return Err(Errno(libc::ENODEV)),
+            _ => return Err(Errno(libc::ENODEV)),
+        }
+        if file.flags & libc::O_PATH != 0 {
+            return Err(Errno(libc::EBADF));
+        }
+        if !file.readable() {
+            return Err(Errno(libc::EACCES));
+        }
+        let shared = flags & 0xf != libc::MAP_PRIVATE;
+        if shared && prot & u64::from(libc::PROT_WRITE.cast_unsigned()) != 0 && !file.writable() {
+            return Err(Errno(libc::EACCES));
+        }
+        if !offset.is_multiple_of(PAGE_SIZE) {
+            return Err(Errno(libc::EINVAL));
+        }
+        Ok((ufd, offset))
+    }
+
+    /// Up to `len` bytes of the file of `fd` from `offset` (fewer at its end).
+    fn file_bytes(&mut self, fd: u32, offset: u64, len: u64) -> Result<Vec<u8>, Errno> {
+        let (id, file) = self.file(fd)?;
+        let n = usize::try_from(len).map_err(|_| Errno(libc::EINVAL))?;
+        let at = usize::try_from(offset).unwrap_or(usize::MAX);
+        let slice = |d: &[u8]| d[at.min(d.len())..at.saturating_add(n).min(d.len())].to_vec();
+        Ok(match &file.kind {
+            FileKind::Image => {
+                let path = file.path.clone();
+                let mut buf = vec![0u8; n];
+                let got = self
+                    .vfs
+                    .read_image(id, &path, offset, &mut buf)
+                    .map_err(Errno)?;
+                buf.truncate(got);
+                buf
+            }
+            FileKind::Layer(ino) => {
+                slice(&self.vfs.layer.inodes.get(ino).ok_or(Errno(libc::EIO))?.data)
+            }
+            FileKind::Generated(d) => slice(d),
+            _ => Vec::new(),
+        })
+    }
 }

@@ -7,13 +7,27 @@ impl GuestOs {
     pub(super) fn poll_fds(&self, fds: &mut [PollFd]) -> u64 {
         let mut ready = 0;
         for p in fds.iter_mut() {
-            p.revents = match p.fd {
-                fd if fd < 0 => 0,
-                0 if self.stdin_eof && self.stdin.is_empty() => p.events & POLLIN | POLLHUP,
-                0 if !self.stdin.is_empty() => p.events & POLLIN,
-                0 => 0,
-                1 | 2 => p.events & POLLOUT,
-                _ => POLLNVAL,
+            let kind = self.vfs.fds.get(p.fd).ok().map(|f| &f.kind);
+            p.revents = match kind {
+                _ if p.fd < 0 => 0,
+                None => POLLNVAL,
+                Some(FileKind::Stdin) if self.stdin_eof && self.stdin.is_empty() => {
+                    p.events & POLLIN | POLLHUP
+                }
+                Some(FileKind::Stdin) if !self.stdin.is_empty() => p.events & POLLIN,
+                Some(FileKind::Stdin) => 0,
+                Some(FileKind::Stdout | FileKind::Stderr) => p.events & POLLOUT,
+                Some(FileKind::Pipe { id, write: false }) => {
+                    let has = self
+                        .vfs
+                        .fds
+                        .pipes
+                        .get(id)
+                        .is_some_and(|d| !d.data.is_empty());
+                    let hup = !self.vfs.fds.pipe_has(*id, true);
+                    (if has { p.events & POLLIN } else { 0 }) | if hup { POLLHUP } else { 0 }
+                }
+                Some(_) => p.events & (POLLIN | POLLOUT),
             };
             ready += u64::from(p.revents != 0);
         }
@@ -91,7 +105,14 @@ impl GuestOs {
             Err(Errno(e)) => return Outcome::Return(-i64::from(e)),
         };
         if ready == 0 && timeout != Some(Duration::ZERO) {
-            if polled.iter().any(|p| p.fd == 0 && p.events & POLLIN != 0) {
+            if polled.iter().any(|p| {
+                p.events & POLLIN != 0
+                    && self
+                        .vfs
+                        .fds
+                        .get(p.fd)
+                        .is_ok_and(|f| f.kind == FileKind::Stdin)
+            }) {
                 // Waiting for input: the same ready point as a blocking read.
                 return Outcome::BlockOnStdin;
             }

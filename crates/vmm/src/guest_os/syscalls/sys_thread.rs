@@ -52,7 +52,7 @@ impl GuestOs {
         if pid != 0 && pid != 1 {
             return Err(Errno(libc::ESRCH));
         }
-        let limit = Self::rlimit(mem, resource)?;
+        let limit = self.rlimit(mem, resource)?;
         if new.is_some_and(|n| n.cur > n.max) {
             return Err(Errno(libc::EINVAL));
         }
@@ -64,19 +64,23 @@ impl GuestOs {
 
     /// `getrlimit(resource, old)`: `old` is not optional.
     pub(super) fn getrlimit(&mut self, mem: &GuestMemory, resource: u32, old: u64) -> SysResult {
-        mem.write_user_obj(old, Self::rlimit(mem, resource)?)?;
+        mem.write_user_obj(old, self.rlimit(mem, resource)?)?;
         Ok(0)
     }
 
     /// The limits the guest sees.
-    pub(super) fn rlimit(mem: &GuestMemory, resource: u32) -> Result<Rlimit, Errno> {
+    pub(super) fn rlimit(&self, mem: &GuestMemory, resource: u32) -> Result<Rlimit, Errno> {
+        let nofile = u64::try_from(self.vfs.fds.limit).unwrap_or(0);
         let infinity = u64::MAX;
         Ok(match resource {
             libc::RLIMIT_STACK => Rlimit {
                 cur: crate::arch::layout::STACK_SIZE,
                 max: infinity,
             },
-            libc::RLIMIT_NOFILE => Rlimit { cur: 3, max: 3 },
+            libc::RLIMIT_NOFILE => Rlimit {
+                cur: nofile,
+                max: nofile,
+            },
             libc::RLIMIT_NPROC => Rlimit { cur: 1, max: 1 },
             libc::RLIMIT_AS | libc::RLIMIT_DATA => Rlimit {
                 cur: mem.size(),
