@@ -37,6 +37,8 @@ impl Image {
     /// Opens the directory `path` as an image.
     pub fn open(path: &Path) -> Result<Self, ImageError> {
         let meta = std::fs::metadata(path).map_err(|e| ImageError::Open(path.into(), e))?;
+        // Absolute, so that a snapshot finds it again from any working directory.
+        let path = &std::fs::canonicalize(path).map_err(|e| ImageError::Open(path.into(), e))?;
         if !meta.is_dir() {
             return Err(ImageError::NotDirectory(path.into()));
         }

@@ -109,11 +109,9 @@ impl GuestOs {
             let result = match &outcome {
                 Outcome::Return(v) if *v < 0 && *v >= -4095 => {
                     let e = i32::try_from(-v).unwrap_or(0);
-                    format!(
-                        "-1 {} ({})",
-                        errno_name(e),
-                        std::io::Error::from_raw_os_error(e)
-                    )
+                    let text = std::io::Error::from_raw_os_error(e).to_string();
+                    let text = text.split(" (os error").next().unwrap_or_default();
+                    format!("-1 {} ({text})", errno_name(e))
                 }
                 Outcome::Return(v) if *v > 0xffff => format!("{v:#x}"),
                 Outcome::Return(v) => v.to_string(),
@@ -449,8 +447,12 @@ fn trace_call(mem: &GuestMemory, call: &Syscall) -> String {
                     Ok(p) => format!("{:?}", String::from_utf8_lossy(&p)),
                     Err(_) => format!("{a:#x}"),
                 }
+            } else if int(a) == libc::AT_FDCWD && (a >> 32 == 0 || a.cast_signed() == -100) {
+                "AT_FDCWD".to_string()
             } else if a > 0xffff && a.cast_signed() > -4096 && a.cast_signed() < 0 {
                 a.cast_signed().to_string()
+            } else if a >> 32 == 0 && (-4095..0).contains(&int(a)) {
+                int(a).to_string()
             } else if a > 0xffff {
                 format!("{a:#x}")
             } else {
