@@ -338,8 +338,12 @@ impl GuestOs {
     fn unsupported(&mut self, nr: u64, what: &str) {
         if !self.warned.contains(&nr) && self.warned.len() < MAX_LOGGED_UNSUPPORTED {
             self.warned.insert(nr);
-            let name = names::name(nr).unwrap_or("unknown");
-            tracing::warn!(syscall = nr, "guest system call {name} ({nr}) {what}");
+            match names::name(nr) {
+                Some(name) => {
+                    tracing::warn!(syscall = nr, "guest system call {name} ({nr}) {what}")
+                }
+                None => tracing::warn!(syscall = nr, "guest system call {nr} {what}"),
+            }
         }
         if self.warned.contains(&nr) {
             *self.unsupported.by_nr.entry(nr).or_default() += 1;
@@ -495,5 +499,7 @@ fn errno_name(e: i32) -> &'static str {
     }
 }
 
+#[cfg(test)]
+mod fs_tests;
 #[cfg(test)]
 mod tests;
