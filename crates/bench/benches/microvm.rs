@@ -134,6 +134,7 @@ fn config(name: &str, args: &[&str]) -> MicroVmConfig {
             .map(String::from)
             .collect(),
         env: Vec::new(),
+        ..Default::default()
     }
 }
 
@@ -180,6 +181,8 @@ fn boot_steps(image: &[u8]) -> [f64; 6] {
         env: &[],
         hwcap: arch::hwcap(),
         random: [7; 16],
+        interp_base: 0,
+        execfn: None,
     };
     let rsp =
         loader::build_stack(&memory, memory.size(), &program, &inputs).expect("initial stack");

@@ -316,6 +316,7 @@ fn deploy(
         mem_mib: params.mem_mib,
         args: vec![spec.name.clone()],
         env: Vec::new(),
+        ..Default::default()
     };
     Instance::deploy(
         &image,

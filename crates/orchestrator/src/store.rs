@@ -570,6 +570,7 @@ impl FunctionStore {
             mem_mib,
             args: vec![name.to_owned()],
             env: env.clone(),
+            ..Default::default()
         };
         let (boot, memory_data_bytes) = match &self.workers {
             Some(workers) => {

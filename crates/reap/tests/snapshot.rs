@@ -272,8 +272,14 @@ fn corrupt_or_mismatched_snapshot_files_are_refused() {
     let elf = std::fs::read(guest("helloworld")).unwrap();
     std::fs::write(d.state(), &elf[..4096]).unwrap();
     refused(&d, "bad magic");
-    std::fs::write(d.state(), &elf).unwrap();
-    refused(&d, "exceeds the 4194304-byte cap");
+    // A header announcing a payload past the cap is refused before the payload is read.
+    let mut header = b"REAPSNAP".to_vec();
+    header.extend(reap_vmm::snapshot::state::VERSION.to_le_bytes());
+    header.extend(0u32.to_le_bytes());
+    header.extend((reap_vmm::snapshot::state::MAX_PAYLOAD + 1).to_le_bytes());
+    header.extend([0u8; 8]);
+    std::fs::write(d.state(), &header).unwrap();
+    refused(&d, "exceeds the 67108864-byte cap");
 
     let d = copy("missing-state");
     std::fs::remove_file(d.state()).unwrap();

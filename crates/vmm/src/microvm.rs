@@ -5,6 +5,7 @@ use std::mem::ManuallyDrop;
 use std::time::{Duration, Instant};
 
 use crate::arch::{self, layout};
+use crate::guest_os::fs::{RootFs, Vfs};
 use crate::guest_os::mm::AddressSpace;
 use crate::guest_os::{GuestOs, GuestOsState, Outcome, Sink, Syscall};
 use crate::loader::{self, LoadError, StackInputs};
@@ -26,6 +27,11 @@ pub struct MicroVmConfig {
     pub args: Vec<String>,
     /// The environment, as `KEY=VALUE` strings.
     pub env: Vec<String>,
+    /// The root file system and the program in it; `None` for a static program with
+    /// no file system.
+    pub rootfs: Option<RootFs>,
+    /// Print every system call to stderr, strace-style.
+    pub trace: bool,
 }
 
 impl Default for MicroVmConfig {
@@ -34,6 +40,19 @@ impl Default for MicroVmConfig {
             mem_mib: DEFAULT_MEM_MIB,
             args: vec!["function".into()],
             env: Vec::new(),
+            rootfs: None,
+            trace: false,
+        }
+    }
+}
+
+impl MicroVmConfig {
+    /// The bytes of the program `config.rootfs` names, read from its image (what
+    /// [`MicroVm::boot`] then takes as its `image`).
+    pub fn read_program(&self) -> Result<Vec<u8>, VmError> {
+        match &self.rootfs {
+            Some(root) => Ok(Vfs::boot(root)?.1),
+            None => Err(VmError::NoRootFs),
         }
     }
 }
@@ -126,12 +145,24 @@ pub enum VmError {
     /// The program could not be loaded.
     #[error("cannot load the program")]
     Load(#[from] LoadError),
+    /// [`MicroVmConfig::read_program`] without a root file system.
+    #[error("no root file system configured")]
+    NoRootFs,
+    /// The guest's file system could not be set up or brought back.
+    #[error(transparent)]
+    Fs(Box<crate::guest_os::fs::FsError>),
     /// [`MicroVm::save`] outside the ready point.
     #[error("the guest is not at its ready point (blocked reading stdin)")]
     NotReady,
     /// The watchdog thread that enforces a run's time limit could not be started.
     #[error("cannot start the watchdog thread")]
     Watchdog(#[source] std::io::Error),
+}
+
+impl From<crate::guest_os::fs::FsError> for VmError {
+    fn from(e: crate::guest_os::fs::FsError) -> Self {
+        Self::Fs(Box::new(e))
+    }
 }
 
 /// Why `run` returned without an error.
@@ -176,9 +207,12 @@ pub struct VmState {
 }
 
 impl MicroVm {
-    /// Boots `image` (a static x86-64 Linux executable): builds guest memory and page
-    /// tables, loads the program, and sets up the vCPU at its entry point. The program
-    /// starts running at the first [`run`](Self::run).
+    /// Boots `image` (an x86-64 Linux executable): builds guest memory and page tables,
+    /// loads the program (and its dynamic loader from the root file system, for a
+    /// dynamic one), and sets up the vCPU at its entry point. With `config.rootfs`,
+    /// `image` is the program as [`MicroVmConfig::read_program`] read it, and the
+    /// guest sees the image as its file system. The program starts running at the
+    /// first [`run`](Self::run).
     pub fn boot(
         image: &[u8],
         config: &MicroVmConfig,
@@ -186,9 +220,34 @@ impl MicroVm {
         stderr: Sink,
     ) -> Result<Self, VmError> {
         let mem_size = mem_size(config.mem_mib)?;
+        let (mut vfs, execfn) = match &config.rootfs {
+            Some(root) => {
+                let (vfs, _, path) = Vfs::boot(root)?;
+                (Some(vfs), Some(path))
+            }
+            None => (None, None),
+        };
         let memory = GuestMemory::anonymous(mem_size)?;
         write_system_area(&memory)?;
         let program = loader::load_elf(image, &memory)?;
+        let mut space = AddressSpace::new(mem_size, program.end);
+        protect_segments(&mut space, &program);
+        let mut entry = program.entry;
+        let mut interp_base = 0;
+        if let Some(interp_path) = &program.interp {
+            let Some(vfs) = vfs.as_mut() else {
+                return Err(LoadError::Dynamic(interp_path.clone()).into());
+            };
+            let (interp, shown) = vfs.read_whole(interp_path.as_bytes(), "the dynamic loader")?;
+            let span = loader::elf_span(&interp, &shown)?;
+            let (base, _) = space
+                .mmap(0, span, false, false)
+                .map_err(|_| VmError::MemSize(mem_size >> 20))?;
+            let loaded = loader::load_interpreter(&interp, &memory, base, &shown)?;
+            protect_segments(&mut space, &loaded);
+            entry = loaded.entry;
+            interp_base = base;
+        }
         let mut random = [0u8; 16];
         getrandom(&mut random);
         let inputs = StackInputs {
@@ -196,25 +255,19 @@ impl MicroVm {
             env: &config.env,
             hwcap: arch::hwcap(),
             random,
+            interp_base,
+            execfn: execfn.as_deref(),
         };
         let rsp = loader::build_stack(&memory, mem_size, &program, &inputs)?;
 
         let vm = Vm::new(&memory)?;
         let vcpu = Vcpu::new(vm.kvm, &vm.fd)?;
-        let cpuid = arch::configure_vcpu(vm.kvm, &vcpu.fd, program.entry, rsp)?;
-        let mut space = AddressSpace::new(mem_size, program.end);
-        for &(start, end, exec) in &program.read_only {
-            let protection = if exec {
-                arch::Protection::ReadExec
-            } else {
-                arch::Protection::Read
-            };
-            space.set_protection(start, end, protection);
-        }
-        for &(start, end) in &program.writable_exec {
-            space.set_protection(start, end, arch::Protection::ReadWriteExec);
-        }
+        let cpuid = arch::configure_vcpu(vm.kvm, &vcpu.fd, entry, rsp)?;
         let mut os = GuestOs::new(space, stdout, stderr);
+        if let Some(vfs) = vfs {
+            os.set_vfs(vfs);
+        }
+        os.set_trace(config.trace);
         os.write_page_tables(&memory)
             .map_err(|_| VmError::MemSize(mem_size >> 20))?;
         Ok(Self {
@@ -326,12 +379,14 @@ impl MicroVm {
         // On an error the shell is destroyed with the VM, not handed back.
         let cpuid = arch::restore_vcpu_with(vm.kvm, &vcpu.fd, &state.vcpu, set_cpuid)?;
         vcpu.invalidate_sync();
+        // Before the VM and vCPU go into their `ManuallyDrop`s: an error here drops them.
+        let os = GuestOs::from_state(state.os.clone(), stdout, stderr)?;
         Ok(Self {
             vcpu: ManuallyDrop::new(vcpu),
             _vm: ManuallyDrop::new(vm),
             memory,
             shell,
-            os: GuestOs::from_state(state.os.clone(), stdout, stderr),
+            os,
             pending: true,
             cpuid,
             watchdog: Watchdog::new(),
@@ -598,6 +653,22 @@ fn linux_signal(vector: u8) -> Option<i32> {
         6 => Some(libc::SIGILL),                          // #UD
         17 => Some(libc::SIGBUS),                         // #AC
         _ => None,
+    }
+}
+
+/// Maps a loaded program's read-only and writable-executable segments with their
+/// protections.
+fn protect_segments(space: &mut AddressSpace, program: &loader::LoadedProgram) {
+    for &(start, end, exec) in &program.read_only {
+        let protection = if exec {
+            arch::Protection::ReadExec
+        } else {
+            arch::Protection::Read
+        };
+        space.set_protection(start, end, protection);
+    }
+    for &(start, end) in &program.writable_exec {
+        space.set_protection(start, end, arch::Protection::ReadWriteExec);
     }
 }
 

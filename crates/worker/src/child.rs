@@ -332,15 +332,28 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                 mode,
                 serve,
                 verified,
+                image,
             } => {
-                if instance.is_some() || fds.len() != 1 || options.deploy {
+                let wanted = 1 + usize::from(image.is_some());
+                if instance.is_some() || fds.len() != wanted || options.deploy {
                     return Err(FrameError::Bad(
                         "a restore needs one directory, no instance yet, and a process \
                          started for restores"
                             .into(),
                     ));
                 }
-                let dir = match enter(fds.remove(0), options) {
+                let snapshot_dir = fds.remove(0);
+                let mut also = Vec::new();
+                if let (Some(path), Some(root)) = (image, fds.pop()) {
+                    match root.try_clone() {
+                        Ok(copy) => also.push(copy),
+                        Err(e) => {
+                            return Err(FrameError::Bad(format!("the image descriptor: {e}")));
+                        }
+                    }
+                    reap_vmm::guest_os::fs::image::provide(path, root);
+                }
+                let dir = match enter(snapshot_dir, options, &also) {
                     Ok(dir) => dir,
                     Err(e) => {
                         let message = format!("cannot confine the instance: {e}");
@@ -391,7 +404,7 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                             .into(),
                     ));
                 }
-                let dir = match enter(fds.remove(0), options) {
+                let dir = match enter(fds.remove(0), options, &[]) {
                     Ok(_) => SnapshotDir::new(if options.jail.is_some() {
                         "/snapshot"
                     } else {
@@ -411,7 +424,12 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                         continue;
                     }
                 };
-                let config = reap_vmm::microvm::MicroVmConfig { mem_mib, args, env };
+                let config = reap_vmm::microvm::MicroVmConfig {
+                    mem_mib,
+                    args,
+                    env,
+                    ..Default::default()
+                };
                 let limit = Duration::from_micros(limit_us);
                 let result = Instance::deploy(
                     &payload,
@@ -466,7 +484,7 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
 
 /// Makes the snapshot directory `dir` this process's root (jailed) or working
 /// directory (unconfined), and returns it as a [`SnapshotDir`].
-fn enter(dir: OwnedFd, options: &Options) -> io::Result<SnapshotDir> {
+fn enter(dir: OwnedFd, options: &Options, also: &[OwnedFd]) -> io::Result<SnapshotDir> {
     let Some(ids) = options.jail else {
         // SAFETY: fchdir on a descriptor we own.
         if unsafe { libc::fchdir(dir.as_raw_fd()) } < 0 {
@@ -474,6 +492,6 @@ fn enter(dir: OwnedFd, options: &Options) -> io::Result<SnapshotDir> {
         }
         return Ok(SnapshotDir::new("."));
     };
-    jail::confine(dir, ids, &[], options.deploy)?;
+    jail::confine(dir, ids, also, options.deploy)?;
     Ok(SnapshotDir::new("/"))
 }

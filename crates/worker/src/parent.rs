@@ -347,13 +347,27 @@ impl Workers {
                 .map_err(|e| WorkerError::Start(e.to_string()))?;
             instance.limit_mib = Some(limit_bytes >> 20);
         }
+        // The image a snapshot of a program from a root file system reads (its path as
+        // the snapshot records it): the process cannot open it by path.
+        let image = state.vm.os.fs.root.clone();
+        let image_dir = match &image {
+            Some(path) => Some(open_path_dir(path).map_err(|e| {
+                runtime(format!(
+                    "cannot open the root file system {}: {e}",
+                    path.display()
+                ))
+            })?),
+            None => None,
+        };
         let request = Request::Restore {
             mode,
             serve,
             verified,
+            image,
         };
-        protocol::send(&w.sock, &request, &[], &[directory.as_fd()])
-            .map_err(|e| instance.broken(e, limit))?;
+        let mut fds = vec![directory.as_fd()];
+        fds.extend(image_dir.as_ref().map(AsFd::as_fd));
+        protocol::send(&w.sock, &request, &[], &fds).map_err(|e| instance.broken(e, limit))?;
         drop(directory);
         let remaining = limit.saturating_sub(started.elapsed());
         let (reply, _) = instance.receive(remaining.max(Duration::from_millis(100)))?;
@@ -494,6 +508,15 @@ fn snapshot(e: reap_vmm::snapshot::SnapshotError) -> WorkerError {
         fault: crate::child::snapshot_fault(&e),
         message: reap_error::chain(&e),
     }
+}
+
+/// An `O_PATH` descriptor of the directory `path`.
+fn open_path_dir(path: &std::path::Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+        .open(path)
 }
 
 fn runtime(e: impl std::fmt::Display) -> WorkerError {

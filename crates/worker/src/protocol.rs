@@ -44,6 +44,9 @@ pub enum Request {
         /// The memory file as the server verified it against its checksums (`file`
         /// mode): the process skips the verification if its file has this stamp.
         verified: Option<Stamp>,
+        /// The host path of the function's root file system (its image), whose
+        /// directory comes as the frame's second descriptor.
+        image: Option<std::path::PathBuf>,
     },
     /// Boot the function whose program is the payload to its ready point and snapshot
     /// it into `snapshot` in the directory that comes with the frame (one descriptor,

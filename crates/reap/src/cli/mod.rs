@@ -36,14 +36,37 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The program a microVM runs: a static executable, or a program in a root file system.
+#[derive(clap::Args, Debug)]
+pub struct ProgramArgs {
+    /// The program: a statically linked x86-64 Linux executable.
+    #[arg(long, required_unless_present = "rootfs", conflicts_with = "rootfs")]
+    pub binary: Option<PathBuf>,
+    /// A root file system (a directory) the program sees as `/`, read-only, with an
+    /// in-memory writable layer; the program is then the first argument after `--`, a
+    /// path in it (dynamic programs are started with their dynamic loader from it).
+    #[arg(long)]
+    pub rootfs: Option<PathBuf>,
+    /// The working directory in the root file system.
+    #[arg(long, default_value = "/", requires = "rootfs")]
+    pub workdir: String,
+    /// Environment variables for the program, KEY=VALUE.
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Arguments for the program (with --rootfs: the program's path, then its
+    /// arguments).
+    #[arg(last = true)]
+    pub args: Vec<String>,
+}
+
 #[derive(Subcommand)]
 pub enum Command {
-    /// Run a static x86-64 Linux program in a microVM, with this process's stdin,
-    /// stdout and stderr. Exits with the program's status.
+    /// Run an x86-64 Linux program in a microVM, with this process's stdin, stdout and
+    /// stderr: a static program (--binary), or a program in a root file system
+    /// (--rootfs DIR -- PROGRAM ARGS...). Exits with the program's status.
     Run {
-        /// The program: a statically linked x86-64 Linux executable.
-        #[arg(long)]
-        binary: PathBuf,
+        #[command(flatten)]
+        program: ProgramArgs,
         /// Guest memory in MiB.
         #[arg(long, default_value_t = DEFAULT_MEM_MIB)]
         mem: u64,
@@ -51,18 +74,14 @@ pub enum Command {
         /// input does not count).
         #[arg(long)]
         timeout: Option<f64>,
-        /// Environment variables for the program, KEY=VALUE.
-        #[arg(long = "env", value_name = "KEY=VALUE")]
-        env: Vec<String>,
-        /// Arguments for the program.
-        #[arg(last = true)]
-        args: Vec<String>,
+        /// Print every system call, its arguments and result to stderr, strace-style.
+        #[arg(long)]
+        trace: bool,
     },
     /// Boot a function, wait until it is ready for its first request, and snapshot it.
     Snapshot {
-        /// The function: a statically linked x86-64 Linux executable.
-        #[arg(long)]
-        binary: PathBuf,
+        #[command(flatten)]
+        program: ProgramArgs,
         /// The snapshot directory to write (replaced atomically if it exists).
         #[arg(long)]
         out: PathBuf,
@@ -72,9 +91,6 @@ pub enum Command {
         /// Limit in seconds on the function's initialization.
         #[arg(long, default_value_t = 60.0)]
         timeout: f64,
-        /// Environment variables for the function, KEY=VALUE.
-        #[arg(long = "env", value_name = "KEY=VALUE")]
-        env: Vec<String>,
     },
     /// Cold-start a function from a snapshot and serve the requests on stdin (one JSON
     /// value per line), writing one response line each to stdout and the breakdown of
@@ -200,19 +216,17 @@ pub enum Command {
 pub fn dispatch(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run {
-            binary,
+            program,
             mem,
             timeout,
-            env,
-            args,
-        } => run::run(binary, mem, timeout, env, args),
+            trace,
+        } => run::run(program, mem, timeout, trace),
         Command::Snapshot {
-            binary,
+            program,
             out,
             mem,
             timeout,
-            env,
-        } => report(snapshot::snapshot(binary, out, mem, timeout, env)),
+        } => report(snapshot::snapshot(program, out, mem, timeout)),
         Command::Restore {
             dir,
             memory,

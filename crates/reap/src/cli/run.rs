@@ -5,21 +5,60 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+use reap_vmm::guest_os::fs::RootFs;
 use reap_vmm::microvm::{GuestFault, MicroVm, MicroVmConfig, RunExit, VmError};
 
 use super::{
-    EXIT_BAD_PROGRAM, EXIT_GUEST_FAILED, EXIT_TIMEOUT, EXIT_USAGE, check_env, fail, read_program,
+    EXIT_BAD_PROGRAM, EXIT_GUEST_FAILED, EXIT_TIMEOUT, EXIT_USAGE, ProgramArgs, check_env, fail,
+    read_program,
 };
 
-/// Runs `binary` with `args` until it exits; returns its status (see the README for
-/// the statuses of failures).
-pub fn run(
-    binary: PathBuf,
+/// The program's bytes and the configuration that boots it (with `mem` MiB), from the
+/// command line's program arguments; the error says what is wrong with them.
+pub fn program_config(
+    program: ProgramArgs,
     mem: u64,
-    timeout: Option<f64>,
-    env: Vec<String>,
-    args: Vec<String>,
-) -> ExitCode {
+) -> anyhow::Result<(Vec<u8>, MicroVmConfig, PathBuf)> {
+    check_env(&program.env)?;
+    match (program.binary, program.rootfs) {
+        (Some(binary), None) => {
+            let (image, name) = read_program(&binary)?;
+            let config = MicroVmConfig {
+                mem_mib: mem,
+                args: std::iter::once(name).chain(program.args).collect(),
+                env: program.env,
+                ..Default::default()
+            };
+            Ok((image, config, binary))
+        }
+        (None, Some(dir)) => {
+            let Some(path) = program.args.first().cloned() else {
+                anyhow::bail!("--rootfs needs the program: --rootfs DIR -- PROGRAM [ARGS]...");
+            };
+            let config = MicroVmConfig {
+                mem_mib: mem,
+                args: program.args,
+                env: program.env,
+                rootfs: Some(RootFs {
+                    dir: dir.clone(),
+                    program: path.clone(),
+                    workdir: program.workdir,
+                }),
+                ..Default::default()
+            };
+            let image = config
+                .read_program()
+                .with_context(|| format!("cannot start {path} from {}", dir.display()))?;
+            Ok((image, config, PathBuf::from(path)))
+        }
+        _ => anyhow::bail!("give either --binary FILE or --rootfs DIR -- PROGRAM"),
+    }
+}
+
+/// Runs the program until it exits; returns its status (see the README for the
+/// statuses of failures).
+pub fn run(program: ProgramArgs, mem: u64, timeout: Option<f64>, trace: bool) -> ExitCode {
     let limit = match timeout.map(Duration::try_from_secs_f64).transpose() {
         Ok(limit) => limit,
         Err(_) => {
@@ -29,18 +68,11 @@ pub fn run(
             );
         }
     };
-    if let Err(e) = check_env(&env) {
-        return fail(ExitCode::FAILURE, e);
-    }
-    let (image, name) = match read_program(&binary) {
-        Ok(program) => program,
+    let (image, mut config, binary) = match program_config(program, mem) {
+        Ok(v) => v,
         Err(e) => return fail(EXIT_BAD_PROGRAM.into(), e),
     };
-    let config = MicroVmConfig {
-        mem_mib: mem,
-        args: std::iter::once(name).chain(args).collect(),
-        env,
-    };
+    config.trace = trace;
     let mut vm = match MicroVm::boot(
         &image,
         &config,
@@ -48,7 +80,7 @@ pub fn run(
         Box::new(io::stderr()),
     ) {
         Ok(vm) => vm,
-        Err(e @ VmError::Load(_)) => {
+        Err(e @ (VmError::Load(_) | VmError::Fs(_))) => {
             return fail(
                 EXIT_BAD_PROGRAM.into(),
                 anyhow::Error::new(e).context(binary.display().to_string()),

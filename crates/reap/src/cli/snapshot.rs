@@ -6,28 +6,15 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use reap_vmm::instance::{Instance, MemoryMode};
-use reap_vmm::microvm::MicroVmConfig;
 use reap_vmm::snapshot::SnapshotDir;
 
-use super::{check_env, read_program, seconds};
+use super::{ProgramArgs, seconds};
 
-/// Boots `binary` to its ready point (within `timeout` seconds) and snapshots it into
-/// `out`.
-pub fn snapshot(
-    binary: PathBuf,
-    out: PathBuf,
-    mem: u64,
-    timeout: f64,
-    env: Vec<String>,
-) -> anyhow::Result<()> {
+/// Boots the program to its ready point (within `timeout` seconds) and snapshots it
+/// into `out`.
+pub fn snapshot(program: ProgramArgs, out: PathBuf, mem: u64, timeout: f64) -> anyhow::Result<()> {
     let limit = seconds(timeout, "--timeout")?;
-    check_env(&env)?;
-    let (image, name) = read_program(&binary)?;
-    let config = MicroVmConfig {
-        mem_mib: mem,
-        args: vec![name],
-        env,
-    };
+    let (image, config, binary) = super::run::program_config(program, mem)?;
     let deployed = Instance::deploy(
         &image,
         &config,

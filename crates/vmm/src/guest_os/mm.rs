@@ -359,6 +359,11 @@ impl AddressSpace {
         (self.brk_start, self.brk)
     }
 
+    /// The mappings, as (start, end) page ranges in address order.
+    pub fn mappings(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.mappings.iter().map(|(&s, &e)| (s, e))
+    }
+
     /// Bytes mapped by the program: heap plus anonymous mappings.
     pub fn mapped_bytes(&self) -> u64 {
         let heap = self.heap_end() - self.brk_start;

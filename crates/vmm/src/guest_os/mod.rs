@@ -16,6 +16,7 @@
 )]
 
 pub mod abi;
+pub mod fs;
 pub mod mm;
 mod syscalls;
 
@@ -25,6 +26,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use self::fs::{FsError, Vfs, VfsState};
 use self::mm::AddressSpace;
 
 /// A system call as the guest made it.
@@ -96,6 +98,8 @@ pub struct GuestOsState {
     pub gs_base: u64,
     /// The activity counters.
     pub counters: Counters,
+    /// The file system: open files, working directory, writable layer.
+    pub fs: VfsState,
 }
 
 /// Where the guest's stdout or stderr goes.
@@ -130,6 +134,10 @@ pub struct GuestOs {
     /// Ranges where a page lost a permission: translations the vCPU may cache for them
     /// must be dropped.
     lowered: Vec<(u64, u64)>,
+    /// The file system and the descriptor table.
+    pub vfs: Vfs,
+    /// Print every system call to stderr (`reap run --trace`).
+    trace: bool,
 }
 
 impl GuestOs {
@@ -151,16 +159,31 @@ impl GuestOs {
             unsupported: UnsupportedCalls::default(),
             deadline: None,
             lowered: Vec::new(),
+            vfs: Vfs::none(),
+            trace: false,
         }
     }
 
-    /// The guest OS of a snapshot, with new output streams and an empty stdin.
-    pub fn from_state(state: GuestOsState, stdout: Sink, stderr: Sink) -> Self {
+    /// Gives the guest a file system (its root, descriptors and working directory).
+    pub fn set_vfs(&mut self, vfs: Vfs) {
+        self.vfs = vfs;
+    }
+
+    /// Prints every system call, its arguments and result to stderr, strace-style.
+    pub fn set_trace(&mut self, trace: bool) {
+        self.trace = trace;
+    }
+
+    /// The guest OS of a snapshot, with new output streams and an empty stdin. Its
+    /// image must be where it was and the files the guest opened unchanged.
+    pub fn from_state(state: GuestOsState, stdout: Sink, stderr: Sink) -> Result<Self, FsError> {
+        let vfs = Vfs::restore(state.fs)?;
         let mut os = Self::new(state.mm, stdout, stderr);
         os.fs_base = state.fs_base;
         os.gs_base = state.gs_base;
         os.counters = state.counters;
-        os
+        os.vfs = vfs;
+        Ok(os)
     }
 
     /// What a snapshot keeps. stdin is not saved: at the ready point it is empty.
@@ -170,6 +193,7 @@ impl GuestOs {
             fs_base: self.fs_base,
             gs_base: self.gs_base,
             counters: self.counters,
+            fs: self.vfs.save(),
         }
     }
 

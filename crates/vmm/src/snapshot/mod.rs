@@ -662,6 +662,7 @@ mod proptests {
                     fs_base: 0x7f_0000,
                     gs_base: 0,
                     counters: Counters::default(),
+                    fs: crate::guest_os::fs::Vfs::none().save(),
                 },
             },
         }

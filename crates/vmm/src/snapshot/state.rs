@@ -8,12 +8,13 @@ use serde::de::DeserializeOwned;
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"REAPSNAP";
 /// Format version this build writes and reads.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Header: magic, version (u32), flags (u32, zero), payload length (u64), CRC-32 of
 /// the payload (u32), reserved (u32, zero). Little-endian.
 pub const HEADER_LEN: usize = 32;
-/// Largest payload this build reads.
-pub const MAX_PAYLOAD: u64 = 4 << 20;
+/// Largest payload this build reads (the writable layer of the guest file system is
+/// part of it).
+pub const MAX_PAYLOAD: u64 = 64 << 20;
 
 /// Why bytes are not a valid state file.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

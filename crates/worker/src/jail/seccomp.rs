@@ -23,6 +23,10 @@ pub const ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_ioctl, "ioctl"),
     // The snapshot's files, in the root the snapshot directory became.
     (libc::SYS_openat, "openat"),
+    // The function's image: resolved beneath its root (`RESOLVE_IN_ROOT`).
+    (libc::SYS_openat2, "openat2"),
+    (libc::SYS_readlinkat, "readlinkat"),
+    (libc::SYS_getdents64, "getdents64"),
     (libc::SYS_close, "close"),
     (libc::SYS_read, "read"),
     (libc::SYS_pread64, "pread64"),
@@ -101,7 +105,6 @@ pub const DEPLOY_EXTRA: &[(i64, &str)] = &[
     (libc::SYS_unlink, "unlink"),
     (libc::SYS_unlinkat, "unlinkat"),
     (libc::SYS_rmdir, "rmdir"),
-    (libc::SYS_getdents64, "getdents64"),
     (libc::SYS_mincore, "mincore"),
 ];
 

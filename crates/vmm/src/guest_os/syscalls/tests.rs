@@ -1612,7 +1612,7 @@ fn unknown_system_calls_are_enosys() {
     let mut g = Guest::new();
     for nr in [
         SYS_socket,
-        SYS_pipe2,
+        SYS_inotify_init1,
         SYS_epoll_create1,
         SYS_io_uring_setup,
         463,
@@ -1717,7 +1717,7 @@ fn saved_state_brings_back_the_address_space_bases_and_counters() {
     assert_eq!(g.ret(libc::SYS_arch_prctl, &[0x1002, BUF]), 0);
     let state = g.os.save();
     let mut restored =
-        GuestOs::from_state(state.clone(), Box::new(io::sink()), Box::new(io::sink()));
+        GuestOs::from_state(state.clone(), Box::new(io::sink()), Box::new(io::sink())).unwrap();
     assert_eq!(restored.save(), state);
     assert_eq!(restored.fs_base(), BUF);
     assert_eq!(

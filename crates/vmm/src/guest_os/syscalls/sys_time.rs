@@ -1,0 +1,96 @@
+//! Clocks and sleeps.
+
+use super::*;
+
+impl GuestOs {
+    pub(super) fn clock_gettime(&mut self, mem: &GuestMemory, clock: i32, tp: u64) -> SysResult {
+        let now = host_clock(clock_id(clock)?)?;
+        mem.write_user_obj(tp, now)?;
+        Ok(0)
+    }
+
+    pub(super) fn gettimeofday(&mut self, mem: &GuestMemory, tv: u64) -> SysResult {
+        if tv != 0 {
+            let now = host_clock(libc::CLOCK_REALTIME)?;
+            mem.write_user_obj(
+                tv,
+                Timeval {
+                    sec: now.sec,
+                    usec: now.nsec / 1000,
+                },
+            )?;
+        }
+        Ok(0)
+    }
+
+    pub(super) fn time(&mut self, mem: &GuestMemory, tloc: u64) -> SysResult {
+        let now = host_clock(libc::CLOCK_REALTIME)?;
+        if tloc != 0 {
+            mem.write_user_obj(tloc, now.sec)?;
+        }
+        // The seconds go to RAX as they are (a clock before 1970 reads as negative).
+        Ok(now.sec.cast_unsigned())
+    }
+
+    pub(super) fn nanosleep(
+        &mut self,
+        mem: &GuestMemory,
+        clock: i32,
+        flags: i32,
+        req: u64,
+    ) -> SysResult {
+        let clock = clock_id(clock)?;
+        let ts: Timespec = mem.read_user_obj(req)?;
+        let mut d = ts.to_duration().ok_or(Errno(libc::EINVAL))?;
+        if flags & libc::TIMER_ABSTIME != 0 {
+            let now = host_clock(clock)?.to_duration().unwrap_or_default();
+            d = d.saturating_sub(now);
+        }
+        self.sleep(d);
+        Ok(0)
+    }
+
+    /// Sleeps for `d`, but not past the run's deadline.
+    pub(super) fn sleep(&self, d: Duration) {
+        let d = match self.deadline {
+            Some(deadline) => d.min(deadline.saturating_duration_since(Instant::now())),
+            None => d,
+        };
+        std::thread::sleep(d);
+    }
+}
+
+pub(super) fn clock_id(clock: i32) -> Result<i32, Errno> {
+    match clock {
+        c @ (libc::CLOCK_REALTIME
+        | libc::CLOCK_MONOTONIC
+        | libc::CLOCK_PROCESS_CPUTIME_ID
+        | libc::CLOCK_THREAD_CPUTIME_ID
+        | libc::CLOCK_MONOTONIC_RAW
+        | libc::CLOCK_REALTIME_COARSE
+        | libc::CLOCK_MONOTONIC_COARSE
+        | libc::CLOCK_BOOTTIME
+        | libc::CLOCK_TAI) => Ok(c),
+        _ => Err(Errno(libc::EINVAL)),
+    }
+}
+
+pub(super) fn host_clock(clock: i32) -> Result<Timespec, Errno> {
+    // CPU-time clocks of the guest are measured as the VMM thread's CPU time.
+    let host = match clock {
+        libc::CLOCK_PROCESS_CPUTIME_ID => libc::CLOCK_THREAD_CPUTIME_ID,
+        c => c,
+    };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id was validated.
+    if unsafe { libc::clock_gettime(host, &mut ts) } != 0 {
+        return Err(Errno(libc::EINVAL));
+    }
+    Ok(Timespec {
+        sec: ts.tv_sec,
+        nsec: ts.tv_nsec,
+    })
+}
