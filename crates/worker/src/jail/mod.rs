@@ -282,6 +282,14 @@ pub unsafe fn pre_exec(socket: libc::c_int, procs: &[libc::c_int]) -> io::Result
     // SAFETY: async-signal-safe system calls on descriptors the caller keeps open.
     unsafe {
         check(libc::setsid(), "setsid")?;
+        // The cgroup first: a `cgroup.procs` descriptor may be number 3, which the
+        // socket takes next.
+        for &fd in procs {
+            let n = libc::write(fd, b"0\n".as_ptr().cast(), 2);
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         if socket == 3 {
             check(libc::fcntl(3, libc::F_SETFD, 0), "fcntl")?;
         } else {
@@ -295,12 +303,6 @@ pub unsafe fn pre_exec(socket: libc::c_int, procs: &[libc::c_int]) -> io::Result
         // from the cold start that took its predecessor; it returns to normal once
         // ready ([`normal_priority`]).
         libc::setpriority(libc::PRIO_PROCESS, 0, START_NICE);
-        for &fd in procs {
-            let n = libc::write(fd, b"0\n".as_ptr().cast(), 2);
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
     }
     Ok(())
 }
