@@ -204,7 +204,14 @@ fn enter_namespaces() -> io::Result<()> {
 }
 
 fn fail(sock: &UnixStream, message: &str) -> ExitCode {
-    let _ = send(
+    let _ = send_failed(sock, message);
+    eprintln!("reap worker: {message}");
+    ExitCode::FAILURE
+}
+
+/// Reports a failure of the runtime (not the function's) that leaves no instance.
+fn send_failed(sock: &UnixStream, message: &str) -> Result<(), FrameError> {
+    send(
         sock,
         Reply::Failed {
             fault: Fault::Runtime,
@@ -212,9 +219,7 @@ fn fail(sock: &UnixStream, message: &str) -> ExitCode {
         },
         &[],
         Trailer::default(),
-    );
-    eprintln!("reap worker: {message}");
-    ExitCode::FAILURE
+    )
 }
 
 /// The guest's stderr, kept until the next reply, at most [`protocol::MAX_STDERR`].
@@ -356,16 +361,7 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                 let dir = match enter(snapshot_dir, options, &also) {
                     Ok(dir) => dir,
                     Err(e) => {
-                        let message = format!("cannot confine the instance: {e}");
-                        send(
-                            sock,
-                            Reply::Failed {
-                                fault: Fault::Runtime,
-                                message,
-                            },
-                            &[],
-                            Trailer::default(),
-                        )?;
+                        send_failed(sock, &format!("cannot confine the instance: {e}"))?;
                         continue;
                     }
                 };
@@ -405,22 +401,9 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                     ));
                 }
                 let dir = match enter(fds.remove(0), options, &[]) {
-                    Ok(_) => SnapshotDir::new(if options.jail.is_some() {
-                        "/snapshot"
-                    } else {
-                        "snapshot"
-                    }),
+                    Ok(root) => SnapshotDir::new(root.dir.join("snapshot")),
                     Err(e) => {
-                        let message = format!("cannot confine the deploy: {e}");
-                        send(
-                            sock,
-                            Reply::Failed {
-                                fault: Fault::Runtime,
-                                message,
-                            },
-                            &[],
-                            Trailer::default(),
-                        )?;
+                        send_failed(sock, &format!("cannot confine the deploy: {e}"))?;
                         continue;
                     }
                 };

@@ -323,30 +323,14 @@ impl Workers {
             Some(WsPolicy::Reap { ws }) => std::fs::metadata(ws).map(|m| m.len()).unwrap_or(0),
             _ => 0,
         };
-        let worker = self.take(false)?;
-        let mut instance = RemoteInstance {
-            worker: Some(worker),
-            reaper: lock(&self.reaper).clone(),
+        let mut instance = self.instance(
+            false,
             stderr,
-            dir: dir.clone(),
+            dir.clone(),
             mode,
-            cold_start: None,
-            unsupported: UnsupportedCalls::default(),
-            invocations: 0,
-            limit_mib: None,
-            hop_us: 0,
-        };
+            state.memory_len.saturating_add(ws_len),
+        )?;
         let w = instance.worker.as_ref().expect("just set");
-        if let Some(cgroup) = &w.cgroup {
-            let limit_bytes = state
-                .memory_len
-                .saturating_add(ws_len)
-                .saturating_add(self.shared.config.overhead_mib << 20);
-            cgroup
-                .set_memory_limit(limit_bytes)
-                .map_err(|e| WorkerError::Start(e.to_string()))?;
-            instance.limit_mib = Some(limit_bytes >> 20);
-        }
         // The image a snapshot of a program from a root file system reads (its path as
         // the snapshot records it): the process cannot open it by path.
         let image = state.vm.os.fs.root.clone();
@@ -385,6 +369,42 @@ impl Workers {
             Reply::Failed { fault, message } => Err(WorkerError::Instance { fault, message }),
             other => Err(instance.protocol(format!("unexpected reply to a restore: {other:?}"))),
         }
+    }
+}
+
+impl Workers {
+    /// A process taken for an instance (a deploy with `deploy`) of the snapshot in
+    /// `dir`, its cgroup limited to `memory` bytes plus the overhead.
+    fn instance(
+        &self,
+        deploy: bool,
+        stderr: Sink,
+        dir: SnapshotDir,
+        mode: MemoryMode,
+        memory: u64,
+    ) -> Result<RemoteInstance, WorkerError> {
+        let worker = self.take(deploy)?;
+        let limit_bytes = memory.saturating_add(self.shared.config.overhead_mib << 20);
+        let limit_mib = match &worker.cgroup {
+            Some(cgroup) => {
+                cgroup
+                    .set_memory_limit(limit_bytes)
+                    .map_err(|e| WorkerError::Start(e.to_string()))?;
+                Some(limit_bytes >> 20)
+            }
+            None => None,
+        };
+        Ok(RemoteInstance {
+            worker: Some(worker),
+            reaper: lock(&self.reaper).clone(),
+            stderr,
+            dir,
+            mode,
+            cold_start: None,
+            unsupported: UnsupportedCalls::default(),
+            limit_mib,
+            hop_us: 0,
+        })
     }
 }
 
@@ -429,28 +449,14 @@ impl Workers {
                 ))
             })?;
         }
-        let worker = self.take(true)?;
-        let mut instance = RemoteInstance {
-            worker: Some(worker),
-            reaper: lock(&self.reaper).clone(),
+        let mut instance = self.instance(
+            true,
             stderr,
-            dir: SnapshotDir::new(staging.join("snapshot")),
-            mode: MemoryMode::File,
-            cold_start: None,
-            unsupported: UnsupportedCalls::default(),
-            invocations: 0,
-            limit_mib: None,
-            hop_us: 0,
-        };
+            SnapshotDir::new(staging.join("snapshot")),
+            MemoryMode::File,
+            config.mem_mib << 20,
+        )?;
         let w = instance.worker.as_ref().expect("just set");
-        if let Some(cgroup) = &w.cgroup {
-            let limit_bytes =
-                (config.mem_mib << 20).saturating_add(self.shared.config.overhead_mib << 20);
-            cgroup
-                .set_memory_limit(limit_bytes)
-                .map_err(|e| WorkerError::Start(e.to_string()))?;
-            instance.limit_mib = Some(limit_bytes >> 20);
-        }
         let request = Request::Deploy {
             mem_mib: config.mem_mib,
             args: config.args.clone(),
@@ -755,7 +761,6 @@ pub struct RemoteInstance {
     mode: MemoryMode,
     cold_start: Option<ColdStart>,
     unsupported: UnsupportedCalls,
-    invocations: u64,
     /// The cgroup's memory limit.
     limit_mib: Option<u64>,
     /// Of the restore's time, what the process did not measure itself: taking the
@@ -823,7 +828,6 @@ impl RemoteInstance {
                 mut invocation,
                 recorded_ws,
             } => {
-                self.invocations += 1;
                 if let Some(offsets) = recorded_ws {
                     invocation.ws_pages_written = Some(self.write_ws(&offsets)?);
                 }
