@@ -850,16 +850,12 @@ impl RemoteInstance {
                 "a working set came from a cold start that does not record",
             )));
         };
-        let state = self
-            .dir
-            .read_state()
-            .map_err(|e| WorkerError::WorkingSet(io::Error::other(reap_error::chain(&e))))?;
-        let memory = self
-            .dir
-            .open_memory(&state)
-            .map_err(|e| WorkerError::WorkingSet(io::Error::other(reap_error::chain(&e))))?;
-        let summary = reap_pager::ws::write_ws(&ws, PAGE_4K, offsets, &memory)
-            .map_err(|e| WorkerError::WorkingSet(io::Error::other(reap_error::chain(&e))))?;
+        fn failed(e: impl std::error::Error) -> WorkerError {
+            WorkerError::WorkingSet(io::Error::other(reap_error::chain(&e)))
+        }
+        let state = self.dir.read_state().map_err(failed)?;
+        let memory = self.dir.open_memory(&state).map_err(failed)?;
+        let summary = reap_pager::ws::write_ws(&ws, PAGE_4K, offsets, &memory).map_err(failed)?;
         Ok(summary.pages)
     }
 
