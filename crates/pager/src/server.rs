@@ -5,7 +5,7 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
@@ -351,11 +351,21 @@ struct Shared {
     running: AtomicBool,
     /// An eventfd made readable once the fault loop has stopped.
     stopped_fd: OwnedFd,
+    /// Set once the whole working set is in (at once or by the concurrent install),
+    /// or the loop has stopped; waited on by [`PageServer::wait_installed`].
+    installed: Mutex<bool>,
+    installed_cv: Condvar,
 }
 
 impl Shared {
     /// Marks the loop stopped and makes [`PageServer::stopped_event`] readable.
+    fn mark_installed(&self) {
+        *lock(&self.installed) = true;
+        self.installed_cv.notify_all();
+    }
+
     fn mark_stopped(&self) {
+        self.mark_installed();
         self.running.store(false, Ordering::Release);
         let one = 1u64.to_ne_bytes();
         // SAFETY: writes 8 bytes from a live buffer to our eventfd.
@@ -544,6 +554,8 @@ impl PageServer {
             info: Mutex::new(Info::default()),
             running: AtomicBool::new(true),
             stopped_fd,
+            installed: Mutex::new(false),
+            installed_cv: Condvar::new(),
         });
         let zero_buf = if page_size == PAGE_2M {
             Some(AlignedBuf::zeroed(in_memory(PAGE_2M)).map_err(PagerError::Spawn)?)
@@ -638,6 +650,22 @@ impl PageServer {
             prefetch_fell_back: info.fallback_reason.is_some(),
             fallback_reason: info.fallback_reason.clone(),
             stopped: info.stopped.clone(),
+        }
+    }
+
+    /// Blocks until the whole working set is installed (prefetch mode with
+    /// [`ServeOptions::concurrent_install`]: the install goes on after
+    /// [`PageServer::start`] returns) or the fault loop has stopped. Returns at once in
+    /// the other modes, and once the loop is serving faults only. The install
+    /// counters of [`PageServer::stats`] are final after it.
+    pub fn wait_installed(&self) {
+        let mut done = lock(&self.shared.installed);
+        while !*done {
+            done = self
+                .shared
+                .installed_cv
+                .wait(done)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -893,6 +921,7 @@ impl FaultLoop {
                         Ok(())
                     }
                 };
+                self.shared.mark_installed();
                 match installed {
                     Ok(()) => self.serve_until_stopped(),
                     Err(stop) => stop,

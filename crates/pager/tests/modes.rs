@@ -167,6 +167,8 @@ fn prefetch_of_the_recorded_touches_serves_no_lazy_fault() {
     let order = scattered(7, 120);
     let ws = record(&mem, &order);
     let (server, m) = prefetch(&mem, &ws);
+    // The install goes on after start returns; its counters are final after this.
+    server.wait_installed();
     let installed = server.stats();
     let holes = count_holes(&order);
     assert!(holes > 0);

@@ -83,6 +83,7 @@ fn dontneed_after_prefetch_reads_back_as_zeros() {
         ws: ws.path().to_path_buf(),
     };
     let server = PageServer::start(uffd, regions, memory, mode).unwrap();
+    server.wait_installed();
     assert_eq!(server.stats().prefetched_pages, PAGES);
     dontneed(&m, 10, 5);
     let got = touch(&m, &[9, 10, 14, 15]);
