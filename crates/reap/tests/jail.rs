@@ -87,5 +87,23 @@ fn a_system_call_outside_the_filter_kills_the_process() {
         assert_eq!(status.signal(), Some(libc::SIGSYS), "{nr}: {out}");
         assert!(!out.contains("returned"), "{nr}: {out}");
     }
+    // ioctl: KVM and userfaultfd requests only (on a bad descriptor: EBADF).
+    let ioctl = libc::SYS_ioctl.to_string();
+    for (request, allowed) in [
+        (0xAE00_i64, true),             // KVM_GET_API_VERSION
+        (0xC028_AA03_u32 as i64, true), // UFFDIO_COPY
+        (0x5412, false),                // TIOCSTI
+        (0x5421, false),                // FIONBIO
+        (0x4004_9409, false),           // FICLONE
+    ] {
+        let r = request.to_string();
+        let (out, status) = check(&tmp, &["--syscall", &ioctl, "--arg", "-1", "--arg", &r]);
+        if allowed {
+            assert!(status.success(), "{request:#x}: {out}");
+            assert!(out.contains("returned -1"), "{request:#x}: {out}");
+        } else {
+            assert_eq!(status.signal(), Some(libc::SIGSYS), "{request:#x}: {out}");
+        }
+    }
     std::fs::remove_dir_all(&tmp).unwrap();
 }

@@ -72,10 +72,14 @@ fn main() {
     println!("|---|---:|---:|---:|---:|");
     let mut peaks = Vec::new();
     let mut parts = Vec::new();
+    let mut hop_parts = Vec::new();
     for mode in [MemoryMode::File, MemoryMode::Reap] {
         let (mut local, mut bare, mut jail) = (Vec::new(), Vec::new(), Vec::new());
         // Per variant: the restore (the process's own figure), the hop, the invocation.
         let mut split: [[Vec<f64>; 3]; 3] = Default::default();
+        // Per process variant: the hop's parts (prepare, confine, process other,
+        // transport).
+        let mut hops: [[Vec<f64>; 5]; 2] = Default::default();
         for round in 0..rounds {
             eprint!("\r{mode}: round {}/{rounds}", round + 1);
             // In this process.
@@ -107,6 +111,16 @@ fn main() {
                 split[k][0].push(own as f64 / 1e3);
                 split[k][1].push(r.hop_us() as f64 / 1e3);
                 split[k][2].push(inv.invoke_us as f64 / 1e3);
+                let h = r.hop();
+                for (v, us) in hops[k - 1].iter_mut().zip([
+                    h.prepare_us,
+                    h.confine_us,
+                    h.process_other_us,
+                    h.to_process_us,
+                    h.from_process_us,
+                ]) {
+                    v.push(us as f64 / 1e3);
+                }
                 assert_eq!(answer, b"{\"greeting\":\"Hello, hop!\"}\n");
                 if let Some(peak) = r.memory_peak() {
                     peaks.push(peak);
@@ -128,10 +142,28 @@ fn main() {
                 median(c)
             ));
         }
+        for (name, h) in ["unconfined", "jailed"].iter().zip(hops.iter_mut()) {
+            let [p, c, o, to, from] = h;
+            hop_parts.push(format!(
+                "| {mode} | {name} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                median(p),
+                median(c),
+                median(o),
+                median(to),
+                median(from)
+            ));
+        }
     }
     println!("\n| mode | variant | restore, own (ms) | hop (ms) | first invocation (ms) |");
     println!("|---|---|---:|---:|---:|");
     for p in &parts {
+        println!("{p}");
+    }
+    println!(
+        "\n| mode | variant | hop: server prepares (ms) | process confines (ms) | process, other (ms) | request to the process (ms) | reply to the server (ms) |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for p in &hop_parts {
         println!("{p}");
     }
     let ready = jailed.stats();

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use reap_vmm::instance::{Instance, InstanceError};
 use reap_vmm::microvm::{GuestFault, VmError};
@@ -46,6 +46,8 @@ pub struct Check {
     /// A system call to make last (with zero arguments): one outside the seccomp
     /// filter's list kills the process with `SIGSYS`.
     pub syscall: Option<i64>,
+    /// Its arguments (up to six; the rest are zero).
+    pub syscall_args: Vec<i64>,
 }
 
 /// Runs [`Check`] jailed as `ids`, printing one line per finding on stdout; the exit
@@ -89,10 +91,14 @@ pub fn check_jail(check: &Check, ids: Ids, seccomp_log: bool) -> ExitCode {
     if let Some(nr) = check.syscall {
         let _ = writeln!(out, "syscall {nr}");
         let _ = out.flush();
-        // SAFETY: a system call with zero arguments, to see whether the filter kills
-        // the process; with the listed calls it fails harmlessly (bad descriptors and
-        // addresses).
-        let rc = unsafe { libc::syscall(nr, 0, 0, 0, 0, 0, 0) };
+        let mut a = [0i64; 6];
+        for (slot, &v) in a.iter_mut().zip(&check.syscall_args) {
+            *slot = v;
+        }
+        // SAFETY: a system call to see whether the filter kills the process; the tests
+        // pass arguments with which the listed calls fail harmlessly (bad descriptors
+        // and addresses).
+        let rc = unsafe { libc::syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]) };
         let _ = writeln!(out, "syscall {nr} returned {rc}");
     }
     ExitCode::SUCCESS
@@ -130,6 +136,9 @@ pub fn main(options: &Options) -> ExitCode {
     // Set up at a low priority (beside the cold starts of the processes before it);
     // ready, at the normal one (a server that is not root cannot: it stays low).
     let _ = jail::normal_priority();
+    if let Err(e) = jail::short_slice() {
+        eprintln!("reap worker: no short scheduling slice: {e}");
+    }
     if options.jail.is_some() {
         // Installed now, while the process waits: it allows the confinement's calls,
         // which do nothing once the privileges are gone.
@@ -332,6 +341,8 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
             Err(FrameError::Closed) => return Ok(()),
             Err(e) => return Err(e),
         };
+        let received = Instant::now();
+        let received_ns = protocol::monotonic_ns();
         match request {
             Request::Restore {
                 mode,
@@ -358,6 +369,7 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                     }
                     reap_vmm::guest_os::fs::image::provide(path, root);
                 }
+                let confining = Instant::now();
                 let dir = match enter(snapshot_dir, options, &also) {
                     Ok(dir) => dir,
                     Err(e) => {
@@ -365,6 +377,7 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                         continue;
                     }
                 };
+                let confine_us = micros(confining.elapsed());
                 if let Some(stamp) = verified {
                     snapshot::trust_verified(stamp);
                 }
@@ -377,7 +390,12 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                             .expect("a restored instance has a cold start");
                         reply(
                             sock,
-                            Reply::Restored { cold_start },
+                            Reply::Restored {
+                                cold_start,
+                                confine_us,
+                                handled_us: micros(received.elapsed()),
+                                received_ns,
+                            },
                             &[],
                             &stderr,
                             Some(&mut restored),
@@ -477,4 +495,8 @@ fn enter(dir: OwnedFd, options: &Options, also: &[OwnedFd]) -> io::Result<Snapsh
     };
     jail::confine(dir, ids, also, options.deploy)?;
     Ok(SnapshotDir::new("/"))
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

@@ -16,5 +16,7 @@ pub mod parent;
 pub mod protocol;
 
 pub use jail::Ids;
-pub use parent::{DeployReport, RemoteInstance, WorkerConfig, WorkerError, WorkerStats, Workers};
+pub use parent::{
+    DeployReport, Hop, RemoteInstance, WorkerConfig, WorkerError, WorkerStats, Workers,
+};
 pub use protocol::Fault;

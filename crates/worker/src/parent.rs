@@ -351,17 +351,33 @@ impl Workers {
         };
         let mut fds = vec![directory.as_fd()];
         fds.extend(image_dir.as_ref().map(AsFd::as_fd));
+        let prepare_us = micros(started.elapsed());
+        let sent_ns = protocol::monotonic_ns();
         protocol::send(&w.sock, &request, &[], &fds).map_err(|e| instance.broken(e, limit))?;
         drop(directory);
         let remaining = limit.saturating_sub(started.elapsed());
         let (reply, _) = instance.receive(remaining.max(Duration::from_millis(100)))?;
         match reply {
-            Reply::Restored { mut cold_start } => {
+            Reply::Restored {
+                mut cold_start,
+                confine_us,
+                handled_us,
+                received_ns,
+            } => {
                 // The restore as the server sees it: the process's own figure plus the
                 // hop to it.
                 let total = micros(started.elapsed());
                 let inner = cold_start.restore_us + cold_start.fetch_us + cold_start.install_us;
                 instance.hop_us = total.saturating_sub(inner);
+                instance.hop = Hop {
+                    prepare_us,
+                    confine_us,
+                    process_other_us: handled_us.saturating_sub(inner + confine_us),
+                    to_process_us: received_ns.saturating_sub(sent_ns) / 1000,
+                    from_process_us: total
+                        .saturating_sub(prepare_us + handled_us)
+                        .saturating_sub(received_ns.saturating_sub(sent_ns) / 1000),
+                };
                 cold_start.restore_us += instance.hop_us;
                 instance.cold_start = Some(cold_start);
                 Ok(instance)
@@ -404,6 +420,7 @@ impl Workers {
             unsupported: UnsupportedCalls::default(),
             limit_mib,
             hop_us: 0,
+            hop: Hop::default(),
         })
     }
 }
@@ -766,6 +783,26 @@ pub struct RemoteInstance {
     /// Of the restore's time, what the process did not measure itself: taking the
     /// process, the server's checks, the socket, confining the process.
     hop_us: u64,
+    /// The parts of `hop_us`.
+    hop: Hop,
+}
+
+/// Where the hop to an instance process goes ([`RemoteInstance::hop`]), microseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Hop {
+    /// The server's part before sending the restore: reading the state, `file` mode's
+    /// verification stamp, taking a process, its cgroup limit, opening the directories.
+    pub prepare_us: u64,
+    /// The process confining itself to the snapshot directory.
+    pub confine_us: u64,
+    /// In the process around the restore but not in its own figures (settings, the
+    /// reply's encoding).
+    pub process_other_us: u64,
+    /// The socket both ways and waking each side: from sending the request to the
+    /// process having read it ...
+    pub to_process_us: u64,
+    /// ... and from the process replying to the server having read the reply.
+    pub from_process_us: u64,
 }
 
 impl RemoteInstance {
@@ -793,6 +830,11 @@ impl RemoteInstance {
     /// confining the process.
     pub fn hop_us(&self) -> u64 {
         self.hop_us
+    }
+
+    /// [`RemoteInstance::hop_us`] in its parts.
+    pub fn hop(&self) -> Hop {
+        self.hop
     }
 
     /// The peak memory use of the process's cgroup, in bytes (jailed with cgroups

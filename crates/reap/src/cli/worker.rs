@@ -77,6 +77,14 @@ pub struct WorkerArgs {
     /// With --check-jail: a system call number to make last.
     #[arg(long, value_name = "NR", requires = "check_jail")]
     pub syscall: Option<i64>,
+    /// With --syscall: its arguments in order (up to six; the rest are zero).
+    #[arg(
+        long = "arg",
+        value_name = "N",
+        requires = "syscall",
+        allow_hyphen_values = true
+    )]
+    pub syscall_args: Vec<i64>,
 }
 
 /// Runs the instance process on the socket the server passed as descriptor 3.
@@ -86,6 +94,7 @@ pub fn worker(args: &WorkerArgs) -> ExitCode {
             dir: dir.clone(),
             open: args.open.clone(),
             syscall: args.syscall,
+            syscall_args: args.syscall_args.clone(),
         };
         let ids = Ids {
             uid: args.uid,

@@ -8,7 +8,10 @@
 
 use std::collections::BTreeMap;
 
-use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, SeccompRule, TargetArch};
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
 
 /// The system calls allowed, by name, for the messages that list them.
 pub const ALLOWED: &[(i64, &str)] = &[
@@ -19,7 +22,8 @@ pub const ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_madvise, "madvise"),
     (libc::SYS_mremap, "mremap"),
     (libc::SYS_brk, "brk"),
-    // KVM and userfaultfd ioctls, on descriptors opened before the jail.
+    // KVM and userfaultfd ioctls, on descriptors opened before the jail: only requests
+    // of those two types ([`IOCTL_TYPES`]).
     (libc::SYS_ioctl, "ioctl"),
     // The snapshot's files, in the root the snapshot directory became.
     (libc::SYS_openat, "openat"),
@@ -108,6 +112,31 @@ pub const DEPLOY_EXTRA: &[(i64, &str)] = &[
     (libc::SYS_mincore, "mincore"),
 ];
 
+/// The `ioctl` request types allowed (bits 8-15 of the request number): KVM's (`0xAE`:
+/// `KVM_RUN`, `KVM_SET_REGS`, ...) and userfaultfd's (`0xAA`: `UFFDIO_COPY`, ...,
+/// `USERFAULTFD_IOC_NEW`). Terminal, socket and file-system requests (`TIOCSTI`,
+/// `FIONBIO`, `FICLONE`, ...) are refused: the process makes none once confined.
+pub const IOCTL_TYPES: &[(u64, &str)] = &[(0xAE, "KVM"), (0xAA, "userfaultfd")];
+
+/// The rules for one allowed call: none (any arguments) but for `ioctl`.
+fn rules_for(nr: i64) -> Result<Vec<SeccompRule>, SeccompError> {
+    if nr != libc::SYS_ioctl {
+        return Ok(Vec::new());
+    }
+    IOCTL_TYPES
+        .iter()
+        .map(|&(ty, _)| {
+            let condition = SeccompCondition::new(
+                1,
+                SeccompCmpArgLen::Dword,
+                SeccompCmpOp::MaskedEq(0xff00),
+                ty << 8,
+            )?;
+            Ok(SeccompRule::new(vec![condition])?)
+        })
+        .collect()
+}
+
 /// Why the filter could not be built or installed.
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
@@ -127,8 +156,8 @@ pub fn filter(log: bool, deploy: bool) -> Result<BpfProgram, SeccompError> {
     let rules: BTreeMap<i64, Vec<SeccompRule>> = ALLOWED
         .iter()
         .chain(extra)
-        .map(|&(nr, _)| (nr, Vec::new()))
-        .collect();
+        .map(|&(nr, _)| Ok((nr, rules_for(nr)?)))
+        .collect::<Result<_, SeccompError>>()?;
     let mismatch = if log {
         SeccompAction::Log
     } else {
