@@ -15,7 +15,8 @@
 //! `..` components is refused, so is one whose parent directory is a symbolic link (a
 //! link is kept as a link, absolute or not, and never followed while unpacking), and a
 //! hard link must name a file inside the destination. Device nodes and FIFOs are
-//! skipped; owners are not kept (the guest sees the files as its own).
+//! skipped; owners are not kept (the guest sees the files as its own), and modes are
+//! made safe and readable ([`image_mode`]).
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
@@ -33,6 +34,9 @@ use sha2::{Digest as _, Sha256};
 const MAX_JSON_BYTES: u64 = 4 << 20;
 /// Deepest nesting of image indexes followed.
 const MAX_INDEX_DEPTH: usize = 4;
+/// Most bytes of regular files an image unpacks to, over all its layers (a bound on
+/// what a small gzipped archive may write).
+pub const MAX_UNPACKED_BYTES: u64 = 8 << 30;
 /// Most symbolic links followed to find one file of the archive.
 const MAX_ARCHIVE_LINKS: usize = 8;
 
@@ -137,6 +141,9 @@ pub enum OciError {
         #[source]
         source: io::Error,
     },
+    /// The layers unpack to more than [`MAX_UNPACKED_BYTES`].
+    #[error("the image unpacks to more than {MAX_UNPACKED_BYTES} bytes")]
+    TooBig,
     /// Writing the unpacked image failed.
     #[error("cannot write {}", .path.display())]
     Write {
@@ -153,6 +160,15 @@ impl OciError {
     pub fn is_bad_input(&self) -> bool {
         !matches!(self, OciError::Write { .. } | OciError::Open(..))
     }
+}
+
+/// The mode a file of a stored image gets, from its mode in the image: no set-user-id,
+/// set-group-id or sticky bit and no write permission but the owner's (the image lies
+/// on the host, owned by the server's user), readable by everyone (instance processes
+/// read it as an unprivileged user); directories `rwxr-xr-x`, execute bits of files
+/// kept.
+pub fn image_mode(mode: u32, dir: bool) -> u32 {
+    if dir { 0o755 } else { (mode & 0o755) | 0o644 }
 }
 
 /// How the image's config says to run it.
@@ -225,7 +241,7 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked, OciError> {
         });
     }
     fs::create_dir_all(dest).map_err(write(dest))?;
-    let mut bytes = 0;
+    let mut bytes: u64 = 0;
     for (i, (layer, diff_id)) in layers.iter().zip(diff_ids).enumerate() {
         let n = i + 1;
         let diff_hex = sha256_hex(diff_id)?;
@@ -242,12 +258,12 @@ pub fn unpack(archive: &Path, dest: &Path) -> Result<Unpacked, OciError> {
         let chained = io::Cursor::new(head[..got].to_vec()).chain(&mut raw);
         let (written, diff) = if gzip {
             let mut tar = Verify::new(flate2::read::GzDecoder::new(chained));
-            let w = apply_layer(dest, n, &mut tar)?;
+            let w = apply_layer(dest, n, &mut tar, MAX_UNPACKED_BYTES - bytes)?;
             io::copy(&mut tar, &mut io::sink()).map_err(corrupt)?;
             (w, tar.finish())
         } else {
             let mut tar = Verify::new(chained);
-            let w = apply_layer(dest, n, &mut tar)?;
+            let w = apply_layer(dest, n, &mut tar, MAX_UNPACKED_BYTES - bytes)?;
             io::copy(&mut tar, &mut io::sink()).map_err(corrupt)?;
             (w, tar.finish())
         };
@@ -742,6 +758,11 @@ fn parents(dest: &Path, layer: usize, rel: &Path, create: bool) -> Result<(), Oc
     Ok(())
 }
 
+fn set_mode(path: &Path, mode: u32) -> Result<(), OciError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(write(path))
+}
+
 /// Removes whatever is at `path` (a file, a link or a whole directory), if anything.
 fn remove_any(path: &Path) -> Result<(), OciError> {
     match fs::symlink_metadata(path) {
@@ -752,18 +773,18 @@ fn remove_any(path: &Path) -> Result<(), OciError> {
     }
 }
 
-/// Applies the layer tar read from `tar` (layer number `layer`) onto `dest`; returns
-/// the bytes of regular files written.
-fn apply_layer(dest: &Path, layer: usize, tar: &mut impl Read) -> Result<u64, OciError> {
+/// Applies the layer tar read from `tar` (layer number `layer`) onto `dest`, writing at
+/// most `room` bytes of regular files; returns the bytes written.
+fn apply_layer(dest: &Path, layer: usize, tar: &mut impl Read, room: u64) -> Result<u64, OciError> {
     let corrupt = |source| OciError::Layer { layer, source };
     let mut archive = tar::Archive::new(tar);
-    archive.set_preserve_permissions(true);
+    archive.set_preserve_permissions(false);
     archive.set_preserve_mtime(true);
     archive.set_unpack_xattrs(false);
     archive.set_overwrite(true);
     // What this layer put there: an opaque whiteout hides only the layers below.
     let mut written: HashSet<PathBuf> = HashSet::new();
-    let mut bytes = 0;
+    let mut bytes: u64 = 0;
     for entry in archive.entries().map_err(corrupt)? {
         let mut entry = entry.map_err(corrupt)?;
         let Some(rel) = entry_path(layer, &entry.path_bytes())? else {
@@ -798,12 +819,18 @@ fn apply_layer(dest: &Path, layer: usize, tar: &mut impl Read) -> Result<u64, Oc
                     remove_any(&target)?;
                 }
                 entry.unpack(&target).map_err(write(&target))?;
+                set_mode(&target, image_mode(0, true))?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::Symlink => {
+                if kind != tar::EntryType::Symlink && bytes.saturating_add(entry.size()) > room {
+                    return Err(OciError::TooBig);
+                }
                 remove_any(&target)?;
                 entry.unpack(&target).map_err(write(&target))?;
                 if kind != tar::EntryType::Symlink {
                     bytes += entry.size();
+                    let mode = entry.header().mode().unwrap_or(0o644);
+                    set_mode(&target, image_mode(mode, false))?;
                 }
             }
             tar::EntryType::Link => {

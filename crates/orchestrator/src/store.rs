@@ -111,11 +111,14 @@ pub enum StoreError {
     /// The image archive cannot be unpacked.
     #[error("cannot unpack the image")]
     Image(#[source] OciError),
+    /// A deploy from a root file system that names no program.
+    #[error("no program to run: give its path in the root file system (-- PROGRAM ARGS)")]
+    NoProgram,
     /// Neither the deploy nor the image's config names a program.
     #[error(
-        "no program to run: the image config has neither Entrypoint nor Cmd; give one (-- PROGRAM ARGS)"
+        "no program to run: the image config has neither Entrypoint nor Cmd, and the deploy gives none (-- PROGRAM ARGS)"
     )]
-    NoProgram,
+    NoEntrypoint,
     /// A working directory that is not an absolute path.
     #[error("the working directory {0:?} is not an absolute path")]
     BadWorkdir(String),
@@ -132,6 +135,7 @@ impl StoreError {
             | StoreError::Deploy(_)
             | StoreError::BadRootfs(..)
             | StoreError::NoProgram
+            | StoreError::NoEntrypoint
             | StoreError::BadWorkdir(_) => FailureKind::BadRequest,
             StoreError::Image(e) if e.is_bad_input() => FailureKind::BadRequest,
             StoreError::Image(_) => FailureKind::Store,
@@ -648,7 +652,7 @@ impl FunctionStore {
                     command.args
                 };
                 if args.is_empty() {
-                    return Err(StoreError::NoProgram);
+                    return Err(StoreError::NoEntrypoint);
                 }
                 let mut env = unpacked.run.env;
                 env.extend(command.env);
@@ -1041,45 +1045,46 @@ impl Drop for Provided {
 }
 
 /// Copies the directory tree `src` to `dst` (which must not exist): directories,
-/// regular files with their permission bits, symbolic links as links; other files
-/// (devices, sockets, FIFOs) are left out. Returns the bytes of regular files copied.
+/// regular files (their modes made safe and readable, [`oci::image_mode`]), symbolic
+/// links as links; other files (devices, sockets, FIFOs) are left out. Returns the
+/// bytes of regular files copied.
 fn copy_tree(src: &Path, dst: &Path) -> Result<u64, StoreError> {
     use std::os::unix::fs::PermissionsExt;
     let read = |path: &Path| {
         let path = path.to_path_buf();
         move |e| StoreError::BadRootfs(path, e)
     };
+    let set_mode = |path: &Path, mode| {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(StoreError::io(path, "cannot set the mode of"))
+    };
     fs::create_dir(dst).map_err(StoreError::io(dst, "cannot create"))?;
+    set_mode(dst, oci::image_mode(0, true))?;
     let mut bytes = 0;
-    // Directories are made writable while they are filled; their own modes are set
-    // last, deepest first.
-    let mut modes = Vec::new();
     let mut stack = vec![(src.to_path_buf(), dst.to_path_buf())];
     while let Some((from, to)) = stack.pop() {
-        let mode = fs::symlink_metadata(&from)
-            .map_err(read(&from))?
-            .permissions()
-            .mode();
-        modes.push((to.clone(), mode));
         for entry in fs::read_dir(&from).map_err(read(&from))? {
             let entry = entry.map_err(read(&from))?;
             let (source, target) = (entry.path(), to.join(entry.file_name()));
             let kind = entry.file_type().map_err(read(&source))?;
             if kind.is_dir() {
                 fs::create_dir(&target).map_err(StoreError::io(&target, "cannot create"))?;
+                set_mode(&target, oci::image_mode(0, true))?;
                 stack.push((source, target));
             } else if kind.is_file() {
                 bytes += fs::copy(&source, &target).map_err(read(&source))?;
+                let mode = entry
+                    .metadata()
+                    .map_err(read(&source))?
+                    .permissions()
+                    .mode();
+                set_mode(&target, oci::image_mode(mode, false))?;
             } else if kind.is_symlink() {
                 let link = fs::read_link(&source).map_err(read(&source))?;
                 std::os::unix::fs::symlink(&link, &target)
                     .map_err(StoreError::io(&target, "cannot create"))?;
             }
         }
-    }
-    for (dir, mode) in modes.into_iter().rev() {
-        fs::set_permissions(&dir, fs::Permissions::from_mode(mode & 0o7777))
-            .map_err(StoreError::io(&dir, "cannot set the mode of"))?;
     }
     Ok(bytes)
 }

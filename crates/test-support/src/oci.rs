@@ -211,10 +211,43 @@ pub fn write_archive(
     Ok(config)
 }
 
-/// Overwrites `len` bytes at `offset` of `path` with `byte` (to damage an archive).
-pub fn damage(path: &Path, offset: u64, len: usize, byte: u8) -> io::Result<()> {
+/// Writes the archive `archive` again as `out`, without its file `drop`, and with
+/// `edit` applied to the bytes of each file kept (given its path).
+pub fn rewrite(
+    archive: &Path,
+    out: &Path,
+    drop: &str,
+    edit: impl Fn(&str, Vec<u8>) -> Vec<u8>,
+) -> io::Result<()> {
+    let mut input = tar::Archive::new(File::open(archive)?);
+    let mut output = tar::Builder::new(File::create(out)?);
+    for entry in input.entries()? {
+        let mut entry = entry?;
+        let path = entry.path()?.to_string_lossy().into_owned();
+        if path == drop {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes)?;
+        let bytes = edit(&path, bytes);
+        let mut header = entry.header().clone();
+        header.set_size(bytes.len() as u64);
+        output.append_data(&mut header, &path, &bytes[..])?;
+    }
+    output.into_inner()?.sync_all()
+}
+
+/// Changes the byte just after the first occurrence of `marker` in the file `path`,
+/// in place (to damage a blob without changing any size).
+pub fn flip_after(path: &Path, marker: &[u8]) -> io::Result<()> {
+    let bytes = std::fs::read(path)?;
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "marker not in the file"))?
+        + marker.len();
     let mut f = std::fs::OpenOptions::new().write(true).open(path)?;
-    f.seek(io::SeekFrom::Start(offset))?;
-    f.write_all(&vec![byte; len])?;
+    f.seek(io::SeekFrom::Start(at as u64))?;
+    f.write_all(&[bytes[at] ^ 0x20])?;
     f.sync_all()
 }

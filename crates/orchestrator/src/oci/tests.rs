@@ -37,6 +37,8 @@ fn layers(dir: &Path) -> Vec<Layer> {
         add_file(b, "bin/app", b"app v1", 0o755)?;
         add_file(b, "etc/motd", b"hello", 0o644)?;
         add_file(b, "etc/gone", b"to be whited out", 0o644)?;
+        add_file(b, "bin/suid", b"set-user-id", 0o4700)?;
+        add_file(b, "etc/secret", b"owner only", 0o600)?;
         add_file(b, "data/a", b"a", 0o644)?;
         add_file(b, "data/sub/b", b"b", 0o644)?;
         add_link(b, EntryType::Symlink, "etc/abs", "/etc/motd")?;
@@ -88,6 +90,14 @@ fn check_unpacked(root: &Path, unpacked: &Unpacked) {
             & 0o777,
         0o755
     );
+    let mode = |p: &str| fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("bin/suid"), 0o744, "no set-user-id bit on the host");
+    assert_eq!(
+        mode("etc/secret"),
+        0o644,
+        "readable by the instance processes"
+    );
+    assert_eq!(mode("data"), 0o755);
     assert_eq!(unpacked.layers, 3);
     assert_eq!(unpacked.run.args(), ["/bin/app", "--serve"]);
     assert_eq!(unpacked.run.env, ["PATH=/bin", "MODE=test"]);
@@ -167,25 +177,8 @@ fn not_tar_missing_empty_and_truncated_archives_are_refused() {
     assert!(matches!(unpack_err(&dir, &other), OciError::NoManifest));
 }
 
-/// Rewrites `archive` without the file `drop` of the outer tar (and with `edit`
-/// applied to the bytes of each remaining file).
 fn rewrite(archive: &Path, out: &Path, drop: &str, edit: impl Fn(&str, Vec<u8>) -> Vec<u8>) {
-    let mut input = tar::Archive::new(File::open(archive).unwrap());
-    let mut output = tar::Builder::new(File::create(out).unwrap());
-    for entry in input.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        let path = entry.path().unwrap().to_string_lossy().into_owned();
-        if path == drop {
-            continue;
-        }
-        let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).unwrap();
-        let bytes = edit(&path, bytes);
-        let mut header = entry.header().clone();
-        header.set_size(bytes.len() as u64);
-        output.append_data(&mut header, &path, &bytes[..]).unwrap();
-    }
-    output.finish().unwrap();
+    reap_test_support::oci::rewrite(archive, out, drop, edit).unwrap();
 }
 
 #[test]
@@ -334,5 +327,86 @@ fn entries_leading_outside_the_image_are_refused() {
             0,
             "{tag} wrote outside"
         );
+    }
+}
+
+mod proptests {
+    //! The archive reader takes untrusted bytes: arbitrary bytes and damaged copies of
+    //! good archives (bytes changed, cut short) are refused or unpacked, never a panic,
+    //! and nothing is written outside the destination.
+
+    use super::*;
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+    use proptest::test_runner::{Config, TestRunner};
+
+    fn config(cases: u32) -> Config {
+        Config {
+            cases,
+            failure_persistence: None,
+            ..Config::default()
+        }
+    }
+
+    /// Unpacks `bytes` as an archive into a fresh directory beside the archive; the
+    /// directory's parent holds nothing else afterwards.
+    fn unpack_bytes(dir: &Path, bytes: &[u8]) {
+        let archive = dir.join("case.tar");
+        fs::write(&archive, bytes).unwrap();
+        let root = dir.join("root");
+        let _ = fs::remove_dir_all(&root);
+        let _ = unpack(&archive, &root);
+        let mut left: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| !n.ends_with(".tar") && !n.ends_with(".layer"))
+            .collect();
+        left.retain(|n| n != "root");
+        assert!(left.is_empty(), "written beside the destination: {left:?}");
+        let _ = fs::remove_dir_all(&root);
+    }
+
+    #[test]
+    fn arbitrary_bytes_are_refused_without_a_panic() {
+        let dir = temp("prop-bytes");
+        TestRunner::new(config(256))
+            .run(&proptest::collection::vec(any::<u8>(), 0..3000), |bytes| {
+                unpack_bytes(&dir.0, &bytes);
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn damaged_archives_are_refused_or_unpacked_without_a_panic() {
+        let dir = temp("prop-damaged");
+        let mut goods = Vec::new();
+        for (i, format) in [Format::Oci { gzip: true }, Format::DockerSave]
+            .into_iter()
+            .enumerate()
+        {
+            let archive = dir.0.join(format!("good{i}.tar"));
+            write_archive(&archive, format, &layers(&dir.0), super::config()).unwrap();
+            goods.push(fs::read(&archive).unwrap());
+        }
+        let strategy = (
+            any::<bool>(),
+            proptest::collection::vec((any::<Index>(), any::<u8>()), 1..6),
+            proptest::option::of(any::<Index>()),
+        );
+        TestRunner::new(config(192))
+            .run(&strategy, |(which, changes, cut)| {
+                let mut bytes = goods[usize::from(which)].clone();
+                for (at, byte) in changes {
+                    let i = at.index(bytes.len());
+                    bytes[i] = byte;
+                }
+                if let Some(cut) = cut {
+                    bytes.truncate(cut.index(bytes.len()));
+                }
+                unpack_bytes(&dir.0, &bytes);
+                Ok(())
+            })
+            .unwrap();
     }
 }
