@@ -226,7 +226,7 @@ fn an_oci_image_deploys_from_the_cli_and_over_http_and_answers_like_natively_in_
         std::fs::metadata(&oci_archive).unwrap().len() >> 20,
         started.elapsed().as_secs_f64()
     );
-    let request = r#"{"name": "Ada"}"#;
+    let request = r#"{"name":"Ada"}"#;
 
     // From the CLI (booted in this process), cold starts in every memory mode.
     let started = Instant::now();
@@ -326,7 +326,7 @@ fn a_root_file_system_deploy_keeps_answering_after_its_directory_is_removed() {
         "GREETING=hello from a directory",
         "PYTHONDONTWRITEBYTECODE=1",
     ];
-    let request = r#"{"name": "Grace"}"#;
+    let request = r#"{"name":"Grace"}"#;
     let args = ["/usr/bin/python3", "/app/handler.py", "--x"];
 
     let mut deploy = vec![
