@@ -584,16 +584,52 @@ fn bad_images_and_root_file_systems_are_refused_and_leave_nothing() {
         "no program to run",
     );
 
-    // The good image deploys, and answers.
+    // The good image deploys, and answers; `-- PROGRAM ARGS` replaces its Entrypoint.
     let out = reap_in(&home, &["deploy", "cat", "--image", good.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         invoke_cold(&home, "cat", "reap", r#"{"a":1}"#),
         r#"{"a":1}"#
     );
+    let good_s = good.to_str().unwrap();
+    let upper = [
+        "deploy",
+        "upper",
+        "--image",
+        good_s,
+        "--",
+        "/bin/busybox",
+        "tr",
+        "a-z",
+        "A-Z",
+    ];
+    let out = reap_in(&home, &upper);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        invoke_cold(&home, "upper", "file", r#"{"a":1}"#),
+        r#"{"A":1}"#
+    );
 
-    // Over HTTP: an upload that is not an archive is refused (400) and removed.
+    // Over HTTP: `x-reap-arg` replaces the image's Entrypoint too.
     let server = Server::start(&home, &[]);
+    let (status, _, reply) = server.request(
+        "PUT",
+        "/functions/upper-http",
+        &[
+            ("content-type", "application/x-tar"),
+            ("x-reap-arg", "/bin/busybox"),
+            ("x-reap-arg", "tr"),
+            ("x-reap-arg", "a-z"),
+            ("x-reap-arg", "A-Z"),
+        ],
+        &std::fs::read(&good).unwrap(),
+    );
+    assert_eq!(status, 201, "{reply}");
+    assert_eq!(
+        server.invoke("upper-http", "", r#"{"b":2}"#).1,
+        r#"{"B":2}"#
+    );
+    // An upload that is not an archive is refused (400) and removed.
     let (status, _, reply) = server.request(
         "PUT",
         "/functions/bad",
