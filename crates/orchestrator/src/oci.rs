@@ -795,8 +795,16 @@ fn apply_layer(dest: &Path, layer: usize, tar: &mut impl Read, room: u64) -> Res
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let parent = rel.parent().map(Path::to_path_buf).unwrap_or_default();
+        if name.starts_with(".wh.") {
+            // A whiteout hides what the layers below put there: where they put no
+            // directory, there is nothing to hide (and none is made).
+            match parents(dest, layer, &rel, false) {
+                Ok(()) => {}
+                Err(OciError::Layer { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
         if name == ".wh..wh..opq" {
-            parents(dest, layer, &rel, true)?;
             let dir = dest.join(&parent);
             for child in fs::read_dir(&dir).map_err(write(&dir))?.flatten() {
                 if !written.contains(&parent.join(child.file_name())) {
@@ -806,7 +814,6 @@ fn apply_layer(dest: &Path, layer: usize, tar: &mut impl Read, room: u64) -> Res
             continue;
         }
         if let Some(hidden) = name.strip_prefix(".wh.") {
-            parents(dest, layer, &rel, true)?;
             remove_any(&dest.join(&parent).join(hidden))?;
             continue;
         }

@@ -47,6 +47,7 @@ fn layers(dir: &Path) -> Vec<Layer> {
     .unwrap();
     let second = Layer::build(dir.join("l2.tar"), |b| {
         add_file(b, "etc/.wh.gone", b"", 0o644)?;
+        add_file(b, "nowhere/.wh.thing", b"", 0o644)?;
         add_file(b, "bin/app", b"app v2", 0o755)?;
         add_dir(b, "srv")
     })
@@ -81,6 +82,10 @@ fn check_unpacked(root: &Path, unpacked: &Unpacked) {
         "the opaque directory hides the lower layer"
     );
     assert!(root.join("srv").is_dir());
+    assert!(
+        !root.join("nowhere").exists(),
+        "a whiteout makes no directory"
+    );
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(
         fs::metadata(root.join("bin/app"))
