@@ -196,6 +196,22 @@ impl Drop for Server {
     }
 }
 
+/// A test's directory, removed when the test ends, by a failure too (its servers,
+/// declared after it, are stopped first).
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new(name: &str) -> Self {
+        Self(temp_dir(name))
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// The entries of the store's `staging/` (nothing once a deploy is over).
 fn staging(home: &Path) -> Vec<String> {
     std::fs::read_dir(home.join("staging"))
@@ -209,7 +225,8 @@ fn staging(home: &Path) -> Vec<String> {
 
 #[test]
 fn an_oci_image_deploys_from_the_cli_and_over_http_and_answers_like_natively_in_every_mode() {
-    let dir = temp_dir("deploy-image");
+    let guard = TestDir::new("deploy-image");
+    let dir = guard.0.clone();
     let home = dir.join("home");
     let layers = image_layers(&dir);
     let started = Instant::now();
@@ -314,12 +331,12 @@ fn an_oci_image_deploys_from_the_cli_and_over_http_and_answers_like_natively_in_
     for (i, answer) in answers.iter().chain(&http).enumerate() {
         assert_eq!(answer, &expected, "answer {i}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn a_root_file_system_deploy_keeps_answering_after_its_directory_is_removed() {
-    let dir = temp_dir("deploy-rootfs");
+    let guard = TestDir::new("deploy-rootfs");
+    let dir = guard.0.clone();
     let home = dir.join("home");
     // The user's directory: a copy of the Debian tree with the handler in /app.
     let user = dir.join("user-root");
@@ -437,7 +454,6 @@ fn a_root_file_system_deploy_keeps_answering_after_its_directory_is_removed() {
         assert_eq!(answer, expected, "{query}");
     }
     drop(server);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `reap deploy bad ARGS` fails with an error containing `expected`, and leaves no
@@ -462,7 +478,8 @@ fn refused(home: &Path, args: &[&str], expected: &str) {
 
 #[test]
 fn bad_images_and_root_file_systems_are_refused_and_leave_nothing() {
-    let dir = temp_dir("deploy-bad");
+    let guard = TestDir::new("deploy-bad");
+    let dir = guard.0.clone();
     let home = dir.join("home");
     let path = |name: &str| dir.join(name).to_str().unwrap().to_owned();
     // A small good image (busybox from the Debian tree, static) to damage.
@@ -667,5 +684,4 @@ fn bad_images_and_root_file_systems_are_refused_and_leave_nothing() {
     drop(server);
     assert!(!home.join("functions/bad").exists());
     assert!(staging(&home).is_empty(), "{:?}", staging(&home));
-    let _ = std::fs::remove_dir_all(&dir);
 }
