@@ -4,6 +4,8 @@
 //! |---|---|---|
 //! | `POST /functions/{name}/invoke` | body: the request (JSON); answer: the function's response. Query: `cold=true`, `memory=file\|lazy\|reap`. Headers `x-reap-start: cold\|warm` and timings | 400 not JSON or a bad name, 404 unknown, 408 body sent too slowly, 413 too large, 502 crash or bad answer, 503 busy, 504 timeout |
 //! | `PUT /functions/{name}` | body: the binary; query `mem=MIB`; headers `x-reap-env: K=V` (repeatable). 201 with the manifest | 400 invalid binary or name, 408 sent too slowly, 413 too large, 503 too many uploads |
+//! | `PUT /functions/{name}` with `content-type: application/x-tar` | body: an OCI image archive; query `mem`, `workdir`; headers `x-reap-env`, `x-reap-arg` (repeatable: the program and its arguments, replacing the image's `Entrypoint` and `Cmd`). 201 with the manifest | as above; 400 for an archive that does not unpack or has no program |
+//! | `PUT /functions/{name}` with `content-type: application/json` | body: `{"rootfs": DIR, "args": [PROGRAM, ARGS...], "env": [...], "workdir": PATH}`, a root file system on the server's machine, beneath a directory `reap serve --rootfs-from` allows; query `mem`. 201 with the manifest | 400 a path not allowed, not a directory, or a program that does not deploy |
 //! | `GET /functions` | the manifests | |
 //! | `DELETE /functions/{name}` | 204 | 400 bad name, 404 |
 //! | `GET /metrics` | Prometheus text | |
@@ -40,13 +42,15 @@ use serde_json::json;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use super::store::{MAX_BINARY_BYTES, StoreError, check_name};
+use super::store::{ImageCommand, MAX_BINARY_BYTES, StoreError, check_name};
 use super::{FailureKind, InvokeError, InvokeOptions, Orchestrator, Start, error_chain};
 use reap_vmm::instance::MemoryMode;
 use reap_vmm::microvm::DEFAULT_MEM_MIB;
 
 /// Largest invocation request body.
 pub const MAX_REQUEST_BYTES: usize = 6 << 20;
+/// Largest body of a deploy from a root file system (a JSON description).
+const MAX_ROOTFS_REQUEST_BYTES: usize = 64 << 10;
 /// Limit on a function's initialization at deploy.
 const DEPLOY_INIT_LIMIT: Duration = Duration::from_secs(120);
 /// How long an upload waits for one of the `max_uploads` slots.
@@ -73,6 +77,10 @@ pub struct HttpLimits {
     pub max_connections: usize,
     /// Binary uploads at once; more wait (up to 30 s, then 503).
     pub max_uploads: usize,
+    /// Directories (canonical) beneath which a client may deploy from a root file
+    /// system on the server's machine; none by default (such a deploy copies whatever
+    /// the server can read into an image a client's program reads).
+    pub rootfs_from: Vec<PathBuf>,
 }
 
 impl Default for HttpLimits {
@@ -83,6 +91,7 @@ impl Default for HttpLimits {
             upload_timeout: Duration::from_secs(600),
             max_connections: 1024,
             max_uploads: 4,
+            rootfs_from: Vec::new(),
         }
     }
 }
@@ -278,6 +287,51 @@ async fn invoke(
 #[derive(Deserialize)]
 struct DeployQuery {
     mem: Option<u64>,
+    workdir: Option<String>,
+}
+
+/// The body of a deploy from a root file system on the server's machine.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RootfsRequest {
+    rootfs: PathBuf,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    workdir: Option<String>,
+}
+
+/// What a `PUT /functions/{name}` carries, by its content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DeployKind {
+    Binary,
+    Image,
+    Rootfs,
+}
+
+fn deploy_kind(headers: &HeaderMap) -> DeployKind {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|v| v.trim().to_ascii_lowercase());
+    match content_type.as_deref() {
+        Some("application/json") => DeployKind::Rootfs,
+        Some("application/x-tar" | "application/vnd.oci.image.layout.v1+tar") => DeployKind::Image,
+        _ => DeployKind::Binary,
+    }
+}
+
+/// The text values of the header `name`, or an error naming it.
+fn text_headers(headers: &HeaderMap, name: &str) -> Result<Vec<String>, ApiError> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().map(str::to_owned))
+        .collect::<Result<Vec<String>, _>>()
+        .map_err(|_| ApiError::bad_request(format!("{name} must be text")))
 }
 
 async fn deploy(
@@ -298,16 +352,21 @@ async fn deploy(
     if let Some(len) = declared.filter(|&l| l > MAX_BINARY_BYTES) {
         return Err(StoreError::BinaryTooLarge(len).into());
     }
-    let env = headers
-        .get_all("x-reap-env")
-        .iter()
-        .map(|v| v.to_str().map(str::to_owned))
-        .collect::<Result<Vec<String>, _>>();
-    let Ok(env) = env else {
-        let e = ApiError::bad_request("x-reap-env must be text");
-        return Err(refuse(e, request, &s.limits).await);
+    let kind = deploy_kind(headers);
+    let texts = text_headers(headers, "x-reap-env")
+        .and_then(|env| Ok((env, text_headers(headers, "x-reap-arg")?)));
+    let (env, args) = match texts {
+        Ok(t) => t,
+        Err(e) => return Err(refuse(e, request, &s.limits).await),
     };
     let mem = q.mem.unwrap_or(DEFAULT_MEM_MIB);
+    if kind == DeployKind::Rootfs {
+        return deploy_rootfs(s, name, mem, env, request).await;
+    }
+    if kind == DeployKind::Binary && (!args.is_empty() || q.workdir.is_some()) {
+        let e = ApiError::bad_request("x-reap-arg and workdir are for images only");
+        return Err(refuse(e, request, &s.limits).await);
+    }
     let _slot = tokio::time::timeout(UPLOAD_QUEUE_TIMEOUT, Arc::clone(&s.uploads).acquire_owned())
         .await
         .ok()
@@ -324,10 +383,95 @@ async fn deploy(
     let o = s.o;
     let upload = Upload(o.store.upload_path());
     receive_upload(request.into_body(), &upload.0, &s.limits).await?;
+    let workdir = q.workdir;
+    let manifest = tokio::task::spawn_blocking(move || {
+        let manifest = match kind {
+            DeployKind::Image => {
+                let command = ImageCommand { args, env, workdir };
+                let deployed = o.store.deploy_image(
+                    &name,
+                    &upload.0,
+                    "upload",
+                    command,
+                    mem,
+                    DEPLOY_INIT_LIMIT,
+                );
+                drop(upload);
+                deployed?
+            }
+            _ => o
+                .store
+                .deploy_file(&name, &upload.0, mem, env, DEPLOY_INIT_LIMIT)?,
+        };
+        o.forget(&name);
+        Ok::<_, StoreError>(manifest)
+    })
+    .await
+    .map_err(join_error)??;
+    Ok((StatusCode::CREATED, Json(manifest)).into_response())
+}
+
+/// A deploy from a root file system on the server's machine, described by the JSON
+/// body; `env` (from the headers) goes before the body's.
+async fn deploy_rootfs(
+    s: AppState,
+    name: String,
+    mem: u64,
+    mut env: Vec<String>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let timeout = s.limits.body_timeout;
+    let body = tokio::time::timeout(
+        timeout,
+        axum::body::to_bytes(request.into_body(), MAX_ROOTFS_REQUEST_BYTES),
+    )
+    .await
+    .map_err(|_| ApiError::slow_body(timeout))?
+    .map_err(|e| ApiError::bad_request(format!("reading the body: {e}")))?;
+    let request: RootfsRequest = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::bad_request(format!("the body is not a root file system deploy: {e}"))
+    })?;
+    let not_allowed = |dir: &std::path::Path| {
+        ApiError::bad_request(format!(
+            "deploying from {} is not allowed: this server deploys root file systems only \
+             from beneath the directories `reap serve --rootfs-from` names ({})",
+            dir.display(),
+            if s.limits.rootfs_from.is_empty() {
+                "none".to_owned()
+            } else {
+                s.limits
+                    .rootfs_from
+                    .iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        ))
+    };
+    if s.limits.rootfs_from.is_empty() {
+        return Err(not_allowed(&request.rootfs));
+    }
+    let dir = std::fs::canonicalize(&request.rootfs)
+        .map_err(|e| StoreError::BadRootfs(request.rootfs.clone(), e))?;
+    if !s
+        .limits
+        .rootfs_from
+        .iter()
+        .any(|allowed| dir.starts_with(allowed))
+    {
+        return Err(not_allowed(&dir));
+    }
+    env.extend(request.env);
+    let command = ImageCommand {
+        args: request.args,
+        env,
+        workdir: request.workdir,
+    };
+    let o = s.o;
     let manifest = tokio::task::spawn_blocking(move || {
         let manifest = o
             .store
-            .deploy_file(&name, &upload.0, mem, env, DEPLOY_INIT_LIMIT)?;
+            .deploy_rootfs(&name, &dir, command, mem, DEPLOY_INIT_LIMIT)?;
         o.forget(&name);
         Ok::<_, StoreError>(manifest)
     })

@@ -9,6 +9,7 @@ pub mod budget;
 pub mod client;
 mod failure;
 pub mod metrics;
+pub mod oci;
 pub mod pool;
 pub mod store;
 
@@ -763,6 +764,7 @@ mod tests {
             created_unix: 0,
             init_ms: 0.0,
             snapshot_data_bytes: 0,
+            image: None,
         };
         std::fs::write(
             version.join("manifest.json"),

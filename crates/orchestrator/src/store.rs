@@ -4,7 +4,8 @@
 //! ```text
 //! REAP_HOME/
 //!   functions/NAME/current            symlink to the live version: versions/ID
-//!   functions/NAME/versions/ID/       manifest.json, binary, snapshot/{state,memory,ws}
+//!   functions/NAME/versions/ID/       manifest.json, binary, snapshot/{state,memory,ws},
+//!                                     rootfs/ (a program from a root file system: its image)
 //!   logs/NAME.log, NAME.log.1         the function's stderr (all instances), capped
 //!   locks/NAME.lock                   held (flock) while a deploy or remove changes NAME
 //!   staging/                          deploys and uploads in progress
@@ -21,6 +22,15 @@
 //! and a per-process counter. Whatever a crash leaves in `staging/` is removed (and
 //! reported) when the store is opened; a function whose `current` is missing or
 //! unreadable is reported and not served.
+//!
+//! A function from a root file system (`deploy_rootfs`, a directory; `deploy_image`,
+//! an OCI image archive, see [`crate::oci`]) keeps its own copy of the image in its
+//! version's `rootfs/`: the function does not depend on the directory or archive it
+//! came from. The snapshot records the image's path as it is once the version is live
+//! (`functions/NAME/versions/ID/rootfs`, absolute); while the version is built in
+//! `staging/`, the boot reads the staged copy under that path
+//! ([`reap_vmm::guest_os::fs::image::provide`]). Instance processes get a descriptor of
+//! the directory and read it, read-only, beneath their jail.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -35,7 +45,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::FailureKind;
+use crate::oci::{self, OciError};
 use reap_vmm::guest_os::Sink;
+use reap_vmm::guest_os::fs::RootFs;
 use reap_vmm::instance::Instance;
 use reap_vmm::microvm::MicroVmConfig;
 use reap_vmm::snapshot::SnapshotDir;
@@ -48,6 +60,8 @@ pub const MAX_BINARY_BYTES: u64 = 512 << 20;
 pub const DEFAULT_LOG_MAX_BYTES: u64 = 8 << 20;
 /// Largest manifest the store reads.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+/// The directory of a version that holds its image (a program from a root file system).
+const IMAGE_DIR: &str = "rootfs";
 
 /// Why the store could not do something.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +105,23 @@ pub enum StoreError {
     /// The binary did not boot to its ready point or could not be snapshotted.
     #[error("the function did not deploy")]
     Deploy(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The root file system to deploy is not a directory that can be read.
+    #[error("the root file system {} is not a readable directory", .0.display())]
+    BadRootfs(PathBuf, #[source] io::Error),
+    /// The image archive cannot be unpacked.
+    #[error("cannot unpack the image")]
+    Image(#[source] OciError),
+    /// A deploy from a root file system that names no program.
+    #[error("no program to run: give its path in the root file system (-- PROGRAM ARGS)")]
+    NoProgram,
+    /// Neither the deploy nor the image's config names a program.
+    #[error(
+        "no program to run: the image config has neither Entrypoint nor Cmd, and the deploy gives none (-- PROGRAM ARGS)"
+    )]
+    NoEntrypoint,
+    /// A working directory that is not an absolute path.
+    #[error("the working directory {0:?} is not an absolute path")]
+    BadWorkdir(String),
 }
 
 impl StoreError {
@@ -101,7 +132,13 @@ impl StoreError {
             StoreError::BadName(_)
             | StoreError::BadEnv(_)
             | StoreError::NotElf
-            | StoreError::Deploy(_) => FailureKind::BadRequest,
+            | StoreError::Deploy(_)
+            | StoreError::BadRootfs(..)
+            | StoreError::NoProgram
+            | StoreError::NoEntrypoint
+            | StoreError::BadWorkdir(_) => FailureKind::BadRequest,
+            StoreError::Image(e) if e.is_bad_input() => FailureKind::BadRequest,
+            StoreError::Image(_) => FailureKind::Store,
             StoreError::BinaryTooLarge(_) => FailureKind::TooLarge,
             StoreError::Io { .. } | StoreError::Damaged { .. } => FailureKind::Store,
         }
@@ -136,6 +173,59 @@ pub struct Manifest {
     pub init_ms: f64,
     /// Bytes of guest memory holding data in the snapshot.
     pub snapshot_data_bytes: u64,
+    /// For a program from a root file system: where its image came from and what it
+    /// runs (`binary_*` then describe the program's file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageInfo>,
+}
+
+/// What the manifest of a function from a root file system says of its image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    /// Where the image came from.
+    pub source: ImageSource,
+    /// argv: the program's path in the image, then its arguments.
+    pub args: Vec<String>,
+    /// The working directory in the image.
+    pub workdir: String,
+    /// Bytes of regular files in the version's copy of the image.
+    pub image_bytes: u64,
+}
+
+/// Where a function's image came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ImageSource {
+    /// A directory, copied into the version.
+    Rootfs {
+        /// The directory (canonical) at deploy time.
+        dir: PathBuf,
+    },
+    /// An OCI image archive, unpacked into the version.
+    Oci {
+        /// The archive as the deploy named it (a path, or `upload` over HTTP).
+        archive: String,
+        /// The image config's digest (the image id), `sha256:HEX`.
+        config_digest: String,
+        /// Its layers.
+        layers: usize,
+    },
+}
+
+/// The program a function from a root file system runs, as a deploy gives it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageCommand {
+    /// argv: the program's path in the image, then its arguments. For an OCI image,
+    /// empty means the config's `Entrypoint` and `Cmd`; given, it replaces both.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment entries, `KEY=VALUE` (after an OCI image config's `Env`).
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// The working directory in the image (default: an OCI image config's
+    /// `WorkingDir`, else `/`).
+    #[serde(default)]
+    pub workdir: Option<String>,
 }
 
 /// A deployed function: its manifest and where its version lives.
@@ -441,7 +531,8 @@ impl FunctionStore {
         check_env(&env)?;
         let (version, staged) = self.stage(name)?;
         let result = write_synced(&staged.join("binary"), binary).and_then(|()| {
-            self.build_version(name, &version, &staged, binary, mem_mib, env, init_limit)
+            let config = binary_config(name, mem_mib, env);
+            self.build_version(name, &version, &staged, binary, config, None, init_limit)
         });
         self.install(name, &version, &staged, result)
     }
@@ -482,9 +573,161 @@ impl FunctionStore {
             .and_then(|()| {
                 let binary =
                     fs::read(&bin_path).map_err(StoreError::io(&bin_path, "cannot read"))?;
-                self.build_version(name, &version, &staged, &binary, mem_mib, env, init_limit)
+                let config = binary_config(name, mem_mib, env);
+                self.build_version(name, &version, &staged, &binary, config, None, init_limit)
             });
         self.install(name, &version, &staged, result)
+    }
+
+    /// Deploys the program `command.args[0]` of the root file system `dir` as `name`:
+    /// copies the directory into the new version (the function does not depend on
+    /// `dir` afterwards), then boots and snapshots it as [`deploy`](Self::deploy) does.
+    pub fn deploy_rootfs(
+        &self,
+        name: &str,
+        dir: &Path,
+        command: ImageCommand,
+        mem_mib: u64,
+        init_limit: Duration,
+    ) -> Result<Manifest, StoreError> {
+        check_name(name)?;
+        check_env(&command.env)?;
+        let bad = |e| StoreError::BadRootfs(dir.to_path_buf(), e);
+        if !fs::metadata(dir).map_err(bad)?.is_dir() {
+            return Err(bad(io::Error::from_raw_os_error(libc::ENOTDIR)));
+        }
+        let source = fs::canonicalize(dir).map_err(bad)?;
+        if command.args.is_empty() {
+            return Err(StoreError::NoProgram);
+        }
+        let workdir = check_workdir(command.workdir.unwrap_or_else(|| "/".into()))?;
+        let (version, staged) = self.stage(name)?;
+        let result = copy_tree(&source, &staged.join(IMAGE_DIR)).and_then(|image_bytes| {
+            let info = ImageInfo {
+                source: ImageSource::Rootfs {
+                    dir: source.clone(),
+                },
+                args: command.args,
+                workdir,
+                image_bytes,
+            };
+            self.build_image_version(
+                name,
+                &version,
+                &staged,
+                info,
+                command.env,
+                mem_mib,
+                init_limit,
+            )
+        });
+        self.install(name, &version, &staged, result)
+    }
+
+    /// Deploys the OCI image in the archive `archive` (see [`crate::oci`]) as `name`:
+    /// unpacks it into the new version, then boots the config's `Entrypoint` and `Cmd`
+    /// (or `command.args`), with its `Env` and `WorkingDir` (then `command`'s), to its
+    /// ready point and snapshots it. The archive is read, never changed or removed.
+    pub fn deploy_image(
+        &self,
+        name: &str,
+        archive: &Path,
+        archive_name: &str,
+        command: ImageCommand,
+        mem_mib: u64,
+        init_limit: Duration,
+    ) -> Result<Manifest, StoreError> {
+        check_name(name)?;
+        check_env(&command.env)?;
+        if let Some(w) = &command.workdir {
+            check_workdir(w.clone())?;
+        }
+        let (version, staged) = self.stage(name)?;
+        let result = oci::unpack(archive, &staged.join(IMAGE_DIR))
+            .map_err(StoreError::Image)
+            .and_then(|unpacked| {
+                let args = if command.args.is_empty() {
+                    unpacked.run.args()
+                } else {
+                    command.args
+                };
+                if args.is_empty() {
+                    return Err(StoreError::NoEntrypoint);
+                }
+                let mut env = unpacked.run.env;
+                env.extend(command.env);
+                check_env(&env)?;
+                let workdir = check_workdir(
+                    command
+                        .workdir
+                        .or(unpacked.run.workdir)
+                        .unwrap_or_else(|| "/".into()),
+                )?;
+                let info = ImageInfo {
+                    source: ImageSource::Oci {
+                        archive: archive_name.to_owned(),
+                        config_digest: unpacked.config_digest,
+                        layers: unpacked.layers,
+                    },
+                    args,
+                    workdir,
+                    image_bytes: unpacked.bytes,
+                };
+                self.build_image_version(name, &version, &staged, info, env, mem_mib, init_limit)
+            });
+        self.install(name, &version, &staged, result)
+    }
+
+    /// Boots the program `info` names from the image in `staged/rootfs` and snapshots
+    /// it; the snapshot records the image's path as it will be once the version is live.
+    #[allow(clippy::too_many_arguments)]
+    fn build_image_version(
+        &self,
+        name: &str,
+        version: &str,
+        staged: &Path,
+        info: ImageInfo,
+        env: Vec<String>,
+        mem_mib: u64,
+        init_limit: Duration,
+    ) -> Result<Manifest, StoreError> {
+        let image_dir = staged.join(IMAGE_DIR);
+        let functions = self.functions_dir();
+        let live_dir = fs::canonicalize(&functions)
+            .map_err(StoreError::io(&functions, "cannot resolve"))?
+            .join(name)
+            .join("versions")
+            .join(version)
+            .join(IMAGE_DIR);
+        let config = MicroVmConfig {
+            mem_mib,
+            args: info.args.clone(),
+            env,
+            rootfs: Some(RootFs {
+                dir: live_dir.clone(),
+                program: info.args[0].clone(),
+                workdir: info.workdir.clone(),
+            }),
+            ..Default::default()
+        };
+        let _provided = Provided::new(live_dir, &image_dir)?;
+        let program = config
+            .read_program()
+            .map_err(|e| StoreError::Deploy(Box::new(e)))?;
+        let mut manifest = self.build_version(
+            name,
+            version,
+            staged,
+            &program,
+            config,
+            Some(&image_dir),
+            init_limit,
+        )?;
+        manifest.image = Some(info);
+        let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
+        write_synced(&staged.join("manifest.json"), &json)?;
+        sync_dir(staged);
+        Ok(manifest)
     }
 
     /// A fresh version id and its empty staging directory.
@@ -555,6 +798,9 @@ impl FunctionStore {
         Ok(())
     }
 
+    /// Boots `binary` with `config` to its ready point and snapshots it into
+    /// `staged/snapshot`, then writes the manifest. `image_dir` holds the image of a
+    /// program from a root file system (`config.rootfs`).
     #[allow(clippy::too_many_arguments)]
     fn build_version(
         &self,
@@ -562,16 +808,10 @@ impl FunctionStore {
         version: &str,
         staged: &Path,
         binary: &[u8],
-        mem_mib: u64,
-        env: Vec<String>,
+        config: MicroVmConfig,
+        image_dir: Option<&Path>,
         init_limit: Duration,
     ) -> Result<Manifest, StoreError> {
-        let config = MicroVmConfig {
-            mem_mib,
-            args: vec![name.to_owned()],
-            env: env.clone(),
-            ..Default::default()
-        };
         let (boot, memory_data_bytes) = match &self.workers {
             Some(workers) => {
                 // The process gets a directory of its own as its root: the staged
@@ -579,7 +819,14 @@ impl FunctionStore {
                 let boot_dir = staged.join("boot");
                 fs::create_dir(&boot_dir).map_err(StoreError::io(&boot_dir, "cannot create"))?;
                 let report = workers
-                    .deploy(binary, &config, self.log_sink(name), init_limit, &boot_dir)
+                    .deploy(
+                        binary,
+                        &config,
+                        self.log_sink(name),
+                        init_limit,
+                        &boot_dir,
+                        image_dir,
+                    )
                     .map_err(|e| StoreError::Deploy(Box::new(e)))?;
                 let snapshot = staged.join("snapshot");
                 fs::rename(boot_dir.join("snapshot"), &snapshot)
@@ -606,14 +853,15 @@ impl FunctionStore {
             version: version.to_owned(),
             binary_sha256: hex::encode(Sha256::digest(binary)),
             binary_bytes: binary.len() as u64,
-            mem_mib,
-            env,
+            mem_mib: config.mem_mib,
+            env: config.env,
             created_unix: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             init_ms,
             snapshot_data_bytes: memory_data_bytes,
+            image: None,
         };
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
         write_synced(&staged.join("manifest.json"), &json)?;
@@ -761,6 +1009,93 @@ fn new_version_id() -> String {
         .map(|d| d.as_micros())
         .unwrap_or(0);
     format!("{us:x}-{:x}.{}", std::process::id(), next_serial())
+}
+
+/// The configuration of a static binary deployed as `name`.
+fn binary_config(name: &str, mem_mib: u64, env: Vec<String>) -> MicroVmConfig {
+    MicroVmConfig {
+        mem_mib,
+        args: vec![name.to_owned()],
+        env,
+        ..Default::default()
+    }
+}
+
+/// An image directory lent to this process's boots under the path the snapshot will
+/// record ([`reap_vmm::guest_os::fs::image::provide`]), taken back when dropped.
+struct Provided(PathBuf);
+
+impl Provided {
+    fn new(path: PathBuf, dir: &Path) -> Result<Self, StoreError> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let fd = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_DIRECTORY)
+            .open(dir)
+            .map_err(StoreError::io(dir, "cannot open the image"))?;
+        reap_vmm::guest_os::fs::image::provide(path.clone(), fd.into());
+        Ok(Self(path))
+    }
+}
+
+impl Drop for Provided {
+    fn drop(&mut self) {
+        reap_vmm::guest_os::fs::image::withdraw(&self.0);
+    }
+}
+
+/// Copies the directory tree `src` to `dst` (which must not exist): directories,
+/// regular files (their modes made safe and readable, [`oci::image_mode`]), symbolic
+/// links as links; other files (devices, sockets, FIFOs) are left out. Returns the
+/// bytes of regular files copied.
+fn copy_tree(src: &Path, dst: &Path) -> Result<u64, StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let read = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e| StoreError::BadRootfs(path, e)
+    };
+    let set_mode = |path: &Path, mode| {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))
+            .map_err(StoreError::io(path, "cannot set the mode of"))
+    };
+    fs::create_dir(dst).map_err(StoreError::io(dst, "cannot create"))?;
+    set_mode(dst, oci::image_mode(0, true))?;
+    let mut bytes = 0;
+    let mut stack = vec![(src.to_path_buf(), dst.to_path_buf())];
+    while let Some((from, to)) = stack.pop() {
+        for entry in fs::read_dir(&from).map_err(read(&from))? {
+            let entry = entry.map_err(read(&from))?;
+            let (source, target) = (entry.path(), to.join(entry.file_name()));
+            let kind = entry.file_type().map_err(read(&source))?;
+            if kind.is_dir() {
+                fs::create_dir(&target).map_err(StoreError::io(&target, "cannot create"))?;
+                set_mode(&target, oci::image_mode(0, true))?;
+                stack.push((source, target));
+            } else if kind.is_file() {
+                bytes += fs::copy(&source, &target).map_err(read(&source))?;
+                let mode = entry
+                    .metadata()
+                    .map_err(read(&source))?
+                    .permissions()
+                    .mode();
+                set_mode(&target, oci::image_mode(mode, false))?;
+            } else if kind.is_symlink() {
+                let link = fs::read_link(&source).map_err(read(&source))?;
+                std::os::unix::fs::symlink(&link, &target)
+                    .map_err(StoreError::io(&target, "cannot create"))?;
+            }
+        }
+    }
+    Ok(bytes)
+}
+
+/// Refuses a working directory that is not absolute.
+fn check_workdir(workdir: String) -> Result<String, StoreError> {
+    if workdir.starts_with('/') {
+        Ok(workdir)
+    } else {
+        Err(StoreError::BadWorkdir(workdir))
+    }
 }
 
 fn check_env(env: &[String]) -> Result<(), StoreError> {
@@ -937,6 +1272,7 @@ mod tests {
                 created_unix: 0,
                 init_ms,
                 snapshot_data_bytes: 0,
+                image: None,
             };
             fs::write(
                 dir.join("manifest.json"),

@@ -3,6 +3,8 @@
 
 #![warn(missing_docs)]
 
+pub mod oci;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};

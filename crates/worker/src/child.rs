@@ -410,15 +410,28 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                 args,
                 env,
                 limit_us,
+                rootfs,
             } => {
-                if instance.is_some() || fds.len() != 1 || !options.deploy {
+                let wanted = 1 + usize::from(rootfs.is_some());
+                if instance.is_some() || fds.len() != wanted || !options.deploy {
                     return Err(FrameError::Bad(
-                        "a deploy needs one directory, no instance, and a process started \
-                         for deploys"
+                        "a deploy needs one directory (and its image's), no instance, and a \
+                         process started for deploys"
                             .into(),
                     ));
                 }
-                let dir = match enter(fds.remove(0), options, &[]) {
+                let staging = fds.remove(0);
+                let mut also = Vec::new();
+                if let (Some(rootfs), Some(root)) = (&rootfs, fds.pop()) {
+                    match root.try_clone() {
+                        Ok(copy) => also.push(copy),
+                        Err(e) => {
+                            return Err(FrameError::Bad(format!("the image descriptor: {e}")));
+                        }
+                    }
+                    reap_vmm::guest_os::fs::image::provide(rootfs.dir.clone(), root);
+                }
+                let dir = match enter(staging, options, &also) {
                     Ok(root) => SnapshotDir::new(root.dir.join("snapshot")),
                     Err(e) => {
                         send_failed(sock, &format!("cannot confine the deploy: {e}"))?;
@@ -429,6 +442,7 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                     mem_mib,
                     args,
                     env,
+                    rootfs,
                     ..Default::default()
                 };
                 let limit = Duration::from_micros(limit_us);

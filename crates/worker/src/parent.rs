@@ -441,7 +441,10 @@ impl Workers {
     /// process and snapshots it into `staging/snapshot`: the process gets `staging`
     /// (which must hold nothing else) as its root, writable by its uid for the time of
     /// the deploy; the snapshot's files are then given back to the server's user, so
-    /// that no instance process can change them.
+    /// that no instance process can change them. For a program from a root file system
+    /// (`config.rootfs`), `image_dir` is the directory that holds the image now (the
+    /// process reads it, read-only, through a descriptor); the snapshot records
+    /// `config.rootfs`'s path for it.
     pub fn deploy(
         &self,
         image: &[u8],
@@ -449,7 +452,22 @@ impl Workers {
         stderr: Sink,
         limit: Duration,
         staging: &std::path::Path,
+        image_dir: Option<&std::path::Path>,
     ) -> Result<DeployReport, WorkerError> {
+        let image_fd = match (&config.rootfs, image_dir) {
+            (Some(_), Some(dir)) => Some(open_path_dir(dir).map_err(|e| {
+                runtime(format!(
+                    "cannot open the root file system {}: {e}",
+                    dir.display()
+                ))
+            })?),
+            (None, None) => None,
+            _ => {
+                return Err(runtime(
+                    "a deploy from a root file system needs its directory, and only it",
+                ));
+            }
+        };
         let directory = std::fs::File::open(staging).map_err(|e| {
             runtime(format!(
                 "cannot open the staging directory {}: {e}",
@@ -479,8 +497,11 @@ impl Workers {
             args: config.args.clone(),
             env: config.env.clone(),
             limit_us: micros(limit),
+            rootfs: config.rootfs.clone(),
         };
-        let sent = protocol::send(&w.sock, &request, &[image], &[directory.as_fd()]);
+        let mut fds = vec![directory.as_fd()];
+        fds.extend(image_fd.as_ref().map(AsFd::as_fd));
+        let sent = protocol::send(&w.sock, &request, &[image], &fds);
         let result = match sent {
             Err(e) => Err(instance.broken(e, limit)),
             Ok(()) => match instance.receive(limit + Duration::from_secs(30)) {

@@ -60,6 +60,11 @@ pub enum Request {
         env: Vec<String>,
         /// Limit on the function's initialization, in microseconds.
         limit_us: u64,
+        /// The program's root file system, for a program from an image: its directory
+        /// comes as the frame's second descriptor (`dir` is the path the snapshot
+        /// records, which need not exist yet).
+        #[serde(default)]
+        rootfs: Option<reap_vmm::guest_os::fs::RootFs>,
     },
     /// Invoke the restored function with the payload as its request.
     Invoke {

@@ -13,7 +13,7 @@ use anyhow::{Context, bail};
 
 use reap_orchestrator::api::HttpLimits;
 use reap_orchestrator::client::{self, ServerInfo};
-use reap_orchestrator::store::FunctionStore;
+use reap_orchestrator::store::{FunctionStore, ImageCommand};
 use reap_orchestrator::{InvokeOptions, Orchestrator, PoolConfig};
 use reap_vmm::instance::MemoryMode;
 
@@ -28,19 +28,37 @@ pub fn open_store() -> anyhow::Result<FunctionStore> {
     Ok(store)
 }
 
+/// What `reap deploy` deploys.
+pub enum Source {
+    /// A static binary.
+    Binary(PathBuf),
+    /// A program in a root file system (a directory).
+    Rootfs(PathBuf),
+    /// An OCI image archive.
+    Image(PathBuf),
+}
+
 pub fn deploy(
     name: &str,
-    binary: PathBuf,
+    source: Source,
     mem: u64,
-    env: Vec<String>,
+    command: ImageCommand,
     timeout: Duration,
 ) -> anyhow::Result<()> {
     let store = open_store()?;
-    let image =
-        std::fs::read(&binary).with_context(|| format!("cannot read {}", binary.display()))?;
-    let manifest = store
-        .deploy(name, &image, mem, env, timeout)
-        .with_context(|| format!("cannot deploy {name}"))?;
+    let deployed = match source {
+        Source::Binary(binary) => {
+            let image = std::fs::read(&binary)
+                .with_context(|| format!("cannot read {}", binary.display()))?;
+            store.deploy(name, &image, mem, command.env, timeout)
+        }
+        Source::Rootfs(dir) => store.deploy_rootfs(name, &dir, command, mem, timeout),
+        Source::Image(archive) => {
+            let shown = archive.display().to_string();
+            store.deploy_image(name, &archive, &shown, command, mem, timeout)
+        }
+    };
+    let manifest = deployed.with_context(|| format!("cannot deploy {name}"))?;
     println!(
         "deployed {} (version {}): ready after {:.1} ms, snapshot {:.1} MiB of {} MiB",
         manifest.name,

@@ -114,21 +114,40 @@ pub enum Command {
         jail: worker::JailArgs,
     },
     /// Deploy a function into the store: boot it, wait for its ready point, snapshot it.
+    /// The function is a static program (--binary), a program in a root file system
+    /// (--rootfs DIR -- PROGRAM ARGS...), or an OCI image archive (--image FILE, as
+    /// `docker save` or `skopeo copy ... oci-archive:` write; `-- PROGRAM ARGS...`
+    /// replaces its Entrypoint and Cmd). The store keeps its own copy of the image.
+    #[command(group(clap::ArgGroup::new("function").required(true).args(["binary", "rootfs", "image"])))]
     Deploy {
         /// The function's name (a-z, 0-9, '-', '_').
         name: String,
         /// The function: a statically linked x86-64 Linux executable.
         #[arg(long)]
-        binary: PathBuf,
+        binary: Option<PathBuf>,
+        /// A root file system (a directory): the program is the first argument after
+        /// `--`, a path in it.
+        #[arg(long)]
+        rootfs: Option<PathBuf>,
+        /// An OCI image archive (an OCI image layout or docker-save's format, layers
+        /// plain or gzipped).
+        #[arg(long)]
+        image: Option<PathBuf>,
+        /// The working directory in the image (default: the image's WorkingDir, else /).
+        #[arg(long, conflicts_with = "binary")]
+        workdir: Option<String>,
         /// Guest memory in MiB.
         #[arg(long, default_value_t = DEFAULT_MEM_MIB)]
         mem: u64,
-        /// Environment variables for the function, KEY=VALUE.
+        /// Environment variables for the function, KEY=VALUE (after an image's Env).
         #[arg(long = "env", value_name = "KEY=VALUE")]
         env: Vec<String>,
         /// Limit in seconds on the function's initialization.
         #[arg(long, default_value_t = 120.0)]
         timeout: f64,
+        /// With --rootfs or --image: the program's path in the image and its arguments.
+        #[arg(last = true)]
+        args: Vec<String>,
     },
     /// Invoke a deployed function and print its response.
     Invoke {
@@ -198,6 +217,12 @@ pub enum Command {
         /// Instance processes kept started and jailed, ready for a cold start.
         #[arg(long, default_value_t = 2)]
         prestart: usize,
+        /// A directory beneath which clients may deploy from a root file system on
+        /// this machine (`PUT /functions/NAME` with a JSON body); repeatable. None by
+        /// default: such a deploy copies what the server can read into a function's
+        /// image.
+        #[arg(long, value_name = "DIR")]
+        rootfs_from: Vec<PathBuf>,
         #[command(flatten)]
         jail: worker::JailArgs,
     },
@@ -240,13 +265,26 @@ pub fn dispatch(cli: Cli) -> ExitCode {
         Command::Deploy {
             name,
             binary,
+            rootfs,
+            image,
+            workdir,
             mem,
             env,
             timeout,
-        } => report(
-            seconds(timeout, "--timeout")
-                .and_then(|t| functions::deploy(&name, binary, mem, env, t)),
-        ),
+            args,
+        } => report(seconds(timeout, "--timeout").and_then(|t| {
+            let source = match (binary, rootfs, image) {
+                (Some(binary), None, None) if args.is_empty() => functions::Source::Binary(binary),
+                (Some(_), None, None) => {
+                    anyhow::bail!("--binary takes no program after --: its arguments are fixed")
+                }
+                (None, Some(dir), None) => functions::Source::Rootfs(dir),
+                (None, None, Some(archive)) => functions::Source::Image(archive),
+                _ => anyhow::bail!("give one of --binary, --rootfs and --image"),
+            };
+            let command = reap_orchestrator::store::ImageCommand { args, env, workdir };
+            functions::deploy(&name, source, mem, command, t)
+        })),
         Command::Invoke {
             name,
             data,
@@ -274,6 +312,7 @@ pub fn dispatch(cli: Cli) -> ExitCode {
             memory_budget,
             queue_timeout,
             prestart,
+            rootfs_from,
             jail,
         } => report((|| {
             let config = reap_orchestrator::PoolConfig {
@@ -291,6 +330,13 @@ pub fn dispatch(cli: Cli) -> ExitCode {
                 body_timeout: seconds(body_timeout, "--body-timeout")?,
                 max_connections: max_connections.max(1),
                 max_uploads: max_uploads.max(1),
+                rootfs_from: rootfs_from
+                    .iter()
+                    .map(|d| {
+                        std::fs::canonicalize(d)
+                            .with_context(|| format!("--rootfs-from {}", d.display()))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
                 ..Default::default()
             };
             functions::serve(listen, config, limits, log_max_bytes)

@@ -46,6 +46,15 @@ pub fn provide(path: PathBuf, root: OwnedFd) {
         .push((path, root));
 }
 
+/// Takes back what [`provide`] gave for `path`: [`Image::open`] of it opens the
+/// directory again (images already open keep their descriptor).
+pub fn withdraw(path: &Path) {
+    PROVIDED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|(p, _)| p != path);
+}
+
 impl Image {
     /// Opens the directory `path` as an image (or takes the descriptor
     /// [`provide`]d for it).

@@ -182,7 +182,7 @@ pub enum FsError {
 
 /// A program in a root file system, as `reap run --rootfs DIR --workdir W -- PROGRAM`
 /// names it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootFs {
     /// The image: a directory on the host.
     pub dir: PathBuf,
