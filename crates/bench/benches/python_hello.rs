@@ -331,9 +331,10 @@ fn native_syscalls(image: &Path, dir: &Path) -> Option<u64> {
             continue;
         }
         n += 1;
+        // `PID  call(...)`: strace pads the PID.
         if line
             .split_once(' ')
-            .is_some_and(|(_, call)| call.starts_with("read(0,"))
+            .is_some_and(|(_, call)| call.trim_start().starts_with("read(0,"))
         {
             return Some(n);
         }
