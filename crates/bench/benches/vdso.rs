@@ -146,7 +146,8 @@ fn main() {
     println!();
     println!(
         "System calls the microVM counted per round (the {VM_SYSCALLS} clock system calls, the \
-         request's read and the answer's write; none for the {CALLS} vDSO calls): {:?}",
+         request's read, the answer's write and the read that waits for the next request; \
+         none for the {CALLS} vDSO calls): {:?}",
         vm_exits
     );
 
