@@ -289,3 +289,33 @@ fn python_time_agrees_with_the_host_without_system_calls() {
         );
     }
 }
+
+#[test]
+fn proc_self_maps_lists_the_vdso_and_its_data_page() {
+    let root = debian();
+    let out = common::reap(
+        &[
+            "run",
+            "--rootfs",
+            root.to_str().unwrap(),
+            "--",
+            "/bin/busybox",
+            "cat",
+            "/proc/self/maps",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let maps = common::stdout(&out);
+    let mut lines = maps.lines();
+    assert_eq!(
+        lines.next(),
+        Some("0000d000-0000e000 r--p 00000000 00:00 0 [vvar]"),
+        "{maps}"
+    );
+    assert_eq!(
+        lines.next(),
+        Some("0000e000-00010000 r-xp 00000000 00:00 0 [vdso]"),
+        "{maps}"
+    );
+}
