@@ -183,6 +183,7 @@ fn boot_steps(image: &[u8]) -> [f64; 6] {
         random: [7; 16],
         interp_base: 0,
         execfn: None,
+        vdso: 0,
     };
     let rsp =
         loader::build_stack(&memory, memory.size(), &program, &inputs).expect("initial stack");

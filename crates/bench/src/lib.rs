@@ -24,7 +24,7 @@
 
 pub mod disk;
 pub mod plot;
-mod progress;
+pub mod progress;
 pub mod report;
 pub mod run;
 pub mod stats;
@@ -303,6 +303,7 @@ impl BenchPlan {
             Ok(FunctionSpec {
                 name: name.to_owned(),
                 binary,
+                rootfs: None,
                 request: requests.next().unwrap_or_else(|| "{}".into()),
                 second_request: requests.next(),
             })

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+/// A progress bar of a bench run; [`run::function`](crate::run::function) advances it.
 pub struct Progress {
     bar: ProgressBar,
 }
@@ -27,10 +28,12 @@ impl Progress {
         Progress { bar }
     }
 
+    /// Shows `msg` beside the bar.
     pub fn set_message(&self, msg: impl Into<Cow<'static, str>>) {
         self.bar.set_message(msg);
     }
 
+    /// Advances the bar by one step.
     pub fn inc(&self) {
         self.bar.inc(1);
     }
@@ -40,6 +43,7 @@ impl Progress {
         self.bar.suspend(|| eprintln!("{line}"));
     }
 
+    /// Removes the bar.
     pub fn finish(&self) {
         self.bar.finish_and_clear();
     }

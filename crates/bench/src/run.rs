@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::BenchError;
 use super::progress::Progress;
 use reap_pager::{Holes, ServeOptions};
+use reap_vmm::guest_os::fs::RootFs;
 use reap_vmm::instance::{Deployed, Instance, InstanceError, MemoryMode};
 use reap_vmm::microvm::MicroVmConfig;
 use reap_vmm::snapshot::SnapshotDir;
@@ -24,13 +25,27 @@ pub const MODES: [MemoryMode; 3] = [MemoryMode::File, MemoryMode::Lazy, MemoryMo
 pub struct FunctionSpec {
     /// The function's name, also its binary's file name and its argv[0] in the guest.
     pub name: String,
-    /// Path of the function's binary.
+    /// Path of the function's binary (a static program; with `rootfs`, the program's
+    /// path in the image, for messages).
     pub binary: PathBuf,
+    /// The function as a dynamic program in a root file system (Debian's `python3`
+    /// with a handler, say); `None`: `binary` is a static program run with argv
+    /// `[name]`.
+    pub rootfs: Option<RootProgram>,
     /// The request every invocation sends (one line): the first sample request.
     pub request: String,
     /// The second sample request, if the function has one: the input-sensitivity
     /// cold starts send it to a snapshot whose working set was recorded with the first.
     pub second_request: Option<String>,
+}
+
+/// A function that is a program in a root file system.
+#[derive(Debug, Clone)]
+pub struct RootProgram {
+    /// The image, the program's path in it and the working directory.
+    pub root: RootFs,
+    /// argv, including `argv[0]`.
+    pub args: Vec<String>,
 }
 
 /// What a function run needs besides the function.
@@ -305,18 +320,30 @@ fn deploy(
     dir: &SnapshotDir,
     params: &RunParams,
 ) -> Result<Deployed, BenchError> {
-    let image = std::fs::read(&spec.binary).map_err(|source| {
-        BenchError::Io(PathIoError {
-            path: spec.binary.clone(),
-            what: "cannot read the function binary",
-            source,
-        })
-    })?;
-    let config = MicroVmConfig {
+    let mut config = MicroVmConfig {
         mem_mib: params.mem_mib,
         args: vec![spec.name.clone()],
         env: Vec::new(),
         ..Default::default()
+    };
+    let image = match &spec.rootfs {
+        None => std::fs::read(&spec.binary).map_err(|source| {
+            BenchError::Io(PathIoError {
+                path: spec.binary.clone(),
+                what: "cannot read the function binary",
+                source,
+            })
+        })?,
+        Some(program) => {
+            config.args.clone_from(&program.args);
+            config.rootfs = Some(program.root.clone());
+            config.read_program().map_err(|e| {
+                function_err(
+                    &spec.name,
+                    "cannot read its program from the root file system",
+                )(e.into())
+            })?
+        }
     };
     Instance::deploy(
         &image,

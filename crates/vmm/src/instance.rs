@@ -17,6 +17,7 @@ use crate::guest_os::Sink;
 use crate::microvm::{MicroVm, MicroVmConfig, RunExit, VmError};
 use crate::persist::{self, FileMemoryError, PagedMemoryError};
 use crate::snapshot::{SnapshotDir, SnapshotError, SnapshotState};
+use crate::vdso;
 use crate::vstate::shell::{self, Shell};
 
 pub use reap_pager::MemoryMode;
@@ -200,6 +201,8 @@ pub struct Instance {
     ws_write: Option<JoinHandle<()>>,
     cold_start: Option<ColdStart>,
     invocations: u64,
+    /// When the vDSO's clock parameters were last rewritten.
+    clock_synced: Instant,
 }
 
 impl Instance {
@@ -229,11 +232,15 @@ impl Instance {
             ws_write: None,
             cold_start: None,
             invocations: 0,
+            clock_synced: Instant::now(),
         })
     }
 
     /// Snapshots this instance (at its ready point) into `dir`.
     pub fn snapshot(&mut self, dir: &SnapshotDir) -> Result<SnapshotState, InstanceError> {
+        // The clock as the guest last saw it, for the restores to continue from.
+        self.vm.sync_clock(vdso::Resync::Running)?;
+        self.clock_synced = Instant::now();
         Ok(dir.write(&mut self.vm)?)
     }
 
@@ -312,7 +319,7 @@ impl Instance {
             }
         };
         let stdout = Capture::default();
-        let vm = match shell {
+        let mut vm = match shell {
             Some(shell) => MicroVm::restore_in_shell(
                 shell,
                 memory,
@@ -322,6 +329,10 @@ impl Instance {
             )?,
             None => MicroVm::restore(memory, &state.vm, Box::new(stdout.clone()), stderr)?,
         };
+        // The TSC and the wall clock moved on since the snapshot: the guest's vDSO must
+        // read the host's time before the guest runs again.
+        vm.sync_clock(vdso::Resync::Restored)?;
+        let clock_synced = Instant::now();
         pager_failure(pager.as_ref())?;
         let stats = pager.as_ref().map(PageServer::stats).unwrap_or_default();
         let total = started.elapsed();
@@ -348,6 +359,7 @@ impl Instance {
             ws_write: None,
             cold_start: Some(cold_start),
             invocations: 0,
+            clock_synced,
         })
     }
 
@@ -412,6 +424,10 @@ impl Instance {
             return Err(InstanceError::NotReady);
         }
         pager_failure(self.pager.as_ref())?;
+        if self.clock_synced.elapsed() >= vdso::RESYNC_AFTER {
+            self.vm.sync_clock(vdso::Resync::Running)?;
+            self.clock_synced = Instant::now();
+        }
         let before = self.pager_stats().unwrap_or_default();
         let syscalls_before = self.vm.os.counters().syscalls;
         let _ = self.stdout.take();

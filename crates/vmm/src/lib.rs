@@ -10,6 +10,7 @@
 //!   server.
 //! - [`instance`]: a function instance: boot to ready, restore in a memory mode, invoke.
 //! - [`snapshot`]: snapshots on disk (state file, sparse memory file).
+//! - [`vdso`]: the guest's vDSO (clocks without a VM exit) and its data page.
 
 #![warn(missing_docs)]
 
@@ -20,4 +21,5 @@ pub mod loader;
 pub mod microvm;
 pub mod persist;
 pub mod snapshot;
+pub mod vdso;
 pub mod vstate;

@@ -309,6 +309,7 @@ const AT_SECURE: u64 = 23;
 const AT_RANDOM: u64 = 25;
 const AT_HWCAP2: u64 = 26;
 const AT_EXECFN: u64 = 31;
+const AT_SYSINFO_EHDR: u64 = 33;
 
 /// What goes on the initial stack besides the program's own addresses.
 pub struct StackInputs<'a> {
@@ -324,6 +325,8 @@ pub struct StackInputs<'a> {
     pub interp_base: u64,
     /// The program's path (AT_EXECFN); argv[0] if `None`.
     pub execfn: Option<&'a str>,
+    /// Where the vDSO is (AT_SYSINFO_EHDR), 0 for none (then the entry is left out).
+    pub vdso: u64,
 }
 
 /// Builds the Linux initial stack below `top` and returns the stack pointer at entry
@@ -367,6 +370,8 @@ pub fn build_stack(
             .unwrap_or(0),
     };
 
+    let vdso = [(AT_SYSINFO_EHDR, inputs.vdso)];
+    let vdso = vdso.iter().filter(|&&(_, addr)| addr != 0).copied();
     let auxv = [
         (AT_PHDR, program.phdr),
         (AT_PHENT, program.phent),
@@ -386,8 +391,10 @@ pub fn build_stack(
         (AT_RANDOM, addr_of(random_off)),
         (AT_HWCAP2, 0),
         (AT_EXECFN, execfn),
-        (AT_NULL, 0),
-    ];
+    ]
+    .into_iter()
+    .chain(vdso)
+    .chain([(AT_NULL, 0)]);
     let mut words: Vec<u64> = vec![inputs.args.len() as u64];
     let nargs = inputs.args.len();
     words.extend(offsets[..nargs].iter().map(|&o| addr_of(o)));
@@ -497,6 +504,7 @@ mod tests {
             random: [9; 16],
             interp_base: 0,
             execfn: None,
+            vdso: 0xe000,
         };
         let top = 16 << 20;
         let sp = build_stack(&mem, top, &program, &inputs).unwrap();
@@ -517,6 +525,7 @@ mod tests {
         assert_eq!(aux[&AT_ENTRY], 0x40_1000);
         assert_eq!(aux[&AT_PHNUM], 9);
         assert_eq!(aux[&AT_PAGESZ], 4096);
+        assert_eq!(aux[&AT_SYSINFO_EHDR], 0xe000);
         let mut random = [0u8; 16];
         mem.read(aux[&AT_RANDOM], &mut random).unwrap();
         assert_eq!(random, [9; 16]);

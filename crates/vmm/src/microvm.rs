@@ -9,6 +9,7 @@ use crate::guest_os::fs::{RootFs, Vfs};
 use crate::guest_os::mm::AddressSpace;
 use crate::guest_os::{GuestOs, GuestOsState, Outcome, Sink, Syscall};
 use crate::loader::{self, LoadError, StackInputs};
+use crate::vdso;
 use crate::vstate::memory::{GuestMemory, MemoryError};
 use crate::vstate::shell::{self, Shell, ShellMemory};
 use crate::vstate::vcpu::{Exit, Vcpu, VcpuError};
@@ -257,6 +258,7 @@ impl MicroVm {
             random,
             interp_base,
             execfn: execfn.as_deref(),
+            vdso: layout::VDSO_ADDR,
         };
         let rsp = loader::build_stack(&memory, mem_size, &program, &inputs)?;
 
@@ -270,7 +272,7 @@ impl MicroVm {
         os.set_trace(config.trace);
         os.write_page_tables(&memory)
             .map_err(|_| VmError::MemSize(mem_size >> 20))?;
-        Ok(Self {
+        let mut booted = Self {
             vcpu: ManuallyDrop::new(vcpu),
             _vm: ManuallyDrop::new(vm),
             memory,
@@ -279,7 +281,17 @@ impl MicroVm {
             pending: false,
             cpuid,
             watchdog: Watchdog::new(),
-        })
+        };
+        booted.sync_clock(vdso::Resync::Running)?;
+        Ok(booted)
+    }
+
+    /// Rewrites the clock parameters of the guest's vDSO from the guest's TSC and the
+    /// host's clocks now ([`vdso::sync`]). Call it only while the guest is not running.
+    pub fn sync_clock(&mut self, how: vdso::Resync) -> Result<vdso::Vvar, VmError> {
+        let sample = vdso::ClockSample::take(&self.vcpu)?;
+        vdso::sync(&self.memory, &sample, how)
+            .map_err(|_| VmError::MemSize(self.memory.size() >> 20))
     }
 
     /// Saves the microVM's state at its ready point (guest memory is saved separately).
@@ -688,6 +700,7 @@ fn write_system_area(memory: &GuestMemory) -> Result<(), VmError> {
     arch::write_page_tables(memory.size(), |addr, value| memory.write_obj(addr, value))
         .map_err(fault)?;
     arch::write_system_tables(|addr, bytes| memory.write(addr, bytes)).map_err(fault)?;
+    vdso::install(memory).map_err(fault)?;
     Ok(())
 }
 

@@ -102,6 +102,34 @@ impl Vcpu {
         Ok(exit)
     }
 
+    /// The guest's time-stamp counter now (`KVM_GET_MSRS` of `IA32_TSC`).
+    pub fn tsc(&self) -> Result<u64, VcpuError> {
+        const IA32_TSC: u32 = 0x10;
+        let mut msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+            index: IA32_TSC,
+            ..Default::default()
+        }])
+        .map_err(|_| VcpuError::Ioctl("GET_MSRS", kvm_ioctls::Error::new(libc::E2BIG)))?;
+        let n = self
+            .fd
+            .get_msrs(&mut msrs)
+            .map_err(|e| VcpuError::Ioctl("GET_MSRS", e))?;
+        match msrs.as_slice().first() {
+            Some(entry) if n == 1 => Ok(entry.data),
+            _ => Err(VcpuError::Ioctl(
+                "GET_MSRS",
+                kvm_ioctls::Error::new(libc::EIO),
+            )),
+        }
+    }
+
+    /// The guest's TSC frequency in kHz (`KVM_GET_TSC_KHZ`).
+    pub fn tsc_khz(&self) -> Result<u32, VcpuError> {
+        self.fd
+            .get_tsc_khz()
+            .map_err(|e| VcpuError::Ioctl("GET_TSC_KHZ", e))
+    }
+
     /// The registers at the last exit.
     pub fn regs(&mut self) -> Result<(kvm_regs, kvm_sregs), VcpuError> {
         if self.synced {

@@ -50,6 +50,15 @@ pub const EXCEPTION_STACK: u64 = 0xb000;
 /// The top of the exception stack (TSS.RSP0).
 pub const EXCEPTION_STACK_TOP: u64 = 0xd000;
 
+/// The vDSO's data page (`[vvar]`): the clock parameters the VMM keeps for the
+/// guest's vDSO (`crate::vdso`), read-only to the guest.
+pub const VVAR_ADDR: u64 = 0xd000;
+/// The vDSO (`[vdso]`): the ELF image whose address the auxiliary vector gives as
+/// `AT_SYSINFO_EHDR`, read-only and executable, at most `VDSO_MAX_SIZE` bytes.
+pub const VDSO_ADDR: u64 = 0xe000;
+/// Room for the vDSO image.
+pub const VDSO_MAX_SIZE: u64 = 2 * PAGE_SIZE;
+
 /// I/O port the syscall stub writes to: the exit that means "system call".
 pub const SYSCALL_PORT: u16 = 0x10;
 /// I/O port the exception stubs write to; the byte written is the vector.
@@ -82,6 +91,9 @@ const _: () = {
     assert!(STUB_PAGE >= IDT_ADDR + 32 * 16);
     assert!(EXCEPTION_STACK >= STUB_PAGE + PAGE_SIZE);
     assert!(EXCEPTION_STACK_TOP <= SYSTEM_AREA_END);
+    assert!(VVAR_ADDR >= EXCEPTION_STACK_TOP);
+    assert!(VDSO_ADDR >= VVAR_ADDR + PAGE_SIZE);
+    assert!(PT_POOL_START >= VDSO_ADDR + VDSO_MAX_SIZE);
     assert!(PT_POOL_START >= EXCEPTION_STACK_TOP && PT_POOL_START.is_multiple_of(PAGE_SIZE));
     assert!(MIN_MEM_SIZE >= SYSTEM_AREA_END + STACK_GUARD_GAP + STACK_SIZE);
     assert!(MAX_MEM_SIZE == PD_COUNT << 30);

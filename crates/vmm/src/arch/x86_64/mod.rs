@@ -14,7 +14,7 @@ mod regs;
 mod state;
 mod tables;
 
-pub use cpu::hwcap;
+pub use cpu::{hwcap, invariant_tsc};
 pub use fault::{
     Access, ExceptionFrame, ExceptionReport, FaultRegs, GENERAL_PROTECTION, PAGE_FAULT, PageFault,
     decode_exception, exception_name, io_instruction_port, read_exception_frame,

@@ -148,13 +148,17 @@ pub fn pte(page: u64, protection: Protection) -> u64 {
 /// Pages of the system area the guest's address space maps, with whether they are
 /// writable. Everything else below `SYSTEM_AREA_END` (page 0 included) is unmapped.
 /// The GDT, TSS and IDT are read through linear addresses by the CPU, the stub page is
-/// executed, and the exception stack receives exception frames.
-const SYSTEM_PAGES: [(u64, bool); 5] = [
+/// executed, the exception stack receives exception frames, and the guest's vDSO reads
+/// its data page and runs its code.
+const SYSTEM_PAGES: [(u64, bool); 8] = [
     (GDT_ADDR, false),
     (IDT_ADDR, false),
     (STUB_PAGE, false),
     (EXCEPTION_STACK, true),
     (EXCEPTION_STACK + PAGE_SIZE, true),
+    (VVAR_ADDR, false),
+    (VDSO_ADDR, false),
+    (VDSO_ADDR + PAGE_SIZE, false),
 ];
 
 /// Returns the page-table entries to write, as (guest address, value) pairs, for guest

@@ -71,6 +71,16 @@ impl GuestOs {
         match what {
             Generated::Maps => {
                 let mut out = String::new();
+                // The vDSO's pages in the system area (never handed out by mmap).
+                use crate::arch::layout::{PAGE_SIZE, VDSO_ADDR, VDSO_MAX_SIZE, VVAR_ADDR};
+                out.push_str(&format!(
+                    "{VVAR_ADDR:08x}-{:08x} r--p 00000000 00:00 0 [vvar]\n",
+                    VVAR_ADDR + PAGE_SIZE
+                ));
+                out.push_str(&format!(
+                    "{VDSO_ADDR:08x}-{:08x} r-xp 00000000 00:00 0 [vdso]\n",
+                    VDSO_ADDR + VDSO_MAX_SIZE
+                ));
                 let mut line = |start: u64, end: u64, name: &str| {
                     let p = match self.mm.protection_at(start) {
                         Protection::None => "---p",

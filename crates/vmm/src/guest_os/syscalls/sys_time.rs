@@ -4,7 +4,7 @@ use super::*;
 
 impl GuestOs {
     pub(super) fn clock_gettime(&mut self, mem: &GuestMemory, clock: i32, tp: u64) -> SysResult {
-        let now = host_clock(clock_id(clock)?)?;
+        let now = guest_clock(mem, clock_id(clock)?)?;
         mem.write_user_obj(tp, now)?;
         Ok(0)
     }
@@ -43,7 +43,7 @@ impl GuestOs {
         let ts: Timespec = mem.read_user_obj(req)?;
         let mut d = ts.to_duration().ok_or(Errno(libc::EINVAL))?;
         if flags & libc::TIMER_ABSTIME != 0 {
-            let now = host_clock(clock)?.to_duration().unwrap_or_default();
+            let now = guest_clock(mem, clock)?.to_duration().unwrap_or_default();
             d = d.saturating_sub(now);
         }
         self.sleep(d);
@@ -73,6 +73,28 @@ pub(super) fn clock_id(clock: i32) -> Result<i32, Errno> {
         | libc::CLOCK_TAI) => Ok(c),
         _ => Err(Errno(libc::EINVAL)),
     }
+}
+
+/// The guest's reading of `clock`: the host's, plus the vDSO data page's offset for the
+/// clocks that count from boot (which keeps them from going backwards across a restore
+/// on a host whose clock is behind the snapshot's: see `crate::vdso`).
+pub(super) fn guest_clock(mem: &GuestMemory, clock: i32) -> Result<Timespec, Errno> {
+    let now = host_clock(clock)?;
+    let offset = match clock {
+        libc::CLOCK_MONOTONIC
+        | libc::CLOCK_MONOTONIC_RAW
+        | libc::CLOCK_MONOTONIC_COARSE
+        | libc::CLOCK_BOOTTIME => crate::vdso::monotonic_offset(mem),
+        _ => 0,
+    };
+    if offset == 0 {
+        return Ok(now);
+    }
+    let ns = i128::from(now.sec) * 1_000_000_000 + i128::from(now.nsec) + i128::from(offset);
+    Ok(Timespec {
+        sec: i64::try_from(ns.div_euclid(1_000_000_000)).unwrap_or(i64::MAX),
+        nsec: i64::try_from(ns.rem_euclid(1_000_000_000)).unwrap_or(0),
+    })
 }
 
 pub(super) fn host_clock(clock: i32) -> Result<Timespec, Errno> {

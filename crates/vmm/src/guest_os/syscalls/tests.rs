@@ -1250,6 +1250,46 @@ fn clock_gettime_reads_the_host_clock_and_refuses_unknown_clocks() {
 }
 
 #[test]
+fn the_monotonic_clocks_add_the_vdso_pages_offset_and_realtime_does_not() {
+    use libc::*;
+    let mut g = Guest::new();
+    let hour = 3_600_000_000_000u64;
+    // A restore on a host whose monotonic clock is ten hours behind the snapshot's.
+    let sample = |monotonic_ns| crate::vdso::ClockSample {
+        guest_tsc: 0,
+        tsc_khz: Some(1_000_000),
+        realtime_ns: 0,
+        monotonic_ns,
+    };
+    crate::vdso::sync(&g.mem, &sample(1), crate::vdso::Resync::Running).unwrap();
+    crate::vdso::sync(&g.mem, &sample(1), crate::vdso::Resync::Running).unwrap();
+    let mut v: crate::vdso::Vvar = g.get(crate::arch::layout::VVAR_ADDR);
+    v.monotonic_ns = 10 * hour;
+    g.put(crate::arch::layout::VVAR_ADDR, v);
+    crate::vdso::sync(&g.mem, &sample(0), crate::vdso::Resync::Restored).unwrap();
+    let host = super::sys_time::host_clock(CLOCK_MONOTONIC).unwrap();
+    for clock in [CLOCK_MONOTONIC, CLOCK_MONOTONIC_COARSE, CLOCK_BOOTTIME] {
+        assert_eq!(
+            g.ret(SYS_clock_gettime, &[u64::from(clock.cast_unsigned()), BUF]),
+            0
+        );
+        let t: Timespec = g.get(BUF);
+        let ahead = t.sec - host.sec;
+        assert!(
+            (36_000 - 2..=36_000 + 2).contains(&ahead),
+            "{clock}: {t:?} vs {host:?}"
+        );
+    }
+    assert_eq!(g.ret(SYS_clock_gettime, &[CLOCK_REALTIME as u64, BUF]), 0);
+    let real: Timespec = g.get(BUF);
+    let host_real = super::sys_time::host_clock(CLOCK_REALTIME).unwrap();
+    assert!(
+        (real.sec - host_real.sec).abs() <= 1,
+        "{real:?} vs {host_real:?}"
+    );
+}
+
+#[test]
 fn sleeps_refuse_invalid_times() {
     use libc::*;
     let mut g = Guest::new();
