@@ -119,8 +119,8 @@ pub enum GuestFault {
         /// program sent itself.
         detail: String,
     },
-    /// The program waits for something that can never happen (a futex or poll with no
-    /// timeout and no other thread).
+    /// The program waits for something that can never happen: every thread is
+    /// blocked, none on stdin or with a timeout (a deadlock).
     #[error("guest cannot make progress: {0}")]
     Stuck(String),
     /// A vCPU exit the VMM does not expect (`HLT`, MMIO, a KVM failure).
@@ -762,7 +762,6 @@ impl MicroVm {
                 detail: String::new(),
             }
             .into()),
-            Outcome::Fatal(why) => Err(GuestFault::Stuck(why).into()),
         }
     }
 

@@ -55,8 +55,6 @@ pub enum Outcome {
     Exit(i32),
     /// The program sent itself this fatal signal (e.g. `abort()`).
     Signal(i32),
-    /// The program can never make progress (e.g. waits on a futex with no other thread).
-    Fatal(String),
 }
 
 /// Counters of the guest's activity.

@@ -114,7 +114,6 @@ impl GuestOs {
                 Outcome::Switch => "? <blocks, yields or exits>".into(),
                 Outcome::Exit(c) => format!("? <exit {c}>"),
                 Outcome::Signal(s) => format!("? <signal {s}>"),
-                Outcome::Fatal(why) => format!("? <{why}>"),
             };
             eprintln!("{shown} = {result}");
         }
