@@ -1,8 +1,9 @@
 //! Threads in the microVM: multi-threaded programs (Rust std threads, C pthreads)
 //! answer like natively under `reap run` and after a snapshot taken while their worker
 //! threads are parked, in every memory mode; a deadlock, a crashing thread and a
-//! spinning thread end clearly; thread create/join cycles leave nothing behind. Needs
-//! /dev/kvm, userfaultfd, a C compiler and the workspace's release binaries.
+//! spinning thread end clearly; thread create/join cycles leave nothing behind; Debian's
+//! `python3` runs a thread pool. Needs /dev/kvm, userfaultfd, a C compiler, the
+//! workspace's release binaries and the root file system of `scripts/rootfs`.
 
 use reap_test_support as common;
 
@@ -221,4 +222,55 @@ fn thread_costs_natively_and_in_the_microvm() {
     assert!(stdout(&vm).starts_with("create_join_us "));
     println!("native:  {}", stdout(&native).trim_end());
     println!("microVM: {}", stdout(&vm).trim_end());
+}
+
+/// The same Python program in Debian's `python3` (from the root file system
+/// `scripts/rootfs` assembles): a `ThreadPoolExecutor` and threads sharing a lock,
+/// answering each request line.
+const PYTHON_THREADS: &str = r#"
+import sys, threading, concurrent.futures as cf
+pool = cf.ThreadPoolExecutor(4)
+lock = threading.Lock()
+for line in sys.stdin:
+    n = int(line)
+    total = sum(pool.map(lambda x: x * x, range(n)))
+    count = [0]
+    def bump():
+        for _ in range(1000):
+            with lock:
+                count[0] += 1
+    ts = [threading.Thread(target=bump) for _ in range(8)]
+    [t.start() for t in ts]
+    [t.join() for t in ts]
+    print(total, count[0], flush=True)
+"#;
+
+#[test]
+fn debian_python_threads_answer_like_natively() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/rootfs/debian");
+    assert!(
+        root.join("usr/bin/python3.11").exists(),
+        "{} is missing: run scripts/rootfs first",
+        root.display()
+    );
+    let input = b"10\n1000\n";
+    let args = ["/usr/bin/python3", "-c", PYTHON_THREADS];
+    let native = common::run_with_input(
+        std::process::Command::new("chroot").arg(&root).args(args),
+        input,
+    );
+    assert!(native.status.success(), "natively: {}", stderr(&native));
+    let mut all = vec![
+        "run",
+        "--timeout",
+        "60",
+        "--rootfs",
+        root.to_str().unwrap(),
+        "--",
+    ];
+    all.extend(args);
+    let vm = reap(&all, input);
+    assert!(vm.status.success(), "{}", stderr(&vm));
+    assert_eq!(stdout(&vm), stdout(&native));
+    assert_eq!(stdout(&vm).lines().count(), 2);
 }
