@@ -221,13 +221,13 @@ fn wild_pointers_get_efault_and_the_guest_goes_on() {
 }
 
 #[test]
-fn unsupported_system_calls_return_enosys_and_threads_are_refused() {
+fn unsupported_system_calls_return_enosys_and_fork_is_refused() {
     let vm = reap_run("unsupported", &[], b"");
     assert!(vm.status.success(), "{}", stderr(&vm));
     let out = stdout(&vm);
     assert!(out.contains("syscall 999: -1 errno 38\n"), "{out}");
     assert!(out.contains("socket: -1 errno 38\n"), "{out}");
-    assert!(out.contains("thread: refused"), "{out}");
+    assert!(out.contains("fork: -1 errno 1\n"), "{out}");
     assert!(out.contains("open: NotFound\n"), "{out}");
     let err = stderr(&vm);
     assert_eq!(

@@ -41,6 +41,36 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
+/// Path of a C test guest, `tests/guests/c/NAME.c`, compiled with the host's C
+/// compiler (`cc -O2 -static-pie -pthread`, glibc linked in) into the binary directory
+/// as `NAME` when missing or older than its source.
+pub fn c_guest(name: &str) -> PathBuf {
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/guests/c")
+        .join(format!("{name}.c"));
+    let out = bin_dir().join(name);
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let source_time = modified(&source)
+        .unwrap_or_else(|| panic!("C guest source {} is missing", source.display()));
+    if modified(&out).is_some_and(|t| t >= source_time) {
+        return out;
+    }
+    // Built under a name of its own and renamed: tests running at once never see a
+    // half-written binary.
+    let tmp = bin_dir().join(format!(".{name}.{}", std::process::id()));
+    let status = Command::new("cc")
+        .args(["-O2", "-static-pie", "-pthread", "-Wall", "-o"])
+        .arg(&tmp)
+        .arg(&source)
+        .status()
+        .expect(
+            "run cc (install a C compiler and the static glibc, e.g. Debian's gcc and libc6-dev)",
+        );
+    assert!(status.success(), "cc failed on {}", source.display());
+    std::fs::rename(&tmp, &out).expect("rename the C guest into place");
+    out
+}
+
 /// Runs `program` natively with `input` on stdin.
 pub fn run_native(program: &std::path::Path, args: &[&str], input: &[u8]) -> Output {
     run_with_input(Command::new(program).args(args), input)

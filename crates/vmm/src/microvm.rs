@@ -1,12 +1,23 @@
 //! A microVM: guest memory, one KVM VM and vCPU, and the guest OS that runs a static
 //! Linux program in it; the run loop that turns vCPU exits into system calls.
+//!
+//! The program's threads share the vCPU: the run loop keeps every thread that is not
+//! on it as a parked register set and XSAVE area, and switches when the running thread
+//! blocks (a futex wait, a sleep, a read with nothing to read), yields, exits, or its
+//! time slice ends (the watchdog kicks `KVM_RUN` every [`TIME_SLICE`] while more than
+//! one thread exists). Which thread runs next is the guest OS's thread table's choice
+//! (`guest_os::threads`).
 
+use std::collections::BTreeMap;
 use std::mem::ManuallyDrop;
 use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_regs, kvm_xsave};
 
 use crate::arch::{self, layout};
 use crate::guest_os::fs::{RootFs, Vfs};
 use crate::guest_os::mm::AddressSpace;
+use crate::guest_os::threads::{MAIN_TID, Resume, monotonic_ns};
 use crate::guest_os::{GuestOs, GuestOsState, Outcome, Sink, Syscall};
 use crate::loader::{self, LoadError, StackInputs};
 use crate::vdso;
@@ -14,7 +25,10 @@ use crate::vstate::memory::{GuestMemory, MemoryError};
 use crate::vstate::shell::{self, Shell, ShellMemory};
 use crate::vstate::vcpu::{Exit, Vcpu, VcpuError};
 use crate::vstate::vm::{Vm, VmError as KvmVmError};
-use crate::vstate::watchdog::Watchdog;
+use crate::vstate::watchdog::{KickMask, Watchdog};
+
+/// How long a guest thread runs before another runnable one gets the vCPU.
+pub const TIME_SLICE: Duration = Duration::from_millis(10);
 
 /// Default guest memory, as in the paper's setup.
 pub const DEFAULT_MEM_MIB: u64 = 256;
@@ -106,8 +120,8 @@ pub enum GuestFault {
         /// program sent itself.
         detail: String,
     },
-    /// The program waits for something that can never happen (a futex or poll with no
-    /// timeout and no other thread).
+    /// The program waits for something that can never happen: every thread is
+    /// blocked, none on stdin or with a timeout (a deadlock).
     #[error("guest cannot make progress: {0}")]
     Stuck(String),
     /// A vCPU exit the VMM does not expect (`HLT`, MMIO, a KVM failure).
@@ -158,6 +172,10 @@ pub enum VmError {
     /// The watchdog thread that enforces a run's time limit could not be started.
     #[error("cannot start the watchdog thread")]
     Watchdog(#[source] std::io::Error),
+    /// A guest thread the scheduler picked has no saved registers (a snapshot whose
+    /// thread table and thread registers disagree).
+    #[error("guest thread {0} has no saved registers")]
+    NoThreadContext(u32),
 }
 
 impl From<crate::guest_os::fs::FsError> for VmError {
@@ -190,10 +208,55 @@ pub struct MicroVm {
     shell: Option<(ShellMemory, u64)>,
     /// The guest's operating system (stdin, stdout, address space).
     pub os: GuestOs,
-    /// A read of stdin is pending (the guest is at its ready point).
+    /// The guest is at its ready point: every thread is blocked and one reads stdin.
     pending: bool,
     cpuid: kvm_bindings::CpuId,
     watchdog: Watchdog,
+    /// The thread whose registers are on the vCPU (it may have exited since).
+    on_cpu: u32,
+    /// The registers of every other thread.
+    parked: BTreeMap<u32, Parked>,
+    /// The watchdog's time slice is on (more than one thread).
+    sliced: bool,
+}
+
+/// A thread's CPU state while it is off the vCPU.
+#[derive(Clone)]
+struct Parked {
+    regs: kvm_regs,
+    /// The `kvm_xsave` region.
+    xsave: Vec<u32>,
+}
+
+/// A thread's registers in a snapshot (every thread but the one on the vCPU, whose
+/// registers are [`VmState::vcpu`]).
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct ParkedThread {
+    /// Its thread id.
+    pub tid: u32,
+    /// General registers, RIP and RFLAGS.
+    pub regs: kvm_regs,
+    /// The XSAVE area (`kvm_xsave`'s 1024 words).
+    pub xsave: Vec<u32>,
+}
+
+impl std::fmt::Debug for ParkedThread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParkedThread")
+            .field("tid", &self.tid)
+            .field("rip", &self.regs.rip)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the run loop does after a system call.
+enum Step {
+    /// The same thread goes on.
+    Continue,
+    /// Another thread must be put on the vCPU.
+    Switch,
+    /// The run ends.
+    Exit(RunExit),
 }
 
 /// What a snapshot saves of a microVM at its ready point.
@@ -205,6 +268,9 @@ pub struct VmState {
     pub vcpu: arch::VcpuState,
     /// The guest OS.
     pub os: GuestOsState,
+    /// The registers of the threads not on the vCPU (none in format 3).
+    #[serde(default)]
+    pub threads: Vec<ParkedThread>,
 }
 
 impl MicroVm {
@@ -281,6 +347,9 @@ impl MicroVm {
             pending: false,
             cpuid,
             watchdog: Watchdog::new(),
+            on_cpu: MAIN_TID,
+            parked: BTreeMap::new(),
+            sliced: false,
         };
         booted.sync_clock(vdso::Resync::Running)?;
         Ok(booted)
@@ -301,10 +370,20 @@ impl MicroVm {
         }
         let (regs, sregs) = self.vcpu.regs()?;
         let vcpu = arch::save_vcpu(self._vm.kvm, &self.vcpu.fd, &self.cpuid, regs, sregs)?;
+        let threads = self
+            .parked
+            .iter()
+            .map(|(&tid, p)| ParkedThread {
+                tid,
+                regs: p.regs,
+                xsave: p.xsave.clone(),
+            })
+            .collect();
         Ok(VmState {
             mem_size: self.memory.size(),
             vcpu,
             os: self.os.save(),
+            threads,
         })
     }
 
@@ -393,15 +472,31 @@ impl MicroVm {
         vcpu.invalidate_sync();
         // Before the VM and vCPU go into their `ManuallyDrop`s: an error here drops them.
         let os = GuestOs::from_state(state.os.clone(), stdout, stderr)?;
+        let parked = state
+            .threads
+            .iter()
+            .map(|t| {
+                (
+                    t.tid,
+                    Parked {
+                        regs: t.regs,
+                        xsave: t.xsave.clone(),
+                    },
+                )
+            })
+            .collect();
         Ok(Self {
             vcpu: ManuallyDrop::new(vcpu),
             _vm: ManuallyDrop::new(vm),
             memory,
             shell,
+            on_cpu: os.threads.current_tid(),
             os,
             pending: true,
             cpuid,
             watchdog: Watchdog::new(),
+            parked,
+            sliced: false,
         })
     }
 
@@ -414,17 +509,22 @@ impl MicroVm {
     /// guest's running time in this call.
     pub fn run(&mut self, limit: Option<Duration>) -> Result<RunExit, VmError> {
         let deadline = limit.map(|d| Instant::now() + d);
-        self.os.set_deadline(deadline);
+        self.update_slice()?;
         let _armed = self.watchdog.arm(deadline).map_err(VmError::Watchdog)?;
-        let timed_out = || deadline.is_some_and(|d| Instant::now() >= d);
-        if self.pending
-            && let Some(exit) = self.handle_syscall()?
-        {
-            return Ok(exit);
-        }
+        let vcpu = &self.vcpu;
+        let mask = KickMask::block(|mask| vcpu.set_run_signal_mask(mask))?;
+        let timeout = || GuestFault::Timeout(limit.unwrap_or_default()).into();
+        // At the ready point every thread is blocked: input may have woken one.
+        let mut switch = std::mem::take(&mut self.pending);
         loop {
-            if timed_out() {
-                return Err(GuestFault::Timeout(limit.unwrap_or_default()).into());
+            if switch {
+                if let Some(exit) = self.schedule(deadline, limit)? {
+                    return Ok(exit);
+                }
+                switch = false;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Err(timeout());
             }
             let exit = self.vcpu.run()?;
             match exit {
@@ -440,8 +540,10 @@ impl MicroVm {
                         }
                         .into());
                     }
-                    if let Some(exit) = self.handle_syscall()? {
-                        return Ok(exit);
+                    match self.handle_syscall()? {
+                        Step::Continue => {}
+                        Step::Switch => switch = true,
+                        Step::Exit(exit) => return Ok(exit),
                     }
                 }
                 Exit::IoOut {
@@ -464,7 +566,19 @@ impl MicroVm {
                     let rip = self.vcpu.regs()?.0.rip;
                     return Err(GuestFault::StrayIo { port, rip }.into());
                 }
-                Exit::Interrupted => continue,
+                Exit::Interrupted => {
+                    mask.take_pending();
+                    // A time slice ended (or the deadline passed): the timeouts due
+                    // end, and the next runnable thread gets the vCPU. A thread stopped on the syscall stub's
+                    // `out` is left to make its call first.
+                    self.os.threads.wake_expired(monotonic_ns());
+                    if self.os.threads.others_runnable()
+                        && self.vcpu.regs()?.0.rip != layout::SYSCALL_STUB
+                    {
+                        self.os.threads.yield_current(Resume::Continue);
+                        switch = true;
+                    }
+                }
                 Exit::Shutdown => {
                     let rip = self.vcpu.regs()?.0.rip;
                     return Err(GuestFault::TripleFault { rip }.into());
@@ -497,8 +611,116 @@ impl MicroVm {
         }
     }
 
-    /// Carries out the system call the guest is stopped at. `Some` when the run ends.
-    fn handle_syscall(&mut self) -> Result<Option<RunExit>, VmError> {
+    /// Puts the next runnable thread on the vCPU, waiting (on the host) for the
+    /// earliest timeout when every thread is blocked. `Some` when the run ends: the
+    /// ready point (every thread blocked, one on stdin), or the program exited.
+    fn schedule(
+        &mut self,
+        deadline: Option<Instant>,
+        limit: Option<Duration>,
+    ) -> Result<Option<RunExit>, VmError> {
+        loop {
+            self.os.threads.wake_expired(monotonic_ns());
+            if let Some((tid, resume)) = self.os.threads.pick_next() {
+                self.load(tid)?;
+                match resume {
+                    Resume::Continue => return Ok(None),
+                    Resume::Return(value) => {
+                        let (mut regs, mut sregs) = self.vcpu.regs()?;
+                        arch::return_from_syscall(&mut regs, &mut sregs, value as u64);
+                        self.vcpu.set_regs(&regs, Some(&sregs))?;
+                        return Ok(None);
+                    }
+                    Resume::Retry {
+                        timed_out,
+                        deadline,
+                    } => {
+                        self.os.set_retry(Some((timed_out, deadline)));
+                        let step = self.handle_syscall();
+                        self.os.set_retry(None);
+                        match step? {
+                            Step::Continue => return Ok(None),
+                            Step::Switch => continue,
+                            Step::Exit(exit) => return Ok(Some(exit)),
+                        }
+                    }
+                }
+            }
+            if self.os.threads.waits_on_stdin() {
+                self.pending = true;
+                return Ok(Some(RunExit::WaitingForInput));
+            }
+            let Some(wake) = self.os.threads.earliest_deadline() else {
+                return Err(GuestFault::Stuck(format!(
+                    "deadlock: every thread is blocked and nothing can wake them ({})",
+                    self.os.threads.describe_waits()
+                ))
+                .into());
+            };
+            // Every thread sleeps: the host waits for the first timeout, not past
+            // the run's time limit.
+            let mut idle = Duration::from_nanos(wake.saturating_sub(monotonic_ns()));
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(GuestFault::Timeout(limit.unwrap_or_default()).into());
+                }
+                idle = idle.min(left);
+            }
+            std::thread::sleep(idle);
+        }
+    }
+
+    /// Puts thread `tid` on the vCPU, parking the one there (unless it exited).
+    fn load(&mut self, tid: u32) -> Result<(), VmError> {
+        if self.on_cpu != tid {
+            let (regs, mut sregs) = self.vcpu.regs()?;
+            if self.os.threads.contains(self.on_cpu) {
+                let xsave = self.vcpu.xsave()?.region.to_vec();
+                self.parked.insert(self.on_cpu, Parked { regs, xsave });
+            }
+            let next = self
+                .parked
+                .remove(&tid)
+                .ok_or(VmError::NoThreadContext(tid))?;
+            let thread = self
+                .os
+                .threads
+                .get(tid)
+                .ok_or(VmError::NoThreadContext(tid))?;
+            sregs.fs.base = thread.fs_base;
+            sregs.gs.base = thread.gs_base;
+            // Every thread runs at CPL3; the sregs of an exit in the syscall stub may
+            // say otherwise.
+            sregs.cs = arch::user_cs();
+            sregs.ss = arch::user_ss();
+            self.vcpu.set_regs(&next.regs, Some(&sregs))?;
+            let mut xsave = kvm_xsave::default();
+            if next.xsave.len() != xsave.region.len() {
+                return Err(VmError::NoThreadContext(tid));
+            }
+            xsave.region.copy_from_slice(&next.xsave);
+            self.vcpu.set_xsave(&xsave)?;
+            self.on_cpu = tid;
+        }
+        self.os.threads.set_current(tid);
+        Ok(())
+    }
+
+    /// Turns the watchdog's time slice on while more than one thread exists.
+    fn update_slice(&mut self) -> Result<(), VmError> {
+        let want = self.os.threads.len() > 1;
+        if want != self.sliced {
+            self.watchdog
+                .set_slice(want.then_some(TIME_SLICE))
+                .map_err(VmError::Watchdog)?;
+            self.sliced = want;
+        }
+        Ok(())
+    }
+
+    /// Carries out the system call the thread on the vCPU is stopped at.
+    fn handle_syscall(&mut self) -> Result<Step, VmError> {
         let (mut regs, mut sregs) = self.vcpu.regs()?;
         let call = Syscall {
             nr: regs.rax,
@@ -518,17 +740,33 @@ impl MicroVm {
                     sregs.gs.base = gs;
                 }
                 self.vcpu.set_regs(&regs, Some(&sregs))?;
-                self.pending = false;
-                Ok(None)
+                let spawned = self.os.threads.take_spawned();
+                if !spawned.is_empty() {
+                    // A new thread starts where its parent returns from `clone`, with
+                    // 0 in RAX, its own stack, and a copy of the parent's FPU state.
+                    let xsave = self.vcpu.xsave()?.region.to_vec();
+                    for child in spawned {
+                        let mut regs = regs;
+                        regs.rax = 0;
+                        if child.stack != 0 {
+                            regs.rsp = child.stack;
+                        }
+                        let xsave = xsave.clone();
+                        self.parked.insert(child.tid, Parked { regs, xsave });
+                    }
+                    self.update_slice()?;
+                }
+                Ok(Step::Continue)
             }
-            Outcome::BlockOnStdin => {
-                self.pending = true;
-                Ok(Some(RunExit::WaitingForInput))
+            Outcome::BlockOnStdin | Outcome::Switch => {
+                self.os.take_changed_bases();
+                self.update_slice()?;
+                Ok(Step::Switch)
             }
             Outcome::Exit(code) => {
                 self.os.flush();
                 self.pending = false;
-                Ok(Some(RunExit::Exited(code)))
+                Ok(Step::Exit(RunExit::Exited(code)))
             }
             Outcome::Signal(signal) => Err(GuestFault::Signal {
                 signal,
@@ -536,7 +774,6 @@ impl MicroVm {
                 detail: String::new(),
             }
             .into()),
-            Outcome::Fatal(why) => Err(GuestFault::Stuck(why).into()),
         }
     }
 

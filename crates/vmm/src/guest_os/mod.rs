@@ -19,6 +19,7 @@ pub mod abi;
 pub mod fs;
 pub mod mm;
 mod syscalls;
+pub mod threads;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::io::Write;
@@ -28,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use self::fs::{FsError, Vfs, VfsState};
 use self::mm::AddressSpace;
+use self::threads::{ThreadTable, WaitOn};
 
 /// A system call as the guest made it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,14 +45,16 @@ pub struct Syscall {
 pub enum Outcome {
     /// Return this value (a negative errno on failure) to the guest.
     Return(i64),
-    /// The guest reads stdin and nothing is pending: leave the call pending.
+    /// The guest reads stdin and nothing is pending: the calling thread is blocked
+    /// on stdin (its call is carried out again when input arrives).
     BlockOnStdin,
+    /// The calling thread stopped running (it blocked, yielded or exited): the thread
+    /// table says why, and another thread runs.
+    Switch,
     /// The program exited with this status.
     Exit(i32),
     /// The program sent itself this fatal signal (e.g. `abort()`).
     Signal(i32),
-    /// The program can never make progress (e.g. waits on a futex with no other thread).
-    Fatal(String),
 }
 
 /// Counters of the guest's activity.
@@ -92,10 +96,14 @@ impl UnsupportedCalls {
 pub struct GuestOsState {
     /// The program's address space.
     pub mm: AddressSpace,
-    /// The FS base the program set (`arch_prctl`).
+    /// The FS base the current thread set (`arch_prctl`).
     pub fs_base: u64,
-    /// The GS base the program set.
+    /// The GS base the current thread set.
     pub gs_base: u64,
+    /// The threads (format 4 on; a state without it is one thread blocked reading
+    /// stdin, with the bases above).
+    #[serde(default)]
+    pub threads: Option<ThreadTable>,
     /// The activity counters.
     pub counters: Counters,
     /// The file system: open files, working directory, writable layer.
@@ -115,10 +123,13 @@ pub struct GuestOs {
     stdin_eof: bool,
     stdout: Sink,
     stderr: Sink,
-    fs_base: u64,
-    gs_base: u64,
+    /// The threads, their waits and the run queue.
+    pub threads: ThreadTable,
     /// FS/GS base changed by the last system call: the VMM must load them.
     bases_changed: bool,
+    /// The system call being carried out again: whether its timeout passed, and its
+    /// deadline.
+    retry: Option<(bool, Option<u64>)>,
     counters: Counters,
     /// When the last newline went to stdout (the end of a response line).
     last_line_at: Option<Instant>,
@@ -129,8 +140,6 @@ pub struct GuestOs {
     warned_rest: bool,
     /// Unsupported calls since the last [`take_unsupported`](Self::take_unsupported).
     unsupported: UnsupportedCalls,
-    /// Sleeps end no later than this (the run's time limit).
-    deadline: Option<Instant>,
     /// Ranges where a page lost a permission: translations the vCPU may cache for them
     /// must be dropped.
     lowered: Vec<(u64, u64)>,
@@ -149,15 +158,14 @@ impl GuestOs {
             stdin_eof: false,
             stdout,
             stderr,
-            fs_base: 0,
-            gs_base: 0,
+            threads: ThreadTable::new(),
             bases_changed: false,
+            retry: None,
             counters: Counters::default(),
             last_line_at: None,
             warned: BTreeSet::new(),
             warned_rest: false,
             unsupported: UnsupportedCalls::default(),
-            deadline: None,
             lowered: Vec::new(),
             vfs: Vfs::none(),
             trace: false,
@@ -179,8 +187,18 @@ impl GuestOs {
     pub fn from_state(state: GuestOsState, stdout: Sink, stderr: Sink) -> Result<Self, FsError> {
         let vfs = Vfs::restore(state.fs)?;
         let mut os = Self::new(state.mm, stdout, stderr);
-        os.fs_base = state.fs_base;
-        os.gs_base = state.gs_base;
+        os.threads = match state.threads {
+            Some(mut threads) => {
+                threads.rebase(threads::monotonic_ns());
+                threads
+            }
+            None => {
+                let mut threads = ThreadTable::single_at_ready_point();
+                threads.current_mut().fs_base = state.fs_base;
+                threads.current_mut().gs_base = state.gs_base;
+                threads
+            }
+        };
         os.counters = state.counters;
         os.vfs = vfs;
         Ok(os)
@@ -188,10 +206,13 @@ impl GuestOs {
 
     /// What a snapshot keeps. stdin is not saved: at the ready point it is empty.
     pub fn save(&self) -> GuestOsState {
+        let mut threads = self.threads.clone();
+        threads.mark_saved(threads::monotonic_ns());
         GuestOsState {
             mm: self.mm.clone(),
-            fs_base: self.fs_base,
-            gs_base: self.gs_base,
+            fs_base: self.fs_base(),
+            gs_base: self.gs_base(),
+            threads: Some(threads),
             counters: self.counters,
             fs: self.vfs.save(),
         }
@@ -206,11 +227,32 @@ impl GuestOs {
     /// Appends bytes to the guest's stdin.
     pub fn push_stdin(&mut self, data: &[u8]) {
         self.stdin.extend(data);
+        if !data.is_empty() {
+            self.threads.wake_io(true);
+        }
     }
 
     /// Ends the guest's stdin: once drained, reads return 0.
     pub fn close_stdin(&mut self) {
         self.stdin_eof = true;
+        self.threads.wake_io(true);
+    }
+
+    /// The next system call is one carried out again after a wait
+    /// ([`threads::Resume::Retry`]): whether the wait timed out, and its deadline (a
+    /// poll blocking again keeps it). `None` after that call.
+    pub fn set_retry(&mut self, retry: Option<(bool, Option<u64>)>) {
+        self.retry = retry;
+    }
+
+    /// Blocks the current thread on `on` until `deadline` (host `CLOCK_MONOTONIC`
+    /// ns); the outcome that tells the VMM.
+    fn block(&mut self, on: WaitOn, deadline: Option<u64>) -> Outcome {
+        self.threads.block(on, deadline);
+        match on {
+            WaitOn::Io { stdin: true } => Outcome::BlockOnStdin,
+            _ => Outcome::Switch,
+        }
     }
 
     /// Bytes pushed to stdin and not yet read.
@@ -233,14 +275,9 @@ impl GuestOs {
         self.last_line_at
     }
 
-    /// Sleeps the guest asks for end no later than `deadline` (the run's time limit).
-    pub fn set_deadline(&mut self, deadline: Option<Instant>) {
-        self.deadline = deadline;
-    }
-
     /// The FS and GS bases if a system call changed them since the last call.
     pub fn take_changed_bases(&mut self) -> Option<(u64, u64)> {
-        std::mem::take(&mut self.bases_changed).then_some((self.fs_base, self.gs_base))
+        std::mem::take(&mut self.bases_changed).then_some((self.fs_base(), self.gs_base()))
     }
 
     /// The page ranges where a page lost a permission since the last call: the VMM must
@@ -262,14 +299,18 @@ impl GuestOs {
         Ok(())
     }
 
-    /// The FS base the program set.
+    /// The FS base the current thread set.
     pub fn fs_base(&self) -> u64 {
-        self.fs_base
+        self.threads
+            .get(self.threads.current_tid())
+            .map_or(0, |t| t.fs_base)
     }
 
-    /// The GS base the program set.
+    /// The GS base the current thread set.
     pub fn gs_base(&self) -> u64 {
-        self.gs_base
+        self.threads
+            .get(self.threads.current_tid())
+            .map_or(0, |t| t.gs_base)
     }
 
     /// Flushes stdout and stderr, ignoring errors (the VMM does this when the guest exits).

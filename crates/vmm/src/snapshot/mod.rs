@@ -141,7 +141,41 @@ impl SnapshotState {
         if self.memory_data_bytes > self.memory_len {
             return Err("more data bytes than memory");
         }
+        self.check_threads()?;
         self.vm.os.mm.check()
+    }
+
+    /// Every thread but the one on the vCPU has its registers saved, and only those.
+    fn check_threads(&self) -> Result<(), &'static str> {
+        let parked = &self.vm.threads;
+        let Some(table) = &self.vm.os.threads else {
+            return if parked.is_empty() {
+                Ok(())
+            } else {
+                Err("thread registers without a thread table")
+            };
+        };
+        table.check()?;
+        let current = table.current_tid();
+        for (i, p) in parked.iter().enumerate() {
+            if p.xsave.len() != 1024 {
+                return Err("a thread's XSAVE area has the wrong size");
+            }
+            if !table.contains(p.tid) || p.tid == current {
+                return Err("registers saved for a thread not in the table");
+            }
+            if parked[..i].iter().any(|q| q.tid == p.tid) {
+                return Err("a thread's registers are saved twice");
+            }
+        }
+        let without = table
+            .iter()
+            .filter(|t| t.tid != current)
+            .any(|t| !parked.iter().any(|p| p.tid == t.tid));
+        if without {
+            return Err("a thread has no saved registers");
+        }
+        Ok(())
     }
 }
 
@@ -661,9 +695,11 @@ mod proptests {
                     mm,
                     fs_base: 0x7f_0000,
                     gs_base: 0,
+                    threads: None,
                     counters: Counters::default(),
                     fs: crate::guest_os::fs::Vfs::none().save(),
                 },
+                threads: Vec::new(),
             },
         }
     }

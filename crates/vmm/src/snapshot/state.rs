@@ -7,8 +7,11 @@ use serde::de::DeserializeOwned;
 
 /// First bytes of every state file.
 pub const MAGIC: [u8; 8] = *b"REAPSNAP";
-/// Format version this build writes and reads.
-pub const VERSION: u32 = 3;
+/// Format version this build writes.
+pub const VERSION: u32 = 4;
+/// Oldest format version this build reads: version 3 is version 4 without the guest's
+/// threads (one thread, blocked reading stdin), and its payload decodes as one.
+pub const MIN_VERSION: u32 = 3;
 /// Header: magic, version (u32), flags (u32, zero), payload length (u64), CRC-32 of
 /// the payload (u32), reserved (u32, zero). Little-endian.
 pub const HEADER_LEN: usize = 32;
@@ -23,7 +26,7 @@ pub enum StateFormatError {
     #[error("not a reap snapshot state file (bad magic)")]
     BadMagic,
     #[error(
-        "state file format version {found} is not supported (this build reads version {VERSION})"
+        "state file format version {found} is not supported (this build reads versions {MIN_VERSION} to {VERSION})"
     )]
     /// The format version is not the one this build reads.
     Version {
@@ -87,7 +90,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StateFormatError> 
     }
     let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
     let version = u32_at(8);
-    if version != VERSION {
+    if !(MIN_VERSION..=VERSION).contains(&version) {
         return Err(StateFormatError::Version { found: version });
     }
     if u32_at(12) != 0 {
@@ -169,11 +172,16 @@ mod tests {
             decode::<Sample>(&other).unwrap_err(),
             StateFormatError::Version { found: VERSION + 1 }
         );
-        other[8..12].copy_from_slice(&(VERSION - 1).to_le_bytes());
+        other[8..12].copy_from_slice(&(MIN_VERSION - 1).to_le_bytes());
         assert_eq!(
             decode::<Sample>(&other).unwrap_err(),
-            StateFormatError::Version { found: VERSION - 1 }
+            StateFormatError::Version {
+                found: MIN_VERSION - 1
+            }
         );
+        // The older version this build still reads.
+        other[8..12].copy_from_slice(&MIN_VERSION.to_le_bytes());
+        assert_eq!(decode::<Sample>(&other).unwrap(), sample());
         let mut huge = good.clone();
         huge[16..24].copy_from_slice(&(1u64 << 40).to_le_bytes());
         assert!(matches!(

@@ -3,7 +3,9 @@
 //! With `KVM_CAP_SYNC_REGS` the general and special registers travel in the shared
 //! `kvm_run` page, so a system-call exit costs one `KVM_RUN` and no other ioctl.
 
-use kvm_bindings::{kvm_regs, kvm_sregs};
+use std::os::fd::AsRawFd;
+
+use kvm_bindings::{kvm_regs, kvm_sregs, kvm_xsave};
 use kvm_ioctls::{Cap, Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 
 /// A failed vCPU ioctl.
@@ -193,5 +195,49 @@ impl Vcpu {
     /// (restore), the next exit refills it.
     pub fn invalidate_sync(&mut self) {
         self.synced = false;
+    }
+
+    /// The XSAVE area (x87, SSE, AVX state) of the guest thread on the vCPU.
+    pub fn xsave(&self) -> Result<kvm_xsave, VcpuError> {
+        self.fd
+            .get_xsave()
+            .map_err(|e| VcpuError::Ioctl("GET_XSAVE", e))
+    }
+
+    /// Loads an XSAVE area that [`xsave`](Self::xsave) returned on this host.
+    pub fn set_xsave(&self, xsave: &kvm_xsave) -> Result<(), VcpuError> {
+        // SAFETY: `xsave` is a whole `kvm_xsave` (4096 bytes) that KVM_GET_XSAVE filled
+        // on this host (the VMM checks at boot that the host's XSAVE area fits in it).
+        unsafe { self.fd.set_xsave(xsave) }.map_err(|e| VcpuError::Ioctl("SET_XSAVE", e))
+    }
+
+    /// `KVM_SET_SIGNAL_MASK`: the signal mask of the calling thread while it is inside
+    /// `KVM_RUN` (bit `n - 1` blocks signal `n`). A signal blocked outside `KVM_RUN`
+    /// and not in this mask stays pending until the next entry, which it then ends at
+    /// once: the VMM's own system calls are never interrupted by it.
+    pub fn set_run_signal_mask(&self, mask: u64) -> Result<(), VcpuError> {
+        /// `struct kvm_signal_mask` with the 8-byte kernel sigset of x86-64.
+        #[repr(C)]
+        struct KvmSignalMask {
+            len: u32,
+            sigset: [u8; 8],
+        }
+        // _IOW(KVMIO, 0x8b, struct kvm_signal_mask), the struct being 4 bytes without
+        // its flexible array.
+        const KVM_SET_SIGNAL_MASK: libc::c_ulong = 0x4004_ae8b;
+        let arg = KvmSignalMask {
+            len: 8,
+            sigset: mask.to_le_bytes(),
+        };
+        // SAFETY: the vCPU fd is open; KVM reads `len` and then `len` bytes of sigset
+        // from `arg`, which is that large and lives across the call.
+        let r = unsafe { libc::ioctl(self.fd.as_raw_fd(), KVM_SET_SIGNAL_MASK, &raw const arg) };
+        if r != 0 {
+            return Err(VcpuError::Ioctl(
+                "SET_SIGNAL_MASK",
+                kvm_ioctls::Error::last(),
+            ));
+        }
+        Ok(())
     }
 }

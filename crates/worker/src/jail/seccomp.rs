@@ -68,6 +68,8 @@ pub const ALLOWED: &[(i64, &str)] = &[
     (libc::SYS_rt_sigreturn, "rt_sigreturn"),
     (libc::SYS_sigaltstack, "sigaltstack"),
     (libc::SYS_tgkill, "tgkill"),
+    // Consuming a kick that ended KVM_RUN (the signal is blocked outside it).
+    (libc::SYS_rt_sigtimedwait, "rt_sigtimedwait"),
     // Waiting and time.
     (libc::SYS_poll, "poll"),
     (libc::SYS_ppoll, "ppoll"),

@@ -90,12 +90,7 @@ const POLLHUP: i16 = 0x10;
 const POLLNVAL: i16 = 0x20;
 
 /// System calls answered ENOSYS without a warning: programs probe them and fall back.
-const QUIET_ENOSYS: [c_long; 4] = [
-    libc::SYS_rseq,
-    libc::SYS_statx,
-    libc::SYS_clone3,
-    libc::SYS_membarrier,
-];
+const QUIET_ENOSYS: [c_long; 3] = [libc::SYS_rseq, libc::SYS_statx, libc::SYS_membarrier];
 
 impl GuestOs {
     /// Carries out one system call of the guest.
@@ -116,9 +111,9 @@ impl GuestOs {
                 Outcome::Return(v) if *v > 0xffff => format!("{v:#x}"),
                 Outcome::Return(v) => v.to_string(),
                 Outcome::BlockOnStdin => "? <waits for input>".into(),
+                Outcome::Switch => "? <blocks, yields or exits>".into(),
                 Outcome::Exit(c) => format!("? <exit {c}>"),
                 Outcome::Signal(s) => format!("? <signal {s}>"),
-                Outcome::Fatal(why) => format!("? <{why}>"),
             };
             eprintln!("{shown} = {result}");
         }
@@ -176,14 +171,19 @@ impl GuestOs {
                 Ok(0)
             }
             libc::SYS_arch_prctl => self.arch_prctl(mem, int(a0), a1),
-            libc::SYS_set_tid_address => Ok(1),
+            libc::SYS_set_tid_address => {
+                self.threads.current_mut().clear_child_tid = a0;
+                Ok(u64::from(self.threads.current_tid()))
+            }
             libc::SYS_set_robust_list => {
                 if a1 == 24 {
+                    self.threads.current_mut().robust_list = a0;
                     Ok(0)
                 } else {
                     Err(Errno(libc::EINVAL))
                 }
             }
+            libc::SYS_get_robust_list => self.get_robust_list(mem, int(a0), a1, a2),
             libc::SYS_prlimit64 => self.prlimit(mem, int(a0), uint(a1), a2, a3),
             libc::SYS_getrlimit => self.getrlimit(mem, uint(a0), a1),
             // NULL is no new limit to prlimit64 but a bad pointer to setrlimit.
@@ -199,12 +199,15 @@ impl GuestOs {
             }),
             libc::SYS_gettimeofday => self.gettimeofday(mem, a0),
             libc::SYS_time => self.time(mem, a0),
-            libc::SYS_nanosleep => self.nanosleep(mem, libc::CLOCK_MONOTONIC, 0, a0),
-            libc::SYS_clock_nanosleep => self.nanosleep(mem, int(a0), int(a1), a2),
-            libc::SYS_sched_yield => Ok(0),
-            libc::SYS_sched_getaffinity => sched_getaffinity(mem, uint(a1), a2),
-            libc::SYS_sched_setaffinity => Ok(0),
-            libc::SYS_getpid | libc::SYS_gettid | libc::SYS_getpgrp | libc::SYS_getsid => Ok(1),
+            libc::SYS_nanosleep => {
+                return self.nanosleep(mem, libc::CLOCK_MONOTONIC, 0, a0);
+            }
+            libc::SYS_clock_nanosleep => return self.nanosleep(mem, int(a0), int(a1), a2),
+            libc::SYS_sched_yield => return self.sched_yield(),
+            libc::SYS_sched_getaffinity => self.sched_getaffinity(mem, int(a0), uint(a1), a2),
+            libc::SYS_sched_setaffinity => self.thread_of(int(a0)).map(|_| 0),
+            libc::SYS_gettid => Ok(u64::from(self.threads.current_tid())),
+            libc::SYS_getpid | libc::SYS_getpgrp | libc::SYS_getsid => Ok(1),
             libc::SYS_getppid => Ok(0),
             libc::SYS_getuid | libc::SYS_geteuid | libc::SYS_getgid | libc::SYS_getegid => Ok(0),
             libc::SYS_getgroups => Ok(0),
@@ -292,21 +295,40 @@ impl GuestOs {
             libc::SYS_ppoll => return self.ppoll(mem, a0, uint(a1), a2, a3, a4),
             libc::SYS_sigaltstack => sigaltstack(mem, a0, a1),
             libc::SYS_rt_sigaction => rt_sigaction(mem, int(a0), a1, a2, a3),
-            libc::SYS_rt_sigprocmask => rt_sigprocmask(mem, int(a0), a1, a2, a3),
-            libc::SYS_futex => return self.futex(mem, a0, int(a1), uint(a2), a3, uint(a5)),
+            libc::SYS_rt_sigprocmask => self.rt_sigprocmask(mem, int(a0), a1, a2, a3),
+            libc::SYS_futex => return self.futex(mem, a0, int(a1), uint(a2), a3, a4, uint(a5)),
             libc::SYS_getrusage => getrusage(mem, int(a0), a1),
             libc::SYS_prctl => Err(Errno(libc::EINVAL)),
-            libc::SYS_exit | libc::SYS_exit_group => return Outcome::Exit(int(a0) & 0xff),
-            libc::SYS_kill | libc::SYS_tkill => return self.kill(int(a0), int(a1)),
-            libc::SYS_tgkill => return self.kill(int(a1), int(a2)),
-            libc::SYS_clone
-            | libc::SYS_fork
-            | libc::SYS_vfork
-            | libc::SYS_execve
-            | libc::SYS_execveat => {
+            libc::SYS_exit => return self.exit_thread(mem, int(a0) & 0xff),
+            libc::SYS_exit_group => return Outcome::Exit(int(a0) & 0xff),
+            libc::SYS_kill => return self.kill(int(a0), int(a1)),
+            libc::SYS_tkill => match self.thread_of(int(a0)) {
+                Ok(_) if int(a0) > 0 => return self.kill(0, int(a1)),
+                Ok(_) => Err(Errno(libc::EINVAL)),
+                Err(e) => Err(e),
+            },
+            libc::SYS_tgkill => match (int(a0), self.thread_of(int(a1))) {
+                (t, _) if t <= 0 || int(a1) <= 0 => Err(Errno(libc::EINVAL)),
+                (1, Ok(_)) => return self.kill(0, int(a2)),
+                (_, Ok(_)) => Err(Errno(libc::ESRCH)),
+                (_, Err(e)) => Err(e),
+            },
+            libc::SYS_clone => self.clone_thread(
+                call.nr,
+                mem,
+                CloneArgs {
+                    flags: a0,
+                    stack: a1,
+                    parent_tid: a2,
+                    child_tid: a3,
+                    tls: a4,
+                },
+            ),
+            libc::SYS_clone3 => self.clone3(call.nr, mem, a0, a1),
+            libc::SYS_fork | libc::SYS_vfork | libc::SYS_execve | libc::SYS_execveat => {
                 self.unsupported(
                     call.nr,
-                    "refused: reap guests are one single-threaded process",
+                    "refused: a reap guest is one process (threads only, no child processes)",
                 );
                 Err(Errno(libc::EPERM))
             }
@@ -317,6 +339,19 @@ impl GuestOs {
                 Err(Errno(libc::ENOSYS))
             }
         };
+        // Something was written or closed: threads blocked on a pipe or a poll look again.
+        if matches!(
+            n,
+            libc::SYS_write
+                | libc::SYS_writev
+                | libc::SYS_pwrite64
+                | libc::SYS_pwritev
+                | libc::SYS_close
+                | libc::SYS_dup2
+                | libc::SYS_dup3
+        ) {
+            self.threads.wake_io(false);
+        }
         let ret = ret(result);
         tracing::trace!(nr = call.nr, args = ?call.args, ret, "syscall");
         Outcome::Return(ret)

@@ -1,5 +1,7 @@
 //! `poll` and `ppoll`.
 
+use super::super::threads::WaitOn;
+use super::sys_futex::deadline_after;
 use super::*;
 
 impl GuestOs {
@@ -104,26 +106,24 @@ impl GuestOs {
             Ok(v) => v,
             Err(Errno(e)) => return Outcome::Return(-i64::from(e)),
         };
-        if ready == 0 && timeout != Some(Duration::ZERO) {
-            if polled.iter().any(|p| {
+        // A poll carried out again after its timeout passed returns what it finds.
+        let (timed_out, old_deadline) = self.retry.take().unwrap_or((false, None));
+        if ready == 0 && timeout != Some(Duration::ZERO) && !timed_out {
+            let stdin = polled.iter().any(|p| {
                 p.events & POLLIN != 0
                     && self
                         .vfs
                         .fds
                         .get(p.fd)
                         .is_ok_and(|f| f.kind == FileKind::Stdin)
-            }) {
-                // Waiting for input: the same ready point as a blocking read.
-                return Outcome::BlockOnStdin;
+            });
+            // Waiting for input on stdin is the same ready point as a blocking read
+            // (its timeout is not kept: a function waits for its next request).
+            if stdin {
+                return self.block(WaitOn::Io { stdin: true }, None);
             }
-            match timeout {
-                Some(d) => self.sleep(d),
-                None => {
-                    return Outcome::Fatal(
-                        "poll() waits forever on descriptors that never become ready".into(),
-                    );
-                }
-            }
+            let deadline = old_deadline.or_else(|| timeout.map(deadline_after));
+            return self.block(WaitOn::Io { stdin: false }, deadline);
         }
         for (&at, &p) in addrs.iter().zip(&polled) {
             if mem.write_user_obj(at, p).is_err() {

@@ -1,5 +1,6 @@
 //! Reading and writing: `read`, `write`, their vectored forms, and the standard streams.
 
+use super::super::threads::WaitOn;
 use super::*;
 
 impl GuestOs {
@@ -30,13 +31,43 @@ impl GuestOs {
                 }
                 return self.read_stdin(mem, buf, count).map(Some);
             }
+            if self.pipe_would_block(fd) {
+                return Ok(None);
+            }
             self.read_file(mem, fd, buf, count, None).map(Some)
         })();
         match r {
             Ok(Some(n)) => Outcome::Return(ret(Ok(n))),
-            Ok(None) => Outcome::BlockOnStdin,
+            Ok(None) => self.block_on_input(fd),
             Err(e) => Outcome::Return(ret(Err(e))),
         }
+    }
+
+    /// Whether a read of `fd` waits: a blocking pipe with nothing in it and a writer.
+    pub(super) fn pipe_would_block(&self, fd: u32) -> bool {
+        let Ok((_, file)) = self.file(fd) else {
+            return false;
+        };
+        match file.kind {
+            FileKind::Pipe { id, write: false } => {
+                file.flags & libc::O_NONBLOCK == 0
+                    && self.vfs.fds.pipe_has(id, true)
+                    && self
+                        .vfs
+                        .fds
+                        .pipes
+                        .get(&id)
+                        .is_some_and(|p| p.data.is_empty())
+            }
+            _ => false,
+        }
+    }
+
+    /// Blocks the calling thread until input may have arrived on `fd` (stdin or a
+    /// pipe); the call is then carried out again.
+    pub(super) fn block_on_input(&mut self, fd: u32) -> Outcome {
+        let stdin = self.file(fd).is_ok_and(|(_, f)| f.kind == FileKind::Stdin);
+        self.block(WaitOn::Io { stdin }, None)
     }
 
     /// Reads up to `count` bytes of the file of `fd` into guest memory at `buf`, at
@@ -86,7 +117,9 @@ impl GuestOs {
                     .get_mut(&pipe)
                     .ok_or(Errno(libc::EBADF))?;
                 if p.data.is_empty() && writers {
-                    // Nothing else runs that could write: waiting would never end.
+                    // A blocking read waited before it got here (`pipe_would_block`):
+                    // this is a non-blocking one, or a later buffer of a `readv` that
+                    // emptied the pipe (which returns what it read).
                     return Err(Errno(if nonblock {
                         libc::EAGAIN
                     } else {
@@ -146,7 +179,10 @@ impl GuestOs {
             Ok((_, v)) if v.iter().all(|v| v.len == 0) => Ok(0),
             Ok((FileKind::Stdin, _)) if at.is_some() => Err(Errno(libc::ESPIPE)),
             Ok((FileKind::Stdin, _)) if self.stdin.is_empty() && !self.stdin_eof => {
-                return Outcome::BlockOnStdin;
+                return self.block_on_input(fd);
+            }
+            Ok((FileKind::Pipe { .. }, _)) if at.is_none() && self.pipe_would_block(fd) => {
+                return self.block_on_input(fd);
             }
             Ok((kind, v)) => self.readv_now(mem, fd, &kind, &v, at),
             Err(e) => Err(e),

@@ -66,26 +66,42 @@ pub(super) fn rt_sigaction(
     Ok(0)
 }
 
-/// `rt_sigprocmask(how, set, old, sigsetsize)`: a new mask is read and checked, then
-/// ignored; the old one reads as empty.
-pub(super) fn rt_sigprocmask(
-    mem: &GuestMemory,
-    how: i32,
-    set: u64,
-    old: u64,
-    sigsetsize: u64,
-) -> SysResult {
-    if sigsetsize != 8 {
-        return Err(Errno(libc::EINVAL));
-    }
-    if set != 0 {
-        mem.read_user_obj::<u64>(set)?;
-        if !matches!(how, libc::SIG_BLOCK | libc::SIG_UNBLOCK | libc::SIG_SETMASK) {
+impl GuestOs {
+    /// `rt_sigprocmask(how, set, old, sigsetsize)`: the calling thread's mask is kept
+    /// (signals are never delivered, so it changes nothing else).
+    pub(super) fn rt_sigprocmask(
+        &mut self,
+        mem: &GuestMemory,
+        how: i32,
+        set: u64,
+        old: u64,
+        sigsetsize: u64,
+    ) -> SysResult {
+        if sigsetsize != 8 {
             return Err(Errno(libc::EINVAL));
         }
+        let before = self.threads.current().sigmask;
+        let new = if set != 0 {
+            let set = mem.read_user_obj::<u64>(set)?;
+            // SIGKILL and SIGSTOP cannot be blocked.
+            let unblockable = (1u64 << (libc::SIGKILL - 1)) | (1u64 << (libc::SIGSTOP - 1));
+            Some(
+                match how {
+                    libc::SIG_BLOCK => before | set,
+                    libc::SIG_UNBLOCK => before & !set,
+                    libc::SIG_SETMASK => set,
+                    _ => return Err(Errno(libc::EINVAL)),
+                } & !unblockable,
+            )
+        } else {
+            None
+        };
+        if old != 0 {
+            mem.write_user_obj(old, before)?;
+        }
+        if let Some(mask) = new {
+            self.threads.current_mut().sigmask = mask;
+        }
+        Ok(0)
     }
-    if old != 0 {
-        mem.write_user_obj(old, 0u64)?;
-    }
-    Ok(0)
 }

@@ -1,5 +1,7 @@
 //! Clocks and sleeps.
 
+use super::super::threads::{WaitOn, monotonic_ns};
+use super::sys_futex::{deadline_after, deadline_at};
 use super::*;
 
 impl GuestOs {
@@ -32,31 +34,31 @@ impl GuestOs {
         Ok(now.sec.cast_unsigned())
     }
 
+    /// `nanosleep` and `clock_nanosleep`: the calling thread sleeps (blocks until its
+    /// deadline) while the others run. `rem` is never written (signals never
+    /// interrupt a sleep).
     pub(super) fn nanosleep(
         &mut self,
         mem: &GuestMemory,
         clock: i32,
         flags: i32,
         req: u64,
-    ) -> SysResult {
-        let clock = clock_id(clock)?;
-        let ts: Timespec = mem.read_user_obj(req)?;
-        let mut d = ts.to_duration().ok_or(Errno(libc::EINVAL))?;
-        if flags & libc::TIMER_ABSTIME != 0 {
-            let now = guest_clock(mem, clock)?.to_duration().unwrap_or_default();
-            d = d.saturating_sub(now);
+    ) -> Outcome {
+        let r = (|| {
+            let clock = clock_id(clock)?;
+            let ts: Timespec = mem.read_user_obj(req)?;
+            let d = ts.to_duration().ok_or(Errno(libc::EINVAL))?;
+            if flags & libc::TIMER_ABSTIME != 0 {
+                deadline_at(mem, clock, d)
+            } else {
+                Ok(deadline_after(d))
+            }
+        })();
+        match r {
+            Ok(deadline) if deadline <= monotonic_ns() => Outcome::Return(0),
+            Ok(deadline) => self.block(WaitOn::Sleep, Some(deadline)),
+            Err(Errno(e)) => Outcome::Return(-i64::from(e)),
         }
-        self.sleep(d);
-        Ok(0)
-    }
-
-    /// Sleeps for `d`, but not past the run's deadline.
-    pub(super) fn sleep(&self, d: Duration) {
-        let d = match self.deadline {
-            Some(deadline) => d.min(deadline.saturating_duration_since(Instant::now())),
-            None => d,
-        };
-        std::thread::sleep(d);
     }
 }
 
