@@ -12,15 +12,8 @@ use std::time::{Duration, Instant};
 use reap_test_support::oci::{self, Format, Layer};
 use reap_test_support::{reap_binary, run_with_input, stderr, stdout, temp_dir};
 
-/// The root file system `scripts/rootfs` assembles.
 fn debian() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/rootfs/debian");
-    assert!(
-        root.join("usr/bin/python3.11").exists(),
-        "{} is missing: run scripts/rootfs first",
-        root.display()
-    );
-    root
+    reap_test_support::debian_rootfs()
 }
 
 /// A JSON handler that reports what it sees: its environment, working directory,

@@ -8,15 +8,8 @@ use std::process::{Command, Output};
 
 use reap_test_support::{reap, run_with_input, stderr, stdout, temp_dir};
 
-/// The root file system `scripts/rootfs` assembles.
 fn debian() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/rootfs/debian");
-    assert!(
-        root.join("usr/bin/python3.11").exists(),
-        "{} is missing: run scripts/rootfs first",
-        root.display()
-    );
-    root
+    reap_test_support::debian_rootfs()
 }
 
 /// `PROGRAM ARGS` natively, chrooted into `root`.

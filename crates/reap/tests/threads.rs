@@ -247,12 +247,7 @@ for line in sys.stdin:
 
 #[test]
 fn debian_python_threads_answer_like_natively() {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/rootfs/debian");
-    assert!(
-        root.join("usr/bin/python3.11").exists(),
-        "{} is missing: run scripts/rootfs first",
-        root.display()
-    );
+    let root = reap_test_support::debian_rootfs();
     let input = b"10\n1000\n";
     let args = ["/usr/bin/python3", "-c", PYTHON_THREADS];
     let native = common::run_with_input(

@@ -238,15 +238,8 @@ fn a_restore_reads_the_hosts_time_and_monotonic_never_goes_back() {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
-/// `target/rootfs/debian`, assembled by `scripts/rootfs`.
 fn debian() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/rootfs/debian");
-    assert!(
-        root.join("usr/bin/python3.11").exists(),
-        "{} is missing: run scripts/rootfs first",
-        root.display()
-    );
-    root
+    reap_test_support::debian_rootfs()
 }
 
 #[test]

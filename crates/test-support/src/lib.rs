@@ -76,6 +76,18 @@ pub fn run_native(program: &std::path::Path, args: &[&str], input: &[u8]) -> Out
     run_with_input(Command::new(program).args(args), input)
 }
 
+/// The Debian root file system `scripts/rootfs` assembles (`target/rootfs/debian`);
+/// panics, saying so, if it is missing.
+pub fn debian_rootfs() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/rootfs/debian");
+    assert!(
+        root.join("usr/bin/python3.11").exists(),
+        "{} is missing: run scripts/rootfs first",
+        root.display()
+    );
+    root
+}
+
 /// Path of the `reap` binary (built beside the guests).
 pub fn reap_binary() -> PathBuf {
     guest("reap")
