@@ -268,3 +268,49 @@ fn trace_prints_each_system_call_with_its_result() {
     assert!(err.contains("exit_group(0"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn proc_self_maps_lists_the_program_its_libraries_heap_and_stack_in_order() {
+    let root = debian();
+    let out = in_vm(
+        &root,
+        &[
+            "/usr/bin/python3",
+            "-c",
+            "print(open('/proc/self/maps').read(), end='')",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let maps = stdout(&out);
+    let mut areas = Vec::new();
+    for l in maps.lines() {
+        let mut f = l.split_whitespace();
+        let (range, perms) = (f.next().unwrap(), f.next().unwrap());
+        let name = f.nth(3).unwrap_or("").to_string();
+        let (s, e) = range.split_once('-').unwrap();
+        let (s, e) = (
+            u64::from_str_radix(s, 16).unwrap(),
+            u64::from_str_radix(e, 16).unwrap(),
+        );
+        areas.push((s, e, perms.to_string(), name));
+    }
+    // In address order, none overlapping, none empty.
+    for w in areas.windows(2) {
+        assert!(w[0].0 < w[0].1 && w[0].1 <= w[1].0, "{maps}");
+    }
+    let has = |name: &str, perms: &str| areas.iter().any(|a| a.3 == name && a.2 == perms);
+    // The program's text and data, the dynamic loader's and libc's text, as Linux
+    // names them.
+    assert!(has("/usr/bin/python3.11", "r-xp"), "{maps}");
+    assert!(has("/usr/bin/python3.11", "rw-p"), "{maps}");
+    assert!(
+        has("/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "r-xp"),
+        "{maps}"
+    );
+    assert!(has("/lib/x86_64-linux-gnu/libc.so.6", "r-xp"), "{maps}");
+    assert!(has("/lib/x86_64-linux-gnu/libc.so.6", "r--p"), "{maps}");
+    for special in ["[heap]", "[stack]", "[vdso]", "[vvar]"] {
+        assert!(areas.iter().any(|a| a.3 == special), "{special}: {maps}");
+    }
+}

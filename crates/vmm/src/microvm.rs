@@ -299,6 +299,11 @@ impl MicroVm {
         let program = loader::load_elf(image, &memory)?;
         let mut space = AddressSpace::new(mem_size, program.end);
         protect_segments(&mut space, &program);
+        let exe_name = execfn
+            .clone()
+            .or_else(|| config.args.first().cloned())
+            .unwrap_or_else(|| "program".into());
+        space.name_range(program_start(&program), program.end, &exe_name);
         let mut entry = program.entry;
         let mut interp_base = 0;
         if let Some(interp_path) = &program.interp {
@@ -312,6 +317,8 @@ impl MicroVm {
                 .map_err(|_| VmError::MemSize(mem_size >> 20))?;
             let loaded = loader::load_interpreter(&interp, &memory, base, &shown)?;
             protect_segments(&mut space, &loaded);
+            let end = base + layout::page_align_up(span).unwrap_or(span);
+            space.name_range(base, end, &shown);
             entry = loaded.entry;
             interp_base = base;
         }
@@ -907,6 +914,20 @@ fn linux_signal(vector: u8) -> Option<i32> {
 
 /// Maps a loaded program's read-only and writable-executable segments with their
 /// protections.
+/// The first page of the program's segments: the lowest of its read-only segments and
+/// of its program headers (loaded with the first segment).
+fn program_start(program: &loader::LoadedProgram) -> u64 {
+    program
+        .read_only
+        .iter()
+        .map(|r| r.0)
+        .chain(program.writable_exec.iter().map(|r| r.0))
+        .chain([program.phdr & !(layout::PAGE_SIZE - 1)])
+        .min()
+        .unwrap_or(program.end)
+        .min(program.end)
+}
+
 fn protect_segments(space: &mut AddressSpace, program: &loader::LoadedProgram) {
     for &(start, end, exec) in &program.read_only {
         let protection = if exec {

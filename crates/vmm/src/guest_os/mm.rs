@@ -76,6 +76,10 @@ pub struct AddressSpace {
     /// protections: range start -> table address in the pool. A table stays with its
     /// range for good, so the translations a vCPU caches never mix two ranges.
     page_tables: BTreeMap<u64, u64>,
+    /// What `/proc/self/maps` names ranges by (the program, the dynamic loader, file
+    /// mappings: their paths): start -> (end, name); non-overlapping, page-aligned.
+    #[serde(default)]
+    names: BTreeMap<u64, (u64, String)>,
     /// 2 MiB ranges whose entries must be rewritten.
     #[serde(skip)]
     dirty: BTreeSet<u64>,
@@ -97,6 +101,7 @@ impl AddressSpace {
             mappings: BTreeMap::new(),
             protections: BTreeMap::new(),
             page_tables: BTreeMap::new(),
+            names: BTreeMap::new(),
             dirty: BTreeSet::new(),
             lowered: Vec::new(),
         };
@@ -359,6 +364,83 @@ impl AddressSpace {
         (self.brk_start, self.brk)
     }
 
+    /// Names `start..end` (page-aligned) by `name` in `/proc/self/maps`, replacing the
+    /// names there. A range that is unmapped or mapped over loses its name.
+    pub fn name_range(&mut self, start: u64, end: u64, name: &str) {
+        self.unname(start, end);
+        if start < end {
+            self.names.insert(start, (end, name.to_string()));
+        }
+    }
+
+    /// Removes the names of `start..end`, keeping those of the parts of named ranges
+    /// outside it.
+    fn unname(&mut self, start: u64, end: u64) {
+        let hit: Vec<(u64, u64, String)> = self
+            .names
+            .range(..end)
+            .filter(|(_, (e, _))| *e > start)
+            .map(|(&s, (e, n))| (s, *e, n.clone()))
+            .collect();
+        for (s, e, name) in hit {
+            self.names.remove(&s);
+            if s < start {
+                self.names.insert(s, (start, name.clone()));
+            }
+            if e > end {
+                self.names.insert(end, (e, name));
+            }
+        }
+    }
+
+    fn name_at(&self, addr: u64) -> Option<&str> {
+        self.names
+            .range(..=addr)
+            .next_back()
+            .filter(|(_, (e, _))| *e > addr)
+            .map(|(_, (_, n))| n.as_str())
+    }
+
+    /// Named ranges that are not mappings: the program's segments, below the heap.
+    pub fn named_outside_mappings(&self) -> Vec<(u64, u64)> {
+        self.names
+            .iter()
+            .filter(|&(&s, &(e, _))| !self.overlaps(s, e))
+            .map(|(&s, &(e, _))| (s, e))
+            .collect()
+    }
+
+    /// `start..end` as `/proc/self/maps` lists it: one area wherever the protection
+    /// or the name changes (Linux splits its VMAs there too).
+    pub fn areas(&self, start: u64, end: u64) -> Vec<(u64, u64, Protection, Option<&str>)> {
+        let mut cuts = vec![start, end];
+        let inside = |s: u64, e: u64| (s.max(start), e.min(end));
+        for (&s, &(e, _)) in self
+            .protections
+            .range(..end)
+            .filter(|(_, (e, _))| *e > start)
+        {
+            let (a, b) = inside(s, e);
+            cuts.extend([a, b]);
+        }
+        for (&s, (e, _)) in self.names.range(..end).filter(|(_, (e, _))| *e > start) {
+            let (a, b) = inside(s, *e);
+            cuts.extend([a, b]);
+        }
+        cuts.sort_unstable();
+        cuts.dedup();
+        let mut out: Vec<(u64, u64, Protection, Option<&str>)> = Vec::new();
+        for w in cuts.windows(2) {
+            let (a, b) = (w[0], w[1]);
+            let (prot, name) = (self.protection_at(a), self.name_at(a));
+            match out.last_mut() {
+                Some(last) if last.1 == a && last.2 == prot && last.3 == name => last.1 = b,
+                _ => out.push((a, b, prot, name)),
+            }
+        }
+        out
+    }
+
     /// The mappings, as (start, end) page ranges in address order.
     pub fn mappings(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
         self.mappings.iter().map(|(&s, &e)| (s, e))
@@ -583,6 +665,7 @@ impl AddressSpace {
     /// Removes `start..end` from the mappings and the heap; returns the page ranges
     /// that were in use and must now read as zero.
     fn remove(&mut self, start: u64, end: u64) -> Discards {
+        self.unname(start, end);
         let mut discards = Vec::new();
         let hit: Vec<(u64, u64)> = self
             .mappings
@@ -634,6 +717,51 @@ mod tests {
 
     const MEM: u64 = 64 << 20;
     const END: u64 = 0x60_0000;
+
+    #[test]
+    fn names_and_protections_split_the_areas_and_follow_unmapping() {
+        let mut a = space();
+        let p = PAGE_SIZE;
+        let (at, _) = a.mmap(0, 8 * p, false, false).unwrap();
+        a.name_range(at, at + 6 * p, "/lib/libx.so");
+        a.set_protection(at, at + 2 * p, Protection::Read);
+        a.set_protection(at + 2 * p, at + 4 * p, Protection::ReadExec);
+        let name = Some("/lib/libx.so");
+        assert_eq!(
+            a.areas(at, at + 8 * p),
+            vec![
+                (at, at + 2 * p, Protection::Read, name),
+                (at + 2 * p, at + 4 * p, Protection::ReadExec, name),
+                (at + 4 * p, at + 6 * p, Protection::ReadWrite, name),
+                (at + 6 * p, at + 8 * p, Protection::ReadWrite, None),
+            ]
+        );
+        // Unmapping the middle keeps the name of what is left on each side; a fresh
+        // mapping over a named range has no name.
+        a.munmap(at + p, 2 * p).unwrap();
+        assert_eq!(
+            a.areas(at, at + p),
+            vec![(at, at + p, Protection::Read, name)]
+        );
+        assert_eq!(
+            a.areas(at + 3 * p, at + 4 * p),
+            vec![(at + 3 * p, at + 4 * p, Protection::ReadExec, name)]
+        );
+        a.mmap(at + 4 * p, p, true, false).unwrap();
+        assert_eq!(
+            a.areas(at + 4 * p, at + 6 * p),
+            vec![
+                (at + 4 * p, at + 5 * p, Protection::ReadWrite, None),
+                (at + 5 * p, at + 6 * p, Protection::ReadWrite, name),
+            ]
+        );
+        // A name outside every mapping (the program) is listed as such.
+        a.name_range(0x40_0000, END, "/bin/fn");
+        assert_eq!(a.named_outside_mappings(), vec![(0x40_0000, END)]);
+        // The names are part of the state.
+        let back: AddressSpace = serde_json::from_slice(&serde_json::to_vec(&a).unwrap()).unwrap();
+        assert_eq!(back.areas(at, at + p), a.areas(at, at + p));
+    }
 
     fn space() -> AddressSpace {
         AddressSpace::new(MEM, END)

@@ -73,6 +73,11 @@ impl GuestOs {
                 }
             }
         }
+        if let Some((fd, _)) = source {
+            let (_, file) = self.file(fd)?;
+            let name = String::from_utf8_lossy(&file.path).into_owned();
+            self.mm.name_range(at, end, &name);
+        }
         self.mm.set_protection(at, end, Protection::from_prot(prot));
         self.sync_page_tables(mem)?;
         Ok(at)

@@ -81,8 +81,8 @@ impl GuestOs {
                     "{VDSO_ADDR:08x}-{:08x} r-xp 00000000 00:00 0 [vdso]\n",
                     VDSO_ADDR + VDSO_MAX_SIZE
                 ));
-                let mut line = |start: u64, end: u64, name: &str| {
-                    let p = match self.mm.protection_at(start) {
+                let mut line = |start: u64, end: u64, p: Protection, name: &str| {
+                    let p = match p {
                         Protection::None => "---p",
                         Protection::Read => "r--p",
                         Protection::ReadExec => "r-xp",
@@ -93,16 +93,31 @@ impl GuestOs {
                         "{start:08x}-{end:08x} {p} 00000000 00:00 0 {name}\n"
                     ));
                 };
+                // The program's segments, then the heap, the mappings (the dynamic
+                // loader and file mappings by their paths), the stack.
+                for (s, e) in self.mm.named_outside_mappings() {
+                    for (a, b, p, name) in self.mm.areas(s, e) {
+                        line(a, b, p, name.unwrap_or(""));
+                    }
+                }
                 let (brk_start, brk) = self.mm.brk_range();
                 let heap_end = crate::arch::layout::page_align_up(brk).unwrap_or(brk);
                 if heap_end > brk_start {
-                    line(brk_start, heap_end, "[heap]");
+                    line(
+                        brk_start,
+                        heap_end,
+                        self.mm.protection_at(brk_start),
+                        "[heap]",
+                    );
                 }
                 for (s, e) in self.mm.mappings() {
-                    line(s, e, "");
+                    for (a, b, p, name) in self.mm.areas(s, e) {
+                        line(a, b, p, name.unwrap_or(""));
+                    }
                 }
                 let top = mem_size;
-                line(top - crate::arch::layout::STACK_SIZE, top, "[stack]");
+                let stack = top - crate::arch::layout::STACK_SIZE;
+                line(stack, top, self.mm.protection_at(stack), "[stack]");
                 out.into_bytes()
             }
             Generated::Status => format!(
