@@ -345,7 +345,7 @@ impl MicroVm {
         os.set_trace(config.trace);
         os.write_page_tables(&memory)
             .map_err(|_| VmError::MemSize(mem_size >> 20))?;
-        let mut booted = Self {
+        let booted = Self {
             vcpu: ManuallyDrop::new(vcpu),
             _vm: ManuallyDrop::new(vm),
             memory,
@@ -358,15 +358,18 @@ impl MicroVm {
             parked: BTreeMap::new(),
             sliced: false,
         };
-        booted.sync_clock(vdso::Resync::Running)?;
+        let sample = vdso::ClockSample::take(&booted.vcpu)?;
+        vdso::sync(&booted.memory, &sample, vdso::Resync::Running)
+            .map_err(|_| VmError::MemSize(mem_size >> 20))?;
         Ok(booted)
     }
 
     /// Rewrites the clock parameters of the guest's vDSO from the guest's TSC and the
-    /// host's clocks now ([`vdso::sync`]). Call it only while the guest is not running.
-    pub fn sync_clock(&mut self, how: vdso::Resync) -> Result<vdso::Vvar, VmError> {
+    /// host's clocks now ([`vdso::sync`]); `None`, writing nothing, for a guest booted
+    /// before the vDSO existed. Call it only while the guest is not running.
+    pub fn sync_clock(&mut self, how: vdso::Resync) -> Result<Option<vdso::Vvar>, VmError> {
         let sample = vdso::ClockSample::take(&self.vcpu)?;
-        vdso::sync(&self.memory, &sample, how)
+        vdso::sync_existing(&self.memory, &sample, how)
             .map_err(|_| VmError::MemSize(self.memory.size() >> 20))
     }
 

@@ -193,6 +193,20 @@ pub enum Resync {
     Restored,
 }
 
+/// [`sync`] for a guest that has a data page; a guest booted before the vDSO existed
+/// (restored from an older snapshot) has none, and its memory there is left alone:
+/// `None`.
+pub fn sync_existing(
+    mem: &GuestMemory,
+    sample: &ClockSample,
+    how: Resync,
+) -> Result<Option<Vvar>, Efault> {
+    if read(mem).is_none() {
+        return Ok(None);
+    }
+    sync(mem, sample, how).map(Some)
+}
+
 /// Writes the parameters of `sample` into the data page (a seqlock write: `seq` odd,
 /// the fields, `seq` even) and returns them. `CLOCK_REALTIME` is the host's;
 /// `CLOCK_MONOTONIC` is the host's plus the page's offset, which grows as `how` says
@@ -304,6 +318,20 @@ mod tests {
         // 2.1 GHz: 2.1e9 ticks are one second.
         assert_eq!(v.monotonic_at(2_100_000_000), 1_000_000_000 - 1);
         assert_eq!(v.monotonic_at(0), 0);
+    }
+
+    #[test]
+    fn a_guest_without_a_data_page_is_left_alone() {
+        let mem = memory();
+        let before = mem.read_obj::<Vvar>(VVAR_ADDR).unwrap();
+        assert_eq!(
+            sync_existing(&mem, &sample(1000, 5_000, 7_000), Resync::Restored).unwrap(),
+            None
+        );
+        assert_eq!(mem.read_obj::<Vvar>(VVAR_ADDR).unwrap(), before);
+        let v = sync(&mem, &sample(1000, 5_000, 7_000), Resync::Running).unwrap();
+        let again = sync_existing(&mem, &sample(2000, 6_000, 8_000), Resync::Running).unwrap();
+        assert!(again.is_some_and(|w| w.seq == v.seq + 2));
     }
 
     #[test]
