@@ -43,7 +43,7 @@ use reap_test_support as suite;
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use goblin::elf::Elf;
 use goblin::elf::section_header::SHT_SYMTAB;
@@ -507,17 +507,13 @@ fn main() {
         }
     }
 
-    let started_secs = started
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let functions: serde_json::Map<String, Value> = results
         .iter()
         .map(|f| (f.name.clone(), function_json(f)))
         .collect();
     let mut report = report_head(
         "functions",
-        started_secs,
+        started,
         wall.as_secs_f64(),
         &load_before,
         &load_after,

@@ -32,7 +32,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use reap_vmm::arch;
 use reap_vmm::loader::{self, StackInputs};
@@ -525,13 +525,9 @@ fn main() {
         "KVM_CAP_SYNC_REGS in use: {sync_regs}; load average before/after: {load_before} / {load_after}"
     );
 
-    let started_secs = started
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let mut report = report_head(
         "microvm",
-        started_secs,
+        started,
         wall.as_secs_f64(),
         &load_before,
         &load_after,

@@ -43,7 +43,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use reap_bench::progress::Progress;
 use reap_bench::run::{self, FunctionRun, FunctionSpec, RootProgram, RunParams, Techniques};
@@ -574,10 +574,7 @@ fn main() {
 
     let mut report = report_head(
         "python_hello",
-        started_at
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        started_at,
         wall.as_secs_f64(),
         &load_before,
         &load_after,

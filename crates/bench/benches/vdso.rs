@@ -14,7 +14,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use reap_vmm::instance::Instance;
 use reap_vmm::microvm::MicroVmConfig;
@@ -153,10 +153,7 @@ fn main() {
 
     let mut report = report_head(
         "vdso",
-        started
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
+        started,
         wall.as_secs_f64(),
         &load_before,
         &load_after,

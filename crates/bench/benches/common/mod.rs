@@ -166,15 +166,16 @@ pub fn write_json(path: &Path, report: &Value) {
 }
 
 /// The head of a bench's JSON results: which bench, revision, dates, host, kernel and
-/// load, for a run that started at `started` (Unix seconds) and took `wall_seconds`.
-/// The bench adds its own keys to the map.
+/// load, for a run that started at `started` and took `wall_seconds`. The bench adds
+/// its own keys to the map.
 pub fn report_head(
     bench: &str,
-    started_secs: u64,
+    started: std::time::SystemTime,
     wall_seconds: f64,
     load_before: &str,
     load_after: &str,
 ) -> serde_json::Map<String, Value> {
+    let started_secs = reap_bench::report::unix_secs(started);
     let head = json!({
         "bench": bench,
         "git_rev": git(&["rev-parse", "HEAD"]),
