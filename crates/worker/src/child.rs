@@ -14,7 +14,7 @@ use reap_vmm::microvm::{GuestFault, VmError};
 use reap_vmm::snapshot::{self, SnapshotDir};
 
 use crate::jail::{self, Ids};
-use crate::protocol::{self, Fault, FrameError, Reply, ReplyHeader, Request, Trailer};
+use crate::protocol::{self, Fault, FrameError, Reply, ReplyHeader, Request, Trailer, micros};
 
 /// The descriptor the server puts the socket on.
 pub const SOCKET_FD: i32 = 3;
@@ -342,7 +342,7 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
             Err(e) => return Err(e),
         };
         let received = Instant::now();
-        let received_ns = protocol::monotonic_ns();
+        let received_ns = reap_vmm::guest_os::threads::monotonic_ns();
         match request {
             Request::Restore {
                 mode,
@@ -455,9 +455,8 @@ fn serve(sock: &UnixStream, options: &Options) -> Result<(), FrameError> {
                 );
                 let reply_to = match result {
                     Ok(deployed) => Reply::Deployed {
-                        boot_us: u64::try_from(deployed.boot.as_micros()).unwrap_or(u64::MAX),
-                        snapshot_us: u64::try_from(deployed.snapshot.as_micros())
-                            .unwrap_or(u64::MAX),
+                        boot_us: micros(deployed.boot),
+                        snapshot_us: micros(deployed.snapshot),
                         memory_data_bytes: deployed.state.memory_data_bytes,
                     },
                     Err(e) => failed(&e),
@@ -509,8 +508,4 @@ fn enter(dir: OwnedFd, options: &Options, also: &[OwnedFd]) -> io::Result<Snapsh
     };
     jail::confine(dir, ids, also, options.deploy)?;
     Ok(SnapshotDir::new("/"))
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }

@@ -27,7 +27,7 @@ use reap_vmm::snapshot::SnapshotDir;
 
 use crate::jail::cgroup::{Cgroup, CgroupRoot};
 use crate::jail::{self, Ids};
-use crate::protocol::{self, Fault, FrameError, Reply, ReplyHeader, Request};
+use crate::protocol::{self, Fault, FrameError, Reply, ReplyHeader, Request, micros};
 
 /// How instance processes are started and confined.
 #[derive(Debug, Clone)]
@@ -352,7 +352,7 @@ impl Workers {
         let mut fds = vec![directory.as_fd()];
         fds.extend(image_dir.as_ref().map(AsFd::as_fd));
         let prepare_us = micros(started.elapsed());
-        let sent_ns = protocol::monotonic_ns();
+        let sent_ns = reap_vmm::guest_os::threads::monotonic_ns();
         protocol::send(&w.sock, &request, &[], &fds).map_err(|e| instance.broken(e, limit))?;
         drop(directory);
         let remaining = limit.saturating_sub(started.elapsed());
@@ -369,14 +369,15 @@ impl Workers {
                 let total = micros(started.elapsed());
                 let inner = cold_start.restore_us + cold_start.fetch_us + cold_start.install_us;
                 instance.hop_us = total.saturating_sub(inner);
+                let to_process_us = received_ns.saturating_sub(sent_ns) / 1000;
                 instance.hop = Hop {
                     prepare_us,
                     confine_us,
                     process_other_us: handled_us.saturating_sub(inner + confine_us),
-                    to_process_us: received_ns.saturating_sub(sent_ns) / 1000,
+                    to_process_us,
                     from_process_us: total
                         .saturating_sub(prepare_us + handled_us)
-                        .saturating_sub(received_ns.saturating_sub(sent_ns) / 1000),
+                        .saturating_sub(to_process_us),
                 };
                 cold_start.restore_us += instance.hop_us;
                 instance.cold_start = Some(cold_start);
@@ -568,10 +569,6 @@ fn runtime(e: impl std::fmt::Display) -> WorkerError {
         fault: Fault::Runtime,
         message: e.to_string(),
     }
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -86,8 +86,8 @@ pub enum Reply {
         confine_us: u64,
         /// From reading the request to sending this reply, in microseconds.
         handled_us: u64,
-        /// When the request was read, [`monotonic_ns`] (the clock is the host's: the
-        /// server reads the same one).
+        /// When the request was read: the host's `CLOCK_MONOTONIC` in nanoseconds
+        /// (`reap_vmm::guest_os::threads::monotonic_ns`), which the server reads too.
         received_ns: u64,
     },
     /// The function was booted and snapshotted into `snapshot` under the root.
@@ -365,16 +365,9 @@ fn recv_with_fds(sock: &UnixStream, buf: &mut [u8]) -> Result<(usize, Vec<OwnedF
     }
 }
 
-/// `CLOCK_MONOTONIC` in nanoseconds: one clock for the server and its processes, so
-/// that each side of a hop can be timed.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: writes one timespec to a live local.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+/// `d` in whole microseconds, the unit of the frames' durations (saturating).
+pub fn micros(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
