@@ -40,9 +40,8 @@ mod common;
 // The suite and its sample requests, as the integration tests list and read them.
 use reap_test_support as suite;
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use goblin::elf::Elf;
@@ -52,7 +51,7 @@ use reap_vmm::microvm::MicroVmConfig;
 use reap_vmm::snapshot::SnapshotDir;
 use serde_json::{Value, json};
 
-use common::{Stats, fmt, read_trimmed, report_head, results_path, write_json};
+use common::{Native, Stats, fmt, read_trimmed, report_head, results_path, write_json};
 
 /// Untimed invocations of each measured request before the timed rounds.
 const WARMUP: usize = 2;
@@ -88,74 +87,6 @@ fn binary_size(name: &str, image: &[u8]) -> BinarySize {
     BinarySize {
         file: image.len() as u64,
         symbols_and_debug,
-    }
-}
-
-/// The function running natively, fed one request at a time over a pipe.
-struct Native {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
-}
-
-impl Native {
-    fn spawn(program: &Path) -> Native {
-        let mut child = Command::new(program)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Native {
-            child,
-            stdin,
-            stdout,
-        }
-    }
-
-    /// Sends `request` and reads the response line: the time between the two, and the
-    /// line without its newline.
-    fn call(&mut self, request: &str) -> (Duration, String) {
-        let (elapsed, mut responses) = self.batch(request, 1);
-        (elapsed, responses.pop().unwrap_or_default())
-    }
-
-    /// Sends `k` copies of `request` in one write and reads the `k` response lines: the
-    /// time from the write to the last response, and the lines without their newlines.
-    /// The requests must fit in the pipe (`k × request` ≤ [`BATCH_BYTES`]), so the
-    /// write never waits for the program.
-    fn batch(&mut self, request: &str, k: usize) -> (Duration, Vec<String>) {
-        let input = format!("{request}\n").repeat(k);
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        let t = Instant::now();
-        stdin
-            .write_all(input.as_bytes())
-            .and_then(|()| stdin.flush())
-            .expect("write the requests");
-        let mut responses = Vec::with_capacity(k);
-        for _ in 0..k {
-            let mut response = String::new();
-            self.stdout
-                .read_line(&mut response)
-                .expect("read a response");
-            assert!(
-                response.ends_with('\n'),
-                "the native program ended without answering {request}"
-            );
-            response.pop();
-            responses.push(response);
-        }
-        (t.elapsed(), responses)
-    }
-}
-
-impl Drop for Native {
-    fn drop(&mut self) {
-        // End of input ends the program.
-        drop(self.stdin.take());
-        let _ = self.child.wait();
     }
 }
 
@@ -262,7 +193,7 @@ fn measure(name: &str, program: &Path, reps: usize) -> FunctionResult {
     let snapshot = deployed.state;
 
     let t = Instant::now();
-    let mut native = Native::spawn(program);
+    let mut native = Native::spawn(Command::new(program));
     native.call(&requests[0]);
     let native_start_to_first_answer_ms = t.elapsed().as_secs_f64() * 1e3;
 

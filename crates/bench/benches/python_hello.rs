@@ -39,10 +39,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use reap_bench::progress::Progress;
@@ -54,7 +53,7 @@ use reap_vmm::microvm::MicroVmConfig;
 use reap_vmm::snapshot::SnapshotDir;
 use serde_json::{Value, json};
 
-use common::{Stats, fmt, read_trimmed, report_head, write_json};
+use common::{Native, Stats, fmt, read_trimmed, report_head, write_json};
 
 /// The handler, written to `/app/handler.py` in a copy of the image.
 const HANDLER: &str = include_str!("python_hello/handler.py");
@@ -130,75 +129,32 @@ fn image_with_handler(debian: &Path, dir: &Path) -> PathBuf {
 }
 
 /// The handler running natively in a chroot of the image.
-struct Native {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stdout: BufReader<ChildStdout>,
+fn spawn_native(image: &Path) -> Native {
+    let mut command = Command::new("/usr/sbin/chroot");
+    command.arg(image).args(ARGS).env_clear();
+    Native::spawn(command)
 }
 
-impl Native {
-    fn spawn(image: &Path) -> Native {
-        let mut child = Command::new("/usr/sbin/chroot")
-            .arg(image)
-            .args(ARGS)
-            .env_clear()
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn chroot python3");
-        let stdin = child.stdin.take();
-        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        Native {
-            child,
-            stdin,
-            stdout,
+/// Waits until `native` is blocked in `read(0, ...)`.
+fn wait_ready(native: &mut Native, started: Instant) {
+    let child = native.child();
+    let path = format!("/proc/{}/syscall", child.id());
+    loop {
+        // `read` is system call 0, its first argument the descriptor.
+        if std::fs::read_to_string(&path).is_ok_and(|s| s.starts_with("0 0x0 ")) {
+            return;
         }
-    }
-
-    fn send(&mut self, request: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin
-            .write_all(format!("{request}\n").as_bytes())
-            .and_then(|()| stdin.flush())
-            .expect("write the request");
-    }
-
-    fn answer(&mut self) -> String {
-        let mut line = String::new();
-        self.stdout.read_line(&mut line).expect("read the answer");
-        assert!(line.ends_with('\n'), "python3 natively ended: {line:?}");
-        line.trim_end().to_owned()
-    }
-
-    fn call(&mut self, request: &str) -> (Duration, String) {
-        let t = Instant::now();
-        self.send(request);
-        let answer = self.answer();
-        (t.elapsed(), answer)
-    }
-
-    /// Waits until the process is blocked in `read(0, ...)`.
-    fn wait_ready(&mut self, started: Instant) {
-        let path = format!("/proc/{}/syscall", self.child.id());
-        loop {
-            // `read` is system call 0, its first argument the descriptor.
-            if std::fs::read_to_string(&path).is_ok_and(|s| s.starts_with("0 0x0 ")) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("python3 natively exited before its ready point: {status}");
-            }
-            assert!(started.elapsed() < LIMIT, "python3 natively not ready");
-            std::thread::sleep(POLL);
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("python3 natively exited before its ready point: {status}");
         }
+        assert!(started.elapsed() < LIMIT, "python3 natively not ready");
+        std::thread::sleep(POLL);
     }
+}
 
-    fn finish(mut self) {
-        drop(self.stdin.take());
-        let status = self.child.wait().expect("wait python3");
-        assert!(status.success(), "python3 natively: {status}");
-    }
+fn finish(native: Native) {
+    let status = native.finish();
+    assert!(status.success(), "python3 natively: {status}");
 }
 
 /// One native round: start to ready (polled), the first request, warm requests; then
@@ -216,8 +172,8 @@ fn native_round(image: &Path, expected: &mut Option<String>) -> NativeRound {
         None => *expected = Some(answer),
     };
     let started = Instant::now();
-    let mut native = Native::spawn(image);
-    native.wait_ready(started);
+    let mut native = spawn_native(image);
+    wait_ready(&mut native, started);
     let ready = started.elapsed();
     let (first_request, answer) = native.call(REQUEST);
     check(answer);
@@ -228,15 +184,14 @@ fn native_round(image: &Path, expected: &mut Option<String>) -> NativeRound {
         check(answer);
         warm.push(t);
     }
-    native.finish();
+    finish(native);
 
     let started = Instant::now();
-    let mut native = Native::spawn(image);
-    native.send(REQUEST);
-    let answer = native.answer();
+    let mut native = spawn_native(image);
+    let (_, answer) = native.call(REQUEST);
     let first_answer = started.elapsed();
     check(answer);
-    native.finish();
+    finish(native);
     NativeRound {
         ready,
         first_request,

@@ -2,8 +2,10 @@
 //! number formatting, and the machine and revision a result was measured on.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -192,5 +194,85 @@ pub fn report_head(
     match head {
         Value::Object(map) => map,
         _ => unreachable!("a JSON object literal"),
+    }
+}
+
+/// A program running natively, fed request lines over a pipe (its stderr dropped).
+pub struct Native {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Native {
+    /// Starts `command` with its stdin and stdout piped.
+    pub fn spawn(mut command: Command) -> Native {
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {:?}: {e}", command.get_program()));
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        Native {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// The running process.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    /// Sends `request` and reads the response line: the time between the two, and the
+    /// line without its newline.
+    pub fn call(&mut self, request: &str) -> (Duration, String) {
+        let (elapsed, mut responses) = self.batch(request, 1);
+        (elapsed, responses.pop().unwrap_or_default())
+    }
+
+    /// Sends `k` copies of `request` in one write and reads the `k` response lines: the
+    /// time from the write to the last response, and the lines without their newlines.
+    /// The requests must fit in the pipe, so that the write never waits for the
+    /// program.
+    pub fn batch(&mut self, request: &str, k: usize) -> (Duration, Vec<String>) {
+        let input = format!("{request}\n").repeat(k);
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        let t = Instant::now();
+        stdin
+            .write_all(input.as_bytes())
+            .and_then(|()| stdin.flush())
+            .expect("write the requests");
+        let mut responses = Vec::with_capacity(k);
+        for _ in 0..k {
+            let mut response = String::new();
+            self.stdout
+                .read_line(&mut response)
+                .expect("read a response");
+            assert!(
+                response.ends_with('\n'),
+                "the native program ended without answering {request}"
+            );
+            response.pop();
+            responses.push(response);
+        }
+        (t.elapsed(), responses)
+    }
+
+    /// Closes its input (which ends the program) and waits for it.
+    pub fn finish(mut self) -> ExitStatus {
+        drop(self.stdin.take());
+        self.child.wait().expect("wait for the native program")
+    }
+}
+
+impl Drop for Native {
+    fn drop(&mut self) {
+        // End of input ends the program.
+        drop(self.stdin.take());
+        let _ = self.child.wait();
     }
 }
